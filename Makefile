@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   the example project on SQLite against the local Nomos sandbox
+#   make test   the test suite (SQLite + local memory; PostgreSQL + Redis when DATABASE_URL /
+#               CACHE_URL are set)
+# Each creates its own virtualenv in .venv on first use.
+
+# Django 6.x needs Python 3.12+; prefer a pyenv 3.12 when the default python3 is older.
+PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3) $(shell command -v python3))
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SANDBOX_PORT ?= 8765
+
+.PHONY: demo test lint typecheck build matrix clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,browser,dev]' -r example_project/requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	PYTHONDEVMODE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python example_project/demo.py --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check nomos_billing
+
+typecheck: $(STAMP)
+	$(BIN)/mypy nomos_billing
+
+build: $(STAMP)
+	rm -rf dist && $(BIN)/python -m build --outdir dist .
+
+matrix: $(STAMP)
+	$(BIN)/nox
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .nox

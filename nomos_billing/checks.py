@@ -1,0 +1,297 @@
+"""System checks for ``NOMOS_BILLING``: every missing or wrong setting is explained by
+``manage.py check`` with a stable id and a hint that says what to write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from .conf import API_VERSION, DEFAULTS, SETTING_NAME, _is_loopback, nomos_settings
+
+# Ids are stable: sites silence them with SILENCED_SYSTEM_CHECKS, so never reuse one.
+E_NOT_A_DICT = "nomos_billing.E003"
+E_CREDENTIALS = "nomos_billing.E001"
+E_WEBHOOK_SECRETS = "nomos_billing.E002"
+E_BASE_URL = "nomos_billing.E004"
+E_TIMEOUT = "nomos_billing.E005"
+E_TOLERANCE = "nomos_billing.E006"
+E_TOKEN_CACHE = "nomos_billing.E007"
+E_REFRESH_MARGIN = "nomos_billing.E008"
+E_MAX_BYTES = "nomos_billing.E009"
+E_RESOLVERS = "nomos_billing.E010"
+E_NEXT_PREFIXES = "nomos_billing.E011"
+E_RETENTION = "nomos_billing.E012"
+E_PORTAL_HOSTS = "nomos_billing.E013"
+E_RETRIES = "nomos_billing.E014"
+W_TOKEN_CACHE_LOCAL = "nomos_billing.W001"
+W_LINK_BY_EMAIL = "nomos_billing.W002"
+W_UNKNOWN_KEY = "nomos_billing.W003"
+W_API_VERSION = "nomos_billing.W004"
+W_HTTP_BASE_URL = "nomos_billing.W005"
+
+_LOCAL_CACHE_BACKENDS = {
+    "django.core.cache.backends.locmem.LocMemCache": "per-process",
+    "django.core.cache.backends.dummy.DummyCache": "dummy",
+}
+
+
+def _key(name: str) -> str:
+    return f"{SETTING_NAME}['{name}']"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+@register(Tags.security, "nomos_billing")
+def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    raw = getattr(settings, SETTING_NAME, None)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return [Error(
+            f"{SETTING_NAME} must be a dict, not {type(raw).__name__}.",
+            hint=f'Write {SETTING_NAME} = {{"CLIENT_ID": ..., "CLIENT_SECRET": ..., '
+                 '"WEBHOOK_SECRETS": [...]}} in your settings.',
+            id=E_NOT_A_DICT,
+        )]
+    messages: list[CheckMessage] = []
+    for check in _CHECKS:
+        messages.extend(check(raw))
+    return messages
+
+
+def _check_unknown_keys(raw: dict[str, Any]) -> list[CheckMessage]:
+    return [
+        Warning(
+            f"{_key(name)} is not a setting nomos_billing knows; it is ignored.",
+            hint="Check the spelling. Known keys: " + ", ".join(sorted(DEFAULTS)) + ".",
+            id=W_UNKNOWN_KEY,
+        )
+        for name in sorted(set(raw) - set(DEFAULTS))
+    ]
+
+
+def _check_credentials(raw: dict[str, Any]) -> list[CheckMessage]:
+    missing = [k for k in ("CLIENT_ID", "CLIENT_SECRET") if not raw.get(k)]
+    if not missing:
+        return []
+    return [Error(
+        f"{' and '.join(_key(k) for k in missing)} not set: nomos_billing cannot call the "
+        "Nomos API.",
+        hint="Create API credentials in the Nomos dashboard and set CLIENT_ID and CLIENT_SECRET "
+             "(e.g. from the environment). For local development, run the sandbox "
+             "(python -m nomos_billing.sandbox) and use the credentials it prints.",
+        id=E_CREDENTIALS,
+    )]
+
+
+def _check_webhook_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("WEBHOOK_SECRETS")
+    if isinstance(value, str):
+        value = [value]
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(s, str) and s for s in value)
+    )
+    if ok:
+        return []
+    return [Error(
+        f"{_key('WEBHOOK_SECRETS')} must be a non-empty list of signing secrets (newest first); "
+        "without one every webhook delivery is rejected.",
+        hint="Copy the endpoint's signing secret from the Nomos dashboard: "
+             '"WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS"). During a rotation list '
+             "the new secret first and the old one after it.",
+        id=E_WEBHOOK_SECRETS,
+    )]
+
+
+def _check_base_url(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("API_BASE_URL", DEFAULTS["API_BASE_URL"])
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return [Error(
+            f"{_key('API_BASE_URL')} must be an http(s) URL, not {value!r}.",
+            hint='Use "https://api.nomos.energy", or the sandbox\'s URL in development.',
+            id=E_BASE_URL,
+        )]
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        hint = ("Use https: the client secret and access tokens would travel in clear text. "
+                "Plain http is only for a sandbox on loopback (127.0.0.1, localhost).")
+        if settings.DEBUG:
+            return [Warning(f"{_key('API_BASE_URL')} uses plain http.", hint=hint,
+                            id=W_HTTP_BASE_URL)]
+        return [Error(f"{_key('API_BASE_URL')} uses plain http outside DEBUG.", hint=hint,
+                      id=E_BASE_URL)]
+    return []
+
+
+def _check_api_version(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("API_VERSION", API_VERSION)
+    if value == API_VERSION:
+        return []
+    return [Warning(
+        f"{_key('API_VERSION')} is {value!r}; this release of nomos_billing is built and tested "
+        f"against {API_VERSION!r}.",
+        hint=f'Remove the key or set it to "{API_VERSION}" unless you have tested the other '
+             "version.",
+        id=W_API_VERSION,
+    )]
+
+
+def _check_timeout(raw: dict[str, Any]) -> list[CheckMessage]:
+    if "TIMEOUT" not in raw:
+        return []
+    value = raw["TIMEOUT"]
+    pair = (value, value) if _number(value) is not None else value
+    try:
+        connect, read = (_number(x) for x in pair)
+    except (TypeError, ValueError):
+        connect = read = None
+    if connect is None or read is None or not (0 < connect <= 30) or not (0 < read <= 60):
+        return [Error(
+            f"{_key('TIMEOUT')} is {value!r}; it must be (connect, read) seconds, each above 0, "
+            "connect at most 30 and read at most 60.",
+            hint='For example "TIMEOUT": (3.05, 10). A web worker waiting longer than that for '
+                 "Nomos is an outage of your site.",
+            id=E_TIMEOUT,
+        )]
+    return []
+
+
+def _check_positive_int(name: str, check_id: str, low: int, high: int, hint: str
+                        ) -> Callable[[dict[str, Any]], list[CheckMessage]]:
+    def check(raw: dict[str, Any]) -> list[CheckMessage]:
+        if name not in raw:
+            return []
+        value = raw[name]
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return []
+        return [Error(f"{_key(name)} is {value!r}; it must be a whole number from {low} to "
+                      f"{high}.", hint=hint, id=check_id)]
+    return check
+
+
+def _check_token_cache(raw: dict[str, Any]) -> list[CheckMessage]:
+    alias = raw.get("TOKEN_CACHE", DEFAULTS["TOKEN_CACHE"])
+    caches = getattr(settings, "CACHES", {})
+    if alias not in caches:
+        return [Error(
+            f"{_key('TOKEN_CACHE')} is {alias!r}, which is not an alias in CACHES.",
+            hint=f"Use one of: {', '.join(sorted(caches)) or '(no caches configured)'}.",
+            id=E_TOKEN_CACHE,
+        )]
+    kind = _LOCAL_CACHE_BACKENDS.get(caches[alias].get("BACKEND", ""))
+    if kind and not settings.DEBUG:
+        return [Warning(
+            f"The token cache {alias!r} is a {kind} backend: every worker process fetches its "
+            "own Nomos access token" + (" on every call." if kind == "dummy" else "."),
+            hint="Point TOKEN_CACHE at a cache shared by all workers (Redis, Memcached or the "
+                 "database cache) so that they share one token.",
+            id=W_TOKEN_CACHE_LOCAL,
+        )]
+    return []
+
+
+def _check_resolvers(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("USER_RESOLVERS", DEFAULTS["USER_RESOLVERS"])
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return [Error(f"{_key('USER_RESOLVERS')} must be a list of dotted paths.",
+                      hint='For example ["nomos_billing.resolvers.by_metadata"].',
+                      id=E_RESOLVERS)]
+    messages: list[CheckMessage] = []
+    for path in value:
+        try:
+            import_string(path)
+        except ImportError as exc:
+            messages.append(Error(
+                f"{_key('USER_RESOLVERS')} lists {path!r}, which cannot be imported ({exc}).",
+                hint="Each entry is the dotted path of a callable taking (customer, "
+                     "subscription) and returning a user or None.",
+                id=E_RESOLVERS,
+            ))
+    return messages
+
+
+def _check_link_by_email(raw: dict[str, Any]) -> list[CheckMessage]:
+    if not raw.get("LINK_BY_EMAIL"):
+        return []
+    return [Warning(
+        f"{_key('LINK_BY_EMAIL')} is on: a Nomos customer is linked to the site user with the "
+        "same e-mail address. If your site does not verify e-mail addresses, anyone can sign up "
+        "with a customer's address and take over their portal access.",
+        hint="Only enable it when every account's e-mail address is verified; prefer the "
+             "metadata or lead resolvers. Silence this check once you have made sure.",
+        id=W_LINK_BY_EMAIL,
+    )]
+
+
+def _check_next_prefixes(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("PORTAL_NEXT_PREFIXES")
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(p, str) and p.startswith("/") and not p.startswith("//") for p in value
+    ):
+        return []
+    return [Error(f"{_key('PORTAL_NEXT_PREFIXES')} must be None or a list of paths starting "
+                  "with one '/'.",
+                  hint='For example ["/invoices/", "/overview"].', id=E_NEXT_PREFIXES)]
+
+
+def _check_portal_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("PORTAL_HOSTS")
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(h, str) and h and "/" not in h for h in value
+    ):
+        return []
+    return [Error(f"{_key('PORTAL_HOSTS')} must be None or a non-empty list of host names "
+                  "(a leading '.' matches any subdomain).",
+                  hint='For example ["mybrand.customerportal.energy"] or '
+                       '[".customerportal.energy"].', id=E_PORTAL_HOSTS)]
+
+
+_CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
+    _check_unknown_keys,
+    _check_credentials,
+    _check_webhook_secrets,
+    _check_base_url,
+    _check_api_version,
+    _check_timeout,
+    _check_positive_int(
+        "WEBHOOK_TOLERANCE", E_TOLERANCE, 1, 3600,
+        "Nomos signs with the send time; 300 (the default) accepts 5 minutes of clock skew. "
+        "Zero would reject every delivery.",
+    ),
+    _check_token_cache,
+    _check_positive_int(
+        "TOKEN_REFRESH_MARGIN", E_REFRESH_MARGIN, 0, 3000,
+        "Tokens live 3600 s; the default 300 renews them 5 minutes before they expire.",
+    ),
+    _check_positive_int(
+        "WEBHOOK_MAX_BYTES", E_MAX_BYTES, 1024, 10 * 1024 * 1024,
+        "Nomos events are small envelopes; the default is 262144 (256 KiB).",
+    ),
+    _check_positive_int(
+        "EVENT_RETENTION_DAYS", E_RETENTION, 3, 3650,
+        "Nomos retries a delivery for about 3 days; event ids must be kept at least that long "
+        "to recognise duplicates. The default is 30.",
+    ),
+    _check_positive_int(
+        "MAX_RETRIES", E_RETRIES, 0, 10, "The default is 3.",
+    ),
+    _check_resolvers,
+    _check_link_by_email,
+    _check_next_prefixes,
+    _check_portal_hosts,
+]

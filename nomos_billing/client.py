@@ -1,0 +1,318 @@
+"""The Nomos API client.
+
+One ``requests.Session`` per process (connection pooling and keep-alive), shared by all threads.
+Retries are urllib3's ``Retry`` mounted on the session's adapter:
+
+- connection failures (nothing reached Nomos) are retried for every method;
+- 429 and 5xx are retried for GETs, with exponential backoff, jitter and ``Retry-After``;
+- POSTs (magic links, leads, tokens) are retried on 429/503 only, where Nomos says it did not act;
+- read timeouts are never retried: the caller gets ``NomosUnavailable`` within one timeout;
+- a ``Retry-After`` longer than ``MAX_RETRY_WAIT`` is not slept through inside a web request;
+  it becomes ``NomosUnavailable`` at once;
+- 401 drops the shared token, fetches a new one and retries once (client code, not urllib3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import requests
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError
+from urllib3.util.retry import Retry
+
+from .conf import SETTING_NAME, nomos_settings
+from .exceptions import (
+    NomosAPIError,
+    NomosConfigurationError,
+    NomosError,
+    NomosServiceError,
+    NomosUnavailable,
+)
+from .tokens import AccessToken, TokenStore
+
+logger = logging.getLogger("nomos_billing.client")
+
+USER_AGENT = "nomos-billing (Django)"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A POST that got one of these was refused before Nomos acted on it.
+UNSAFE_RETRY_STATUSES = frozenset({429, 503})
+
+
+class NomosRetry(Retry):
+    """urllib3's ``Retry`` with two Nomos rules: POSTs only on 429/503, and no long sleeps."""
+
+    max_wait: float = 5.0
+
+    def new(self, **kw: Any) -> NomosRetry:
+        new = super().new(**kw)
+        new.max_wait = self.max_wait
+        return new  # type: ignore[return-value]
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method.upper() == "POST":
+            return bool(self.total) and status_code in UNSAFE_RETRY_STATUSES
+        return super().is_retry(method, status_code, has_retry_after)
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: Any = None, error: Exception | None = None,
+                  _pool: Any = None, _stacktrace: Any = None) -> NomosRetry:
+        if response is not None:
+            wait = self.get_retry_after(response)
+            if wait is not None and wait > self.max_wait:
+                # With raise_on_status=False urllib3 hands this response back to us, and the
+                # client turns it into NomosUnavailable(retry_after=...) without sleeping.
+                raise MaxRetryError(_pool, url, None)  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)  # type: ignore[return-value]
+
+
+def build_retry(max_retries: int, max_wait: float) -> NomosRetry:
+    retry = NomosRetry(
+        total=max_retries,
+        connect=max_retries,
+        read=0,
+        status=max_retries,
+        other=0,
+        redirect=0,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=0.2,
+        backoff_jitter=0.2,
+        backoff_max=max_wait,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    retry.max_wait = max_wait
+    return retry
+
+
+def _envelope(response: requests.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    value = response.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
+
+
+class NomosClient:
+    """Talks to one Nomos API (``API_BASE_URL``) with one set of credentials."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        api_version: str | None = None,
+        timeout: tuple[float, float] | None = None,
+        max_retries: int | None = None,
+        max_retry_wait: float | None = None,
+    ) -> None:
+        self.base_url = (base_url or nomos_settings.API_BASE_URL).rstrip("/")
+        self.client_id = client_id if client_id is not None else nomos_settings.CLIENT_ID
+        self._client_secret = (
+            client_secret if client_secret is not None else nomos_settings.CLIENT_SECRET
+        )
+        self.api_version = api_version or nomos_settings.API_VERSION
+        self.timeout = timeout or nomos_settings.TIMEOUT
+        retries = nomos_settings.MAX_RETRIES if max_retries is None else max_retries
+        wait = nomos_settings.MAX_RETRY_WAIT if max_retry_wait is None else max_retry_wait
+        self.session = requests.Session()
+        self.session.headers.update({
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            "X-API-Version": self.api_version,
+        })
+        adapter = HTTPAdapter(
+            max_retries=build_retry(int(retries), float(wait)), pool_maxsize=32, pool_block=False
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.tokens = TokenStore(self.fetch_token)
+
+    def __repr__(self) -> str:
+        return f"<NomosClient {self.base_url} client_id={self.client_id!r}>"
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def fetch_token(self) -> AccessToken:
+        """Ask Nomos for a new client-credentials token (bypasses the shared cache)."""
+        if not self.client_id or not self._client_secret:
+            raise NomosConfigurationError(
+                f"{SETTING_NAME}['CLIENT_ID'] and {SETTING_NAME}['CLIENT_SECRET'] must be set "
+                "to call the Nomos API."
+            )
+        # Form-encoded, as RFC 6749 and the provider's guides do (the OpenAPI document says
+        # JSON; Nomos accepts both).
+        response = self._send(
+            "POST", "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(self.client_id, self._client_secret),
+        )
+        data = response.json()
+        try:
+            return AccessToken(
+                value=str(data["access_token"]),
+                expires_at=time.time() + float(data.get("expires_in", 3600)),
+                scope=str(data.get("scope", "")),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise NomosAPIError(response.status_code, "INVALID_RESPONSE",
+                                "token response without access_token",
+                                response.headers.get("X-Request-Id", ""),
+                                method="POST", path="/oauth/token") from None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = self.base_url + path
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout as exc:
+            logger.warning("Nomos %s %s timed out", method, path)
+            raise NomosUnavailable(f"Nomos did not answer {method} {path} in time") from exc
+        except requests.ConnectionError as exc:
+            logger.warning("Nomos %s %s: could not connect", method, path)
+            raise NomosUnavailable(f"could not connect to Nomos for {method} {path}") from exc
+        except requests.RequestException as exc:
+            logger.warning("Nomos %s %s failed: %s", method, path, type(exc).__name__)
+            raise NomosUnavailable(f"Nomos request {method} {path} failed") from exc
+        if response.status_code >= 400:
+            raise self._error(method, path, response)
+        return response
+
+    def _error(self, method: str, path: str, response: requests.Response) -> NomosError:
+        body = _envelope(response)
+        status = response.status_code
+        code = str(body.get("code", ""))
+        message = str(body.get("message", ""))
+        request_id = str(body.get("requestId", "") or response.headers.get("X-Request-Id", ""))
+        log = logger.error if status in (401, 403) or status >= 500 else logger.warning
+        log("Nomos %s %s -> %s %s (requestId %s)", method, path, status, code, request_id or "-")
+        if status == 429 or status >= 500:
+            return NomosServiceError(status, code, message, request_id, method=method, path=path,
+                                     retry_after=_retry_after(response))
+        return NomosAPIError(status, code, message, request_id, method=method, path=path)
+
+    def request(self, method: str, path: str, *, json: Any = None,
+                params: Mapping[str, Any] | None = None) -> Any:
+        """An authenticated call; returns the decoded JSON body."""
+        token = self.tokens.get()
+        try:
+            response = self._send(method, path, json=json, params=params,
+                                  headers={"Authorization": f"Bearer {token.value}"})
+        except NomosAPIError as exc:
+            if exc.status != 401:
+                raise
+            # The token was revoked or expired early: drop it everywhere, retry once.
+            self.tokens.invalidate(token)
+            token = self.tokens.get()
+            response = self._send(method, path, json=json, params=params,
+                                  headers={"Authorization": f"Bearer {token.value}"})
+        try:
+            return response.json()
+        except ValueError:
+            raise NomosAPIError(response.status_code, "INVALID_RESPONSE",
+                                "Nomos answered with a body that is not JSON",
+                                response.headers.get("X-Request-Id", ""),
+                                method=method, path=path) from None
+
+    # -- the endpoints the app uses -------------------------------------------------------
+
+    def create_magic_link(self, customer_id: str) -> str:
+        """Mint a fresh single-use portal link for ``customer_id``."""
+        data = self.request("POST", "/admin/magic_link", json={"customerId": customer_id})
+        link = data.get("link") if isinstance(data, dict) else None
+        if not isinstance(link, str) or not link:
+            raise NomosAPIError(200, "INVALID_RESPONSE", "magic link response without link",
+                                method="POST", path="/admin/magic_link")
+        return link
+
+    def get_subscription(self, subscription_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/subscriptions/{_segment(subscription_id)}")
+
+    def get_customer(self, customer_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/customers/{_segment(customer_id)}")
+
+    def get_event(self, event_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/events/{_segment(event_id)}")
+
+    def create_lead(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/leads", json=dict(payload))
+
+    def list_subscriptions(self, *, cursor: str | None = None, limit: int = 100,
+                           customer: str | None = None) -> dict[str, Any]:
+        """One page of ``GET /subscriptions``."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        if customer:
+            params["filter[customer][eq]"] = customer
+        return self.request("GET", "/subscriptions", params=params)
+
+    def iter_subscriptions(self, *, limit: int = 100,
+                           customer: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every subscription, fetching one page at a time as the caller consumes them."""
+        cursor: str | None = None
+        while True:
+            page = self.list_subscriptions(cursor=cursor, limit=limit, customer=customer)
+            yield from page.get("items") or []
+            cursor = page.get("next_page")
+            if not page.get("has_more") or not cursor:
+                return
+
+
+def _segment(value: str) -> str:
+    # Ids come from webhooks and the database; never let one change the path.
+    return requests.utils.quote(str(value), safe="")
+
+
+_client: NomosClient | None = None
+_client_lock = threading.Lock()
+
+
+def get_client() -> NomosClient:
+    """The process-wide client, built on first use from ``NOMOS_BILLING``."""
+    global _client
+    client = _client
+    if client is None:
+        with _client_lock:
+            if _client is None:
+                _client = NomosClient()
+            client = _client
+    return client
+
+
+def reset_client() -> None:
+    """Forget the process-wide client (settings changed, or we are a forked child)."""
+    global _client
+    with _client_lock:
+        old, _client = _client, None
+    if old is not None:
+        old.close()
+
+
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in (SETTING_NAME, "CACHES"):
+        reset_client()
+
+
+if hasattr(os, "register_at_fork"):
+    # Pooled sockets must not be shared with a forked worker (gunicorn --preload).
+    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_client", None))

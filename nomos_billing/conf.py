@@ -1,0 +1,122 @@
+"""Every ``NOMOS_BILLING`` setting, read when used.
+
+One object whose properties look the setting up at call time, so ``override_settings`` works in
+tests and nothing is frozen at import. The defaults stand in ``DEFAULTS``, in one visible place.
+Validation is the system checks' job (``checks.py``); here a wrong type falls back to something
+harmless so that ``manage.py check`` can explain instead of crashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+SETTING_NAME = "NOMOS_BILLING"
+PRODUCTION_URL = "https://api.nomos.energy"
+API_VERSION = "2026-05-27.curie"
+
+DEFAULTS: dict[str, Any] = {
+    "CLIENT_ID": "",
+    "CLIENT_SECRET": "",
+    # Newest first. A single string is accepted and treated as a one-item list.
+    "WEBHOOK_SECRETS": [],
+    "API_BASE_URL": PRODUCTION_URL,
+    "API_VERSION": API_VERSION,
+    # (connect, read) seconds; a single number is used for both.
+    "TIMEOUT": (3.05, 10.0),
+    "TOKEN_CACHE": "default",
+    # Renew the token when less than this many seconds of its life are left.
+    "TOKEN_REFRESH_MARGIN": 300,
+    # How many times 429/5xx/connection failures are retried, and the longest Retry-After we
+    # are willing to sleep through inside a web request before giving up with NomosUnavailable.
+    "MAX_RETRIES": 3,
+    "MAX_RETRY_WAIT": 5,
+    "WEBHOOK_TOLERANCE": 300,
+    "WEBHOOK_MAX_BYTES": 256 * 1024,
+    "USER_RESOLVERS": [
+        "nomos_billing.resolvers.by_metadata",
+        "nomos_billing.resolvers.by_lead",
+        "nomos_billing.resolvers.by_email",
+    ],
+    "METADATA_USER_KEY": "django_user_id",
+    "LINK_BY_EMAIL": False,
+    "PORTAL_NEXT_PREFIXES": None,
+    "PORTAL_HOSTS": None,
+    "SIGNUP_URL": None,
+    "PLAN_ID": None,
+    "EVENT_RETENTION_DAYS": 30,
+}
+
+#: Portal hosts accepted when ``PORTAL_HOSTS`` is not set: any brand under Nomos' portal domain.
+DEFAULT_PORTAL_HOST_SUFFIX = ".customerportal.energy"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings:
+    """``nomos_settings.CLIENT_ID`` etc.; unknown attributes raise ``AttributeError``."""
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        value = getattr(settings, SETTING_NAME, None)
+        return value if isinstance(value, dict) else {}
+
+    def get(self, name: str) -> Any:
+        return self.raw.get(name, DEFAULTS[name])
+
+    def __getattr__(self, name: str) -> Any:
+        if name in DEFAULTS:
+            return self.get(name)
+        raise AttributeError(name)
+
+    @property
+    def WEBHOOK_SECRETS(self) -> list[str]:  # noqa: N802 - mirrors the setting key
+        value = self.get("WEBHOOK_SECRETS")
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            return []
+        return [s for s in value if isinstance(s, str) and s]
+
+    @property
+    def API_BASE_URL(self) -> str:  # noqa: N802
+        value = self.get("API_BASE_URL")
+        return str(value or PRODUCTION_URL).rstrip("/")
+
+    @property
+    def TIMEOUT(self) -> tuple[float, float]:  # noqa: N802
+        value = self.get("TIMEOUT")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (float(value), float(value))
+        try:
+            connect, read = value
+            return (float(connect), float(read))
+        except (TypeError, ValueError):
+            return DEFAULTS["TIMEOUT"]
+
+    @property
+    def api_is_loopback(self) -> bool:
+        """True when the API is a local sandbox (plain http is then acceptable)."""
+        return _is_loopback(urlsplit(self.API_BASE_URL).hostname)
+
+    @property
+    def token_cache_key(self) -> str:
+        """Namespaced per client id and base URL, hashed so neither is readable in the cache."""
+        ident = f"{self.get('CLIENT_ID')}|{self.API_BASE_URL}".encode()
+        return "nomos_billing:token:" + hashlib.sha256(ident).hexdigest()[:32]
+
+
+nomos_settings = Settings()

@@ -1,0 +1,125 @@
+"""The errors nomos_billing raises.
+
+``NomosError`` is the root; a site that wants to catch everything from us catches that.
+Messages carry the Nomos ``code``, ``message`` and ``requestId`` so that an operator can quote
+them to Nomos support; they never carry an access token, a client secret or a webhook secret.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+
+
+class NomosError(Exception):
+    """Base class for every error raised by nomos_billing."""
+
+
+class NomosConfigurationError(NomosError, ImproperlyConfigured):
+    """A setting in ``NOMOS_BILLING`` is missing or wrong; the message names it."""
+
+
+class NomosAPIError(NomosError):
+    """Nomos answered with an error status.
+
+    ``status`` is the HTTP status, ``code``/``message``/``request_id`` come from the Nomos
+    error envelope (``{"code", "message", "requestId", ...}``) when there is one.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str = "",
+        message: str = "",
+        request_id: str = "",
+        *,
+        method: str = "",
+        path: str = "",
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path} " if self.method else ""
+        parts = [f"{where}-> HTTP {self.status}"]
+        if self.code:
+            parts.append(self.code)
+        if self.message:
+            parts.append(self.message)
+        text = ": ".join(parts)
+        if self.request_id:
+            text += f" (requestId {self.request_id})"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"request_id={self.request_id!r})"
+        )
+
+    @property
+    def is_not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def is_auth_failure(self) -> bool:
+        return self.status in (401, 403)
+
+
+class NomosUnavailable(NomosError):
+    """Nomos could not be reached in time: timeout, connection error, exhausted retries, or a
+    ``Retry-After`` too long to wait for inside a request.
+
+    ``retry_after`` (seconds) is a hint for the ``Retry-After`` header of our own 503 page.
+    """
+
+    def __init__(self, message: str, *, retry_after: int | None = None, status: int | None = None,
+                 request_id: str = "") -> None:
+        self.retry_after = retry_after
+        self.status = status
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class NomosServiceError(NomosAPIError, NomosUnavailable):
+    """Nomos answered 429 or 5xx and retries did not help (or ``Retry-After`` was too long).
+
+    It is both an API error (it has ``status`` and ``request_id``) and an outage
+    (``except NomosUnavailable`` catches it, and it carries ``retry_after``).
+    """
+
+    def __init__(self, status: int, code: str = "", message: str = "", request_id: str = "", *,
+                 method: str = "", path: str = "", retry_after: int | None = None) -> None:
+        NomosAPIError.__init__(self, status, code, message, request_id, method=method, path=path)
+        self.retry_after = retry_after
+
+
+class NomosNotLinked(NomosError):
+    """The Django user has no ``NomosCustomer`` yet, so there is nothing to mint a link for."""
+
+
+class WebhookError(SuspiciousOperation):
+    """A webhook delivery failed verification. Django answers 400 and logs on
+    ``django.security``; our view answers with a short reason instead."""
+
+    status_code = 400
+
+
+class WebhookSignatureMissing(WebhookError):
+    pass
+
+
+class WebhookSignatureMalformed(WebhookError):
+    pass
+
+
+class WebhookTimestampOutOfRange(WebhookError):
+    pass
+
+
+class WebhookSignatureMismatch(WebhookError):
+    pass

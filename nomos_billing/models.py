@@ -1,0 +1,151 @@
+"""What we keep of Nomos: customers (linked to site users), their subscriptions, the leads we
+created for users, and a log of webhook deliveries.
+
+Nomos stays the source of truth; these rows are a cache filled from what Nomos says now
+(webhooks fetch current state), plus the one thing Nomos cannot know: which site user a
+customer is.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class NomosCustomer(models.Model):
+    class Type(models.TextChoices):
+        PERSON = "person", _("Person")
+        COMPANY = "company", _("Company")
+
+    # Nullable: a customer we cannot attribute yet is kept, not dropped, and linked later.
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="nomos_customer",
+        verbose_name=_("user"),
+    )
+    customer_id = models.CharField(_("Nomos customer id"), max_length=64, unique=True)
+    email = models.EmailField(_("e-mail"), blank=True)
+    first_name = models.CharField(_("first name"), max_length=100, blank=True)
+    last_name = models.CharField(_("last name"), max_length=100, blank=True)
+    company_name = models.CharField(_("company name"), max_length=100, blank=True)
+    type = models.CharField(_("type"), max_length=16, choices=Type.choices, default=Type.PERSON)
+    # Which resolver linked the user (e.g. "metadata", "lead", "admin"), for the audit trail.
+    linked_by = models.CharField(_("linked by"), max_length=100, blank=True)
+    linked_at = models.DateTimeField(_("linked at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("Nomos customer")
+        verbose_name_plural = _("Nomos customers")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        name = " ".join(p for p in (self.first_name, self.last_name) if p)
+        return f"{self.customer_id} ({name or self.email or _('unnamed')})"
+
+    @property
+    def is_linked(self) -> bool:
+        return self.user_id is not None
+
+
+class NomosSubscription(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        ACTIVE = "active", _("Active")
+        ENDED = "ended", _("Ended")
+
+    class Type(models.TextChoices):
+        CONSUMPTION = "consumption", _("Consumption")
+        FEED_IN = "feed_in", _("Feed-in")
+
+    customer = models.ForeignKey(
+        NomosCustomer,
+        on_delete=models.CASCADE,
+        related_name="subscriptions",
+        verbose_name=_("customer"),
+    )
+    subscription_id = models.CharField(_("Nomos subscription id"), max_length=64, unique=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, blank=True)
+    plan = models.CharField(_("plan"), max_length=64, blank=True)
+    type = models.CharField(_("type"), max_length=16, choices=Type.choices, blank=True)
+    number = models.CharField(_("number"), max_length=64, blank=True)
+    start_at = models.DateTimeField(_("delivery start"), null=True, blank=True)
+    end_at = models.DateTimeField(_("end"), null=True, blank=True)
+    terminated_at = models.DateTimeField(_("terminated"), null=True, blank=True)
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    lead_id = models.CharField(_("lead id"), max_length=64, blank=True)
+    nomos_created_at = models.DateTimeField(_("created at Nomos"), null=True, blank=True)
+    nomos_updated_at = models.DateTimeField(_("updated at Nomos"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("Nomos subscription")
+        verbose_name_plural = _("Nomos subscriptions")
+        ordering = ["-nomos_created_at", "-created_at"]
+        indexes = [models.Index(fields=["status"], name="nomos_sub_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id} ({self.status or '?'})"
+
+
+class NomosLead(models.Model):
+    """A checkout link we created for a site user, so that the subscription it turns into can be
+    linked back to that user (the ``lead`` resolver)."""
+
+    lead_id = models.CharField(_("Nomos lead id"), max_length=64, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="nomos_leads",
+        verbose_name=_("user"),
+    )
+    plan = models.CharField(_("plan"), max_length=64, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("Nomos lead")
+        verbose_name_plural = _("Nomos leads")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.lead_id
+
+
+class WebhookEvent(models.Model):
+    class Status(models.TextChoices):
+        RECEIVED = "received", _("Received")
+        PROCESSED = "processed", _("Processed")
+        FAILED = "failed", _("Failed")
+        IGNORED = "ignored", _("Ignored")
+
+    # Unique: the database, not Python memory, is what makes processing exactly-once.
+    event_id = models.CharField(_("event id"), max_length=64, unique=True)
+    topic = models.CharField(_("topic"), max_length=64, db_index=True)
+    payload = models.JSONField(_("payload"), default=dict)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.RECEIVED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+    # Position of the matching secret in WEBHOOK_SECRETS (0 = newest): when no delivery uses an
+    # old secret any more, it can be removed.
+    secret_index = models.PositiveSmallIntegerField(_("secret index"), null=True, blank=True)
+    deliveries = models.PositiveIntegerField(_("deliveries"), default=1)
+    received_at = models.DateTimeField(_("received"), auto_now_add=True, db_index=True)
+    processed_at = models.DateTimeField(_("processed"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("webhook event")
+        verbose_name_plural = _("webhook events")
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["status", "received_at"], name="nomos_evt_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.topic} ({self.status})"

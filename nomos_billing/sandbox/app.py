@@ -1,0 +1,140 @@
+"""The WSGI app: route, count, inject faults, check the bearer token, answer, record."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import api, control, pages
+from .faults import DropConnection, Fault
+from .http import ApiError, HeaderDict, Request, Response, json_response
+from .routing import Route, resolve
+from .shapes import API_VERSION, error_envelope
+
+if TYPE_CHECKING:
+    from .state import Sandbox
+
+#: environ key under which a live server passes its stop event (interrupts injected sleeps).
+STOP_EVENT = "nomos_sandbox.stop"
+
+StartResponse = Callable[..., Any]
+
+
+class SandboxApp:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.routes: list[Route] = [*api.ROUTES, *pages.ROUTES, *control.ROUTES]
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        response = self.handle(environ)
+        start_response(response.status_line, response.headers)
+        return [response.body]
+
+    def handle(self, environ: dict[str, Any]) -> Response:
+        """Answer one request; raises ``DropConnection`` when a fault says to hang up."""
+        sb = self.sandbox
+        request = Request.from_environ(environ)
+        route, params, same_path = resolve(self.routes, request.method, request.path)
+        if route is not None and route.kind == "control":
+            return _finalize(_run(route, sb, request, params, "req_control"), [])
+        if route is None and same_path and same_path[0].kind == "control":
+            return _finalize(_error(ApiError(405, "Method not allowed"), "req_control"), [])
+
+        template = route or (same_path[0] if same_path else None)
+        key = f"{request.method} {template.template if template else request.path}"
+        kind = template.kind if template else "api"
+        sb.note_call(key)
+        request_id = "req_" + secrets.token_hex(12)
+        extra = [("X-Request-Id", request_id)]
+        if kind == "api":
+            extra.append(("X-API-Version", request.headers.get("X-API-Version") or API_VERSION))
+
+        # "*" is meant for API traffic; the HTML pages get faults only by their own key.
+        fault = sb.take_fault(key, wildcard=kind == "api")
+        try:
+            response = self._answer(fault, route, same_path, request, params, request_id)
+        except DropConnection:
+            sb.log_exchange(_exchange(key, kind, request, request_id, None))
+            raise
+        if fault is not None and fault.retry_after is not None:
+            extra.append(("Retry-After", str(fault.retry_after)))
+        response = _finalize(response, extra)
+        sb.log_exchange(_exchange(key, kind, request, request_id, response))
+        return response
+
+    def _answer(self, fault: Fault | None, route: Route | None, same_path: list[Route],
+                request: Request, params: dict[str, str], request_id: str) -> Response:
+        if fault is not None:
+            fault.delay(request.environ.get(STOP_EVENT))
+            if fault.drop_connection:
+                raise DropConnection()
+            if fault.status is not None:
+                return _error(ApiError(fault.status, f"Injected fault: HTTP {fault.status}"),
+                              request_id)
+        if route is None:
+            if same_path:
+                return _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
+            return _error(ApiError(404, f"No route for {request.method} {request.path}"),
+                          request_id)
+        if route.scope is not None:
+            try:
+                self._authorize(request, route.scope)
+            except ApiError as exc:
+                return _error(exc, request_id)
+        return _run(route, self.sandbox, request, params, request_id)
+
+    def _authorize(self, request: Request, needed: str) -> None:
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "Missing bearer token")
+        scope = self.sandbox.token_scope(token.strip())
+        if scope is None:
+            raise ApiError(401, "Invalid or expired access token")
+        if f"{needed}:*" not in scope.split():
+            raise ApiError(403, f"The access token lacks the {needed}:* scope")
+
+
+def _run(route: Route, sb: Sandbox, request: Request, params: dict[str, str],
+         request_id: str) -> Response:
+    try:
+        return route.handler(sb, request, **params)
+    except ApiError as exc:
+        return _error(exc, request_id)
+    except Exception as exc:  # a sandbox bug should look like a Nomos 500, and be visible
+        traceback.print_exc(file=sys.stderr)
+        return _error(ApiError(500, f"Sandbox error: {type(exc).__name__}: {exc}"), request_id)
+
+
+def _error(exc: ApiError, request_id: str) -> Response:
+    return json_response(exc.status, error_envelope(exc.status, exc.message, request_id,
+                                                    exc.errors))
+
+
+def _finalize(response: Response, extra: list[tuple[str, str]]) -> Response:
+    # Content-Length always, so the live server can keep HTTP/1.1 connections alive.
+    headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+    headers += [*extra, ("Content-Length", str(len(response.body)))]
+    return Response(response.status, response.body, headers)
+
+
+def _exchange(key: str, kind: str, request: Request, request_id: str,
+              response: Response | None) -> dict[str, Any]:
+    return {
+        "key": key,
+        "kind": kind,
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "headers": request.headers,
+        "body": request.body,
+        "status": response.status if response else None,
+        "response_headers": HeaderDict(response.headers if response else []),
+        "response_body": response.body if response else b"",
+        "request_id": request_id,
+        "time": time.time(),
+    }

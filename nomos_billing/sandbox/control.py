@@ -1,0 +1,153 @@
+"""``/_sandbox/*``: drive a running sandbox from another process (demo scripts, browser tests).
+
+Loopback tooling, so no auth; these calls are neither counted nor logged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .faults import Fault
+from .http import ApiError, Request, Response, json_response
+from .routing import Route
+
+if TYPE_CHECKING:
+    from .state import Sandbox
+
+
+def _body(request: Request) -> dict[str, Any]:
+    return request.data() if request.body else {}
+
+
+def _kwargs(payload: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    unknown = set(payload) - set(allowed)
+    if unknown:
+        raise ApiError(400, f"Unknown fields {sorted(unknown)}; allowed: {list(allowed)}")
+    return payload
+
+
+def calls(sb: Sandbox, request: Request) -> Response:
+    with sb.lock:
+        return json_response(200, dict(sb.calls))
+
+
+def faults(sb: Sandbox, request: Request) -> Response:
+    with sb.lock:
+        return json_response(200, sb.faults.pending())
+
+
+def add_fault(sb: Sandbox, request: Request) -> Response:
+    payload = dict(_body(request))
+    key = payload.pop("key", None)
+    times = payload.pop("times", 1)
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, 'Give "key", e.g. "POST /admin/magic_link" or "*"')
+    try:
+        fault = Fault(**_kwargs(payload, tuple(Fault.__dataclass_fields__)))
+        sb.add_fault(key, fault, times)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(200, sb.faults.pending())
+
+
+def clear_faults(sb: Sandbox, request: Request) -> Response:
+    sb.clear_faults()
+    return json_response(200, {})
+
+
+def reset(sb: Sandbox, request: Request) -> Response:
+    sb.reset_counts()
+    sb.clear_faults()
+    return json_response(200, {"reset": True})
+
+
+def state(sb: Sandbox, request: Request) -> Response:
+    return json_response(200, sb.snapshot())
+
+
+def send_webhook(sb: Sandbox, request: Request) -> Response:
+    payload = _kwargs(_body(request), ("url", "topic", "secret", "context", "event_id",
+                                       "timestamp", "duplicate"))
+    if not payload.get("url") or not payload.get("topic"):
+        raise ApiError(400, 'Give "url" and "topic"')
+    before = len(sb.webhook_deliveries)
+    try:
+        event = sb.send_webhook(payload.pop("url"), payload.pop("topic"), **payload)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+    with sb.lock:
+        deliveries = sb.webhook_deliveries[before:]
+    statuses = [{"status": d["status"], "error": d["error"]} for d in deliveries]
+    return json_response(200, {"event": event, "deliveries": statuses})
+
+
+def convert_lead(sb: Sandbox, request: Request, id: str) -> Response:
+    payload = _kwargs(_body(request), ("status", "type"))
+    if id not in sb.leads:
+        raise ApiError(404, f"Lead {id} not found")
+    try:
+        return json_response(200, sb.convert_lead(id, **payload))
+    except ValueError as exc:
+        raise ApiError(409, str(exc)) from None
+
+
+def add_customer(sb: Sandbox, request: Request) -> Response:
+    payload = _kwargs(_body(request), ("email", "first_name", "last_name", "type", "id",
+                                       "company_name"))
+    try:
+        return json_response(200, sb.add_customer(**payload))
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def add_subscription(sb: Sandbox, request: Request) -> Response:
+    payload = _kwargs(_body(request), ("customer_id", "status", "plan", "type", "metadata",
+                                       "id", "estimated_usage"))
+    try:
+        sub = sb.add_subscription(**payload)
+    except KeyError as exc:
+        raise ApiError(404, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(200, sb.subscription_view(sub["id"]))
+
+
+def set_status(sb: Sandbox, request: Request, id: str) -> Response:
+    status = _body(request).get("status")
+    if id not in sb.subscriptions:
+        raise ApiError(404, f"Subscription {id} not found")
+    try:
+        sb.set_subscription_status(id, str(status))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(200, sb.subscription_view(id))
+
+
+def issue_token(sb: Sandbox, request: Request) -> Response:
+    return json_response(200, {"access_token": sb.issue_token()})
+
+
+def expire_tokens(sb: Sandbox, request: Request) -> Response:
+    sb.expire_tokens()
+    return json_response(200, {"expired": True})
+
+
+def _control(method: str, template: str, handler: Any) -> Route:
+    return Route(method, "/_sandbox" + template, handler, kind="control", scope=None)
+
+
+ROUTES = [
+    _control("GET", "/calls", calls),
+    _control("GET", "/faults", faults),
+    _control("POST", "/faults", add_fault),
+    _control("DELETE", "/faults", clear_faults),
+    _control("POST", "/reset", reset),
+    _control("GET", "/state", state),
+    _control("POST", "/webhooks", send_webhook),
+    _control("POST", "/leads/{id}/convert", convert_lead),
+    _control("POST", "/customers", add_customer),
+    _control("POST", "/subscriptions", add_subscription),
+    _control("POST", "/subscriptions/{id}/status", set_status),
+    _control("POST", "/tokens", issue_token),
+    _control("POST", "/tokens/expire", expire_tokens),
+]

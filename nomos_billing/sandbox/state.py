@@ -1,0 +1,315 @@
+"""The fake Nomos account: its data, issued tokens, counters, faults and recorded traffic."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from . import shapes
+from .faults import Fault, FaultTable
+
+DEFAULT_PLAN = "pln_sandbox_home"
+DEFAULT_SCOPE = "read:* write:*"
+
+
+class Sandbox:
+    """In-memory Nomos. Every public mutator takes ``self.lock`` so a live server can serve
+    concurrent requests; tests may read the dicts directly."""
+
+    def __init__(
+        self,
+        client_id: str = "sandbox-client",
+        client_secret: str = "sandbox-secret",
+        token_ttl: float = 3600,
+        seed: bool = True,
+        *,
+        scope: str = DEFAULT_SCOPE,
+        webhook_secret: str | None = None,
+        magic_link_ttl: float = 600,
+    ) -> None:
+        from .app import SandboxApp  # the app module needs this class; import late to avoid a cycle
+
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_ttl = token_ttl
+        self.scope = scope
+        self.webhook_secret = webhook_secret
+        self.magic_link_ttl = magic_link_ttl
+        self.lock = threading.RLock()
+        self.base_url: str | None = None
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.leads: dict[str, dict[str, Any]] = {}
+        self.events: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
+        self.request_log: list[dict[str, Any]] = []
+        self.connections = 0
+        self.portal_sessions: list[dict[str, str]] = []
+        self.webhook_deliveries: list[dict[str, Any]] = []
+        self.faults = FaultTable()
+        # token -> (monotonic expiry, scope)
+        self._tokens: dict[str, tuple[float, str]] = {}
+        # token_hash -> {"customer_id", "created", "used"}
+        self._magic_links: dict[str, dict[str, Any]] = {}
+        self._lead_requests: dict[str, dict[str, Any]] = {}
+        self._subscription_leads: dict[str, str] = {}
+        self.wsgi_app = SandboxApp(self)
+        if seed:
+            from .seed import seed as seed_data
+
+            seed_data(self)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def add_customer(
+        self,
+        email: str,
+        first_name: str = "Sandbox",
+        last_name: str = "Customer",
+        type: str = "person",
+        id: str | None = None,
+        *,
+        company_name: str | None = None,
+        created_at: str | None = None,
+    ) -> dict[str, Any]:
+        data = shapes.customer(
+            id=id or shapes.new_id("cus"), email=email, first_name=first_name,
+            last_name=last_name, type=type, company_name=company_name, created_at=created_at,
+        )
+        with self.lock:
+            self.customers[data["id"]] = data
+        return data
+
+    def add_subscription(
+        self,
+        customer_id: str,
+        status: str = "pending",
+        plan: str = DEFAULT_PLAN,
+        type: str = "consumption",
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,
+        *,
+        estimated_usage: float = 2500,
+        zip_code: str = "10115",
+        lead_id: str | None = None,
+        created_at: str | None = None,
+    ) -> dict[str, Any]:
+        with self.lock:
+            if customer_id not in self.customers:
+                raise KeyError(f"unknown customer {customer_id!r}")
+            data = shapes.subscription(
+                id=id or shapes.new_id("sub"), customer_id=customer_id, plan=plan,
+                status=status, type=type, metadata=metadata, estimated_usage=estimated_usage,
+                zip_code=zip_code, created_at=created_at,
+            )
+            self.subscriptions[data["id"]] = data
+            if lead_id:
+                self._subscription_leads[data["id"]] = lead_id
+        return data
+
+    def set_subscription_status(self, sub_id: str, status: str) -> dict[str, Any]:
+        with self.lock:
+            sub = self.subscriptions[sub_id]
+            shapes.apply_status(sub, status)
+            return sub
+
+    def subscription_view(self, sub_id: str) -> dict[str, Any]:
+        """The subscription as ``GET /subscriptions/{id}`` returns it (customer embedded)."""
+        with self.lock:
+            return shapes.full_subscription(self.subscriptions[sub_id], self.customers)
+
+    def lead_of(self, sub_id: str) -> str | None:
+        return self._subscription_leads.get(sub_id)
+
+    def create_lead(self, payload: dict[str, Any], base_url: str) -> dict[str, Any]:
+        lead_id = shapes.new_id("lead")
+        data = shapes.lead(
+            id=lead_id, link=f"{base_url}/checkout/{lead_id}",
+            metadata=payload.get("metadata"), created_by=payload.get("created_by"),
+        )
+        with self.lock:
+            self.leads[lead_id] = data
+            self._lead_requests[lead_id] = payload
+        return data
+
+    def convert_lead(self, lead_id: str, status: str = "pending", type: str = "consumption"
+                     ) -> dict[str, Any]:
+        """Finish the lead's checkout: a new customer and subscription, metadata copied.
+
+        Returns the subscription as ``GET /subscriptions/{id}`` would. ``ValueError`` if the
+        lead already converted, ``KeyError`` if it does not exist.
+        """
+        with self.lock:
+            lead = self.leads[lead_id]
+            if lead["subscription"]:
+                raise ValueError(f"lead {lead_id} already converted")
+            request = self._lead_requests.get(lead_id, {})
+            person = request.get("customer") or {}
+            cus = self.add_customer(
+                email=person.get("email") or f"{lead_id}@example.com",
+                first_name=person.get("first_name") or "Checkout",
+                last_name=person.get("last_name") or "Customer",
+                type=person.get("type") or "person",
+                company_name=person.get("company_name"),
+            )
+            metadata = lead.get("metadata")
+            sub = self.add_subscription(
+                cus["id"], status=status, plan=request.get("plan") or DEFAULT_PLAN, type=type,
+                metadata=dict(metadata) if metadata is not None else None,
+                estimated_usage=(request.get("meter") or {}).get("estimated_usage", 2500),
+                zip_code=(request.get("address") or {}).get("zip", "10115"),
+                lead_id=lead_id,
+            )
+            lead["subscription"] = sub["id"]
+            lead["subscribed_at"] = sub["created_at"]
+            return self.subscription_view(sub["id"])
+
+    # -- events and webhooks --------------------------------------------------------------------
+
+    def build_event(self, topic: str, context: dict[str, Any] | None = None,
+                    event_id: str | None = None) -> dict[str, Any]:
+        context = dict(context or {})
+        # Nomos puts the lead on subscription.created when the checkout came from one.
+        if topic == "subscription.created" and "lead" not in context:
+            lead_id = self.lead_of(str(context.get("subscription", "")))
+            if lead_id:
+                context["lead"] = lead_id
+        event = {
+            "id": event_id or shapes.new_id("evt"),
+            "timestamp": shapes.now_iso(),
+            "topic": topic,
+            "context": context,
+        }
+        with self.lock:
+            self.events[event["id"]] = event
+        return event
+
+    def send_webhook(
+        self,
+        url: str,
+        topic: str,
+        *,
+        secret: str | None = None,
+        context: dict[str, Any] | None = None,
+        event_id: str | None = None,
+        timestamp: int | None = None,
+        duplicate: int = 1,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        """Deliver a signed event to ``url`` ``duplicate`` times; return its envelope.
+
+        An ``event_id`` already in ``events`` is re-delivered unchanged (a retry). Each delivery's
+        status (or connection error) is appended to ``webhook_deliveries``.
+        """
+        from .webhooks import deliver
+
+        secret = secret if secret is not None else self.webhook_secret
+        if not secret:
+            raise ValueError("send_webhook needs a secret (or Sandbox(webhook_secret=...))")
+        with self.lock:
+            existing = self.events.get(event_id) if event_id else None
+        event = existing or self.build_event(topic, context, event_id)
+        deliveries = deliver(url, event, secret, timestamp=timestamp, times=duplicate,
+                             timeout=timeout)
+        with self.lock:
+            self.webhook_deliveries.extend(deliveries)
+        return event
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def issue_token(self, scope: str | None = None) -> str:
+        token = "sbx_at_" + secrets.token_urlsafe(32)
+        with self.lock:
+            self._tokens[token] = (time.monotonic() + self.token_ttl, scope or self.scope)
+        return token
+
+    def token_scope(self, token: str) -> str | None:
+        """The scope of a valid token, or None if it is unknown or expired."""
+        with self.lock:
+            entry = self._tokens.get(token)
+            if entry is None:
+                return None
+            if time.monotonic() >= entry[0]:
+                del self._tokens[token]
+                return None
+            return entry[1]
+
+    def expire_tokens(self) -> None:
+        with self.lock:
+            self._tokens.clear()
+
+    # -- magic links --------------------------------------------------------------------------
+
+    def mint_magic_link(self, customer_id: str, base_url: str) -> str:
+        token_hash = secrets.token_hex(20)
+        with self.lock:
+            has_subscription = any(
+                s["customer"] == customer_id for s in self.subscriptions.values()
+            )
+            self._magic_links[token_hash] = {
+                "customer_id": customer_id, "created": time.monotonic(), "used": False,
+            }
+        next_page = "/overview" if has_subscription else "/start"
+        return (f"{base_url}/portal/auth/confirm?token_hash={token_hash}"
+                f"&type=magiclink&next={next_page}")
+
+    def redeem_magic_link(self, token_hash: str, next_page: str) -> dict[str, Any] | None:
+        """The customer for a first, unexpired use of the link; None otherwise."""
+        with self.lock:
+            entry = self._magic_links.get(token_hash)
+            if entry is None or entry["used"]:
+                return None
+            entry["used"] = True
+            if time.monotonic() - entry["created"] > self.magic_link_ttl:
+                return None
+            self.portal_sessions.append({"customer_id": entry["customer_id"], "next": next_page})
+            return self.customers.get(entry["customer_id"])
+
+    # -- counting, faults, recording ----------------------------------------------------------
+
+    def count(self, key: str) -> int:
+        return self.calls[key]
+
+    def add_fault(self, key: str, fault: Fault, times: int | None = 1) -> None:
+        with self.lock:
+            self.faults.add(key, fault, times)
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def take_fault(self, key: str, *, wildcard: bool = True) -> Fault | None:
+        with self.lock:
+            return self.faults.take(key, wildcard=wildcard)
+
+    def reset_counts(self) -> None:
+        """Forget counted calls and recorded exchanges (not the data)."""
+        with self.lock:
+            self.calls.clear()
+            self.request_log.clear()
+            self.connections = 0
+
+    def note_call(self, key: str) -> None:
+        with self.lock:
+            self.calls[key] += 1
+
+    def log_exchange(self, exchange: dict[str, Any]) -> None:
+        with self.lock:
+            self.request_log.append(exchange)
+
+    def count_connection(self) -> None:
+        with self.lock:
+            self.connections += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "customers": dict(self.customers),
+                "subscriptions": {k: self.subscription_view(k) for k in self.subscriptions},
+                "leads": dict(self.leads),
+                "events": dict(self.events),
+                "portal_sessions": list(self.portal_sessions),
+            }

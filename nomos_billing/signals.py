@@ -1,0 +1,19 @@
+"""Signals a site can connect to.
+
+- ``webhook_received(sender=WebhookEvent, event=WebhookEvent)``: a verified delivery was
+  recorded (sent once per event id, not per duplicate delivery).
+- ``webhook_processed(sender=WebhookEvent, event=WebhookEvent)``: processing succeeded; for
+  ``invoice.*`` and ``meter_order.*`` topics this is where a site reacts.
+- ``customer_linked(sender=NomosCustomer, customer=NomosCustomer, user=User, resolver=str)``.
+- ``subscription_status_changed(sender=NomosSubscription, subscription=NomosSubscription,
+  previous=str | None, status=str)``: ``previous`` is None for a subscription we had not seen.
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+webhook_received = Signal()
+webhook_processed = Signal()
+customer_linked = Signal()
+subscription_status_changed = Signal()

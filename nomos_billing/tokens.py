@@ -1,0 +1,142 @@
+"""The OAuth access token, shared by every worker through Django's cache.
+
+Nomos asks integrators to reuse tokens (they live 60 minutes). We keep one token per
+(client id, base URL) in the cache alias ``TOKEN_CACHE``, so every process on every host that
+shares that cache shares the token. Renewal is single-flight: ``cache.add`` is atomic on every
+shared backend, so when many workers find the token missing at once exactly one asks Nomos and
+the others wait briefly for the cache to fill.
+
+Renewal always asks for a new client-credentials token. The ``refresh_token`` Nomos returns is
+ignored: RFC 6749 4.4.3 says it is not meant for this grant, and two workers refreshing with the
+same refresh token would race.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.cache import caches
+
+from .conf import nomos_settings
+
+logger = logging.getLogger("nomos_billing.tokens")
+
+#: How long a renewal may hold the lock; past this another worker may try.
+LOCK_TIMEOUT = 30
+POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    # repr=False: a token in a traceback or a log line is a leaked credential.
+    value: str = field(repr=False)
+    expires_at: float
+    scope: str = ""
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.expires_at - (time.time() if now is None else now)
+
+    @property
+    def scopes(self) -> list[str]:
+        return self.scope.split()
+
+    def as_cache_value(self) -> dict[str, Any]:
+        return {"value": self.value, "expires_at": self.expires_at, "scope": self.scope}
+
+    @classmethod
+    def from_cache_value(cls, data: Any) -> AccessToken | None:
+        try:
+            return cls(str(data["value"]), float(data["expires_at"]), str(data.get("scope", "")))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+Fetcher = Callable[[], AccessToken]
+
+
+class TokenStore:
+    """Reads, renews and drops the shared token. ``fetch`` asks Nomos for a new one."""
+
+    def __init__(self, fetch: Fetcher, *, wait_timeout: float | None = None) -> None:
+        self._fetch = fetch
+        self._wait_timeout = wait_timeout
+
+    @property
+    def cache(self) -> Any:
+        return caches[nomos_settings.TOKEN_CACHE]
+
+    @property
+    def key(self) -> str:
+        return nomos_settings.token_cache_key
+
+    @property
+    def margin(self) -> float:
+        try:
+            return float(nomos_settings.TOKEN_REFRESH_MARGIN)
+        except (TypeError, ValueError):
+            return 300.0
+
+    def cached(self) -> AccessToken | None:
+        return AccessToken.from_cache_value(self.cache.get(self.key))
+
+    def get(self) -> AccessToken:
+        """A token with more than the refresh margin left, renewing it if needed."""
+        token = self.cached()
+        if token is not None and token.remaining() > self.margin:
+            return token
+        return self._renew(current=token)
+
+    def invalidate(self, rejected: AccessToken) -> None:
+        """Drop the cached token, unless another worker has already replaced it."""
+        cached = self.cached()
+        if cached is not None and cached.value == rejected.value:
+            self.cache.delete(self.key)
+
+    def _renew(self, current: AccessToken | None) -> AccessToken:
+        lock_key = self.key + ":lock"
+        deadline = time.monotonic() + self._wait_seconds()
+        while True:
+            owner = secrets.token_hex(8)
+            if self.cache.add(lock_key, owner, LOCK_TIMEOUT):
+                try:
+                    # Someone may have renewed between our read and our lock.
+                    token = self.cached()
+                    if token is not None and token.remaining() > self.margin:
+                        return token
+                    return self._fetch_and_store()
+                finally:
+                    if self.cache.get(lock_key) == owner:
+                        self.cache.delete(lock_key)
+            # Another worker is renewing. A token inside its margin is still valid: use it.
+            if current is not None and current.remaining() > 1:
+                return current
+            # Wait for the renewer's token; if the lock goes away without one (its fetch
+            # failed), loop and try to become the renewer, so retries stay single-flight too.
+            while self.cache.get(lock_key) is not None:
+                if time.monotonic() >= deadline:
+                    # The renewer is stuck (or died holding the lock): do not wait forever.
+                    return self._fetch_and_store()
+                time.sleep(POLL_INTERVAL)
+            token = self.cached()
+            if token is not None and token.remaining() > 1:
+                return token
+            if time.monotonic() >= deadline:
+                return self._fetch_and_store()
+
+    def _fetch_and_store(self) -> AccessToken:
+        token = self._fetch()
+        # Keep it until it expires; renewal starts `margin` seconds before that.
+        self.cache.set(self.key, token.as_cache_value(), max(1, int(token.remaining())))
+        logger.info("Fetched a new Nomos access token (expires in %d s)", token.remaining())
+        return token
+
+    def _wait_seconds(self) -> float:
+        if self._wait_timeout is not None:
+            return self._wait_timeout
+        connect, read = nomos_settings.TIMEOUT
+        return connect + read + 1

@@ -1,0 +1,16 @@
+"""Include under a prefix of your choice: ``path("nomos/", include("nomos_billing.urls"))``."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views, webhooks
+
+app_name = "nomos_billing"
+
+urlpatterns = [
+    path("webhook/", webhooks.WebhookView.as_view(), name="webhook"),
+    path("portal/", views.portal, name="portal"),
+    path("portal/link/", views.portal_link, name="portal_link"),
+    path("portal/start/", views.start, name="start"),
+]

@@ -1,0 +1,85 @@
+"""Fixtures shared by the whole suite.
+
+``sandbox`` is a live fake Nomos on a loopback port; ``nomos`` also points NOMOS_BILLING at it.
+``no_secrets_in_logs`` runs for every test: no log record may contain a client secret, a
+webhook secret or an access token the sandbox issued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from django.core.cache import caches
+
+from nomos_billing.client import reset_client
+from nomos_billing.sandbox import Sandbox, SandboxServer
+
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
+WEBHOOK_SECRETS = ["whsec_test_new", "whsec_test_old"]
+
+_sandboxes: list[Sandbox] = []
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    sb = Sandbox(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    _sandboxes.append(sb)
+    with SandboxServer(sb, host="127.0.0.1", port=0):
+        yield sb
+
+
+@pytest.fixture
+def nomos(sandbox: Sandbox, settings) -> Iterator[Sandbox]:
+    """A live sandbox with NOMOS_BILLING pointing at it."""
+    settings.NOMOS_BILLING = {
+        **settings.NOMOS_BILLING,
+        "API_BASE_URL": sandbox.base_url,
+    }
+    yield sandbox
+
+
+@pytest.fixture(autouse=True)
+def _fresh_client_and_cache() -> Iterator[None]:
+    reset_client()
+    for alias in ("default",):
+        caches[alias].clear()
+    yield
+    reset_client()
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + repr(record.exc_info[1]) + " " + str(record.exc_info[1])
+        self.lines.append(text)
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_logs() -> Iterator[_Capture]:
+    handler = _Capture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    _sandboxes.clear()
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    secrets = {CLIENT_SECRET, *WEBHOOK_SECRETS}
+    for sb in _sandboxes:
+        secrets.update(sb.issued_tokens())
+    leaked = [line for line in handler.lines for s in secrets if s and s in line]
+    assert not leaked, f"secret or token in a log record: {leaked[:3]}"

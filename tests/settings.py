@@ -1,0 +1,83 @@
+"""Settings for the test suite: SQLite + local memory by default; PostgreSQL and Redis when
+DATABASE_URL / CACHE_URL are set (as .ci/run does)."""
+
+from __future__ import annotations
+
+import environ
+
+env = environ.Env()
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
+USE_I18N = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "nomos_billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "tests.urls"
+LOGIN_URL = "/accounts/login/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Threads in tests (concurrent deliveries) share the in-memory database this way.
+    DATABASES["default"]["TEST"] = {"NAME": "file:nomos_tests?mode=memory&cache=shared"}
+
+CACHES = {
+    "default": env.cache("CACHE_URL", default="locmemcache://nomos-tests"),
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Values the sandbox fixture also uses; tests point API_BASE_URL at a live sandbox.
+NOMOS_BILLING = {
+    "CLIENT_ID": "sandbox-client",
+    "CLIENT_SECRET": "sandbox-secret",
+    "WEBHOOK_SECRETS": ["whsec_test_new", "whsec_test_old"],
+    "API_BASE_URL": "http://127.0.0.1:9",
+    "TIMEOUT": (1.0, 2.0),
+    "MAX_RETRY_WAIT": 2,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"nomos_billing": {"handlers": ["null"], "level": "DEBUG", "propagate": True}},
+}
