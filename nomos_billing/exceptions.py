@@ -41,7 +41,9 @@ class NomosAPIError(NomosError):
         self.request_id = request_id
         self.method = method
         self.path = path
-        super().__init__(str(self))
+        # Not super(): in NomosServiceError the next class is NomosUnavailable, whose
+        # __init__ would reset status and request_id.
+        Exception.__init__(self, str(self))
 
     def __str__(self) -> str:
         where = f"{self.method} {self.path} " if self.method else ""

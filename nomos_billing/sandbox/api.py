@@ -58,7 +58,7 @@ def token(sb: Sandbox, request: Request) -> Response:
         "access_token": sb.issue_token(),
         "token_type": "Bearer",
         "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
-        "refresh_token": secrets.token_hex(32),
+        "refresh_token": sb.issue_refresh_token(),
         "scope": sb.scope,
     }, [("Cache-Control", "no-store")])
 

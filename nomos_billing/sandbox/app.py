@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import api, control, pages
-from .faults import DropConnection, Fault
+from .faults import DropConnectionError, Fault
 from .http import ApiError, HeaderDict, Request, Response, json_response
 from .routing import Route, resolve
 from .shapes import API_VERSION, error_envelope
@@ -36,21 +36,21 @@ class SandboxApp:
         return [response.body]
 
     def handle(self, environ: dict[str, Any]) -> Response:
-        """Answer one request; raises ``DropConnection`` when a fault says to hang up."""
+        """Answer one request; raises ``DropConnectionError`` when a fault says to hang up."""
         sb = self.sandbox
         request = Request.from_environ(environ)
         route, params, same_path = resolve(self.routes, request.method, request.path)
+        request_id = "req_" + secrets.token_hex(12)
+        extra = [("X-Request-Id", request_id)]
         if route is not None and route.kind == "control":
-            return _finalize(_run(route, sb, request, params, "req_control"), [])
+            return _finalize(_run(route, sb, request, params, request_id), extra)
         if route is None and same_path and same_path[0].kind == "control":
-            return _finalize(_error(ApiError(405, "Method not allowed"), "req_control"), [])
+            return _finalize(_error(ApiError(405, "Method not allowed"), request_id), extra)
 
         template = route or (same_path[0] if same_path else None)
         key = f"{request.method} {template.template if template else request.path}"
         kind = template.kind if template else "api"
         sb.note_call(key)
-        request_id = "req_" + secrets.token_hex(12)
-        extra = [("X-Request-Id", request_id)]
         if kind == "api":
             extra.append(("X-API-Version", request.headers.get("X-API-Version") or API_VERSION))
 
@@ -58,7 +58,7 @@ class SandboxApp:
         fault = sb.take_fault(key, wildcard=kind == "api")
         try:
             response = self._answer(fault, route, same_path, request, params, request_id)
-        except DropConnection:
+        except DropConnectionError:
             sb.log_exchange(_exchange(key, kind, request, request_id, None))
             raise
         if fault is not None and fault.retry_after is not None:
@@ -72,7 +72,7 @@ class SandboxApp:
         if fault is not None:
             fault.delay(request.environ.get(STOP_EVENT))
             if fault.drop_connection:
-                raise DropConnection()
+                raise DropConnectionError()
             if fault.status is not None:
                 return _error(ApiError(fault.status, f"Injected fault: HTTP {fault.status}"),
                               request_id)

@@ -33,7 +33,7 @@ class Fault:
             time.sleep(seconds)
 
 
-class DropConnection(Exception):
+class DropConnectionError(Exception):
     """Raised by the WSGI app so the live server closes the socket without answering."""
 
 

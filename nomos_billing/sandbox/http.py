@@ -100,7 +100,9 @@ class Request:
             raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
 
     def data(self) -> dict[str, Any]:
-        """The body as a dict, whether it came form-encoded or as JSON."""
+        """The body as a dict, whether it came form-encoded or as JSON; {} when empty."""
+        if not self.body.strip():
+            return {}
         if self.content_type == "application/x-www-form-urlencoded":
             return {k: v[-1] for k, v in parse_qs(self.body.decode("utf-8", "replace")).items()}
         payload = self.json()

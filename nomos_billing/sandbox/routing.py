@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from .http import Request, Response
-    from .state import Sandbox
+    from .http import Response
 
 Handler = Callable[..., "Response"]
 Kind = Literal["api", "page", "control"]

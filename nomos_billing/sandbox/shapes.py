@@ -7,6 +7,7 @@ read); ``full_subscription`` embeds the customer object as ``GET /subscriptions/
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import string
 from datetime import datetime, timezone
@@ -129,7 +130,7 @@ def subscription(
             "object": "meter",
             "id": f"mtr_{suffix}",
             "melo": None,
-            "number": f"1SBX{suffix[:8].upper()}",
+            "number": "1SBX" + hashlib.sha256(id.encode()).hexdigest()[:10].upper(),
             "type": "smart",
             "malo": None,
             "created_at": created,
@@ -142,7 +143,7 @@ def subscription(
             "created_at": created,
         },
         "supplier": None,
-        "number": suffix[:8].upper(),
+        "number": hashlib.sha256(id.encode()).hexdigest()[:8].upper(),
         "status": status,
         "estimated_usage": estimated_usage,
         "created_at": created,

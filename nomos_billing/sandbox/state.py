@@ -22,7 +22,7 @@ class Sandbox:
     def __init__(
         self,
         client_id: str = "sandbox-client",
-        client_secret: str = "sandbox-secret",
+        client_secret: str = "sandbox-secret",  # noqa: S107 - a fake, published on purpose
         token_ttl: float = 3600,
         seed: bool = True,
         *,
@@ -52,6 +52,8 @@ class Sandbox:
         self.faults = FaultTable()
         # token -> (monotonic expiry, scope)
         self._tokens: dict[str, tuple[float, str]] = {}
+        # Every token ever issued, also the expired ones: tests scan logs for them.
+        self._issued: list[str] = []
         # token_hash -> {"customer_id", "created", "used"}
         self._magic_links: dict[str, dict[str, Any]] = {}
         self._lead_requests: dict[str, dict[str, Any]] = {}
@@ -221,10 +223,24 @@ class Sandbox:
     # -- tokens -------------------------------------------------------------------------------
 
     def issue_token(self, scope: str | None = None) -> str:
+        """A valid access token, as ``POST /oauth/token`` grants (``scope`` overrides)."""
         token = "sbx_at_" + secrets.token_urlsafe(32)
         with self.lock:
             self._tokens[token] = (time.monotonic() + self.token_ttl, scope or self.scope)
+            self._issued.append(token)
         return token
+
+    def issue_refresh_token(self) -> str:
+        # Never redeemable here (only client_credentials is granted), but still a secret.
+        token = "sbx_rt_" + secrets.token_hex(32)
+        with self.lock:
+            self._issued.append(token)
+        return token
+
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token this sandbox has handed out, valid or not."""
+        with self.lock:
+            return list(self._issued)
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a valid token, or None if it is unknown or expired."""

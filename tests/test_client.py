@@ -1,0 +1,217 @@
+"""The API client against a live sandbox: retries, token handling, errors, pagination."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from nomos_billing.client import NomosClient, get_client
+from nomos_billing.exceptions import (
+    NomosAPIError,
+    NomosConfigurationError,
+    NomosServiceError,
+    NomosUnavailable,
+)
+from nomos_billing.sandbox import Fault
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+SUB = "GET /subscriptions/{id}"
+TOKEN = "POST /oauth/token"
+MINT = "POST /admin/magic_link"
+
+
+@pytest.fixture
+def client(nomos) -> NomosClient:
+    return get_client()
+
+
+def test_get_subscription_embeds_the_customer(client, nomos):
+    data = client.get_subscription("sub_sandbox_alice")
+    assert data["id"] == "sub_sandbox_alice"
+    assert data["customer"]["id"] == "cus_sandbox_alice"
+    assert nomos.count(SUB) == 1
+
+
+def test_every_call_pins_the_api_version_and_sends_a_bearer_token(client, nomos):
+    client.get_customer("cus_sandbox_alice")
+    exchange = [e for e in nomos.request_log if e["path"].startswith("/customers/")][0]
+    headers = {k.lower(): v for k, v in exchange["headers"].items()}
+    assert headers["x-api-version"] == "2026-05-27.curie"
+    assert headers["authorization"].startswith("Bearer ")
+
+
+def test_token_request_is_form_encoded_client_credentials_with_basic_auth(client, nomos):
+    client.get_customer("cus_sandbox_alice")
+    exchange = [e for e in nomos.request_log if e["path"] == "/oauth/token"][0]
+    headers = {k.lower(): v for k, v in exchange["headers"].items()}
+    assert headers["content-type"] == "application/x-www-form-urlencoded"
+    assert headers["authorization"].startswith("Basic ")
+    assert exchange["body"] == b"grant_type=client_credentials"
+
+
+def test_hundred_calls_cause_exactly_one_token_request(client, nomos):
+    for _ in range(100):
+        client.get_subscription("sub_sandbox_alice")
+    assert nomos.count(SUB) == 100
+    assert nomos.count(TOKEN) == 1
+
+
+def test_hundred_calls_reuse_one_connection(client, nomos):
+    client.get_subscription("sub_sandbox_alice")
+    before = nomos.connections
+    for _ in range(100):
+        client.get_subscription("sub_sandbox_alice")
+    assert nomos.connections - before == 0
+
+
+def test_a_401_refreshes_the_token_once_and_retries_once(client, nomos):
+    client.get_subscription("sub_sandbox_alice")
+    nomos.expire_tokens()
+    assert client.get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    assert nomos.count(TOKEN) == 2
+    assert nomos.count(SUB) == 3
+
+
+def test_a_persistent_401_becomes_an_api_error_after_one_retry(client, nomos):
+    nomos.add_fault(SUB, Fault(status=401), times=None)
+    with pytest.raises(NomosAPIError) as excinfo:
+        client.get_subscription("sub_sandbox_alice")
+    assert excinfo.value.status == 401
+    assert nomos.count(SUB) == 2
+    assert nomos.count(TOKEN) == 2
+
+
+def test_429_with_retry_after_is_retried(client, nomos):
+    nomos.add_fault(SUB, Fault(status=429, retry_after=1), times=1)
+    started = time.monotonic()
+    assert client.get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    assert nomos.count(SUB) == 2
+    assert time.monotonic() - started >= 0.9  # it honoured Retry-After
+
+
+def test_a_long_retry_after_is_not_slept_through(client, nomos, settings):
+    nomos.add_fault(SUB, Fault(status=429, retry_after=120), times=None)
+    started = time.monotonic()
+    with pytest.raises(NomosUnavailable) as excinfo:
+        client.get_subscription("sub_sandbox_alice")
+    assert time.monotonic() - started < 1
+    assert excinfo.value.retry_after == 120
+    assert nomos.count(SUB) == 1
+
+
+def test_repeated_500_becomes_an_api_error_carrying_the_request_id(client, nomos):
+    nomos.add_fault(SUB, Fault(status=500), times=None)
+    with pytest.raises(NomosAPIError) as excinfo:
+        client.get_subscription("sub_sandbox_alice")
+    error = excinfo.value
+    assert error.status == 500
+    assert error.request_id.startswith("req_")
+    assert error.request_id in str(error)
+    assert isinstance(error, NomosUnavailable)  # an outage for callers that only care about that
+    assert nomos.count(SUB) == 4  # first try + MAX_RETRIES (3)
+
+
+def test_a_500_then_success_is_retried_transparently(client, nomos):
+    nomos.add_fault(SUB, Fault(status=503), times=2)
+    assert client.get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    assert nomos.count(SUB) == 3
+
+
+def test_a_hang_becomes_unavailable_within_the_read_timeout(client, nomos):
+    nomos.add_fault(SUB, Fault(hang=5), times=1)
+    started = time.monotonic()
+    with pytest.raises(NomosUnavailable):
+        client.get_subscription("sub_sandbox_alice")
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.5  # read timeout is 2 s in tests/settings.py; no retry of a read timeout
+    assert nomos.count(SUB) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_magic_link_post_is_not_retried_where_nomos_may_have_acted(client, nomos, status):
+    nomos.add_fault(MINT, Fault(status=status), times=1)
+    with pytest.raises(NomosServiceError):
+        client.create_magic_link("cus_sandbox_alice")
+    assert nomos.count(MINT) == 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_magic_link_post_is_retried_where_nomos_did_not_act(client, nomos, status):
+    nomos.add_fault(MINT, Fault(status=status, retry_after=0), times=1)
+    assert client.create_magic_link("cus_sandbox_alice").startswith(nomos.base_url)
+    assert nomos.count(MINT) == 2
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422])
+def test_other_4xx_are_not_retried(client, nomos, status):
+    nomos.add_fault(SUB, Fault(status=status), times=None)
+    with pytest.raises(NomosAPIError) as excinfo:
+        client.get_subscription("sub_sandbox_alice")
+    assert excinfo.value.status == status
+    assert not isinstance(excinfo.value, NomosUnavailable)
+    assert nomos.count(SUB) == 1
+
+
+def test_unknown_customer_is_a_404_with_the_nomos_code(client, nomos):
+    with pytest.raises(NomosAPIError) as excinfo:
+        client.create_magic_link("cus_doesnotexist")
+    assert excinfo.value.status == 404
+    assert excinfo.value.code == "NOT_FOUND"
+    assert excinfo.value.is_not_found
+
+
+def test_connection_refused_is_unavailable(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": f"http://127.0.0.1:{port}",
+                              "MAX_RETRIES": 1}
+    with pytest.raises(NomosUnavailable) as excinfo:
+        get_client().get_subscription("sub_x")
+    assert "sandbox-secret" not in str(excinfo.value)
+
+
+def test_wrong_credentials_are_an_api_error_without_the_secret(nomos, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "CLIENT_SECRET": "wrong-secret-value"}
+    with pytest.raises(NomosAPIError) as excinfo:
+        get_client().get_subscription("sub_sandbox_alice")
+    assert excinfo.value.status == 401
+    assert "wrong-secret-value" not in str(excinfo.value) + repr(excinfo.value)
+    assert nomos.count(TOKEN) == 1
+
+
+def test_missing_credentials_name_the_setting(settings):
+    settings.NOMOS_BILLING = {"CLIENT_ID": "", "CLIENT_SECRET": ""}
+    with pytest.raises(NomosConfigurationError, match="CLIENT_ID"):
+        get_client().fetch_token()
+
+
+def test_iter_subscriptions_walks_every_page(client, nomos):
+    customer = nomos.add_customer(email="many@example.com", first_name="M", last_name="Any")
+    for _ in range(7):
+        nomos.add_subscription(customer["id"])
+    ids = [s["id"] for s in client.iter_subscriptions(limit=2)]
+    assert len(ids) == len(set(ids)) == len(nomos.subscriptions)
+    pages = nomos.count("GET /subscriptions")
+    assert pages == -(-len(ids) // 2)
+
+
+def test_iter_subscriptions_fetches_pages_lazily(client, nomos):
+    iterator = client.iter_subscriptions(limit=1)
+    next(iterator)
+    assert nomos.count("GET /subscriptions") == 1
+
+
+def test_ids_cannot_change_the_path(client, nomos):
+    with pytest.raises(NomosAPIError) as excinfo:
+        client.get_subscription("../customers/cus_sandbox_alice")
+    assert excinfo.value.status == 404
+
+
+def test_repr_of_client_and_token_hide_secrets(client, nomos):
+    token = client.tokens.get()
+    assert token.value not in repr(token)
+    assert "sandbox-secret" not in repr(client)

@@ -1,0 +1,163 @@
+"""The shared access token: one per cache, renewed single-flight, never leaked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.core.cache import caches
+
+from nomos_billing.client import get_client
+from nomos_billing.conf import nomos_settings
+from nomos_billing.exceptions import NomosUnavailable
+from nomos_billing.sandbox import Fault
+from nomos_billing.tokens import AccessToken
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+TOKEN = "POST /oauth/token"
+SUB = "GET /subscriptions/{id}"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cache_key_is_namespaced_per_client_and_base_url_and_hashed(settings):
+    settings.NOMOS_BILLING = {"CLIENT_ID": "client-a", "API_BASE_URL": "https://a.example"}
+    key_a = nomos_settings.token_cache_key
+    settings.NOMOS_BILLING = {"CLIENT_ID": "client-b", "API_BASE_URL": "https://a.example"}
+    key_b = nomos_settings.token_cache_key
+    settings.NOMOS_BILLING = {"CLIENT_ID": "client-a", "API_BASE_URL": "https://b.example"}
+    key_c = nomos_settings.token_cache_key
+    assert len({key_a, key_b, key_c}) == 3
+    assert all("client-" not in k and "example" not in k for k in (key_a, key_b, key_c))
+
+
+def test_token_lives_in_the_configured_cache(nomos):
+    get_client().get_subscription("sub_sandbox_alice")
+    stored = caches["default"].get(nomos_settings.token_cache_key)
+    assert stored["value"] in nomos.issued_tokens()
+
+
+def test_token_is_renewed_when_less_than_the_margin_is_left(nomos):
+    client = get_client()
+    client.get_subscription("sub_sandbox_alice")
+    real_time = time.time
+    # 3600 s token, 300 s margin: at +3301 s it is inside the margin and must be renewed.
+    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3301):
+        client.get_subscription("sub_sandbox_alice")
+    assert nomos.count(TOKEN) == 2
+
+
+def test_token_is_not_renewed_before_the_margin(nomos):
+    client = get_client()
+    client.get_subscription("sub_sandbox_alice")
+    real_time = time.time
+    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3200):
+        client.get_subscription("sub_sandbox_alice")
+    assert nomos.count(TOKEN) == 1
+
+
+def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos):
+    client = get_client()
+    client.get_subscription("sub_sandbox_alice")
+    caches["default"].delete(nomos_settings.token_cache_key)  # the token just expired
+    # Slow the token endpoint so every thread finds the token missing while one renews.
+    nomos.add_fault(TOKEN, Fault(latency=0.3), times=1)
+    barrier = threading.Barrier(50)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            barrier.wait()
+            client.get_subscription("sub_sandbox_alice")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert nomos.count(TOKEN) == 2  # the first call's token, then exactly one renewal
+    assert nomos.count(SUB) == 51
+
+
+def test_waiters_take_over_when_the_renewal_fails(nomos):
+    client = get_client()
+    nomos.add_fault(TOKEN, Fault(status=400), times=1)
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(client.get_subscription("sub_sandbox_alice")["id"])
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.count("sub_sandbox_alice") >= 4
+    assert nomos.count(TOKEN) == 2  # the failed one and one good one, not five
+
+
+def test_a_rejected_token_already_replaced_by_another_worker_is_kept(nomos):
+    client = get_client()
+    client.get_subscription("sub_sandbox_alice")
+    current = client.tokens.get()
+    stale = AccessToken("some-older-token", time.time() + 100)
+    client.tokens.invalidate(stale)
+    assert client.tokens.cached() == current
+
+
+def test_token_endpoint_down_is_unavailable(nomos):
+    nomos.add_fault(TOKEN, Fault(status=503), times=None)
+    with pytest.raises(NomosUnavailable):
+        get_client().get_subscription("sub_sandbox_alice")
+
+
+def _redis_cache_url() -> str | None:
+    url = os.environ.get("CACHE_URL", "")
+    return url if url.startswith("redis") else None
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(_redis_cache_url() is None, reason="CACHE_URL is not a Redis URL")
+def test_two_processes_sharing_the_redis_cache_use_one_token(nomos):
+    script = textwrap.dedent(
+        f"""
+        import django, os
+        from django.conf import settings
+        settings.configure(
+            CACHES={{"default": {{"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                 "LOCATION": {_redis_cache_url()!r}}}}},
+            INSTALLED_APPS=["nomos_billing"],
+            NOMOS_BILLING={{"CLIENT_ID": "sandbox-client", "CLIENT_SECRET": "sandbox-secret",
+                            "API_BASE_URL": {nomos.base_url!r}}},
+        )
+        django.setup()
+        from nomos_billing.client import get_client
+        for _ in range(10):
+            get_client().get_subscription("sub_sandbox_alice")
+        print("ok")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert nomos.count(SUB) == 20
+    assert nomos.count(TOKEN) == 1
