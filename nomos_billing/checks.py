@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import API_VERSION, DEFAULTS, SETTING_NAME, _is_loopback, nomos_settings
+from .conf import API_VERSION, DEFAULTS, SETTING_NAME, _is_loopback
 
 # Ids are stable: sites silence them with SILENCED_SYSTEM_CHECKS, so never reuse one.
 E_NOT_A_DICT = "nomos_billing.E003"

@@ -79,11 +79,8 @@ class NomosUnavailable(NomosError):
     ``retry_after`` (seconds) is a hint for the ``Retry-After`` header of our own 503 page.
     """
 
-    def __init__(self, message: str, *, retry_after: int | None = None, status: int | None = None,
-                 request_id: str = "") -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         self.retry_after = retry_after
-        self.status = status
-        self.request_id = request_id
         super().__init__(message)
 
 

@@ -14,11 +14,11 @@ if not os.environ.get("NOMOS_OPENAPI_SPEC"):
         allow_module_level=True,
     )
 
-from nomos_billing.client import get_client  # noqa: E402
-from nomos_billing.exceptions import NomosAPIError  # noqa: E402
-from nomos_billing.sandbox import Fault  # noqa: E402
+from nomos_billing.client import get_client
+from nomos_billing.exceptions import NomosAPIError
+from nomos_billing.sandbox import Fault
 
-from .contract import describe, load_spec, validate_exchange, validate_request  # noqa: E402
+from .contract import describe, load_spec, validate_exchange, validate_request
 
 pytestmark = pytest.mark.django_db(databases=[])
 

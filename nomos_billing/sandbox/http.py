@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 
 class HeaderDict(dict):  # type: ignore[type-arg]
@@ -140,7 +140,3 @@ def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | No
 
 def html_response(status: int, html: str) -> Response:
     return Response(status, html.encode("utf-8"), [("Content-Type", "text/html; charset=utf-8")])
-
-
-def url_path(text: str) -> str:
-    return quote(text, safe="/")

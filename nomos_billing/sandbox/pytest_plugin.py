@@ -1,19 +1,53 @@
-"""Pytest fixtures for a live sandbox. Enable with
-``pytest_plugins = ["nomos_billing.sandbox.pytest_plugin"]`` in a conftest."""
+"""Pytest fixtures for a live sandbox, loaded automatically by pytest when nomos-billing is
+installed (the ``pytest11`` entry point).
+
+- ``nomos_sandbox``: a seeded ``Sandbox`` on an ephemeral loopback port (``.base_url``).
+- ``nomos_sandbox_settings``: the same, with ``settings.NOMOS_BILLING`` pointing at it (needs
+  pytest-django's ``settings`` fixture) and the shared client and token forgotten, so every
+  test starts from a fresh token.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from .server import SandboxServer
 from .state import Sandbox
 
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
+WEBHOOK_SECRET = "whsec_sandbox"
+
 
 @pytest.fixture
 def nomos_sandbox() -> Iterator[Sandbox]:
     """A seeded Sandbox served on an ephemeral loopback port; ``.base_url`` is its URL."""
-    sandbox = Sandbox()
+    sandbox = Sandbox(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                      webhook_secret=WEBHOOK_SECRET)
     with SandboxServer(sandbox):
         yield sandbox
+
+
+@pytest.fixture
+def nomos_sandbox_settings(nomos_sandbox: Sandbox, settings: Any) -> Iterator[Sandbox]:
+    """``nomos_sandbox`` with NOMOS_BILLING pointed at it (credentials and webhook secret)."""
+    from django.core.cache import caches
+
+    from nomos_billing.client import reset_client
+    from nomos_billing.conf import nomos_settings
+
+    current = getattr(settings, "NOMOS_BILLING", None) or {}
+    settings.NOMOS_BILLING = {
+        **current,
+        "CLIENT_ID": CLIENT_ID,
+        "CLIENT_SECRET": CLIENT_SECRET,
+        "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
+        "API_BASE_URL": nomos_sandbox.base_url,
+    }
+    caches[nomos_settings.TOKEN_CACHE].delete(nomos_settings.token_cache_key)
+    reset_client()
+    yield nomos_sandbox
+    reset_client()
