@@ -120,6 +120,9 @@ class NomosLead(models.Model):
 class WebhookEvent(models.Model):
     class Status(models.TextChoices):
         RECEIVED = "received", _("Received")
+        # Internal: a worker has claimed the event (conditional UPDATE) and is processing it;
+        # ``claimed_at`` says since when, so a claim left by a crashed worker can be taken over.
+        PROCESSING = "processing", _("Processing")
         PROCESSED = "processed", _("Processed")
         FAILED = "failed", _("Failed")
         IGNORED = "ignored", _("Ignored")
@@ -138,6 +141,7 @@ class WebhookEvent(models.Model):
     secret_index = models.PositiveSmallIntegerField(_("secret index"), null=True, blank=True)
     deliveries = models.PositiveIntegerField(_("deliveries"), default=1)
     received_at = models.DateTimeField(_("received"), auto_now_add=True, db_index=True)
+    claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True)
     processed_at = models.DateTimeField(_("processed"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 

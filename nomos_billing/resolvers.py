@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -43,7 +43,8 @@ def by_metadata(link: LinkRequest) -> Any:
     if not isinstance(metadata, dict):
         return None
     value = metadata.get(nomos_settings.METADATA_USER_KEY)
-    if value in (None, ""):
+    # Only a string or an integer names a user; True would otherwise match pk=1.
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         return None
     User = get_user_model()  # noqa: N806
     try:
@@ -118,19 +119,24 @@ def attach_user(customer: NomosCustomer, user: Any, linked_by: str) -> bool:
     """Set ``customer.user`` if the customer is unlinked and the user holds no other customer."""
     from .models import NomosCustomer
 
-    with transaction.atomic():
-        taken = NomosCustomer.objects.filter(user=user).exclude(pk=customer.pk).exists()
-        if taken:
-            logger.warning(
-                "Nomos customer %s resolves to user %s, who is already linked to another "
-                "customer; left unlinked", customer.customer_id, user.pk,
-            )
-            return False
-        now = timezone.now()
-        # Conditional update: a concurrent link by someone else is never overwritten.
-        updated = NomosCustomer.objects.filter(pk=customer.pk, user__isnull=True).update(
-            user=user, linked_by=linked_by, linked_at=now, updated_at=now
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            taken = NomosCustomer.objects.filter(user=user).exclude(pk=customer.pk).exists()
+            # Conditional update: a concurrent link by someone else is never overwritten.
+            updated = not taken and NomosCustomer.objects.filter(
+                pk=customer.pk, user__isnull=True
+            ).update(user=user, linked_by=linked_by, linked_at=now, updated_at=now)
+    except IntegrityError:
+        # Another customer was linked to this user between our check and our update (the
+        # one-to-one constraint decided).
+        taken = True
+    if taken:
+        logger.warning(
+            "Nomos customer %s resolves to user %s, who is already linked to another "
+            "customer; left unlinked", customer.customer_id, user.pk,
         )
+        return False
     if not updated:
         return False
     customer.user = user

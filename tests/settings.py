@@ -62,6 +62,9 @@ CACHES = {
     "default": env.cache("CACHE_URL", default="locmemcache://nomos-tests"),
 }
 
+# pytest-django's live_server serves static files under STATIC_URL; without it, every request fails.
+STATIC_URL = "/static/"
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

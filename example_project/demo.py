@@ -1,0 +1,218 @@
+"""``make demo``: the example site and the Nomos sandbox on loopback, with demo users.
+
+1. migrates the example site's database (SQLite unless DATABASE_URL says otherwise);
+2. creates the demo users (their passwords are reset on every run, so a second run works);
+3. starts the sandbox in this process and ``manage.py runserver`` as a child process;
+4. points alice's sandbox subscription at alice's user id and delivers a signed
+   ``subscription.created`` to the site's webhook URL, so alice is linked the way production
+   links customers (webhook -> fetch subscription -> metadata resolver);
+5. prints the URLs and logins and waits; Ctrl-C stops both servers.
+
+The demo always uses the sandbox and its published fake credentials, whatever ``.env`` says:
+run ``manage.py runserver`` yourself to use the settings in ``.env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
+WEBHOOK_SECRET = "whsec_sandbox"
+PLAN_ID = "pln_sandbox_home"  # the sandbox's default plan
+
+#: (username, password, email, superuser)
+USERS = [
+    ("alice", "alice-demo", "alice@example.com", False),
+    ("bob", "bob-demo", "bob@example.com", False),
+    ("admin", "admin-demo", "admin@example.com", True),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the example site against the sandbox.")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address for both servers")
+    parser.add_argument("--port", type=int, default=8000, help="the site's port")
+    parser.add_argument("--sandbox-port", type=int, default=8765, help="the sandbox's port")
+    parser.add_argument("--startup-timeout", type=float, default=30.0,
+                        help="seconds to wait for the site to answer")
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    print(f"demo: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def ensure_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            fail(f"{host}:{port} is in use; stop what runs there or pass another port "
+                 f"(make demo {what}=...).")
+
+
+def configure_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The variables both this process and the runserver child use."""
+    forced = {
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "NOMOS_API_BASE_URL": f"http://{args.host}:{args.sandbox_port}",
+        "NOMOS_CLIENT_ID": CLIENT_ID,
+        "NOMOS_CLIENT_SECRET": CLIENT_SECRET,
+        "NOMOS_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        # Users without a customer get the sign-up form, which creates a lead in the sandbox.
+        "NOMOS_PLAN_ID": PLAN_ID,
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update(forced)
+    return dict(os.environ)
+
+
+def create_users() -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()  # noqa: N806
+    users = {}
+    for username, password, email, superuser in USERS:
+        user, _ = User.objects.get_or_create(username=username, defaults={"email": email})
+        user.email = email
+        user.is_active = True
+        user.is_staff = user.is_superuser = superuser
+        user.set_password(password)
+        user.save()
+        users[username] = user
+    return users
+
+
+def point_sandbox_at_users(sandbox: Any, users: dict[str, Any]) -> None:
+    """Seed metadata names user ids 1 and 2; make them name alice, and nobody for Acme, so bob
+    stays without a customer even after ``manage.py nomos_sync``."""
+    from nomos_billing.conf import nomos_settings
+    from nomos_billing.sandbox import seed
+
+    key = nomos_settings.METADATA_USER_KEY
+    with sandbox.lock:
+        sandbox.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {key: str(users["alice"].pk)}
+        for sub_id in (seed.ACME_CONSUMPTION, seed.ACME_FEED_IN):
+            if sub_id in sandbox.subscriptions:
+                sandbox.subscriptions[sub_id]["metadata"] = {}
+
+
+def wait_for_site(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            fail(f"manage.py runserver exited with code {process.returncode}; see its output "
+                 "above.")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    fail(f"the site did not answer at {url} within {timeout:.0f} s.")
+
+
+def link_alice(sandbox: Any, webhook_url: str, alice: Any) -> str:
+    from nomos_billing.models import NomosCustomer
+    from nomos_billing.sandbox import seed
+
+    deliveries_before = len(sandbox.webhook_deliveries)
+    event = sandbox.send_webhook(webhook_url, "subscription.created", secret=WEBHOOK_SECRET,
+                                 context={"subscription": seed.ALICE_SUBSCRIPTION}, timeout=30)
+    delivery = sandbox.webhook_deliveries[deliveries_before]
+    result = f"{event['id']} -> HTTP {delivery['status'] or delivery['error']}"
+    linked = NomosCustomer.objects.filter(user=alice, customer_id=seed.ALICE).exists()
+    if not linked:
+        print(f"demo: warning: alice is not linked after the webhook ({result}); see the site's "
+              "log above.", file=sys.stderr, flush=True)
+    return result
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_free(args.host, args.port, "PORT")
+    ensure_free(args.host, args.sandbox_port, "SANDBOX_PORT")
+    env = configure_environment(args)
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.urls import reverse
+
+    from nomos_billing.sandbox import Sandbox, SandboxServer, seed
+
+    print("== migrating the example site's database", flush=True)
+    call_command("migrate", interactive=False, verbosity=0)
+    users = create_users()
+
+    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET)
+    point_sandbox_at_users(sandbox, users)
+    server = SandboxServer(sandbox, args.host, args.sandbox_port).start()
+    site_url = f"http://{args.host}:{args.port}"
+    site = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
+        [sys.executable, str(HERE / "manage.py"), "runserver", f"{args.host}:{args.port}",
+         "--noreload"],
+        cwd=HERE, env=env,
+    )
+
+    # SIGTERM (CI, process managers) stops the demo the way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        wait_for_site(site_url + "/", site, args.startup_timeout)
+        webhook = link_alice(sandbox, site_url + reverse("nomos_billing:webhook"), users["alice"])
+        print(f"""
+== Nomos billing demo is running
+  site:     {site_url}/
+  admin:    {site_url}/admin/          login admin / admin-demo
+  sandbox:  {server.url}   client {CLIENT_ID} / {CLIENT_SECRET}, webhook secret {WEBHOOK_SECRET}
+
+  log in as
+    alice / alice-demo   linked to {seed.ALICE} (subscription {seed.ALICE_SUBSCRIPTION}); the
+                         portal button opens the sandbox portal signed in as alice
+    bob   / bob-demo     no Nomos customer yet; the button leads to the sign-up form,
+                         which creates a lead and opens the sandbox checkout
+
+  subscription.created for alice delivered: {webhook}
+  try: .venv/bin/python example_project/manage.py nomos_trigger test.event
+       .venv/bin/python example_project/manage.py nomos_sync --dry-run
+       (with NOMOS_API_BASE_URL={server.url} if you changed SANDBOX_PORT)
+
+Ctrl-C stops both servers.""", flush=True)
+        while site.poll() is None:
+            time.sleep(0.5)
+        print(f"demo: the site exited with code {site.returncode}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\n== stopping", flush=True)
+        return 0
+    finally:
+        if site.poll() is None:
+            site.terminate()
+            try:
+                site.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                site.kill()
+        server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

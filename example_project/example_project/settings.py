@@ -1,0 +1,122 @@
+"""Settings of the example site, read from the environment with django-environ.
+
+Every variable is optional (``manage.py check`` passes with none set) and is listed and explained
+in ``.env.example``; copy it to ``.env`` beside ``manage.py`` to change them. Without Nomos
+credentials the site talks to the local sandbox (``python -m nomos_billing.sandbox``); put real
+``NOMOS_*`` values in ``.env`` and it talks to Nomos with no code change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    # Variables already set in the process environment win over the file.
+    env.read_env(BASE_DIR / ".env")
+
+# -- Django --------------------------------------------------------------------------------
+
+# Development defaults: a real deployment sets DJANGO_DEBUG=False and its own secret key.
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="example-project-dev-only-not-secret")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "nomos_billing",
+    "demo_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions, before common: picks en or de from the session or Accept-Language.
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+CACHES = {
+    # The Nomos access token lives here; use Redis (redis://...) with several workers.
+    "default": env.cache("CACHE_URL", default="locmemcache://example-project"),
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
+USE_I18N = True
+TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="Europe/Berlin")
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+
+# -- Nomos ---------------------------------------------------------------------------------
+
+# The defaults are the sandbox's published, fake credentials (see .env.example).
+NOMOS_BILLING = {
+    "API_BASE_URL": env.str("NOMOS_API_BASE_URL", default="http://127.0.0.1:8765"),
+    "CLIENT_ID": env.str("NOMOS_CLIENT_ID", default="sandbox-client"),
+    "CLIENT_SECRET": env.str("NOMOS_CLIENT_SECRET", default="sandbox-secret"),
+    # Newest first; during a rotation list the new secret, then the old one.
+    "WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS", default=["whsec_sandbox"]),
+    "LINK_BY_EMAIL": env.bool("NOMOS_LINK_BY_EMAIL", default=False),
+    "PLAN_ID": env.str("NOMOS_PLAN_ID", default="") or None,
+    "SIGNUP_URL": env.str("NOMOS_SIGNUP_URL", default="") or None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "nomos_billing": {
+            "handlers": ["console"],
+            "level": env.str("NOMOS_LOG_LEVEL", default="INFO"),
+        },
+    },
+}

@@ -1,0 +1,274 @@
+"""Admin for Nomos customers, subscriptions and webhook events.
+
+Every list costs the same number of queries however many rows it shows: the latest
+subscription status is a ``Subquery`` annotation and foreign keys are ``list_select_related``.
+No setting and no secret is shown anywhere; event payloads carry ids only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import get_user_model
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import processing, resolvers, sync
+from .exceptions import NomosError
+from .models import NomosCustomer, NomosLead, NomosSubscription, WebhookEvent
+
+
+class LinkedFilter(admin.SimpleListFilter):
+    title = _("linked to a user")
+    parameter_name = "linked"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Linked")), ("no", _("Unlinked"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(user__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(user__isnull=True)
+        return queryset
+
+
+class LatestStatusFilter(admin.SimpleListFilter):
+    title = _("latest subscription status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [*NomosSubscription.Status.choices, ("none", _("No subscription"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value == "none":
+            return queryset.filter(latest_status__isnull=True)
+        if value in NomosSubscription.Status.values:
+            return queryset.filter(latest_status=value)
+        return queryset
+
+
+_INLINE_FIELDS = ("subscription_id", "status", "plan", "type", "start_at", "end_at")
+
+
+class SubscriptionInline(admin.TabularInline):
+    model = NomosSubscription
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = _INLINE_FIELDS
+    readonly_fields = _INLINE_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class LinkUserForm(forms.Form):
+    user = forms.CharField(
+        label=_("User"),
+        max_length=150,
+        help_text=_("The user's id or login name (username or e-mail, per the user model)."),
+    )
+
+    def clean_user(self) -> Any:
+        value = self.cleaned_data["user"].strip()
+        User = get_user_model()  # noqa: N806
+        manager = User._default_manager
+        user = manager.filter(**{User.USERNAME_FIELD: value}).first()
+        if user is None and value.isdigit():
+            user = manager.filter(pk=int(value)).first()
+        if user is None:
+            raise forms.ValidationError(_("No user with this id or login name."))
+        if NomosCustomer.objects.filter(user=user).exists():
+            raise forms.ValidationError(_("This user is already linked to a Nomos customer."))
+        return user
+
+
+@admin.register(NomosCustomer)
+class NomosCustomerAdmin(admin.ModelAdmin):
+    list_display = ["customer_id", "user", "email", "latest_status", "linked"]
+    list_filter = [LinkedFilter, LatestStatusFilter, "type"]
+    list_select_related = ["user"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["customer_id", "linked_by", "linked_at", "created_at", "updated_at"]
+    inlines = [SubscriptionInline]
+    actions = ["refresh_from_nomos", "link_to_user"]
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        # Not every user model has username/email; search what this one has.
+        User = get_user_model()  # noqa: N806
+        fields = ["customer_id", "email", f"user__{User.USERNAME_FIELD}"]
+        email_field = User.get_email_field_name()
+        if email_field in {f.name for f in User._meta.get_fields()}:
+            fields.append(f"user__{email_field}")
+        return list(dict.fromkeys(fields))
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        latest = NomosSubscription.objects.filter(customer=OuterRef("pk")).order_by(
+            "-nomos_created_at", "-created_at"
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(latest_status=Subquery(latest.values("status")[:1]))
+        )
+
+    @admin.display(description=_("latest subscription"), ordering="latest_status")
+    def latest_status(self, obj: NomosCustomer) -> str:
+        value = getattr(obj, "latest_status", None)
+        return str(NomosSubscription.Status(value).label) if value else "-"
+
+    @admin.display(description=_("linked"), boolean=True, ordering="user")
+    def linked(self, obj: NomosCustomer) -> bool:
+        return obj.is_linked
+
+    @admin.action(description=_("Refresh from Nomos"), permissions=["change"])
+    def refresh_from_nomos(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        done = 0
+        for customer in queryset:
+            try:
+                sync.refresh_customer(customer)
+            except NomosError as exc:
+                self.message_user(
+                    request,
+                    _("Refreshing %(customer)s failed: %(error)s")
+                    % {"customer": customer.customer_id, "error": exc},
+                    messages.ERROR,
+                )
+                return
+            done += 1
+        self.message_user(
+            request,
+            ngettext(
+                "Refreshed %(count)d customer from Nomos.",
+                "Refreshed %(count)d customers from Nomos.",
+                done,
+            )
+            % {"count": done},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Link to a user…"), permissions=["change"])
+    def link_to_user(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+        unlinked = list(queryset.filter(user__isnull=True)[:2])
+        if len(unlinked) != 1:
+            self.message_user(
+                request, _("Select exactly one unlinked customer to link."), messages.WARNING
+            )
+            return None
+        customer = unlinked[0]
+        form = LinkUserForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            user = form.cleaned_data["user"]
+            if resolvers.attach_user(customer, user, "admin"):
+                self.message_user(
+                    request,
+                    _("Linked %(customer)s to %(user)s.")
+                    % {"customer": customer.customer_id, "user": user},
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    _(
+                        "%(customer)s was not linked: it is already "
+                        "linked, or the user holds another customer."
+                    )
+                    % {"customer": customer.customer_id},
+                    messages.ERROR,
+                )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Link a Nomos customer to a user"),
+            "opts": self.model._meta,
+            "customer": customer,
+            "form": form,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "action": "link_to_user",
+        }
+        return TemplateResponse(request, "nomos_billing/admin_link_customer.html", context)
+
+
+@admin.register(NomosSubscription)
+class NomosSubscriptionAdmin(admin.ModelAdmin):
+    list_display = [
+        "subscription_id",
+        "customer",
+        "status",
+        "plan",
+        "type",
+        "start_at",
+        "nomos_updated_at",
+    ]
+    list_filter = ["status", "type"]
+    list_select_related = ["customer"]
+    search_fields = ["subscription_id", "customer__customer_id", "customer__email", "lead_id"]
+    raw_id_fields = ["customer"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # A cache of Nomos: edits here would be overwritten by the next event.
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(NomosLead)
+class NomosLeadAdmin(admin.ModelAdmin):
+    list_display = ["lead_id", "user", "plan", "created_at"]
+    list_select_related = ["user"]
+    search_fields = ["lead_id"]
+    raw_id_fields = ["user"]
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(admin.ModelAdmin):
+    list_display = ["event_id", "topic", "status", "received_at", "attempts", "deliveries"]
+    list_filter = ["status", "topic"]
+    search_fields = ["event_id"]
+    date_hierarchy = "received_at"
+    exclude = ["payload"]
+    actions = ["process_again"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in self.model._meta.fields if f.name != "payload"] + ["pretty_payload"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description=_("payload"))
+    def pretty_payload(self, obj: WebhookEvent) -> str:
+        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', text)
+
+    @admin.action(description=_("Process again"), permissions=["change"])
+    def process_again(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        counts = {"processed": 0, "failed": 0, "busy": 0}
+        for event in queryset:
+            result = processing.process_event(event, force=True)
+            if not result.claimed:
+                counts["busy"] += 1
+            elif result.status == WebhookEvent.Status.FAILED:
+                counts["failed"] += 1
+            else:
+                counts["processed"] += 1
+        level = messages.ERROR if counts["failed"] else messages.SUCCESS
+        self.message_user(
+            request,
+            _(
+                "Processed again: %(processed)d done, %(failed)d failed, %(busy)d in progress "
+                "elsewhere."
+            )
+            % counts,
+            level,
+        )

@@ -1,0 +1,57 @@
+"""The lead form: what Nomos needs to pre-fill a checkout for a signed-in user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+#: Nomos rejects an estimated usage below 100 kWh; above this a typo is more likely than a
+#: household or small business.
+MIN_USAGE = 100
+MAX_USAGE = 1_000_000
+DEFAULT_USAGE = 2500
+
+
+class LeadForm(forms.Form):
+    # [0-9], not \d: \d accepts Arabic-Indic and other Unicode digits.
+    zip_code = forms.RegexField(
+        label=_("Postcode"),
+        regex=r"^[0-9]{5}\Z",
+        max_length=5,
+        min_length=5,
+        strip=True,
+        error_messages={"invalid": _("Enter a German postcode of 5 digits.")},
+        widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "postal-code"}),
+    )
+    estimated_usage = forms.IntegerField(
+        label=_("Estimated yearly usage (kWh)"),
+        min_value=MIN_USAGE,
+        max_value=MAX_USAGE,
+        initial=DEFAULT_USAGE,
+        help_text=_("A household of two uses about 2,500 kWh a year."),
+    )
+
+    def lead_payload(self, *, plan: str, user: Any, user_key: str) -> dict[str, Any]:
+        """The ``POST /leads`` body (the ``InsertLead`` schema) for this form and ``user``."""
+        data = self.cleaned_data
+        customer: dict[str, str] = {"type": "person"}
+        email_field = (
+            user.get_email_field_name() if hasattr(user, "get_email_field_name") else "email"
+        )
+        # Nomos requires at least one character where a name is given: leave out empty ones.
+        for key, value in (
+            ("email", getattr(user, email_field, "")),
+            ("first_name", getattr(user, "first_name", "")),
+            ("last_name", getattr(user, "last_name", "")),
+        ):
+            if isinstance(value, str) and value.strip():
+                customer[key] = value.strip()[:100] if key != "email" else value.strip()
+        return {
+            "plan": plan,
+            "address": {"zip": data["zip_code"]},
+            "meter": {"estimated_usage": data["estimated_usage"]},
+            "customer": customer,
+            "metadata": {user_key: str(user.pk)},
+        }

@@ -1,0 +1,119 @@
+"""``manage.py nomos_replay [--failed] [EVENT_ID ...]``: process webhook events again.
+
+For events that failed (Nomos was down, a bug was fixed) or that never arrived: an id we never
+stored is fetched with ``GET /events/{id}`` and recorded first. Processing fetches the current
+state, so replaying an event that was processed before is harmless.
+
+Exit code 1 (``CommandError``) when an event fails; when Nomos is unreachable the command
+stops at once with one line saying so, since every further event would fail the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from nomos_billing.client import get_client
+from nomos_billing.exceptions import NomosAPIError, NomosError
+from nomos_billing.models import WebhookEvent
+from nomos_billing.processing import InvalidEvent, process_event, record_event
+
+from ._errors import command_error, one_line
+
+
+class Command(BaseCommand):
+    help = (
+        "Process stored webhook events again (--failed: all failed ones); an event id "
+        "never received is fetched from Nomos (GET /events/{id}) and recorded first."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
+        parser.add_argument(
+            "--failed", action="store_true", help="every event whose processing failed"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        ids: list[str] = list(dict.fromkeys(options["event_ids"]))
+        if not ids and not options["failed"]:
+            raise CommandError("Name event ids (evt_...) or pass --failed.")
+        if options["failed"]:
+            failed = WebhookEvent.objects.filter(status=WebhookEvent.Status.FAILED)
+            ids += [
+                i
+                for i in failed.order_by("received_at").values_list("event_id", flat=True)
+                if i not in ids
+            ]
+        if not ids:
+            self.stdout.write("No failed events.")
+            return
+        counts = {"processed": 0, "ignored": 0, "failed": 0, "busy": 0}
+        for event_id in ids:
+            outcome = self._replay(event_id)
+            counts[outcome] += 1
+        summary = (
+            f"Replayed {len(ids)} events: {counts['processed']} processed, "
+            f"{counts['ignored']} ignored, {counts['failed']} failed, "
+            f"{counts['busy']} in progress elsewhere."
+        )
+        if counts["failed"]:
+            raise CommandError(summary)
+        self.stdout.write(self.style.SUCCESS(summary))
+
+    def _event(self, event_id: str) -> WebhookEvent | None:
+        event = WebhookEvent.objects.filter(event_id=event_id).first()
+        if event is not None:
+            return event
+        try:
+            data = get_client().get_event(event_id)
+        except NomosAPIError as exc:
+            if exc.is_not_found:
+                self.stderr.write(f"{event_id}: not found at Nomos (GET /events/{event_id})")
+                return None
+            raise self._stop(event_id, exc) from None
+        except NomosError as exc:
+            raise self._stop(event_id, exc) from None
+        if not isinstance(data, dict) or data.get("id") != event_id:
+            self.stderr.write(f"{event_id}: Nomos answered with a different or no event")
+            return None
+        try:
+            event, _ = record_event(data)
+        except InvalidEvent as exc:
+            self.stderr.write(f"{event_id}: {exc}")
+            return None
+        self.stdout.write(f"{event_id}: fetched from Nomos and recorded")
+        return event
+
+    def _replay(self, event_id: str) -> str:
+        event = self._event(event_id)
+        if event is None:
+            return "failed"
+        try:
+            result = process_event(event, force=True)
+        except Exception as exc:  # a bug in a handler or receiver: report it, go on
+            self.stderr.write(
+                one_line(f"{event_id} {event.topic}: failed: {type(exc).__name__}: {exc}")
+            )
+            return "failed"
+        if not result.claimed:
+            self.stdout.write(f"{event_id} {event.topic}: in progress elsewhere, skipped")
+            return "busy"
+        if result.retry:
+            raise CommandError(
+                one_line(
+                    f"{event_id} {event.topic}: {result.event.last_error}. Nomos is unavailable or "
+                    "refused the credentials; stopped, run the command again later."
+                )
+            )
+        status = result.status
+        if status == WebhookEvent.Status.FAILED:
+            self.stderr.write(
+                one_line(f"{event_id} {event.topic}: failed: {result.event.last_error}")
+            )
+            return "failed"
+        self.stdout.write(f"{event_id} {event.topic}: {status}")
+        return "ignored" if status == WebhookEvent.Status.IGNORED else "processed"
+
+    def _stop(self, event_id: str, exc: NomosError) -> CommandError:
+        return CommandError(one_line(f"{event_id}: {command_error(exc)}"))

@@ -1,0 +1,229 @@
+"""Recording and processing webhook events, exactly once per event id.
+
+The view, ``nomos_replay`` and the admin's "Process again" share these functions:
+
+- ``record_event`` stores the envelope once (the unique ``event_id`` decides, not memory);
+- ``process_event`` claims the row with one conditional UPDATE, runs the topic's handler and
+  records the outcome. Only the worker whose UPDATE changed the row processes it; every other
+  delivery of the same event sees that it is done or in progress. A single UPDATE is atomic on
+  SQLite and PostgreSQL alike, and unlike ``select_for_update`` it holds no lock (nor an open
+  transaction) while we wait for Nomos over the network.
+
+Handlers fetch the current state from Nomos (the context carries ids only) and store it, so
+running one twice, or out of order, converges on the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import sync
+from .client import get_client
+from .exceptions import NomosAPIError, NomosConfigurationError, NomosUnavailable
+from .models import WebhookEvent
+from .signals import webhook_processed, webhook_received
+
+logger = logging.getLogger("nomos_billing.processing")
+
+Status = WebhookEvent.Status
+
+#: A claim older than this was left by a worker that died mid-processing; another delivery
+#: (or ``nomos_replay``) may take it over. Well above the longest processing we expect
+#: (client timeouts times retries), so a slow worker is not doubled.
+CLAIM_TIMEOUT = timedelta(minutes=5)
+
+MAX_ERROR_LENGTH = 2000
+
+
+class InvalidEvent(ValueError):
+    """The envelope or its context is not something we can process; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Result:
+    event: WebhookEvent
+    #: True when this call did the processing; False when it was done or in progress elsewhere.
+    claimed: bool
+    #: Failed, and a later delivery may succeed (Nomos down, credentials being fixed).
+    retry: bool = False
+    retry_after: int | None = None
+
+    @property
+    def status(self) -> str:
+        return self.event.status
+
+
+# -- the envelope -------------------------------------------------------------------------------
+
+
+def parse_envelope(data: Any) -> tuple[str, str]:
+    """``(event_id, topic)`` of a Nomos event envelope, or ``InvalidEvent``."""
+    if not isinstance(data, dict):
+        raise InvalidEvent("the body is not a JSON object")
+    event_id, topic = data.get("id"), data.get("topic")
+    if not isinstance(topic, str) or not topic or len(topic) > 64:
+        raise InvalidEvent("the event has no valid topic")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 64:
+        raise InvalidEvent("the event has no valid id")
+    return event_id, topic
+
+
+def record_event(
+    data: dict[str, Any], *, secret_index: int | None = None
+) -> tuple[WebhookEvent, bool]:
+    """Store the envelope unless its id is already stored; ``(event, created)``.
+
+    ``webhook_received`` is sent for a new event only. ``get_or_create`` handles the race of
+    two first deliveries: the loser's INSERT hits the unique constraint and it reads the row.
+    """
+    event_id, topic = parse_envelope(data)
+    event, created = WebhookEvent.objects.get_or_create(
+        event_id=event_id,
+        defaults={"topic": topic, "payload": data, "secret_index": secret_index},
+    )
+    if created:
+        # Informational: a failing receiver must not turn into a lost delivery.
+        for receiver, response in webhook_received.send_robust(sender=WebhookEvent, event=event):
+            if isinstance(response, Exception):
+                logger.error(
+                    "webhook_received receiver %r failed for event %s",
+                    receiver,
+                    event_id,
+                    exc_info=response,
+                )
+    return event, created
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+def sync_subscription(event: WebhookEvent) -> str:
+    context = event.payload.get("context") or {}
+    subscription_id = context.get("subscription") if isinstance(context, dict) else None
+    if not isinstance(subscription_id, str) or not subscription_id:
+        raise InvalidEvent(f"{event.topic} event without context.subscription")
+    lead_id = context.get("lead")
+    # Fetch before any transaction: no database connection sits idle in a transaction while
+    # Nomos answers. upsert_from_subscription draws its own atomic blocks.
+    data = get_client().get_subscription(subscription_id)
+    try:
+        sync.upsert_from_subscription(
+            data, lead_id=lead_id if isinstance(lead_id, str) and lead_id else None
+        )
+    except ValueError as exc:  # malformed data from Nomos: a redelivery fetches the same
+        raise InvalidEvent(str(exc)) from exc
+    return str(Status.PROCESSED)
+
+
+def acknowledge(event: WebhookEvent) -> str:
+    """Topics we keep for the site (``webhook_processed``) but do not sync ourselves."""
+    return str(Status.PROCESSED)
+
+
+#: Handler by topic, or by the part before the first dot. Anything else is ``ignored``.
+HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
+    "subscription": sync_subscription,
+    "invoice": acknowledge,
+    "meter_order": acknowledge,
+    "test.event": acknowledge,
+}
+
+
+def get_handler(topic: str) -> Callable[[WebhookEvent], str] | None:
+    return HANDLERS.get(topic) or HANDLERS.get(topic.split(".", 1)[0])
+
+
+# -- claiming and processing ----------------------------------------------------------------------
+
+
+def claim(event: WebhookEvent, *, force: bool = False) -> bool:
+    """Take the event for processing with one conditional UPDATE; True if this call won.
+
+    Claimable: received (recorded, never processed), failed (a redelivery or replay), or a
+    stale claim. ``force`` (replay, admin) also takes processed and ignored events, but never
+    one that is being processed right now.
+    """
+    now = timezone.now()
+    claimable = Q(status__in=[Status.RECEIVED, Status.FAILED]) | Q(
+        status=Status.PROCESSING, claimed_at__lt=now - CLAIM_TIMEOUT
+    )
+    if force:
+        claimable |= Q(status__in=[Status.PROCESSED, Status.IGNORED])
+    won = WebhookEvent.objects.filter(claimable, pk=event.pk).update(
+        status=Status.PROCESSING, claimed_at=now, attempts=F("attempts") + 1, updated_at=now
+    )
+    return bool(won)
+
+
+def _error_text(exc: BaseException) -> str:
+    # Our exceptions never carry secrets (see exceptions.py); others are named by type too.
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+
+
+def _finish(event: WebhookEvent, status: str, error: str = "") -> None:
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": status,
+        "claimed_at": None,
+        "last_error": error,
+        "updated_at": now,
+    }
+    if status != Status.FAILED:
+        fields["processed_at"] = now
+    # Conditional: only the claim holder records an outcome.
+    WebhookEvent.objects.filter(pk=event.pk, status=Status.PROCESSING).update(**fields)
+
+
+def process_event(event: WebhookEvent, *, force: bool = False) -> Result:
+    """Process a stored event unless it is done or being processed elsewhere.
+
+    Outcomes are stored on the row: ``processed`` (and ``webhook_processed`` sent), ``ignored``
+    (no handler for the topic) or ``failed`` with ``last_error``. Errors from Nomos are caught
+    and reported in the result (``retry`` for outages); any other exception is recorded and
+    raised again, so that a bug shows up as a 500 and Nomos redelivers after the fix.
+    """
+    if not claim(event, force=force):
+        event.refresh_from_db()
+        return Result(event, claimed=False)
+    retry, retry_after = False, None
+    try:
+        handler = get_handler(event.topic)
+        status = handler(event) if handler is not None else str(Status.IGNORED)
+        with transaction.atomic():
+            _finish(event, status)
+            if status == Status.PROCESSED:
+                event.refresh_from_db()
+                # Inside the block: a receiver that raises undoes "processed", so the event
+                # is failed and redelivered instead of silently lost for the site.
+                webhook_processed.send(sender=WebhookEvent, event=event)
+    except NomosUnavailable as exc:
+        retry, retry_after = True, exc.retry_after
+        _fail(event, exc, "Nomos is unavailable")
+    except NomosAPIError as exc:
+        # 401/403: credentials or scope, which an operator can fix while Nomos keeps
+        # redelivering. 404 and other 4xx will answer the same on every redelivery.
+        retry = exc.is_auth_failure
+        _fail(event, exc, "Nomos refused a request")
+    except NomosConfigurationError as exc:
+        retry = True
+        _fail(event, exc, "the Nomos settings are incomplete")
+    except InvalidEvent as exc:
+        _fail(event, exc, "the event cannot be processed")
+    except Exception as exc:
+        _finish(event, str(Status.FAILED), _error_text(exc))
+        raise
+    event.refresh_from_db()
+    return Result(event, claimed=True, retry=retry, retry_after=retry_after)
+
+
+def _fail(event: WebhookEvent, exc: Exception, why: str) -> None:
+    logger.warning("Webhook event %s (%s) failed: %s: %s", event.event_id, event.topic, why, exc)
+    _finish(event, str(Status.FAILED), _error_text(exc))

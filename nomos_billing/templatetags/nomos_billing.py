@@ -1,0 +1,98 @@
+"""``{% load nomos_billing %}``: the portal button and the portal URL.
+
+``{% nomos_portal_button [label=...] [next=...] [css_class=...] [method="get"] %}`` renders
+``nomos_billing/portal_button.html``: a small POST form (with the CSRF token) for a linked user,
+a link to the lead form / sign-up page for a user without a customer, nothing for anonymous
+visitors. The customer lookup is cached on the user object, so several buttons cost one query.
+No link is minted while rendering: that happens when the button is clicked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from django import template
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext as _
+
+from ..conf import nomos_settings
+from ..portal import get_customer
+
+register = template.Library()
+
+TEMPLATE = "nomos_billing/portal_button.html"
+DEFAULT_CSS_CLASS = "nomos-portal-button"
+
+
+def _user(context: template.Context) -> Any:
+    request = context.get("request")
+    user = getattr(request, "user", None) if request is not None else None
+    return user if user is not None else context.get("user")
+
+
+def portal_url(next: str | None = None) -> str:
+    url = reverse("nomos_billing:portal")
+    if next:
+        url += "?next=" + quote(str(next), safe="/")
+    return url
+
+
+@register.simple_tag(takes_context=True)
+def nomos_portal_url(context: template.Context, next: str | None = None) -> str:
+    """The portal view's URL, with ``?next=`` when given (validated when clicked)."""
+    return portal_url(next)
+
+
+@register.simple_tag(takes_context=True)
+def nomos_portal_button(
+    context: template.Context,
+    label: str | None = None,
+    next: str | None = None,
+    css_class: str = DEFAULT_CSS_CLASS,
+    method: str = "post",
+    start_label: str | None = None,
+) -> SafeString:
+    user = _user(context)
+    if user is None or not getattr(user, "is_authenticated", False):
+        return mark_safe("")
+    method = "get" if str(method).lower() == "get" else "post"
+    values: dict[str, Any] = {
+        "css_class": css_class,
+        "next": next or "",
+        "csrf_token": context.get("csrf_token"),
+        "request": context.get("request"),
+    }
+    if get_customer(user) is not None:
+        values.update(
+            variant="portal",
+            label=label or _("Open customer portal"),
+            method=method,
+            url=portal_url(next) if method == "get" else reverse("nomos_billing:portal"),
+        )
+    elif nomos_settings.PLAN_ID:
+        values.update(
+            variant="start",
+            method="get",
+            url=reverse("nomos_billing:start"),
+            label=start_label or _("Switch to our electricity"),
+        )
+    elif nomos_settings.SIGNUP_URL:
+        values.update(
+            variant="signup",
+            method="get",
+            url=nomos_settings.SIGNUP_URL,
+            label=start_label or _("Sign up for electricity"),
+        )
+    else:
+        # The portal view explains that there is no contract yet (the friendly page).
+        values.update(
+            variant="not_linked",
+            method="get",
+            url=portal_url(next),
+            label=label or _("Open customer portal"),
+        )
+    html = render_to_string(TEMPLATE, values)
+    return mark_safe(html.strip())  # noqa: S308 - render_to_string output is escaped

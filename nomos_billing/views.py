@@ -1,0 +1,250 @@
+"""The portal views: the button's redirect, the JSON endpoint for apps, and the lead form.
+
+Every answer that carries a magic link is ``no-store``: the link is a single-use credential and
+must not be cached by the browser or a proxy. Failures never become a 500: the user sees a
+friendly page (not linked) or a 503 page (Nomos unavailable), the operator gets the log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.contrib.auth.decorators import login_not_required, login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.http import require_http_methods, require_POST
+
+from .client import get_client
+from .conf import nomos_settings
+from .exceptions import NomosAPIError, NomosError, NomosNotLinked, NomosUnavailable
+from .forms import LeadForm
+from .models import NomosLead
+from .portal import _is_loopback, get_customer, mint_portal_link
+
+logger = logging.getLogger("nomos_billing.views")
+
+#: Retry-After (seconds) of our 503 when Nomos did not say.
+DEFAULT_RETRY_AFTER = 30
+MAX_RETRY_AFTER = 3600
+
+NO_CUSTOMER_TEMPLATE = "nomos_billing/no_customer.html"
+UNAVAILABLE_TEMPLATE = "nomos_billing/unavailable.html"
+START_TEMPLATE = "nomos_billing/start.html"
+
+
+# -- shared --------------------------------------------------------------------------------
+
+
+def _retry_after(exc: BaseException) -> int:
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, MAX_RETRY_AFTER)
+    return DEFAULT_RETRY_AFTER
+
+
+def _customer_id(user: Any) -> str:
+    customer = get_customer(user)
+    return customer.customer_id if customer is not None else "-"
+
+
+def _classify(exc: NomosError, user: Any) -> str:
+    """Return "not_linked" or "unavailable", after logging what the operator needs to know."""
+    if isinstance(exc, NomosNotLinked):
+        return "not_linked"
+    customer_id = _customer_id(user)
+    if isinstance(exc, NomosAPIError) and exc.is_not_found:
+        logger.error(
+            "Nomos does not know customer %s (requestId %s); the user sees the not-linked page. "
+            "Was the customer deleted at Nomos, or is the row from another account?",
+            customer_id,
+            exc.request_id or "-",
+        )
+        return "not_linked"
+    if isinstance(exc, NomosUnavailable):
+        logger.warning("Nomos unavailable for customer %s: %s", customer_id, type(exc).__name__)
+    elif isinstance(exc, NomosAPIError) and exc.is_auth_failure:
+        logger.error(
+            "Nomos refused our credentials (HTTP %s %s, requestId %s): check "
+            "NOMOS_BILLING['CLIENT_ID'] / ['CLIENT_SECRET'] and the client's write:* scope",
+            exc.status,
+            exc.code or "-",
+            exc.request_id or "-",
+        )
+    elif isinstance(exc, NomosAPIError):
+        logger.error(
+            "Nomos call for customer %s failed: HTTP %s %s (requestId %s)",
+            customer_id,
+            exc.status,
+            exc.code or "-",
+            exc.request_id or "-",
+        )
+    else:
+        logger.error(
+            "nomos_billing cannot reach Nomos for customer %s: %s", customer_id, type(exc).__name__
+        )
+    return "unavailable"
+
+
+def _signup_context(request: HttpRequest) -> dict[str, Any]:
+    plan = nomos_settings.PLAN_ID
+    return {
+        "signup_url": nomos_settings.SIGNUP_URL or "",
+        "start_url": reverse("nomos_billing:start") if plan else "",
+        "form": LeadForm() if plan else None,
+    }
+
+
+def no_customer_page(request: HttpRequest) -> HttpResponse:
+    response = render(request, NO_CUSTOMER_TEMPLATE, _signup_context(request), status=200)
+    add_never_cache_headers(response)
+    return response
+
+
+def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
+    retry_after = _retry_after(exc)
+    response = render(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after}, status=503)
+    response["Retry-After"] = str(retry_after)
+    add_never_cache_headers(response)
+    return response
+
+
+def _requested_next(request: HttpRequest) -> str | None:
+    value = request.POST.get("next") if request.method == "POST" else None
+    return value or request.GET.get("next") or None
+
+
+# -- the button ----------------------------------------------------------------------------
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@csrf_protect
+@login_required
+def portal(request: HttpRequest) -> HttpResponse:
+    """Mint a fresh link and redirect to it: 303 after the button's POST, 302 for a GET link."""
+    try:
+        link = mint_portal_link(request.user, next=_requested_next(request))
+    except NomosError as exc:
+        if _classify(exc, request.user) == "not_linked":
+            return no_customer_page(request)
+        return unavailable_page(request, exc)
+    response = HttpResponseRedirect(link)
+    if request.method == "POST":
+        response.status_code = 303
+    return response
+
+
+# -- JSON for apps -------------------------------------------------------------------------
+
+
+def _json_error(status: int, code: str, message: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"error": message, "code": code}, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    add_never_cache_headers(response)
+    return response
+
+
+def _json_next(request: HttpRequest) -> str | None:
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError:
+            return None
+        value = data.get("next") if isinstance(data, dict) else None
+        return value if isinstance(value, str) else None
+    return _requested_next(request)
+
+
+@login_not_required  # we answer 401 JSON ourselves; LoginRequiredMiddleware would redirect
+@never_cache
+@require_POST
+@csrf_protect
+def portal_link(request: HttpRequest) -> JsonResponse:
+    """``{"url": ...}`` for single-page and mobile apps (session auth, CSRF token required)."""
+    if not request.user.is_authenticated:
+        return _json_error(401, "not_authenticated", _("Please sign in first."))
+    try:
+        link = mint_portal_link(request.user, next=_json_next(request))
+    except NomosError as exc:
+        if _classify(exc, request.user) == "not_linked":
+            return _json_error(
+                404, "not_linked", _("Your account is not linked to a customer account yet.")
+            )
+        return _json_error(
+            503,
+            "unavailable",
+            _("The customer portal is not available right now. Please try again in a few minutes."),
+            **{"Retry-After": str(_retry_after(exc))},
+        )
+    return JsonResponse({"url": link})
+
+
+# -- the lead form -------------------------------------------------------------------------
+
+
+def is_allowed_checkout_link(link: Any) -> bool:
+    """https, or http on loopback when the API itself is a loopback sandbox."""
+    if not isinstance(link, str) or not link.isascii() or any(c in link for c in "\\\r\n\t "):
+        return False
+    try:
+        parts = urlsplit(link)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    if not host or parts.username is not None or parts.password is not None:
+        return False
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and nomos_settings.api_is_loopback and _is_loopback(host)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@csrf_protect
+@login_required
+def start(request: HttpRequest) -> HttpResponse:
+    """The lead form: zip code and usage -> a pre-filled Nomos checkout for this user."""
+    plan = nomos_settings.PLAN_ID
+    if not plan:
+        raise Http404("NOMOS_BILLING['PLAN_ID'] is not set")
+    if get_customer(request.user) is not None:
+        # Already a customer: the portal is where they manage their contract.
+        return redirect("nomos_billing:portal")
+    form = LeadForm(request.POST if request.method == "POST" else None)
+    if request.method != "POST" or not form.is_valid():
+        return render(request, START_TEMPLATE, {"form": form})
+    payload = form.lead_payload(
+        plan=plan, user=request.user, user_key=nomos_settings.METADATA_USER_KEY
+    )
+    try:
+        lead = get_client().create_lead(payload)
+    except NomosError as exc:
+        _classify(exc, request.user)
+        return unavailable_page(request, exc)
+    lead_id = lead.get("id") if isinstance(lead, dict) else None
+    link = lead.get("link") if isinstance(lead, dict) else None
+    if (
+        not isinstance(lead_id, str)
+        or not lead_id
+        or not isinstance(link, str)
+        or not is_allowed_checkout_link(link)
+    ):
+        logger.error(
+            "Nomos answered POST /leads without a usable id/link for user %s", request.user.pk
+        )
+        return unavailable_page(request, NomosError("invalid lead response"))
+    NomosLead.objects.create(lead_id=lead_id, user=request.user, plan=plan)
+    logger.info("lead %s created for user %s", lead_id, request.user.pk)
+    response = HttpResponseRedirect(link)
+    response.status_code = 303
+    return response

@@ -1,0 +1,159 @@
+"""The endpoint Nomos posts signed events to (``nomos_billing:webhook``).
+
+Order of work: limit the body size, verify the signature on the raw bytes, parse the envelope,
+record it once, process it once (``processing``). Nothing is stored before the signature is
+verified. Answers are short plain text for whoever reads the Nomos delivery log:
+
+- 400: verification failed or not an event envelope (anymail's choice: Django answers 400 for
+  a ``SuspiciousOperation``, and 401 would promise an auth challenge we do not offer; Nomos
+  retries any non-2xx either way);
+- 413: body over ``WEBHOOK_MAX_BYTES``;
+- 200: processed, ignored topic, duplicate of a finished event, or failed in a way no
+  redelivery can fix (the event is kept as ``failed`` for ``nomos_replay``);
+- 202 / 409: the event is being processed by another delivery (see ``_busy``);
+- 503: Nomos was unavailable while processing; the event is ``failed`` and Nomos redelivers;
+- 500: an unexpected error (say, in a site's signal receiver); it is recorded on the event as
+  ``failed`` first, so the redelivery after a fix processes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.decorators import login_not_required
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from .conf import SETTING_NAME, nomos_settings
+from .exceptions import WebhookError, WebhookSignatureMismatch
+from .models import WebhookEvent
+from .processing import InvalidEvent, Result, process_event, record_event
+from .signatures import META_KEY, verify_signature
+
+logger = logging.getLogger("nomos_billing.webhooks")
+
+Status = WebhookEvent.Status
+
+#: Nomos waits 30 s for an answer; a claim younger than this still has its delivery open.
+SENDER_WINDOW = timedelta(seconds=25)
+
+
+def _text(status: int, message: str, **headers: str) -> HttpResponse:
+    response = HttpResponse(message + "\n", status=status, content_type="text/plain; charset=utf-8")
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _reject_constant(name: str) -> Any:
+    # json accepts NaN/Infinity, which PostgreSQL's jsonb does not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_body(request: HttpRequest, limit: int) -> bytes | None:
+    """The raw body, or None when it is longer than ``limit`` bytes.
+
+    Content-Length is checked before reading anything; reading ``limit + 1`` bytes also
+    catches bodies without a length (chunked) without holding more than that in memory.
+    """
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        return None
+    body = request.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+@method_decorator(
+    [csrf_exempt, login_not_required, transaction.non_atomic_requests], name="dispatch"
+)
+class WebhookView(View):
+    """Receives Nomos events. Not wrapped in ``ATOMIC_REQUESTS``: recording, processing and a
+    failure record each commit on their own, so a failure survives the error response."""
+
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        body = read_body(request, int(nomos_settings.WEBHOOK_MAX_BYTES))
+        if body is None:
+            return _text(413, "request body too large")
+        try:
+            secret_index = verify_signature(
+                body,
+                request.META.get(META_KEY),
+                nomos_settings.WEBHOOK_SECRETS,
+                tolerance=int(nomos_settings.WEBHOOK_TOLERANCE),
+            )
+        except WebhookError as exc:
+            self._log_rejection(exc)
+            return _text(400, str(exc))
+        try:
+            data = json.loads(body, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return _text(400, "body is not JSON")
+        if isinstance(data, dict) and data.get("topic") == "test.event" and not data.get("id"):
+            # The dashboard's "send test event" may come without an id; there is nothing to
+            # deduplicate or process, and a made-up id would only clutter the event log.
+            return _text(200, "test event received")
+        try:
+            event, created = record_event(data, secret_index=secret_index)
+        except InvalidEvent as exc:
+            return _text(400, str(exc))
+        if not created:
+            WebhookEvent.objects.filter(pk=event.pk).update(deliveries=F("deliveries") + 1)
+            if event.status in (Status.PROCESSED, Status.IGNORED):
+                return _text(200, "already processed")
+        return self._respond(process_event(event))
+
+    def _respond(self, result: Result) -> HttpResponse:
+        event = result.event
+        if not result.claimed:
+            if event.status in (Status.PROCESSED, Status.IGNORED):
+                return _text(200, "already processed")
+            return self._busy(event)
+        if event.status == Status.PROCESSED:
+            return _text(200, "processed")
+        if event.status == Status.IGNORED:
+            return _text(200, "ignored: no handler for this topic")
+        if result.retry:
+            headers = {"Retry-After": str(result.retry_after)} if result.retry_after else {}
+            return _text(503, "processing failed; please redeliver", **headers)
+        return _text(
+            200,
+            "processing failed and will not succeed on redelivery; kept as failed for nomos_replay",
+        )
+
+    def _busy(self, event: WebhookEvent) -> HttpResponse:
+        """Another delivery of this event holds the claim.
+
+        While the claim is younger than the sender's 30 s timeout, that first delivery will
+        still answer Nomos itself, with a 5xx if processing fails, and Nomos redelivers; so this
+        duplicate is acknowledged (202) instead of piling up retries. An older claim means the
+        first delivery has already timed out from Nomos' side: its answer is lost, so we answer
+        409 (not 5xx: nothing is wrong here) and Nomos tries again later, by which time the
+        event is processed (200), failed (reprocessed) or its claim stale (taken over).
+        """
+        claimed_at = event.claimed_at
+        if claimed_at is not None and timezone.now() - claimed_at < SENDER_WINDOW:
+            return _text(202, "in progress")
+        return _text(409, "in progress for a while; please redeliver later")
+
+    def _log_rejection(self, exc: WebhookError) -> None:
+        if isinstance(exc, WebhookSignatureMismatch):
+            logger.warning(
+                "Rejected a Nomos webhook: the signature matches none of %s['WEBHOOK_SECRETS']. "
+                "Copy the endpoint's signing secret from the Nomos dashboard into that setting.",
+                SETTING_NAME,
+            )
+        else:
+            logger.warning("Rejected a Nomos webhook: %s", exc)

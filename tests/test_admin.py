@@ -1,0 +1,208 @@
+"""The admin: lists whose query count does not grow with rows, filters, search, actions, and
+pages that never show a secret."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
+from nomos_billing.sandbox import Fault, seed
+from nomos_billing.testing import make_event
+
+pytestmark = pytest.mark.django_db
+
+CUSTOMERS = reverse("admin:nomos_billing_nomoscustomer_changelist")
+SUBSCRIPTIONS = reverse("admin:nomos_billing_nomossubscription_changelist")
+EVENTS = reverse("admin:nomos_billing_webhookevent_changelist")
+SECRETS = ["whsec_test_new", "whsec_test_old", "sandbox-secret"]
+
+
+def make_rows(n: int, django_user_model, start: int = 0) -> None:
+    """``n`` customers (every other one linked), two subscriptions each, ``n`` events."""
+    numbers = range(start, start + n)
+    users = django_user_model.objects.bulk_create(
+        [django_user_model(username=f"user{i}", email=f"user{i}@example.com")
+         for i in numbers]
+    )
+    customers = NomosCustomer.objects.bulk_create(
+        [NomosCustomer(customer_id=f"cus_{i}", email=f"c{i}@example.com",
+                       user=users[k] if i % 2 else None) for k, i in enumerate(numbers)]
+    )
+    NomosSubscription.objects.bulk_create(
+        [NomosSubscription(customer=c, subscription_id=f"sub_{c.customer_id}_{j}",
+                           status=["pending", "active", "ended"][(i + j) % 3])
+         for i, c in zip(numbers, customers, strict=True) for j in range(2)]
+    )
+    WebhookEvent.objects.bulk_create(
+        [WebhookEvent(event_id=f"evt_{i}", topic="invoice.paid", payload={"id": f"evt_{i}"})
+         for i in numbers]
+    )
+
+
+def count_queries(client, url: str) -> int:
+    # A page shows up to 100 rows: 10 rows against 100 shown makes any per-row query visible.
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(ctx)
+
+
+@pytest.mark.parametrize("url", [CUSTOMERS, SUBSCRIPTIONS, EVENTS])
+def test_changelist_queries_do_not_grow_with_rows(url, admin_client, django_user_model):
+    make_rows(10, django_user_model)
+    small = count_queries(admin_client, url)
+    make_rows(990, django_user_model, start=10)
+    assert NomosCustomer.objects.count() == WebhookEvent.objects.count() == 1000
+    large = count_queries(admin_client, url)
+    assert small == large
+
+
+def test_customer_list_shows_latest_status_and_linked(admin_client, django_user_model):
+    user = django_user_model.objects.create(username="linked-user")
+    customer = NomosCustomer.objects.create(customer_id="cus_a", user=user)
+    NomosSubscription.objects.create(customer=customer, subscription_id="sub_old",
+                                     status="ended", nomos_created_at="2025-01-01T00:00Z")
+    NomosSubscription.objects.create(customer=customer, subscription_id="sub_new",
+                                     status="active", nomos_created_at="2026-01-01T00:00Z")
+    NomosCustomer.objects.create(customer_id="cus_b")
+    response = admin_client.get(CUSTOMERS)
+    content = response.content.decode()
+    assert "cus_a" in content and "linked-user" in content and "Active" in content
+    assert 'alt="True"' in content and 'alt="False"' in content
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"linked": "yes"}, {"cus_a"}),
+        ({"linked": "no"}, {"cus_b", "cus_c"}),
+        ({"status": "active"}, {"cus_a"}),
+        ({"status": "none"}, {"cus_c"}),
+        ({"status": "ended"}, {"cus_b"}),
+        ({"q": "findme"}, {"cus_a"}),
+        ({"q": "b@example"}, {"cus_b"}),
+        ({"q": "cus_c"}, {"cus_c"}),
+    ],
+)
+def test_customer_filters_and_search(query, expected, admin_client, django_user_model):
+    user = django_user_model.objects.create(username="findme", email="u@example.com")
+    a = NomosCustomer.objects.create(customer_id="cus_a", user=user)
+    b = NomosCustomer.objects.create(customer_id="cus_b", email="b@example.com")
+    NomosCustomer.objects.create(customer_id="cus_c")
+    NomosSubscription.objects.create(customer=a, subscription_id="sub_a", status="active")
+    NomosSubscription.objects.create(customer=b, subscription_id="sub_b", status="ended")
+    response = admin_client.get(CUSTOMERS, query)
+    shown = {c.customer_id for c in response.context["cl"].result_list}
+    assert shown == expected
+
+
+def test_pages_render_without_secrets(nomos, admin_client, django_user_model, settings):
+    make_rows(3, django_user_model)
+    customer = NomosCustomer.objects.first()
+    event = WebhookEvent.objects.create(
+        event_id="evt_x", topic="subscription.created",
+        payload={"id": "evt_x", "context": {"subscription": "<script>alert(1)</script>"}},
+    )
+    urls = [
+        CUSTOMERS, SUBSCRIPTIONS, EVENTS,
+        reverse("admin:nomos_billing_nomoscustomer_change", args=[customer.pk]),
+        reverse("admin:nomos_billing_nomossubscription_change",
+                args=[NomosSubscription.objects.first().pk]),
+        reverse("admin:nomos_billing_webhookevent_change", args=[event.pk]),
+        reverse("admin:nomos_billing_nomoslead_changelist"),
+    ]
+    for url in urls:
+        response = admin_client.get(url)
+        assert response.status_code == 200, url
+        content = response.content.decode()
+        for secret in SECRETS:
+            assert secret not in content, (url, secret)
+    page = admin_client.get(urls[5]).content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+    assert '"context": {' in page.replace("&quot;", '"')
+
+
+def test_refresh_from_nomos_updates_customer(nomos, admin_client):
+    customer = NomosCustomer.objects.create(customer_id=seed.ALICE, email="stale@example.com")
+    response = admin_client.post(CUSTOMERS, {"action": "refresh_from_nomos",
+                                             "_selected_action": [customer.pk]}, follow=True)
+    customer.refresh_from_db()
+    assert customer.email == "alice@example.com"
+    assert customer.subscriptions.get().subscription_id == seed.ALICE_SUBSCRIPTION
+    assert "Refreshed 1 customer" in response.content.decode()
+
+
+def test_refresh_from_nomos_reports_an_outage(nomos, admin_client, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault("GET /customers/{id}", Fault(status=500), times=None)
+    customer = NomosCustomer.objects.create(customer_id=seed.ALICE)
+    response = admin_client.post(CUSTOMERS, {"action": "refresh_from_nomos",
+                                             "_selected_action": [customer.pk]}, follow=True)
+    assert "Refreshing cus_sandbox_alice failed" in response.content.decode()
+
+
+def _link(admin_client, customer, **extra):
+    data = {"action": "link_to_user", "_selected_action": [customer.pk], **extra}
+    return admin_client.post(CUSTOMERS, data, follow="apply" in extra)
+
+
+def test_link_to_user_shows_a_form_then_links(admin_client, django_user_model):
+    user = django_user_model.objects.create(username="target")
+    customer = NomosCustomer.objects.create(customer_id="cus_u")
+    form_page = _link(admin_client, customer)
+    assert form_page.status_code == 200
+    assert 'name="user"' in form_page.content.decode()
+    response = _link(admin_client, customer, apply="Link", user="target")
+    customer.refresh_from_db()
+    assert (customer.user, customer.linked_by) == (user, "admin")
+    assert "Linked cus_u to target" in response.content.decode()
+
+
+def test_link_to_user_accepts_a_user_id(admin_client, django_user_model):
+    user = django_user_model.objects.create(username="by-id")
+    customer = NomosCustomer.objects.create(customer_id="cus_u")
+    _link(admin_client, customer, apply="Link", user=str(user.pk))
+    customer.refresh_from_db()
+    assert customer.user == user
+
+
+@pytest.mark.parametrize("value", ["nobody", "99999", "taken"])
+def test_link_to_user_refuses_unknown_or_taken_users(value, admin_client, django_user_model):
+    taken = django_user_model.objects.create(username="taken")
+    NomosCustomer.objects.create(customer_id="cus_taken", user=taken)
+    customer = NomosCustomer.objects.create(customer_id="cus_u")
+    response = admin_client.post(CUSTOMERS, {"action": "link_to_user", "apply": "Link",
+                                             "_selected_action": [customer.pk], "user": value})
+    assert response.status_code == 200
+    assert "errorlist" in response.content.decode()
+    customer.refresh_from_db()
+    assert customer.user is None
+
+
+def test_link_to_user_needs_exactly_one_unlinked_customer(admin_client, django_user_model):
+    owner = django_user_model.objects.create(username="owner")
+    linked = NomosCustomer.objects.create(customer_id="cus_l", user=owner)
+    response = _link(admin_client, linked)
+    assert response.status_code == 302
+    followed = admin_client.get(response["Location"])
+    assert "Select exactly one unlinked customer" in followed.content.decode()
+
+
+def test_process_again_reprocesses_failed_event(nomos, admin_client):
+    payload = make_event("subscription.created", {"subscription": seed.ALICE_SUBSCRIPTION})
+    event = WebhookEvent.objects.create(event_id=payload["id"], topic=payload["topic"],
+                                        payload=payload, status="failed", attempts=1)
+    response = admin_client.post(EVENTS, {"action": "process_again",
+                                          "_selected_action": [event.pk]}, follow=True)
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == ("processed", 2)
+    assert "1 done, 0 failed" in response.content.decode()
+    assert NomosSubscription.objects.filter(subscription_id=seed.ALICE_SUBSCRIPTION).exists()
+
+
+def test_event_admin_cannot_add(admin_client):
+    assert admin_client.get(reverse("admin:nomos_billing_webhookevent_add")).status_code == 403

@@ -1,0 +1,235 @@
+"""The example project and ``make demo``, run the way a developer runs them: as processes.
+
+Each process gets a clean environment (no DATABASE_URL/CACHE_URL from the suite, no
+DJANGO_SETTINGS_MODULE=tests.settings) and its own SQLite file under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example_project"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
+    env.update(extra)
+    return env
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=EXAMPLE, env=env, capture_output=True,
+        text=True, timeout=120, check=False,
+    )
+
+
+def settings_dump(env: dict[str, str]) -> dict:
+    code = ("import json; from django.conf import settings as s; print(json.dumps({"
+            "'nomos': s.NOMOS_BILLING, 'db': s.DATABASES['default']['ENGINE'], "
+            "'name': str(s.DATABASES['default']['NAME']), 'debug': s.DEBUG, "
+            "'languages': [c for c, _ in s.LANGUAGES], 'mw': s.MIDDLEWARE}))")
+    result = manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_check_passes_with_no_environment_variables_at_all() -> None:
+    result = manage("check", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_defaults_point_at_the_sandbox_on_sqlite_with_en_and_de(tmp_path: Path) -> None:
+    dump = settings_dump(clean_env())
+
+    assert dump["nomos"]["API_BASE_URL"] == "http://127.0.0.1:8765"
+    assert dump["nomos"]["CLIENT_ID"] == "sandbox-client"
+    assert dump["nomos"]["WEBHOOK_SECRETS"] == ["whsec_sandbox"]
+    assert dump["db"] == "django.db.backends.sqlite3" and dump["debug"] is True
+    assert dump["languages"] == ["en", "de"]
+    assert "django.middleware.locale.LocaleMiddleware" in dump["mw"]
+
+
+def test_real_credentials_and_database_come_from_the_environment(tmp_path: Path) -> None:
+    env = clean_env(
+        NOMOS_API_BASE_URL="https://api.nomos.energy", NOMOS_CLIENT_ID="cli_real",
+        NOMOS_CLIENT_SECRET="real-secret", NOMOS_WEBHOOK_SECRETS="whsec_new,whsec_old",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'other.sqlite3'}", DJANGO_DEBUG="False",
+    )
+    dump = settings_dump(env)
+
+    assert dump["nomos"]["API_BASE_URL"] == "https://api.nomos.energy"
+    assert dump["nomos"]["CLIENT_ID"] == "cli_real"
+    assert dump["nomos"]["WEBHOOK_SECRETS"] == ["whsec_new", "whsec_old"]
+    assert dump["name"] == str(tmp_path / "other.sqlite3")
+    assert dump["debug"] is False
+
+
+def test_env_example_explains_every_variable_the_settings_read() -> None:
+    settings_text = (EXAMPLE / "example_project" / "settings.py").read_text()
+    read = set(re.findall(r'env\.\w+\("([A-Z_]+)"', settings_text))
+    documented = set(re.findall(r"^#? ?([A-Z_]+)=", (EXAMPLE / ".env.example").read_text(),
+                                re.MULTILINE))
+    assert read, "no variables found in settings.py"
+    assert read <= documented, f"not in .env.example: {sorted(read - documented)}"
+
+
+# -- the demo --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Demo:
+    def __init__(self, db: Path) -> None:
+        self.port, self.sandbox_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(
+            [sys.executable, str(EXAMPLE / "demo.py"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--sandbox-port", str(self.sandbox_port)],
+            cwd=ROOT, env=clean_env(DATABASE_URL=f"sqlite:///{db}"), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "Ctrl-C stops both servers" in line:
+                self.ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"the demo did not come up:\n{self.output}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def demo_db(tmp_path: Path) -> Path:
+    return tmp_path / "demo.sqlite3"
+
+
+@pytest.fixture
+def demo(demo_db: Path) -> Iterator[Demo]:
+    running = Demo(demo_db)
+    running.wait_ready()
+    yield running
+    running.stop()
+
+
+def login(base: str, username: str, password: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(base + "/accounts/login/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token, page.text[:500]
+    response = session.post(base + "/accounts/login/", timeout=10, data={
+        "username": username, "password": password, "csrfmiddlewaretoken": token.group(1),
+    }, headers={"Referer": base + "/accounts/login/"})
+    assert response.status_code == 200 and username in response.text, response.text[:500]
+    return session
+
+
+@pytest.mark.live
+def test_demo_prints_urls_and_logins_and_links_alice_through_the_webhook(demo: Demo) -> None:
+    out = demo.output
+    assert f"{demo.url}/" in out and f"http://127.0.0.1:{demo.sandbox_port}" in out
+    assert "alice / alice-demo" in out and "bob   / bob-demo" in out
+    assert re.search(r"subscription\.created for alice delivered: evt_\S+ -> HTTP 200", out), out
+
+    alice = login(demo.url, "alice", "alice-demo")
+    home = alice.get(demo.url + "/", timeout=10).text
+    assert "cus_sandbox_alice" in home and "sub_sandbox_alice" in home and "active" in home
+    german = alice.get(demo.url + "/", headers={"Accept-Language": "de"}, timeout=10).text
+    assert "Kundenportal" in german and "Abmelden" in german and 'lang="de"' in german
+
+    bob = login(demo.url, "bob", "bob-demo")
+    home = bob.get(demo.url + "/", timeout=10).text
+    assert 'id="not-linked"' in home and 'href="/nomos/portal/start/"' in home
+    assert bob.get(demo.url + "/nomos/portal/start/", timeout=10).status_code == 200
+
+
+@pytest.mark.live
+def test_demo_portal_button_lands_on_the_sandbox_portal_as_alice(demo: Demo) -> None:
+    alice = login(demo.url, "alice", "alice-demo")
+    response = alice.get(demo.url + "/nomos/portal/?next=/invoices", timeout=10)
+
+    assert response.status_code == 200, response.text[:500]
+    assert response.url.startswith(f"http://127.0.0.1:{demo.sandbox_port}/portal/auth/confirm")
+    assert "alice@example.com" in response.text and "/invoices" in response.text
+
+
+@pytest.mark.live
+def test_demo_runs_again_on_the_same_database_and_stops_on_ctrl_c(demo_db: Path) -> None:
+    first = Demo(demo_db)
+    first.wait_ready()
+    assert first.stop() == 0
+    assert "stopping" in first.output
+
+    second = Demo(demo_db)
+    second.wait_ready()
+    try:
+        login(second.url, "alice", "alice-demo")
+    finally:
+        assert second.stop() == 0
+    # Both servers are gone: their ports can be bound again.
+    for port in (second.port, second.sandbox_port):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+def test_demo_refuses_a_port_in_use_with_one_line(demo_db: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLE / "demo.py"), "--port", str(port), "--sandbox-port",
+             str(free_port())], cwd=ROOT, env=clean_env(DATABASE_URL=f"sqlite:///{demo_db}"),
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"demo: 127.0.0.1:{port} is in use; stop what runs there "
+                                     "or pass another port (make demo PORT=...).")

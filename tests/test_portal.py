@@ -1,0 +1,232 @@
+"""``portal.mint_portal_link``: one query for the customer, one mint per call, ``next`` swapped
+in only when safe, links outside the allowed portal hosts refused (and never logged)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import pytest
+import requests
+
+from nomos_billing.exceptions import NomosAPIError, NomosNotLinked
+from nomos_billing.models import NomosCustomer
+from nomos_billing.portal import INVALID_LINK, is_allowed_link, mint_portal_link, with_next
+from nomos_billing.sandbox import seed
+
+pytestmark = pytest.mark.django_db
+
+PRODUCTION = {"API_BASE_URL": "https://api.nomos.energy"}
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+    # A fresh instance, as a request would load it: nothing cached yet.
+    return django_user_model.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+
+
+def query(link: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(link).query, keep_blank_values=True)
+
+
+def test_linked_user_gets_a_sandbox_link_for_their_customer(nomos: Any, alice: Any) -> None:
+    link = mint_portal_link(alice)
+
+    assert link.startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert query(link)["next"] == ["/overview"]
+    assert nomos.count("POST /admin/magic_link") == 1
+    sent = [e for e in nomos.request_log if e["key"] == "POST /admin/magic_link"]
+    assert (
+        b'"customerId": "cus_sandbox_alice"' in sent[0]["body"]
+        or b'"customerId":"cus_sandbox_alice"' in sent[0]["body"]
+    )
+
+
+def test_lookup_costs_one_query(nomos: Any, alice: Any, django_assert_num_queries: Any) -> None:
+    with django_assert_num_queries(1):
+        mint_portal_link(alice)
+        mint_portal_link(alice)
+
+
+def test_every_call_mints_a_new_link(nomos: Any, alice: Any) -> None:
+    links = {mint_portal_link(alice) for _ in range(3)}
+    assert len(links) == 3
+    assert nomos.count("POST /admin/magic_link") == 3
+
+
+def test_safe_deep_link_replaces_next_and_keeps_the_other_parameters(
+    nomos: Any, alice: Any
+) -> None:
+    link = mint_portal_link(alice, next="/invoices/inv_abc")
+
+    params = parse_qsl(urlsplit(link).query)
+    assert [k for k, _ in params] == ["token_hash", "type", "next"]
+    assert dict(params)["next"] == "/invoices/inv_abc"
+    assert dict(params)["type"] == "magiclink"
+    first = requests.get(link, timeout=5)
+    assert first.status_code == 200
+    assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
+
+
+@pytest.mark.parametrize(
+    "hostile", ["//evil.com", "https://evil.com", "/../x", "/\r\nSet-Cookie: x=1", "/" + "a" * 5000]
+)
+def test_unsafe_deep_link_is_dropped_and_logged_escaped(
+    nomos: Any, alice: Any, hostile: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nomos_billing.portal")
+    link = mint_portal_link(alice, next=hostile)
+
+    assert urlsplit(link).netloc == urlsplit(nomos.base_url).netloc
+    assert query(link)["next"] == ["/overview"]
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1
+    assert seed.ALICE in dropped[0]
+    assert "\r" not in dropped[0] and "\n" not in dropped[0] and len(dropped[0]) < 250
+
+
+def test_user_without_customer_raises_not_linked_and_calls_nothing(nomos: Any, bob: Any) -> None:
+    with pytest.raises(NomosNotLinked):
+        mint_portal_link(bob)
+    assert nomos.calls == {}
+
+
+def test_anonymous_user_raises_not_linked(nomos: Any) -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    with pytest.raises(NomosNotLinked):
+        mint_portal_link(AnonymousUser())
+    with pytest.raises(NomosNotLinked):
+        mint_portal_link(None)
+
+
+def test_link_is_logged_by_customer_id_never_in_full(
+    nomos: Any, alice: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    link = mint_portal_link(alice)
+    token_hash = query(link)["token_hash"][0]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert seed.ALICE in text
+    assert token_hash not in text
+
+
+class FakeClient:
+    def __init__(self, link: str) -> None:
+        self.link = link
+
+    def create_magic_link(self, customer_id: str) -> str:
+        return self.link
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://evil.com/auth/confirm?token_hash=SECRETHASH&next=/overview",
+        "http://brand.customerportal.energy/auth/confirm?token_hash=SECRETHASH",
+        "https://customerportal.energy.evil.com/?token_hash=SECRETHASH",
+        "javascript:alert(1)//token_hash=SECRETHASH",
+        "http://127.0.0.1:8765/portal/auth/confirm?token_hash=SECRETHASH",
+    ],
+)
+def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
+    settings,
+    alice: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    link: str,
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION}
+    monkeypatch.setattr("nomos_billing.portal.get_client", lambda: FakeClient(link))
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(NomosAPIError) as info:
+        mint_portal_link(alice)
+
+    assert info.value.code == INVALID_LINK
+    assert "SECRETHASH" not in str(info.value)
+    assert all("SECRETHASH" not in r.getMessage() for r in caplog.records)
+    assert any(seed.ALICE in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+@pytest.mark.parametrize(
+    ("hosts", "link", "allowed"),
+    [
+        (None, "https://brand.customerportal.energy/auth/confirm?x=1", True),
+        (None, "https://a.b.customerportal.energy/", True),
+        (None, "https://BRAND.CustomerPortal.Energy/", True),
+        (None, "https://brand.customerportal.energy:443/", True),
+        (None, "https://brand.customerportal.energy:8443/", False),
+        (None, "http://brand.customerportal.energy/", False),
+        (None, "https://customerportal.energy.evil.com/", False),
+        (None, "https://evilcustomerportal.energy/", False),
+        (None, "https://user@brand.customerportal.energy/", False),
+        (None, "https://evil.com\\@brand.customerportal.energy/", False),
+        (None, "//brand.customerportal.energy/", False),
+        (None, "https://brand.customerportal.energy /", False),
+        (None, "https://127.0.0.1/", False),
+        (None, "http://localhost:8000/", False),
+        (["portal.example.com"], "https://portal.example.com/x", True),
+        (["portal.example.com"], "https://sub.portal.example.com/x", False),
+        (["portal.example.com"], "https://brand.customerportal.energy/", False),
+        ([".example.com"], "https://sub.portal.example.com/x", True),
+        ([".example.com"], "https://example.com.evil.org/x", False),
+    ],
+)
+def test_allowed_portal_hosts_against_the_production_api(
+    settings, hosts: list[str] | None, link: str, allowed: bool
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION, "PORTAL_HOSTS": hosts}
+    assert is_allowed_link(link) is allowed
+
+
+@pytest.mark.parametrize(
+    ("link", "allowed"),
+    [
+        ("http://127.0.0.1:8765/portal/auth/confirm", True),
+        ("http://localhost:8765/portal/auth/confirm", True),
+        ("http://[::1]:8765/portal/auth/confirm", True),
+        ("https://brand.customerportal.energy/", True),
+        ("http://10.0.0.1:8765/", False),
+        ("http://evil.com/", False),
+        ("ftp://127.0.0.1/", False),
+    ],
+)
+def test_http_is_allowed_only_on_loopback_with_a_loopback_sandbox_api(
+    settings, link: str, allowed: bool
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": "http://127.0.0.1:8765"}
+    assert is_allowed_link(link) is allowed
+
+
+@pytest.mark.parametrize(
+    ("link", "expected"),
+    [
+        (
+            "https://p.customerportal.energy/a?token_hash=ab%2Fc&type=magiclink&next=/overview",
+            "https://p.customerportal.energy/a?token_hash=ab%2Fc&type=magiclink&next=/invoices/x",
+        ),
+        (
+            "https://p.customerportal.energy/a?token_hash=t",
+            "https://p.customerportal.energy/a?token_hash=t&next=/invoices/x",
+        ),
+        (
+            "https://p.customerportal.energy/a?next=/one&token_hash=t&next=/two",
+            "https://p.customerportal.energy/a?token_hash=t&next=/invoices/x",
+        ),
+        (
+            "https://p.customerportal.energy/a?n%65xt=/one&token_hash=t",
+            "https://p.customerportal.energy/a?token_hash=t&next=/invoices/x",
+        ),
+    ],
+)
+def test_with_next_replaces_every_next_and_keeps_other_bytes(link: str, expected: str) -> None:
+    assert with_next(link, "/invoices/x") == expected

@@ -1,0 +1,207 @@
+"""``processing``: the envelope parser, claiming and the outcome of each kind of event, called
+directly on stored ``WebhookEvent`` rows (the view's own tests go through HTTP)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from nomos_billing import processing, signals
+from nomos_billing.models import NomosSubscription, WebhookEvent
+from nomos_billing.processing import InvalidEvent, parse_envelope, process_event, record_event
+from nomos_billing.sandbox import Fault, seed
+from nomos_billing.testing import make_event
+
+pytestmark = pytest.mark.django_db
+SUB_GET = "GET /subscriptions/{id}"
+
+
+def stored(topic: str = "subscription.created", context: dict[str, Any] | None = None,
+           **fields: Any) -> WebhookEvent:
+    if context is None:
+        context = {"subscription": seed.ALICE_SUBSCRIPTION}
+    event = make_event(topic, context)
+    return WebhookEvent.objects.create(event_id=event["id"], topic=topic, payload=event,
+                                       **fields)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (None, "not a JSON object"),
+        ([], "not a JSON object"),
+        ({}, "no valid topic"),
+        ({"id": "evt_1"}, "no valid topic"),
+        ({"id": "evt_1", "topic": ""}, "no valid topic"),
+        ({"id": "evt_1", "topic": "t" * 65}, "no valid topic"),
+        ({"topic": "invoice.paid"}, "no valid id"),
+        ({"id": None, "topic": "invoice.paid"}, "no valid id"),
+        ({"id": ["evt_1"], "topic": "invoice.paid"}, "no valid id"),
+    ],
+)
+def test_parse_envelope_rejects_what_is_not_an_event(data, message):
+    with pytest.raises(InvalidEvent, match=message):
+        parse_envelope(data)
+
+
+def test_parse_envelope_returns_id_and_topic():
+    assert parse_envelope({"id": "evt_1", "topic": "invoice.paid", "x": 1}) == (
+        "evt_1", "invoice.paid")
+
+
+@pytest.mark.parametrize(
+    ("topic", "handler"),
+    [
+        ("subscription.created", processing.sync_subscription),
+        ("subscription.some_future_topic", processing.sync_subscription),
+        ("invoice.paid", processing.acknowledge),
+        ("meter_order.blocked", processing.acknowledge),
+        ("test.event", processing.acknowledge),
+        ("test.other", None),
+        ("plan.created", None),
+        ("subscriptionx.created", None),
+    ],
+)
+def test_handler_is_chosen_by_topic_or_its_prefix(topic, handler):
+    assert processing.get_handler(topic) is handler
+
+
+def test_record_event_stores_once_and_announces_once():
+    seen = []
+    signals.webhook_received.connect(lambda **kw: seen.append(kw["event"].event_id),
+                                     weak=False, dispatch_uid="rec")
+    try:
+        event = make_event("invoice.paid")
+        first, created_first = record_event(event, secret_index=1)
+        second, created_second = record_event(event, secret_index=0)
+    finally:
+        signals.webhook_received.disconnect(dispatch_uid="rec")
+    assert (created_first, created_second) == (True, False)
+    assert first.pk == second.pk and second.secret_index == 1
+    assert seen == [event["id"]]
+
+
+def test_failing_webhook_received_receiver_does_not_lose_the_event(caplog):
+    def broken(**kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.webhook_received.connect(broken)
+    try:
+        event, created = record_event(make_event("invoice.paid"))
+    finally:
+        signals.webhook_received.disconnect(broken)
+    assert created and WebhookEvent.objects.filter(pk=event.pk).exists()
+    assert "receiver" in caplog.text
+
+
+def test_processed_event_is_not_claimed_again_unless_forced(nomos):
+    event = stored()
+    assert process_event(event).claimed
+    again = process_event(event)
+    assert (again.claimed, again.status) == (False, "processed")
+    assert nomos.count(SUB_GET) == 1
+    forced = process_event(event, force=True)
+    assert (forced.claimed, forced.status, forced.event.attempts) == (True, "processed", 2)
+    assert nomos.count(SUB_GET) == 2
+
+
+def test_force_never_takes_a_fresh_claim(nomos):
+    event = stored(status="processing", claimed_at=timezone.now())
+    result = process_event(event, force=True)
+    assert (result.claimed, result.status) == (False, "processing")
+    assert nomos.count(SUB_GET) == 0
+
+
+@pytest.mark.parametrize(
+    ("age", "claimed"),
+    [(processing.CLAIM_TIMEOUT - timedelta(seconds=5), False),
+     (processing.CLAIM_TIMEOUT + timedelta(seconds=5), True)],
+)
+def test_claim_is_taken_over_only_when_stale(age, claimed, nomos):
+    event = stored(status="processing", claimed_at=timezone.now() - age)
+    assert process_event(event).claimed is claimed
+
+
+def test_unknown_topic_is_ignored_without_signal():
+    seen = []
+    signals.webhook_processed.connect(lambda **kw: seen.append(kw), weak=False,
+                                      dispatch_uid="ign")
+    try:
+        result = process_event(stored("plan.created", {}))
+    finally:
+        signals.webhook_processed.disconnect(dispatch_uid="ign")
+    assert (result.claimed, result.status, result.retry) == (True, "ignored", False)
+    assert result.event.processed_at is not None
+    assert seen == []
+
+
+def test_outage_is_a_retryable_failure_with_retry_after(nomos, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault(SUB_GET, Fault(status=503, retry_after=7), times=None)
+    result = process_event(stored())
+    assert (result.status, result.retry, result.retry_after) == ("failed", True, 7)
+    assert result.event.attempts == 1 and result.event.claimed_at is None
+    assert "503" in result.event.last_error
+
+
+def test_not_found_is_a_final_failure(nomos):
+    result = process_event(stored(context={"subscription": "sub_gone"}))
+    assert (result.status, result.retry) == ("failed", False)
+    assert result.event.last_error.startswith("NomosAPIError: GET /subscriptions/sub_gone")
+
+
+def test_missing_credentials_are_a_retryable_failure(settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "CLIENT_SECRET": ""}
+    result = process_event(stored())
+    assert (result.status, result.retry) == ("failed", True)
+    assert "CLIENT_SECRET" in result.event.last_error
+
+
+def test_malformed_subscription_from_nomos_is_a_final_failure(monkeypatch, nomos):
+    monkeypatch.setattr("nomos_billing.client.NomosClient.get_subscription",
+                        lambda self, sub_id: {"id": sub_id})
+    result = process_event(stored())
+    assert (result.status, result.retry) == ("failed", False)
+    assert "without customer" in result.event.last_error
+
+
+def test_crashing_receiver_marks_failed_and_raises(nomos):
+    def broken(**kwargs):
+        raise ValueError("boom")
+
+    event = stored()
+    signals.webhook_processed.connect(broken)
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            process_event(event)
+    finally:
+        signals.webhook_processed.disconnect(broken)
+    event.refresh_from_db()
+    assert (event.status, event.last_error, event.processed_at) == (
+        "failed", "ValueError: boom", None)
+    # The rows were committed before the signal; processing again converges.
+    assert process_event(event).status == "processed"
+    assert NomosSubscription.objects.count() == 1
+
+
+def test_webhook_processed_sees_the_processed_event(nomos):
+    seen = []
+    signals.webhook_processed.connect(
+        lambda sender, event, **kw: seen.append((sender, event.status)), weak=False,
+        dispatch_uid="proc")
+    try:
+        process_event(stored())
+    finally:
+        signals.webhook_processed.disconnect(dispatch_uid="proc")
+    assert seen == [(WebhookEvent, "processed")]
+
+
+def test_error_text_is_truncated():
+    event = stored("invoice.paid", {})
+    WebhookEvent.objects.filter(pk=event.pk).update(status="processing")
+    processing._finish(event, "failed", processing._error_text(ValueError("x" * 5000)))
+    event.refresh_from_db()
+    assert len(event.last_error) == processing.MAX_ERROR_LENGTH

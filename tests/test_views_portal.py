@@ -1,0 +1,472 @@
+"""The portal views through Django's test client against a live sandbox: login, redirects and
+their status codes, no-store, fresh links per click, deep links (and hostile ones), the friendly
+and the 503 pages, the JSON endpoint, query and connection budgets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from django.test import Client
+
+from nomos_billing.models import NomosCustomer
+from nomos_billing.sandbox import Fault, seed
+from tests.test_deeplinks import HOSTILE
+
+pytestmark = pytest.mark.django_db
+
+PORTAL = "/nomos/portal/"
+PORTAL_LINK = "/nomos/portal/link/"
+CSRF = "A" * 32  # an unmasked CSRF secret, accepted as cookie and as form token
+PAYLOADS = (
+    Path(__file__).resolve().parents[2] / "shared" / "security" / "open-redirect-payloads.txt"
+)
+
+
+def _payloads() -> list[Any]:
+    if not PAYLOADS.exists():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{PAYLOADS} not found"))]
+    values = PAYLOADS.read_text(encoding="utf-8").split("\n")
+    if values and values[-1] == "":
+        values.pop()
+    return [pytest.param(v, id=f"payload{i:03d}") for i, v in enumerate(values)]
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+    return user
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+
+
+@pytest.fixture
+def as_alice(client: Client, alice: Any) -> Client:
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def as_bob(client: Client, bob: Any) -> Client:
+    client.force_login(bob)
+    return client
+
+
+def csrf_client(user: Any | None) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    if user is not None:
+        client.force_login(user)
+    client.cookies["csrftoken"] = CSRF
+    return client
+
+
+def location(response: Any) -> tuple[str, dict[str, list[str]]]:
+    parts = urlsplit(response["Location"])
+    return parts.netloc, parse_qs(parts.query, keep_blank_values=True)
+
+
+def assert_no_token(nomos: Any, response: Any) -> None:
+    body = response.content.decode()
+    for token in nomos.issued_tokens():
+        assert token not in body
+    assert "sandbox-secret" not in body
+    assert "Traceback" not in body
+
+
+# -- login ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_anonymous_is_sent_to_login_with_next_back(client: Client, nomos: Any, method: str) -> None:
+    response = getattr(client, method)(PORTAL + "?next=/invoices")
+
+    assert response.status_code == 302
+    parts = urlsplit(response["Location"])
+    assert parts.path == "/accounts/login/"
+    assert parse_qs(parts.query)["next"] == [PORTAL + "?next=/invoices"]
+    assert nomos.calls == {}
+
+
+# -- the redirect --------------------------------------------------------------------------
+
+
+def test_linked_user_get_redirects_302_to_a_fresh_no_store_link(
+    as_alice: Client, nomos: Any
+) -> None:
+    response = as_alice.get(PORTAL)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert "no-store" in response["Cache-Control"]
+    assert_no_token(nomos, response)
+
+
+def test_button_post_redirects_303_with_csrf_token(alice: Any, nomos: Any) -> None:
+    client = csrf_client(alice)
+    response = client.post(PORTAL, {"csrfmiddlewaretoken": CSRF, "next": "/invoices/inv_abc"})
+
+    assert response.status_code == 303
+    assert "no-store" in response["Cache-Control"]
+    host, params = location(response)
+    assert host == urlsplit(nomos.base_url).netloc
+    assert params["next"] == ["/invoices/inv_abc"]
+
+
+def test_button_post_without_csrf_token_is_refused_and_mints_nothing(
+    alice: Any, nomos: Any
+) -> None:
+    response = csrf_client(alice).post(PORTAL, {"next": "/invoices"})
+    assert response.status_code == 403
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+@pytest.mark.parametrize("method", ["put", "delete", "patch"])
+def test_other_methods_are_not_allowed(as_alice: Client, nomos: Any, method: str) -> None:
+    assert getattr(as_alice, method)(PORTAL).status_code == 405
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+def test_two_clicks_mint_two_links_each_accepted_once_by_the_portal(
+    as_alice: Client, nomos: Any
+) -> None:
+    first = as_alice.get(PORTAL)["Location"]
+    second = as_alice.get(PORTAL)["Location"]
+
+    assert first != second
+    assert nomos.count("POST /admin/magic_link") == 2
+    for link in (first, second):
+        assert requests.get(link, timeout=5).status_code == 200
+        assert requests.get(link, timeout=5).status_code == 403
+    assert [s["customer_id"] for s in nomos.portal_sessions] == [seed.ALICE, seed.ALICE]
+
+
+def test_customer_id_in_the_request_is_ignored(alice: Any, nomos: Any) -> None:
+    client = csrf_client(alice)
+    response = client.post(
+        PORTAL + f"?customerId={seed.ACME}",
+        {"csrfmiddlewaretoken": CSRF, "customerId": seed.ACME, "customer_id": seed.ACME},
+    )
+    assert requests.get(response["Location"], timeout=5).status_code == 200
+    assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/overview"}]
+
+
+# -- deep links ----------------------------------------------------------------------------
+
+
+def test_safe_deep_link_reaches_the_portal(as_alice: Client, nomos: Any) -> None:
+    response = as_alice.get(PORTAL, {"next": "/invoices/inv_abc"})
+
+    host, params = location(response)
+    assert host == urlsplit(nomos.base_url).netloc
+    assert params["next"] == ["/invoices/inv_abc"]
+    assert requests.get(response["Location"], timeout=5).status_code == 200
+    assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_own_hostile_next_is_dropped_and_the_host_is_unchanged(
+    as_alice: Client, nomos: Any, hostile: str, method: str
+) -> None:
+    response = getattr(as_alice, method)(PORTAL, {"next": hostile})
+
+    assert response.status_code in (302, 303)
+    host, params = location(response)
+    assert host == urlsplit(nomos.base_url).netloc
+    assert params["next"] == ["/overview"]
+
+
+@pytest.mark.parametrize("payload", _payloads())
+def test_published_open_redirect_payload_is_dropped(
+    as_alice: Client, nomos: Any, payload: str
+) -> None:
+    response = as_alice.get(PORTAL, {"next": payload})
+
+    assert response.status_code == 302
+    host, params = location(response)
+    assert host == urlsplit(nomos.base_url).netloc
+    assert params["next"] == ["/overview"]
+
+
+def test_payload_file_has_the_published_240_values() -> None:
+    if not PAYLOADS.exists():
+        pytest.skip(f"{PAYLOADS} not found")
+    assert len(_payloads()) == 240
+
+
+# -- no customer ---------------------------------------------------------------------------
+
+
+def test_unlinked_user_sees_the_friendly_page_and_nomos_is_not_called(
+    as_bob: Client, nomos: Any
+) -> None:
+    response = as_bob.get(PORTAL)
+
+    assert response.status_code == 200
+    assert [t.name for t in response.templates][0] == "nomos_billing/no_customer.html"
+    assert b"No electricity contract yet" in response.content
+    assert "no-store" in response["Cache-Control"]
+    assert nomos.calls == {}
+
+
+def test_unlinked_user_is_offered_the_sites_signup_url(
+    as_bob: Client, nomos: Any, settings: Any
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "SIGNUP_URL": "/signup/electricity/"}
+    response = as_bob.get(PORTAL)
+    assert b'href="/signup/electricity/"' in response.content
+    assert b"/nomos/portal/start/" not in response.content
+
+
+def test_unlinked_user_is_offered_the_lead_form_when_a_plan_is_set(
+    as_bob: Client, nomos: Any, settings: Any
+) -> None:
+    settings.NOMOS_BILLING = {
+        **settings.NOMOS_BILLING,
+        "PLAN_ID": "pln_sandbox_home",
+        "SIGNUP_URL": "/signup/",
+    }
+    response = as_bob.get(PORTAL)
+    assert b'action="/nomos/portal/start/"' in response.content
+    assert b'name="zip_code"' in response.content and b'name="estimated_usage"' in response.content
+    assert b'href="/signup/"' not in response.content
+    assert nomos.calls == {}
+
+
+def test_customer_unknown_at_nomos_shows_the_friendly_page_and_logs_the_request_id(
+    client: Client, django_user_model: Any, nomos: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = django_user_model.objects.create_user("gone", "gone@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id="cus_deleted_at_nomos")
+    client.force_login(user)
+    caplog.set_level(logging.INFO)
+
+    response = client.get(PORTAL)
+
+    assert response.status_code == 200
+    assert b"No electricity contract yet" in response.content
+    request_id = nomos.request_log[-1]["request_id"]
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name == "nomos_billing.views"
+    ]
+    assert len(errors) == 1 and request_id in errors[0] and "cus_deleted_at_nomos" in errors[0]
+    assert_no_token(nomos, response)
+
+
+# -- Nomos failures ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "retry_after"),
+    [
+        (Fault(status=500), "30"),
+        (Fault(status=502), "30"),
+        (Fault(status=429, retry_after=120), "120"),
+        (Fault(status=503, retry_after=1), "1"),
+        (Fault(drop_connection=True), "30"),
+    ],
+    ids=["500", "502", "429-long-retry-after", "503-retried", "dropped-connection"],
+)
+def test_outage_shows_the_503_page_with_retry_after(
+    as_alice: Client, nomos: Any, fault: Fault, retry_after: str
+) -> None:
+    nomos.add_fault("POST /admin/magic_link", fault, times=None)
+
+    response = as_alice.get(PORTAL)
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == retry_after
+    assert [t.name for t in response.templates][0] == "nomos_billing/unavailable.html"
+    assert b"not available right now" in response.content
+    assert "no-store" in response["Cache-Control"]
+    assert_no_token(nomos, response)
+
+
+def test_timeout_shows_the_503_page_within_the_read_timeout(
+    as_alice: Client, nomos: Any, settings: Any
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TIMEOUT": (1.0, 0.3)}
+    nomos.add_fault("POST /admin/magic_link", Fault(hang=2), times=None)
+
+    response = as_alice.get(PORTAL)
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    assert_no_token(nomos, response)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_show_503_and_log_an_error_for_the_operator(
+    as_alice: Client, nomos: Any, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # 401 on the token endpoint: wrong client secret; 403 on the mint: missing write scope.
+    key = "POST /oauth/token" if status == 401 else "POST /admin/magic_link"
+    nomos.add_fault(key, Fault(status=status), times=None)
+    caplog.set_level(logging.INFO)
+
+    response = as_alice.get(PORTAL)
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name == "nomos_billing.views"
+    ]
+    assert len(errors) == 1 and "CLIENT_SECRET" in errors[0]
+    assert_no_token(nomos, response)
+
+
+def test_wrong_client_secret_shows_503_and_never_the_secret(
+    as_alice: Client, nomos: Any, settings: Any
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "CLIENT_SECRET": "wrong-secret-value"}
+    response = as_alice.get(PORTAL)
+    assert response.status_code == 503
+    assert b"wrong-secret-value" not in response.content
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+# -- budgets -------------------------------------------------------------------------------
+
+
+def test_portal_view_costs_session_user_and_customer_queries(
+    as_alice: Client, nomos: Any, django_assert_num_queries: Any
+) -> None:
+    with django_assert_num_queries(3):
+        response = as_alice.get(PORTAL)
+    assert response.status_code == 302
+
+
+def test_hundred_clicks_mint_hundred_links_with_one_token_and_one_connection(
+    as_alice: Client, nomos: Any
+) -> None:
+    before = nomos.connections
+    links = {as_alice.get(PORTAL)["Location"] for _ in range(100)}
+
+    assert len(links) == 100
+    assert nomos.count("POST /admin/magic_link") == 100
+    assert nomos.count("POST /oauth/token") <= 1
+    assert nomos.connections - before <= 1
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def post_json(client: Client, data: Any = None, **kwargs: Any) -> Any:
+    return client.post(PORTAL_LINK, data or {"csrfmiddlewaretoken": CSRF}, **kwargs)
+
+
+def test_json_endpoint_returns_a_fresh_url_no_store(alice: Any, nomos: Any) -> None:
+    client = csrf_client(alice)
+    first = post_json(client)
+    second = post_json(client)
+
+    assert first.status_code == 200
+    assert first["Content-Type"] == "application/json"
+    assert "no-store" in first["Cache-Control"]
+    url = first.json()["url"]
+    assert url.startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert url != second.json()["url"]
+    assert requests.get(url, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"data": {"csrfmiddlewaretoken": CSRF, "next": "/invoices/inv_abc"}}, "/invoices/inv_abc"),
+        (
+            {
+                "data": json.dumps({"next": "/invoices/inv_abc"}),
+                "content_type": "application/json",
+                "headers": {"X-CSRFToken": CSRF},
+            },
+            "/invoices/inv_abc",
+        ),
+        (
+            {
+                "data": json.dumps({"next": "//evil.com"}),
+                "content_type": "application/json",
+                "headers": {"X-CSRFToken": CSRF},
+            },
+            "/overview",
+        ),
+        (
+            {
+                "data": "not json",
+                "content_type": "application/json",
+                "headers": {"X-CSRFToken": CSRF},
+            },
+            "/overview",
+        ),
+        ({"data": {"csrfmiddlewaretoken": CSRF, "next": "https://evil.com"}}, "/overview"),
+    ],
+    ids=["form", "json", "json-hostile", "json-malformed", "form-hostile"],
+)
+def test_json_endpoint_deep_link(
+    alice: Any, nomos: Any, kwargs: dict[str, Any], expected: str
+) -> None:
+    response = csrf_client(alice).post(PORTAL_LINK, **kwargs)
+    assert response.status_code == 200
+    parts = urlsplit(response.json()["url"])
+    assert parts.netloc == urlsplit(nomos.base_url).netloc
+    assert parse_qs(parts.query)["next"] == [expected]
+
+
+def test_json_endpoint_refuses_get_with_405(as_alice: Client, nomos: Any) -> None:
+    assert as_alice.get(PORTAL_LINK).status_code == 405
+    assert nomos.calls == {}
+
+
+def test_json_endpoint_without_csrf_token_is_403(alice: Any, nomos: Any) -> None:
+    response = csrf_client(alice).post(PORTAL_LINK, {})
+    assert response.status_code == 403
+    assert nomos.calls == {}
+
+
+def test_json_endpoint_anonymous_is_401_json_not_a_redirect(nomos: Any) -> None:
+    response = post_json(csrf_client(None))
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"
+    assert "Location" not in response
+    assert nomos.calls == {}
+
+
+def test_json_endpoint_unlinked_user_is_404_not_linked(bob: Any, nomos: Any) -> None:
+    response = post_json(csrf_client(bob))
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_linked"
+    assert response.json()["error"]
+    assert nomos.calls == {}
+
+
+@pytest.mark.parametrize(
+    ("fault", "retry_after"),
+    [
+        (Fault(status=500), "30"),
+        (Fault(status=429, retry_after=90), "90"),
+        (Fault(status=401), "30"),
+    ],
+    ids=["500", "429", "401"],
+)
+def test_json_endpoint_outage_is_503_unavailable_with_retry_after(
+    alice: Any, nomos: Any, fault: Fault, retry_after: str
+) -> None:
+    nomos.add_fault("POST /admin/magic_link", fault, times=None)
+    response = post_json(csrf_client(alice))
+    assert response.status_code == 503
+    assert response["Retry-After"] == retry_after
+    assert response.json()["code"] == "unavailable"
+    assert "no-store" in response["Cache-Control"]
+    assert_no_token(nomos, response)
