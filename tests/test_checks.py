@@ -99,6 +99,7 @@ def test_plain_http_to_a_loopback_sandbox_is_fine(settings, url):
         "nomos_billing.E004", "nomos_billing.W005"}
 
 
+@pytest.mark.django_db
 def test_manage_py_check_on_a_project_without_credentials_lists_ids_with_hints(settings):
     settings.NOMOS_BILLING = {}
     err = StringIO()
