@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import API_VERSION, DEFAULTS, SETTING_NAME, _is_loopback
+from .conf import API_VERSION, DEFAULTS, SETTING_NAME, is_loopback
 
 # Ids are stable: sites silence them with SILENCED_SYSTEM_CHECKS, so never reuse one.
 E_NOT_A_DICT = "nomos_billing.E003"
@@ -123,7 +123,7 @@ def _check_base_url(raw: dict[str, Any]) -> list[CheckMessage]:
             hint='Use "https://api.nomos.energy", or the sandbox\'s URL in development.',
             id=E_BASE_URL,
         )]
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         hint = ("Use https: the client secret and access tokens would travel in clear text. "
                 "Plain http is only for a sandbox on loopback (127.0.0.1, localhost).")
         if settings.DEBUG:

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
 DEFAULT_PORTAL_HOST_SUFFIX = ".customerportal.energy"
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
     if not host:
         return False
     if host == "localhost":
@@ -110,7 +110,7 @@ class Settings:
     @property
     def api_is_loopback(self) -> bool:
         """True when the API is a local sandbox (plain http is then acceptable)."""
-        return _is_loopback(urlsplit(self.API_BASE_URL).hostname)
+        return is_loopback(urlsplit(self.API_BASE_URL).hostname)
 
     @property
     def token_cache_key(self) -> str:

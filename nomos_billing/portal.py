@@ -8,7 +8,6 @@ never logged; the customer id is.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -16,7 +15,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from django.utils.http import is_same_domain
 
 from .client import get_client
-from .conf import DEFAULT_PORTAL_HOST_SUFFIX, nomos_settings
+from .conf import DEFAULT_PORTAL_HOST_SUFFIX, is_loopback, nomos_settings
 from .deeplinks import clean_next, preview
 from .exceptions import NomosAPIError, NomosNotLinked
 
@@ -43,15 +42,6 @@ def get_customer(user: Any) -> Any:
         return None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def portal_hosts() -> list[str]:
     hosts = nomos_settings.PORTAL_HOSTS
     if isinstance(hosts, (list, tuple)) and hosts:
@@ -72,7 +62,7 @@ def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
     host = (parts.hostname or "").lower()
     if not host or parts.username is not None or parts.password is not None:
         return False
-    if nomos_settings.api_is_loopback and _is_loopback(host):
+    if nomos_settings.api_is_loopback and is_loopback(host):
         return parts.scheme in ("http", "https")
     if parts.scheme != "https" or port not in (None, 443):
         return False

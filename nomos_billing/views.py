@@ -23,11 +23,11 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .client import get_client
-from .conf import nomos_settings
+from .conf import is_loopback, nomos_settings
 from .exceptions import NomosAPIError, NomosError, NomosNotLinked, NomosUnavailable
 from .forms import LeadForm
 from .models import NomosLead
-from .portal import _is_loopback, get_customer, mint_portal_link
+from .portal import get_customer, mint_portal_link
 
 logger = logging.getLogger("nomos_billing.views")
 
@@ -205,7 +205,7 @@ def is_allowed_checkout_link(link: Any) -> bool:
         return False
     if parts.scheme == "https":
         return True
-    return parts.scheme == "http" and nomos_settings.api_is_loopback and _is_loopback(host)
+    return parts.scheme == "http" and nomos_settings.api_is_loopback and is_loopback(host)
 
 
 @never_cache

@@ -142,7 +142,7 @@ class SandboxServer:
         if self._server is None:
             raise RuntimeError("SandboxServer is not running")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"  # type: ignore[str-bytes-safe]
 
     def start(self) -> SandboxServer:
         if self._server is not None:
@@ -160,7 +160,7 @@ class SandboxServer:
         server, self._server = self._server, None
         if server is None:
             return
-        url = f"http://{server.server_address[0]}:{server.server_address[1]}"
+        url = f"http://{server.server_address[0]!s}:{server.server_address[1]}"  # type: ignore[str-bytes-safe]
         server.stopping.set()
         server.shutdown()
         # Idle keep-alive connections would otherwise hold their threads until the client leaves.

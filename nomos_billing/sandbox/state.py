@@ -186,7 +186,7 @@ class Sandbox:
             "context": context,
         }
         with self.lock:
-            self.events[event["id"]] = event
+            self.events[str(event["id"])] = event
         return event
 
     def send_webhook(
