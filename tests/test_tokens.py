@@ -44,23 +44,18 @@ def test_token_lives_in_the_configured_cache(nomos):
     assert stored["value"] in nomos.issued_tokens()
 
 
-def test_token_is_renewed_when_less_than_the_margin_is_left(nomos):
+@pytest.mark.parametrize(
+    ("seconds_later", "token_requests"),
+    # 3600 s token, 300 s margin: renewed inside the margin, reused before it.
+    [(3200, 1), (3301, 2)],
+)
+def test_token_is_renewed_only_inside_the_refresh_margin(nomos, seconds_later, token_requests):
     client = get_client()
     client.get_subscription("sub_sandbox_alice")
     real_time = time.time
-    # 3600 s token, 300 s margin: at +3301 s it is inside the margin and must be renewed.
-    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3301):
+    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + seconds_later):
         client.get_subscription("sub_sandbox_alice")
-    assert nomos.count(TOKEN) == 2
-
-
-def test_token_is_not_renewed_before_the_margin(nomos):
-    client = get_client()
-    client.get_subscription("sub_sandbox_alice")
-    real_time = time.time
-    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3200):
-        client.get_subscription("sub_sandbox_alice")
-    assert nomos.count(TOKEN) == 1
+    assert nomos.count(TOKEN) == token_requests
 
 
 def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos):
