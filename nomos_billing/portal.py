@@ -49,9 +49,10 @@ def portal_hosts() -> list[str]:
     return [DEFAULT_PORTAL_HOST_SUFFIX]
 
 
-def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
+def is_allowed_link(link: str, *, hosts: list[str] | None = None, any_host: bool = False) -> bool:
     """True if ``link`` is https on a configured portal host (or, against a loopback sandbox
-    API only, http(s) on a loopback host)."""
+    API only, http(s) on a loopback host). ``any_host`` accepts https anywhere: Nomos'
+    checkout links live on brand domains we cannot list."""
     if not isinstance(link, str) or any(c in link for c in "\\\r\n\t ") or not link.isascii():
         return False
     try:
@@ -64,7 +65,11 @@ def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
         return False
     if nomos_settings.api_is_loopback and is_loopback(host):
         return parts.scheme in ("http", "https")
-    if parts.scheme != "https" or port not in (None, 443):
+    if parts.scheme != "https":
+        return False
+    if any_host:
+        return True
+    if port not in (None, 443):
         return False
     return any(is_same_domain(host, pattern) for pattern in (hosts or portal_hosts()))
 

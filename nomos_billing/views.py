@@ -27,7 +27,7 @@ from .conf import is_loopback, nomos_settings
 from .exceptions import NomosAPIError, NomosError, NomosNotLinked, NomosUnavailable
 from .forms import LeadForm
 from .models import NomosLead
-from .portal import get_customer, mint_portal_link
+from .portal import get_customer, is_allowed_link, mint_portal_link
 
 logger = logging.getLogger("nomos_billing.views")
 
@@ -237,7 +237,7 @@ def start(request: HttpRequest) -> HttpResponse:
         not isinstance(lead_id, str)
         or not lead_id
         or not isinstance(link, str)
-        or not is_allowed_checkout_link(link)
+        or not is_allowed_link(link, any_host=True)
     ):
         logger.error(
             "Nomos answered POST /leads without a usable id/link for user %s", request.user.pk
