@@ -199,11 +199,12 @@ def process_event(event: WebhookEvent, *, force: bool = False) -> Result:
         status = handler(event) if handler is not None else str(Status.IGNORED)
         with transaction.atomic():
             _finish(event, status)
+            event.refresh_from_db()
             if status == Status.PROCESSED:
-                event.refresh_from_db()
                 # Inside the block: a receiver that raises undoes "processed", so the event
                 # is failed and redelivered instead of silently lost for the site.
                 webhook_processed.send(sender=WebhookEvent, event=event)
+        return Result(event, claimed=True)
     except NomosUnavailable as exc:
         retry, retry_after = True, exc.retry_after
         _fail(event, exc, "Nomos is unavailable")
