@@ -18,7 +18,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -36,6 +37,7 @@ from .exceptions import (
     NomosServiceError,
     NomosUnavailable,
 )
+from .filters import ListFilter, check_page, query_params
 from .tokens import AccessToken, TokenStore
 
 logger = logging.getLogger("nomos_billing.client")
@@ -99,6 +101,19 @@ def _envelope(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _business_errors(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The envelope's ``errors`` list, kept to entries and keys we can show safely."""
+    raw = body.get("errors")
+    if not isinstance(raw, list):
+        return []
+    errors = []
+    for entry in raw[:50]:
+        if isinstance(entry, Mapping):
+            errors.append({key: str(entry[key])[:500] for key in ("code", "field", "message")
+                           if isinstance(entry.get(key), (str, int))})
+    return errors
 
 
 def _retry_after(response: requests.Response) -> int | None:
@@ -207,7 +222,8 @@ class NomosClient:
         if status == 429 or status >= 500:
             return NomosServiceError(status, code, message, request_id, method=method, path=path,
                                      retry_after=_retry_after(response))
-        return NomosAPIError(status, code, message, request_id, method=method, path=path)
+        return NomosAPIError(status, code, message, request_id, method=method, path=path,
+                             errors=_business_errors(body))
 
     def request(self, method: str, path: str, *, json: Any = None,
                 params: Mapping[str, Any] | None = None) -> Any:
@@ -255,26 +271,76 @@ class NomosClient:
     def create_lead(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/leads", json=dict(payload))
 
-    def list_subscriptions(self, *, cursor: str | None = None, limit: int = 100,
-                           customer: str | None = None) -> dict[str, Any]:
-        """One page of ``GET /subscriptions``."""
-        params: dict[str, Any] = {"limit": limit}
+    def list_page(self, path: str, *, cursor: str | None = None, limit: int = 100,
+                  filters: Sequence[ListFilter] = ()) -> dict[str, Any]:
+        """One page of a list endpoint, every item checked against ``filters``.
+
+        Raises ``NomosFilterIgnored`` when an item does not match: Nomos answers a filter it
+        ignores with the unfiltered list.
+        """
+        params: dict[str, Any] = {"limit": limit, **query_params(filters)}
         if cursor:
             params["cursor"] = cursor
-        if customer:
-            params["filter[customer][eq]"] = customer
-        return self.request("GET", "/subscriptions", params=params)
+        page = self.request("GET", path, params=params)
+        if not isinstance(page, dict):
+            raise NomosAPIError(200, "INVALID_RESPONSE", "list answer is not an object",
+                                method="GET", path=path)
+        items = page.get("items")
+        if items is None:
+            items = page["items"] = []
+        if not isinstance(items, list):
+            raise NomosAPIError(200, "INVALID_RESPONSE", "list answer without items",
+                                method="GET", path=path)
+        check_page(path, items, filters)
+        return page
 
-    def iter_subscriptions(self, *, limit: int = 100,
-                           customer: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every subscription, fetching one page at a time as the caller consumes them."""
+    def iter_list(self, path: str, *, limit: int = 100,
+                  filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
+        """Every item of a list endpoint, one page fetched (and checked) at a time as the
+        caller consumes them."""
         cursor: str | None = None
         while True:
-            page = self.list_subscriptions(cursor=cursor, limit=limit, customer=customer)
-            yield from page.get("items") or []
+            page = self.list_page(path, cursor=cursor, limit=limit, filters=filters)
+            yield from page["items"]
             cursor = page.get("next_page")
             if not page.get("has_more") or not cursor:
                 return
+
+    @staticmethod
+    def subscription_filters(*, customer: str | None = None,
+                             updated_since: datetime | str | None = None,
+                             filters: Sequence[ListFilter] = ()) -> list[ListFilter]:
+        found = list(filters)
+        if customer:
+            found.append(ListFilter("customer", "eq", customer))
+        if updated_since is not None:
+            found.append(ListFilter("updated_at", "gte", updated_since))
+        return found
+
+    def list_subscriptions(self, *, cursor: str | None = None, limit: int = 100,
+                           customer: str | None = None,
+                           updated_since: datetime | str | None = None,
+                           filters: Sequence[ListFilter] = ()) -> dict[str, Any]:
+        """One page of ``GET /subscriptions`` (checked against its filters)."""
+        return self.list_page("/subscriptions", cursor=cursor, limit=limit,
+                              filters=self.subscription_filters(
+                                  customer=customer, updated_since=updated_since,
+                                  filters=filters))
+
+    def iter_subscriptions(self, *, limit: int = 100, customer: str | None = None,
+                           updated_since: datetime | str | None = None,
+                           filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
+        """Every subscription (of ``customer``, changed since ``updated_since``, matching
+        ``filters``), one page at a time; ``NomosFilterIgnored`` if Nomos ignored a filter."""
+        return self.iter_list("/subscriptions", limit=limit,
+                              filters=self.subscription_filters(
+                                  customer=customer, updated_since=updated_since,
+                                  filters=filters))
+
+    def iter_customers(self, *, limit: int = 100,
+                       filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
+        """Every customer matching ``filters``, one page at a time."""
+        return self.iter_list("/customers", limit=limit, filters=filters)
 
 
 def _segment(value: str) -> str:

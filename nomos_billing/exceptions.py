@@ -21,8 +21,9 @@ class NomosConfigurationError(NomosError, ImproperlyConfigured):
 class NomosAPIError(NomosError):
     """Nomos answered with an error status.
 
-    ``status`` is the HTTP status, ``code``/``message``/``request_id`` come from the Nomos
-    error envelope (``{"code", "message", "requestId", ...}``) when there is one.
+    ``status`` is the HTTP status, ``code``/``message``/``request_id``/``errors`` come from the
+    Nomos error envelope (``{"code", "message", "requestId", "errors": [...]}``) when there is
+    one. ``field_errors()`` maps each business error's ``field`` to its entries.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class NomosAPIError(NomosError):
         *,
         method: str = "",
         path: str = "",
+        errors: list[dict[str, str]] | None = None,
     ) -> None:
         self.status = status
         self.code = code
@@ -41,6 +43,9 @@ class NomosAPIError(NomosError):
         self.request_id = request_id
         self.method = method
         self.path = path
+        # The envelope's ``errors`` list (business errors such as ``unserviceable_zip`` on
+        # ``address.zip``), each cut down to its string ``code``/``field``/``message``.
+        self.errors: list[dict[str, str]] = list(errors or [])
         # Not super(): in NomosServiceError the next class is NomosUnavailable, whose
         # __init__ would reset status and request_id.
         Exception.__init__(self, str(self))
@@ -62,6 +67,13 @@ class NomosAPIError(NomosError):
             f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
             f"request_id={self.request_id!r})"
         )
+
+    def field_errors(self) -> dict[str, list[dict[str, str]]]:
+        """The ``errors`` entries grouped by ``field`` ("" for those without one)."""
+        grouped: dict[str, list[dict[str, str]]] = {}
+        for entry in self.errors:
+            grouped.setdefault(entry.get("field", ""), []).append(entry)
+        return grouped
 
     @property
     def is_not_found(self) -> bool:
@@ -95,6 +107,25 @@ class NomosServiceError(NomosAPIError, NomosUnavailable):
                  method: str = "", path: str = "", retry_after: int | None = None) -> None:
         NomosAPIError.__init__(self, status, code, message, request_id, method=method, path=path)
         self.retry_after = retry_after
+
+
+class NomosFilterIgnored(NomosAPIError):
+    """A list answer holds an item that does not match the filter we asked for.
+
+    Nomos ignores filters it does not know (unknown field, disallowed operator) and answers with
+    the unfiltered list, so a walk that trusted it would process the wrong items. The walk stops
+    before handing on the page that showed it.
+    """
+
+    def __init__(self, path: str, filter: str, item_id: str) -> None:
+        super().__init__(
+            200, "FILTER_IGNORED",
+            f"item {item_id or '?'} does not match {filter}; Nomos ignored the filter, "
+            "so the list was refused",
+            method="GET", path=path,
+        )
+        self.filter = filter
+        self.item_id = item_id
 
 
 class NomosNotLinked(NomosError):

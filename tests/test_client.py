@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -11,9 +12,11 @@ from nomos_billing.client import NomosClient, get_client
 from nomos_billing.exceptions import (
     NomosAPIError,
     NomosConfigurationError,
+    NomosFilterIgnored,
     NomosServiceError,
     NomosUnavailable,
 )
+from nomos_billing.filters import ListFilter
 from nomos_billing.sandbox import Fault
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -203,6 +206,67 @@ def test_iter_subscriptions_fetches_pages_lazily(client, nomos):
     iterator = client.iter_subscriptions(limit=1)
     next(iterator)
     assert nomos.count("GET /subscriptions") == 1
+
+
+def test_a_filtered_walk_sends_the_filter_and_yields_only_matching_items(client, nomos):
+    items = list(client.iter_subscriptions(customer="cus_sandbox_acme"))
+    assert sorted(i["id"] for i in items) == ["sub_sandbox_acme_consumption",
+                                              "sub_sandbox_acme_feed_in"]
+    (exchange,) = [e for e in nomos.request_log if e["path"] == "/subscriptions"]
+    assert "filter%5Bcustomer%5D%5Beq%5D=cus_sandbox_acme" in exchange["query"]
+
+
+def test_a_walk_whose_filter_nomos_ignored_is_refused_before_any_item(client, nomos):
+    nomos.add_fault("GET /subscriptions", Fault(ignore_filters=True))
+    walk = client.iter_subscriptions(customer="cus_sandbox_acme", limit=100)
+    with pytest.raises(NomosFilterIgnored) as excinfo:
+        next(walk)
+    assert excinfo.value.filter == "filter[customer][eq]=cus_sandbox_acme"
+    assert excinfo.value.item_id == "sub_sandbox_alice"
+    assert "ignored the filter" in str(excinfo.value)
+    assert nomos.count("GET /subscriptions") == 1
+
+
+def test_changed_since_walk_uses_updated_at_gte_and_checks_it(client, nomos):
+    nomos.set_subscription_status("sub_sandbox_acme_feed_in", "active")
+    since = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert [i["id"] for i in client.iter_subscriptions(updated_since=since)] == [
+        "sub_sandbox_acme_feed_in"]
+    (exchange,) = [e for e in nomos.request_log if e["path"] == "/subscriptions"]
+    assert "filter%5Bupdated_at%5D%5Bgte%5D=2026-02-01T00%3A00%3A00Z" in exchange["query"]
+    nomos.add_fault("GET /subscriptions", Fault(ignore_filters=True))
+    with pytest.raises(NomosFilterIgnored, match="updated_at"):
+        list(client.iter_subscriptions(updated_since="2026-02-01T00:00:00Z"))
+
+
+def test_a_filter_on_a_field_nomos_does_not_filter_on_is_caught(client, nomos):
+    # "number" is not a documented filter: Nomos (and the sandbox) ignore it.
+    wanted = nomos.subscriptions["sub_sandbox_alice"]["number"]
+    with pytest.raises(NomosFilterIgnored):
+        list(client.iter_subscriptions(filters=[ListFilter("number", "eq", wanted)]))
+
+
+@pytest.mark.parametrize(("flt", "item", "expected"), [
+    (ListFilter("customer", "eq", "cus_a"), {"customer": "cus_a"}, True),
+    (ListFilter("customer", "eq", "cus_a"), {"customer": {"id": "cus_a"}}, True),
+    (ListFilter("customer", "eq", "cus_a"), {"customer": "cus_b"}, False),
+    (ListFilter("status", "ne", "ended"), {"status": "active"}, True),
+    (ListFilter("status", "in", ["pending", "active"]), {"status": "ended"}, False),
+    (ListFilter("updated_at", "gte", "2026-01-01T00:00:00Z"),
+     {"updated_at": "2026-01-01T01:00:00+01:00"}, True),
+    (ListFilter("updated_at", "gte", "2026-01-01T00:00:00Z"),
+     {"updated_at": "2025-12-31T23:59:59.999Z"}, False),
+    (ListFilter("updated_at", "lte", "2026-01-01T00:00:00Z"), {"updated_at": None}, False),
+    (ListFilter("plan", "starts_with", "pln_"), {"plan": "pln_x"}, True),
+    (ListFilter("plan", "is_null", True), {"plan": "pln_x"}, False),
+])
+def test_list_filter_matching(flt, item, expected):
+    assert flt.matches(item) is expected
+
+
+def test_a_date_filter_needs_a_date():
+    with pytest.raises(ValueError):
+        ListFilter("updated_at", "gte", "yesterday")
 
 
 def test_ids_cannot_change_the_path(client, nomos):

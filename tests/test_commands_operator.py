@@ -24,7 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from nomos_billing.models import NomosCustomer, NomosSubscription
-from nomos_billing.sandbox import seed
+from nomos_billing.sandbox import Fault, seed
 from nomos_billing.signatures import HEADER, parse_header, verify_signature
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,6 +309,19 @@ def test_sync_queries_per_subscription_are_bounded(nomos, users, django_assert_m
     run("nomos_sync")  # first run creates; the second one only updates
     with django_assert_max_num_queries(23 * 12):
         run("nomos_sync")
+
+
+@pytest.mark.django_db
+def test_sync_of_a_customer_refuses_a_list_whose_filter_was_ignored(nomos, users) -> None:
+    _point_alice_at(nomos, users["alice"])
+    nomos.add_fault("GET /subscriptions", Fault(ignore_filters=True))
+
+    message = command_error("nomos_sync", "--customer", seed.ACME)
+
+    assert "does not match filter[customer][eq]=cus_sandbox_acme" in message
+    assert "nothing from it was stored" in message
+    assert NomosSubscription.objects.count() == 0
+    assert NomosCustomer.objects.count() == 0
 
 
 @pytest.mark.django_db

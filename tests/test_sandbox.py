@@ -220,11 +220,60 @@ def test_pagination_walks_every_page(http: requests.Session) -> None:
         assert len(everything["items"]) == 10 and not everything["has_more"]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "cursor=garbage",
-                                   "filter[customer][like]=x", "filter[nope][eq]=x"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "cursor=garbage"])
 def test_bad_list_parameters_are_400(sb: Sandbox, http: requests.Session, query: str) -> None:
     response = http.get(f"{sb.base_url}/subscriptions?{query}", headers=bearer(sb))
     assert_envelope(response, 400, "BAD_REQUEST")
+
+
+@pytest.mark.parametrize("query", [
+    "filter[customer][like]=cus_sandbox_alice",     # not an operator Nomos has
+    "filter[nope][eq]=x",                           # not a field of subscriptions
+    "filter[updated_at][eq]=2026-01-05T10:00:00Z",  # dates take gte/lte only
+    "filter[email][eq]=alice@example.com",          # a customer field, not a subscription one
+    "filter[created_at][gte]=yesterday",            # not a date
+    "filter[created_at][gte]=2026-01-05T10:00:00",  # a date without its timezone
+    "filter[customer]=cus_sandbox_alice",           # no operator
+    "filter[status][is_null]=maybe",
+])
+def test_filters_nomos_ignores_give_the_unfiltered_list(sb: Sandbox, http: requests.Session,
+                                                        query: str) -> None:
+    # API-NOTES, "Filtering lists": silently ignored, the answer is the whole list.
+    response = http.get(f"{sb.base_url}/subscriptions?limit=100&{query}", headers=bearer(sb))
+    assert response.status_code == 200
+    assert sorted(i["id"] for i in response.json()["items"]) == sorted(sb.subscriptions)
+
+
+def _ids(http: requests.Session, sb: Sandbox, path: str, params: dict[str, str]) -> list[str]:
+    response = http.get(f"{sb.base_url}{path}", params={"limit": "100", **params},
+                        headers=bearer(sb))
+    assert response.status_code == 200
+    return sorted(i["id"] for i in response.json()["items"])
+
+
+def test_documented_subscription_filters_apply(sb: Sandbox, http: requests.Session) -> None:
+    late = sb.add_subscription("cus_sandbox_carol", plan="pln_other",
+                               created_at="2026-03-01T00:00:00.000Z")["id"]
+    sb.set_subscription_status(late, "active")  # updated_at: now
+    get = lambda **params: _ids(http, sb, "/subscriptions", params)  # noqa: E731
+    assert get(**{"filter[updated_at][gte]": "2026-02-01T00:00:00Z"}) == [late]
+    assert get(**{"filter[updated_at][lte]": "2026-02-01T00:00:00+01:00"}) == sorted(
+        set(sb.subscriptions) - {late})
+    assert get(**{"filter[created_at][gte]": "2026-02-01T00:00:00Z"}) == [late]
+    assert get(**{"filter[status][eq]": "pending"}) == ["sub_sandbox_acme_feed_in"]
+    assert get(**{"filter[status][ne]": "pending"}) == sorted(
+        set(sb.subscriptions) - {"sub_sandbox_acme_feed_in"})
+    assert get(**{"filter[status][in]": "pending,ended"}) == ["sub_sandbox_acme_feed_in"]
+    assert get(**{"filter[plan][eq]": "pln_other"}) == [late]
+    assert get(**{"filter[plan][starts_with]": "pln_sandbox_f"}) == ["sub_sandbox_acme_feed_in"]
+    assert get(**{"filter[customer][ends_with]": "_acme"}) == [
+        "sub_sandbox_acme_consumption", "sub_sandbox_acme_feed_in"]
+    assert get(**{"filter[customer][contains]": "carol"}) == [late]
+    assert get(**{"filter[customer][eq]": "cus_sandbox_acme",
+                  "filter[status][eq]": "active"}) == ["sub_sandbox_acme_consumption"]
+    # An ignored filter next to an applied one: only the applied one counts.
+    assert get(**{"filter[plan][eq]": "pln_other", "filter[plan][like]": "x"}) == [late]
+    assert get(**{"filter[start_at][is_null]": "true"}) == sorted(sb.subscriptions)
 
 
 def test_customer_list(sb: Sandbox, http: requests.Session) -> None:

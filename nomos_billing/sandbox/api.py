@@ -6,6 +6,8 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .http import ApiError, Request, Response, json_response
@@ -92,17 +94,78 @@ def _decode_cursor(cursor: str) -> str:
     return text[len("after:"):]
 
 
-def _filters(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    found: dict[str, str] = {}
+#: What each list endpoint filters on, per the document's parameter descriptions.
+SUBSCRIPTION_FILTERS = {"status": "string", "customer": "string", "plan": "string",
+                        "created_at": "date", "updated_at": "date"}
+CUSTOMER_FILTERS = {"email": "string", "type": "string", "created_at": "date"}
+_OPERATORS = {
+    "string": frozenset({"eq", "ne", "in", "is_null", "contains", "starts_with", "ends_with"}),
+    "date": frozenset({"gte", "lte"}),
+}
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    # The provider asks for a timezone; without one the value is not a usable date.
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _string_test(operator: str, wanted: str) -> Callable[[Any], bool]:
+    if operator == "is_null":
+        if wanted.lower() not in ("true", "false"):
+            return lambda actual: True
+        return lambda actual: (actual is None) == (wanted.lower() == "true")
+    tests: dict[str, Callable[[str], bool]] = {
+        "eq": lambda text: text == wanted,
+        "ne": lambda text: text != wanted,
+        "in": lambda text: text in wanted.split(","),
+        "contains": lambda text: wanted in text,
+        "starts_with": lambda text: text.startswith(wanted),
+        "ends_with": lambda text: text.endswith(wanted),
+    }
+    test = tests[operator]
+    return lambda actual: operator == "ne" if actual is None else test(str(actual))
+
+
+def _date_test(operator: str, wanted: str) -> Callable[[Any], bool] | None:
+    moment = _moment(wanted)
+    if moment is None:
+        return None
+    if operator == "gte":
+        return lambda actual: (m := _moment(actual)) is not None and m >= moment
+    return lambda actual: (m := _moment(actual)) is not None and m <= moment
+
+
+def _filters(request: Request, fields: dict[str, str]
+             ) -> list[tuple[str, Callable[[Any], bool]]]:
+    """The filters of this request that Nomos would apply; like Nomos, anything else (an
+    unknown field, a disallowed operator, a malformed name or date) is silently ignored."""
+    found: list[tuple[str, Callable[[Any], bool]]] = []
+    if request.environ.get("nomos_sandbox.ignore_filters"):
+        return found
     for name, values in request.params.items():
-        if not name.startswith("filter"):
-            continue
         match = _FILTER.match(name)
-        if not match or match.group(1) not in allowed or match.group(2) != "eq":
-            raise _invalid(name, f"Unsupported filter (supported: {allowed} with eq)",
-                           "invalid_key")
-        found[match.group(1)] = values[-1]
+        if not match or match.group(1) not in fields:
+            continue
+        field, operator = match.groups()
+        kind = fields[field]
+        if operator not in _OPERATORS[kind]:
+            continue
+        test = (_string_test(operator, values[-1]) if kind == "string"
+                else _date_test(operator, values[-1]))
+        if test is not None:
+            found.append((field, test))
     return found
+
+
+def _apply(items: list[dict[str, Any]], filters: list[tuple[str, Callable[[Any], bool]]]
+           ) -> list[dict[str, Any]]:
+    return [i for i in items if all(test(i.get(field)) for field, test in filters)]
 
 
 def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,10 +208,10 @@ def get_subscription(sb: Sandbox, request: Request, id: str) -> Response:
 def list_subscriptions(sb: Sandbox, request: Request) -> Response:
     from .shapes import list_subscription
 
-    wanted = _filters(request, ("customer", "status", "plan"))
+    wanted = _filters(request, SUBSCRIPTION_FILTERS)
     with sb.lock:
         items = [list_subscription(s) for s in sb.subscriptions.values()]
-    items = [i for i in items if all(str(i.get(k)) == v for k, v in wanted.items())]
+    items = _apply(items, wanted)
     return json_response(200, paginate(request, items))
 
 
@@ -160,10 +223,10 @@ def get_customer(sb: Sandbox, request: Request, id: str) -> Response:
 
 
 def list_customers(sb: Sandbox, request: Request) -> Response:
-    wanted = _filters(request, ("email", "type"))
+    wanted = _filters(request, CUSTOMER_FILTERS)
     with sb.lock:
         items = [dict(c) for c in sb.customers.values()]
-    items = [i for i in items if all(str(i.get(k)) == v for k, v in wanted.items())]
+    items = _apply(items, wanted)
     return json_response(200, paginate(request, items))
 
 
@@ -212,8 +275,19 @@ def _validate_lead(payload: Any) -> dict[str, Any]:
     return payload
 
 
+def _business_errors(sb: Sandbox, payload: dict[str, Any]) -> None:
+    """Well-formed leads Nomos still refuses: a postcode its grid operators do not serve."""
+    zip_code = payload["address"]["zip"]
+    if zip_code in sb.unserviceable_zips:
+        raise ApiError(400, f"unserviceable_zip in 'address.zip': {zip_code}", [{
+            "code": "unserviceable_zip", "field": "address.zip",
+            "message": f"We cannot supply electricity to postcode {zip_code}.",
+        }])
+
+
 def create_lead(sb: Sandbox, request: Request) -> Response:
     payload = _validate_lead(request.json())
+    _business_errors(sb, payload)
     return json_response(200, sb.create_lead(payload, base_url(sb, request)))
 
 

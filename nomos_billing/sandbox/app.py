@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: environ key under which a live server passes its stop event (interrupts injected sleeps).
 STOP_EVENT = "nomos_sandbox.stop"
+#: environ key set when a fault says to ignore this request's list filters.
+IGNORE_FILTERS = "nomos_sandbox.ignore_filters"
 
 StartResponse = Callable[..., Any]
 
@@ -74,8 +76,13 @@ class SandboxApp:
             if fault.drop_connection:
                 raise DropConnectionError()
             if fault.status is not None:
-                return _error(ApiError(fault.status, f"Injected fault: HTTP {fault.status}"),
-                              request_id)
+                # A 429 says what the document's example says; the Retry-After header comes
+                # only when the fault names one (the document declares no response headers).
+                message = ("Wait 30 seconds before retrying." if fault.status == 429
+                           else f"Injected fault: HTTP {fault.status}")
+                return _error(ApiError(fault.status, message), request_id)
+            if fault.ignore_filters:
+                request.environ[IGNORE_FILTERS] = True
         if route is None:
             if same_path:
                 return _error(ApiError(405, f"Method {request.method} not allowed"), request_id)

@@ -18,6 +18,9 @@ class Fault:
     latency: float = 0.0
     hang: float | None = None
     drop_connection: bool = False
+    # Serve a list as if every filter were unknown (Nomos' answer to a filter it ignores): the
+    # unfiltered list. For testing that list walks check what comes back.
+    ignore_filters: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

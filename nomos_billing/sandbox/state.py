@@ -13,6 +13,8 @@ from .faults import Fault, FaultTable
 
 DEFAULT_PLAN = "pln_sandbox_home"
 DEFAULT_SCOPE = "read:* write:*"
+#: Not a German postcode; the sandbox answers leads for it with ``unserviceable_zip``.
+UNSERVICEABLE_ZIP = "00000"
 
 
 class Sandbox:
@@ -38,6 +40,8 @@ class Sandbox:
         self.scope = scope
         self.webhook_secret = webhook_secret
         self.magic_link_ttl = magic_link_ttl
+        #: Postcodes ``POST /leads`` refuses with the business error ``unserviceable_zip``.
+        self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
         self.lock = threading.RLock()
         self.base_url: str | None = None
         self.customers: dict[str, dict[str, Any]] = {}

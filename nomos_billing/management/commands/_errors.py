@@ -13,6 +13,7 @@ from nomos_billing.exceptions import (
     NomosAPIError,
     NomosConfigurationError,
     NomosError,
+    NomosFilterIgnored,
     NomosServiceError,
     NomosUnavailable,
 )
@@ -26,6 +27,12 @@ def command_error(exc: NomosError) -> CommandError:
     base = nomos_settings.API_BASE_URL
     if isinstance(exc, NomosConfigurationError):
         return CommandError(one_line(exc))
+    if isinstance(exc, NomosFilterIgnored):
+        return CommandError(one_line(
+            f"Nomos at {base} answered {exc.path} with {exc.item_id or 'an item'}, which does "
+            f"not match {exc.filter}: the filter was ignored, so that page was refused and "
+            "nothing from it was stored."
+        ))
     if isinstance(exc, NomosAPIError) and exc.is_auth_failure:
         return CommandError(one_line(
             f"Nomos at {base} rejected the credentials ({exc}); check "
