@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import processing, resolvers, sync
+from . import processing, resolvers, sync, tasks
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosSubscription, WebhookEvent
 
@@ -253,6 +253,9 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Process again"), permissions=["change"])
     def process_again(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        if tasks.backend_alias() is not None:
+            self._enqueue_again(request, queryset)
+            return
         counts = {"processed": 0, "failed": 0, "busy": 0}
         for event in queryset:
             result = processing.process_event(event, force=True)
@@ -268,6 +271,28 @@ class WebhookEventAdmin(admin.ModelAdmin):
             _(
                 "Processed again: %(processed)d done, %(failed)d failed, %(busy)d in progress "
                 "elsewhere."
+            )
+            % counts,
+            level,
+        )
+
+    def _enqueue_again(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """With ``TASK_BACKEND``: hand the events to the worker instead of making the operator
+        wait on Nomos in the request."""
+        counts = {"queued": 0, "refused": 0}
+        for event_id in queryset.values_list("event_id", flat=True):
+            try:
+                tasks.enqueue(event_id, force=True)
+            except tasks.EnqueueError:
+                counts["refused"] += 1
+            else:
+                counts["queued"] += 1
+        level = messages.ERROR if counts["refused"] else messages.SUCCESS
+        self.message_user(
+            request,
+            _(
+                "Queued again for the task worker: %(queued)d queued, %(refused)d refused by "
+                "the queue."
             )
             % counts,
             level,

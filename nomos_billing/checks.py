@@ -33,6 +33,9 @@ W_LINK_BY_EMAIL = "nomos_billing.W002"
 W_UNKNOWN_KEY = "nomos_billing.W003"
 W_API_VERSION = "nomos_billing.W004"
 W_HTTP_BASE_URL = "nomos_billing.W005"
+# Task backend ids start at 30, clear of the ones above as they grow.
+E_TASK_BACKEND = "nomos_billing.E030"
+W_TASK_BACKEND_ALIAS = "nomos_billing.W030"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",
@@ -261,6 +264,34 @@ def _check_portal_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
                        '[".customerportal.energy"].', id=E_PORTAL_HOSTS)]
 
 
+def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
+    if "TASK_BACKEND" not in raw or raw["TASK_BACKEND"] is None:
+        return []
+    alias = raw["TASK_BACKEND"]
+    if not isinstance(alias, str) or not alias:
+        return [Error(f"{_key('TASK_BACKEND')} must be an alias of TASKS or None.",
+                      hint='For example "default"; None processes webhooks inline.',
+                      id=E_TASK_BACKEND)]
+    from . import tasks
+
+    if not tasks.framework_available():
+        return [Error(
+            f"{_key('TASK_BACKEND')} is set but Django's tasks framework is not installed.",
+            hint="Use Django 6.0+, or install nomos-billing[tasks] (the django-tasks backport) "
+                 "on Django 5.2 and add 'django_tasks' to INSTALLED_APPS.",
+            id=E_TASK_BACKEND)]
+    configured = getattr(settings, "TASKS", None)
+    if not isinstance(configured, dict) or alias not in configured:
+        known = ", ".join(sorted(configured)) if isinstance(configured, dict) else "none"
+        return [Warning(
+            f"{_key('TASK_BACKEND')} names the task backend {alias!r}, which TASKS lacks "
+            f"(aliases: {known}).",
+            hint="Add it to TASKS, or set TASK_BACKEND to one of the aliases there. Until then "
+                 "every webhook answers 503 and waits for Nomos to redeliver.",
+            id=W_TASK_BACKEND_ALIAS)]
+    return []
+
+
 _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_unknown_keys,
     _check_credentials,
@@ -294,4 +325,5 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_link_by_email,
     _check_next_prefixes,
     _check_portal_hosts,
+    _check_task_backend,
 ]

@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "SIGNUP_URL": None,
     "PLAN_ID": None,
     "EVENT_RETENTION_DAYS": 30,
+    # An alias of the site's TASKS: webhooks are then processed by a task worker (tasks.py).
+    # None processes each webhook inside its request.
+    "TASK_BACKEND": None,
 }
 
 #: Portal hosts accepted when ``PORTAL_HOSTS`` is not set: any brand under Nomos' portal domain.

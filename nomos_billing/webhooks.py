@@ -11,7 +11,9 @@ verified. Answers are short plain text for whoever reads the Nomos delivery log:
 - 200: processed, ignored topic, duplicate of a finished event, or failed in a way no
   redelivery can fix (the event is kept as ``failed`` for ``nomos_replay``);
 - 202 / 409: the event is being processed by another delivery (see ``_busy``);
-- 503: Nomos was unavailable while processing; the event is ``failed`` and Nomos redelivers;
+- 202 with ``TASK_BACKEND``: recorded and queued for a worker (``tasks``), Nomos not called;
+- 503: Nomos was unavailable while processing, or the task queue refused the event; the event
+  is ``failed`` and Nomos redelivers;
 - 500: an unexpected error (say, in a site's signal receiver); it is recorded on the event as
   ``failed`` first, so the redelivery after a fix processes it.
 """
@@ -24,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse
@@ -32,6 +35,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
+from . import tasks
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import WebhookError, WebhookSignatureMismatch
 from .models import WebhookEvent
@@ -113,7 +117,25 @@ class WebhookView(View):
             WebhookEvent.objects.filter(pk=event.pk).update(deliveries=F("deliveries") + 1)
             if event.status in (Status.PROCESSED, Status.IGNORED):
                 return _text(200, "already processed")
+        if tasks.backend_alias() is not None:
+            return self._enqueue(event, created)
         return self._respond(process_event(event))
+
+    def _enqueue(self, event: WebhookEvent, created: bool) -> HttpResponse:
+        """Hand the event to a worker and acknowledge at once (``TASK_BACKEND`` set)."""
+        if not created and not tasks.needs_enqueue(event):
+            return _text(202, "queued")
+        try:
+            tasks.enqueue(event.event_id)
+        except (tasks.EnqueueError, ImproperlyConfigured) as exc:
+            # ImproperlyConfigured: TASK_BACKEND names no backend (check W030 says so); keep
+            # the event and let Nomos redeliver once the settings are fixed.
+            logger.error("Could not enqueue Nomos webhook event %s: %s", event.event_id, exc)
+            # Failed, not received: a received event counts as queued, so only this mark makes
+            # Nomos' redelivery (or nomos_replay --failed) enqueue it again.
+            tasks.mark_enqueue_failed(event, exc)
+            return _text(503, "the task queue is unavailable; please redeliver")
+        return _text(202, "queued")
 
     def _respond(self, result: Result) -> HttpResponse:
         event = result.event

@@ -4,6 +4,9 @@ For events that failed (Nomos was down, a bug was fixed) or that never arrived: 
 stored is fetched with ``GET /events/{id}`` and recorded first. Processing fetches the current
 state, so replaying an event that was processed before is harmless.
 
+With ``TASK_BACKEND`` set, each event is enqueued for a worker instead (printed as "queued");
+the command stops when the queue refuses one.
+
 Exit code 1 (``CommandError``) when an event fails; when Nomos is unreachable the command
 stops at once with one line saying so, since every further event would fail the same way.
 """
@@ -14,6 +17,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from nomos_billing import tasks
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosAPIError, NomosError
 from nomos_billing.models import WebhookEvent
@@ -48,7 +52,7 @@ class Command(BaseCommand):
         if not ids:
             self.stdout.write("No failed events.")
             return
-        counts = {"processed": 0, "ignored": 0, "failed": 0, "busy": 0}
+        counts = {"processed": 0, "ignored": 0, "failed": 0, "busy": 0, "queued": 0}
         for event_id in ids:
             outcome = self._replay(event_id)
             counts[outcome] += 1
@@ -57,6 +61,8 @@ class Command(BaseCommand):
             f"{counts['ignored']} ignored, {counts['failed']} failed, "
             f"{counts['busy']} in progress elsewhere."
         )
+        if counts["queued"]:
+            summary = f"Queued {counts['queued']} of {len(ids)} events for the task worker."
         if counts["failed"]:
             raise CommandError(summary)
         self.stdout.write(self.style.SUCCESS(summary))
@@ -89,6 +95,16 @@ class Command(BaseCommand):
         event = self._event(event_id)
         if event is None:
             return "failed"
+        if tasks.backend_alias() is not None:
+            try:
+                tasks.enqueue(event.event_id, force=True)
+            except tasks.EnqueueError as exc:
+                raise CommandError(one_line(
+                    f"{event_id}: the task queue is unavailable ({exc}); stopped, run the "
+                    "command again later."
+                )) from None
+            self.stdout.write(f"{event_id} {event.topic}: queued")
+            return "queued"
         try:
             result = process_event(event, force=True)
         except Exception as exc:  # a bug in a handler or receiver: report it, go on

@@ -1,0 +1,208 @@
+"""Webhook processing on Django's tasks framework (``django.tasks``; the ``django-tasks``
+backport on Django 5.2, installed with ``nomos-billing[tasks]``).
+
+With ``NOMOS_BILLING["TASK_BACKEND"]`` naming an alias of the site's ``TASKS``, the webhook view
+verifies and records a delivery, enqueues ``process_webhook_event`` with the event id and answers
+``202`` without calling Nomos. The worker runs ``processing.process_event``: the same
+conditional-UPDATE claim as inline processing, so an event is processed once however many web
+processes, workers, replays and redeliveries meet it.
+
+Only ids cross the queue (JSON, small, and the row stays the one truth). A worker that meets a
+Nomos outage re-enqueues the event with growing delays, a bounded number of times; after that the
+event stays ``failed`` for ``nomos_replay`` or the admin's "Process again".
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+
+from .conf import SETTING_NAME, nomos_settings
+from .models import WebhookEvent
+
+logger = logging.getLogger("nomos_billing.tasks")
+
+try:  # Django 6.0+
+    from django.tasks import task, task_backends
+    from django.tasks.exceptions import InvalidTaskBackend as InvalidTaskBackendError
+except ImportError:  # pragma: no cover - Django 5.2 with or without the backport
+    try:
+        from django_tasks import task, task_backends  # type: ignore[no-redef]
+        from django_tasks.exceptions import (  # type: ignore[no-redef,assignment]
+            InvalidTaskBackendError,
+        )
+    except ImportError:
+        task = None  # type: ignore[assignment]
+        task_backends = None  # type: ignore[assignment]
+        InvalidTaskBackendError = ImproperlyConfigured  # type: ignore[misc,assignment]
+
+#: Seconds a worker waits before trying an event again after a Nomos outage; one entry per
+#: re-enqueue. About an hour in all, like the first part of Nomos' own 3-day redelivery.
+RETRY_DELAYS: tuple[int, ...] = (30, 120, 600, 1800)
+
+
+class EnqueueError(Exception):
+    """The queue did not take the event (broker down, database backend unwritable)."""
+
+
+def framework_available() -> bool:
+    return task is not None
+
+
+def backend_alias() -> str | None:
+    """``TASK_BACKEND`` when it is a non-empty string, else None (process inline)."""
+    alias = nomos_settings.TASK_BACKEND
+    return alias if isinstance(alias, str) and alias else None
+
+
+def get_backend() -> Any:
+    """The configured task backend, or None when processing is inline."""
+    alias = backend_alias()
+    if alias is None:
+        return None
+    if task_backends is None:
+        raise ImproperlyConfigured(
+            f"{SETTING_NAME}['TASK_BACKEND'] is set but Django's tasks framework is not "
+            "installed: use Django 6.0+, or install nomos-billing[tasks] on Django 5.2."
+        )
+    return task_backends[alias]
+
+
+def _run(event_id: str, force: bool = False, retry: int = 0) -> str:
+    """What the worker does; a plain function so that tests and the immediate backend share it."""
+    from .processing import process_event
+
+    event = WebhookEvent.objects.filter(event_id=event_id).first()
+    if event is None:
+        # Pruned (nomos_prune_events) between enqueue and run: nothing left to do.
+        logger.warning("Webhook event %s is gone; nothing to process", event_id)
+        return "missing"
+    result = process_event(event, force=force)
+    if result.claimed and result.retry:
+        _retry_later(event_id, retry, result.retry_after)
+    return str(result.status) if result.claimed else "busy"
+
+
+def _retry_later(event_id: str, retry: int, retry_after: int | None) -> None:
+    if retry >= len(RETRY_DELAYS):
+        logger.warning(
+            "Webhook event %s failed %d times in the worker; kept as failed for nomos_replay",
+            event_id,
+            retry + 1,
+        )
+        return
+    backend = get_backend()
+    if backend is None or not getattr(backend, "supports_defer", False):
+        # Re-enqueueing at once would hammer Nomos while it is down; the event stays failed
+        # and replayable (nomos_replay --failed, the admin's "Process again").
+        return
+    delay = max(RETRY_DELAYS[retry], retry_after or 0)
+    try:
+        enqueue(event_id, retry=retry + 1, delay=delay)
+    except EnqueueError:
+        logger.warning("Could not re-enqueue webhook event %s; kept as failed", event_id)
+
+
+def _definition_alias() -> str:
+    # A Task is validated against its backend when defined; bind it to TASK_BACKEND where TASKS
+    # has it, so a site whose TASKS lacks "default" can still import this module.
+    from django.conf import settings
+
+    alias = backend_alias()
+    configured = getattr(settings, "TASKS", None)
+    return alias if alias and isinstance(configured, dict) and alias in configured else "default"
+
+
+if task is not None:
+
+    @task(backend=_definition_alias())
+    def process_webhook_event(event_id: str, force: bool = False, retry: int = 0) -> str:
+        """Process a recorded webhook event by its Nomos id (``evt_...``)."""
+        return _run(event_id, force=force, retry=retry)
+
+else:  # pragma: no cover - no tasks framework installed
+    process_webhook_event = None
+
+
+def enqueue(event_id: str, *, force: bool = False, retry: int = 0, delay: int = 0) -> Any:
+    """Put the event on ``TASK_BACKEND``'s queue; ``EnqueueError`` when the queue refuses.
+
+    Misconfiguration (no framework, unknown alias) raises ``ImproperlyConfigured`` instead:
+    that is an operator's error for ``manage.py check``, not an outage.
+    """
+    alias = backend_alias()
+    if alias is None or process_webhook_event is None:
+        get_backend()  # explains what is missing
+        raise ImproperlyConfigured(f"{SETTING_NAME}['TASK_BACKEND'] is not set")
+    try:
+        options: dict[str, Any] = {"backend": alias}
+        if delay:
+            options["run_after"] = timezone.now() + timedelta(seconds=delay)
+        configured = process_webhook_event.using(**options)
+    except InvalidTaskBackendError as exc:
+        raise ImproperlyConfigured(
+            f"{SETTING_NAME}['TASK_BACKEND'] = {alias!r}: {exc}"
+        ) from exc
+    try:
+        return configured.enqueue(event_id, force=force, retry=retry)
+    except ImproperlyConfigured:
+        raise
+    except Exception as exc:
+        # Brokers raise their own errors (redis.ConnectionError, OperationalError, ...).
+        raise EnqueueError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def queue_depth() -> int | None:
+    """Tasks waiting in ``TASK_BACKEND``'s queue where the backend can tell cheaply, else None."""
+    backend = get_backend() if framework_available() else None
+    if backend is None:
+        return None
+    path = f"{type(backend).__module__}.{type(backend).__qualname__}"
+    try:
+        if path.startswith("django_tasks_db."):
+            from django_tasks_db.models import DBTaskResult
+
+            return int(DBTaskResult.objects.ready().count())
+        if path.startswith("django_tasks_rq."):
+            import django_rq
+
+            return sum(
+                len(django_rq.get_queue(name)) for name in backend.queues
+            )
+    except Exception:  # a monitoring read must never take the page down
+        logger.info("Could not read the queue depth of %s", path, exc_info=True)
+    return None
+
+
+def needs_enqueue(event: WebhookEvent) -> bool:
+    """Whether a repeated delivery of a stored, unfinished event should enqueue it again.
+
+    A received event is assumed to sit in the queue, and a processing one to be in a worker's
+    hands, unless that has lasted past the claim timeout (the job was lost, the worker died). A
+    failed event (an outage, or an earlier enqueue that failed) is always enqueued again.
+    """
+    from .processing import CLAIM_TIMEOUT
+
+    stale = timezone.now() - CLAIM_TIMEOUT
+    if event.status == WebhookEvent.Status.FAILED:
+        return True
+    if event.status == WebhookEvent.Status.RECEIVED:
+        return event.updated_at < stale
+    if event.status == WebhookEvent.Status.PROCESSING:
+        return event.claimed_at is None or event.claimed_at < stale
+    return False
+
+
+def mark_enqueue_failed(event: WebhookEvent, exc: BaseException) -> None:
+    """Record that the queue refused a received or failed event (never one in a worker)."""
+    WebhookEvent.objects.filter(
+        pk=event.pk, status__in=[WebhookEvent.Status.RECEIVED, WebhookEvent.Status.FAILED]
+    ).update(
+        status=WebhookEvent.Status.FAILED,
+        last_error=f"Could not enqueue: {exc}"[:2000],
+        updated_at=timezone.now(),
+    )

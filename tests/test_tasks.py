@@ -1,0 +1,260 @@
+"""Webhook processing on Django's tasks framework (``TASK_BACKEND``), with in-process backends:
+the dummy backend keeps what was enqueued (so a test can see the request did not process and
+then play the worker), the immediate one runs it at once. Real workers: test_task_workers.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from nomos_billing import tasks
+from nomos_billing.checks import check_settings
+from nomos_billing.models import NomosSubscription, WebhookEvent
+from nomos_billing.sandbox import Fault, seed
+from nomos_billing.testing import make_event, post_event
+
+if not tasks.framework_available():
+    pytest.skip("no tasks framework: Django 5.2 without the django-tasks backport",
+                allow_module_level=True)
+
+task_backends = tasks.task_backends
+# Django 6 has the framework built in; on 5.2 the backport's package stands in for it.
+FRAMEWORK = tasks.task_backends.__class__.__module__.split(".")[0]
+if FRAMEWORK == "django":
+    from django.tasks.backends.dummy import DummyBackend
+    FRAMEWORK = "django.tasks"
+else:  # pragma: no cover - Django 5.2
+    from django_tasks.backends.dummy import DummyBackend
+
+pytestmark = pytest.mark.django_db
+
+SUB_GET = "GET /subscriptions/{id}"
+DUMMY = {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend"}
+IMMEDIATE = {"BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend"}
+
+
+class RefusingBackend(DummyBackend):
+    """A queue that is down: every enqueue raises as a broker client would."""
+
+    def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def task_checks() -> list[Any]:
+    # The suite's local-memory cache draws W001 on its own; only the task backend matters here.
+    return [m for m in check_settings() if "TASK_BACKEND" in m.msg]
+
+
+def alice_event(**kwargs: Any) -> dict[str, Any]:
+    return make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION}, **kwargs)
+
+
+@pytest.fixture
+def queued(nomos, settings):
+    """TASK_BACKEND = "nomos" on a dummy backend; yields the backend."""
+    settings.TASKS = {"default": IMMEDIATE, "nomos": DUMMY}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    backend = task_backends["nomos"]
+    backend.clear()
+    yield backend
+    backend.clear()
+
+
+def enqueued(backend: DummyBackend) -> list[tuple[Any, ...]]:
+    return [(r.task.name, tuple(r.args), r.kwargs) for r in backend.results]
+
+
+def work(backend: DummyBackend) -> list[str]:
+    """Play the worker: run what is queued (and what that queues) in order, once each."""
+    outcomes = []
+    done = 0
+    while done < len(backend.results):
+        result = backend.results[done]
+        done += 1
+        outcomes.append(result.task.call(*result.args, **result.kwargs))
+    return outcomes
+
+
+def test_view_records_enqueues_by_id_and_answers_202_without_calling_nomos(queued, client):
+    event = alice_event()
+    response = post_event(client, event)
+    assert (response.status_code, response.content) == (202, b"queued\n")
+    stored = WebhookEvent.objects.get()
+    assert (stored.event_id, stored.status, stored.attempts) == (event["id"], "received", 0)
+    assert enqueued(queued) == [("process_webhook_event", (event["id"],),
+                                {"force": False, "retry": 0})]
+    assert not NomosSubscription.objects.exists()
+
+
+def test_worker_processes_the_event_with_the_same_claim(queued, nomos, client):
+    event = alice_event()
+    post_event(client, event)
+    assert nomos.count(SUB_GET) == 0
+    assert work(queued) == ["processed"]
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.attempts) == ("processed", 1)
+    assert NomosSubscription.objects.get().status == nomos.subscriptions[
+        seed.ALICE_SUBSCRIPTION]["status"]
+    assert nomos.count(SUB_GET) == 1
+    # A second copy of the job (a duplicate enqueue) finds the event done: no second fetch.
+    assert tasks.process_webhook_event.call(event["id"]) == "busy"
+    assert nomos.count(SUB_GET) == 1
+
+
+def test_duplicate_deliveries_of_a_queued_event_enqueue_once(queued, nomos, client):
+    event = alice_event()
+    answers = [post_event(client, event).status_code for _ in range(5)]
+    assert answers == [202] * 5
+    assert len(queued.results) == 1
+    assert WebhookEvent.objects.get().deliveries == 5
+    work(queued)
+    assert post_event(client, event).status_code == 200
+    assert len(queued.results) == 1
+    assert nomos.count(SUB_GET) == 1
+
+
+def test_a_received_event_whose_job_was_lost_is_enqueued_again(queued, client):
+    event = alice_event()
+    post_event(client, event)
+    WebhookEvent.objects.update(updated_at=timezone.now() - timedelta(hours=1))
+    assert post_event(client, event).status_code == 202
+    assert len(queued.results) == 2
+
+
+def test_queue_down_answers_503_keeps_the_event_and_a_redelivery_enqueues_it(
+        queued, nomos, client, settings):
+    settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    event = alice_event()
+    response = post_event(client, event)
+    assert response.status_code == 503
+    assert b"queue" in response.content
+    stored = WebhookEvent.objects.get()
+    assert stored.status == "failed"
+    assert "Could not enqueue: ConnectionError" in stored.last_error
+    assert nomos.count(SUB_GET) == 0
+    # The queue is back; Nomos redelivers.
+    settings.TASKS = {**settings.TASKS, "nomos": DUMMY}
+    backend = task_backends["nomos"]
+    assert post_event(client, event).status_code == 202
+    assert work(backend) == ["processed"]
+    assert WebhookEvent.objects.get().status == "processed"
+    assert nomos.count(SUB_GET) == 1
+
+
+def test_alias_missing_from_tasks_answers_503_and_the_check_warns(nomos, client, settings):
+    settings.TASKS = {"default": IMMEDIATE}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "worker"}
+    [warning] = task_checks()
+    assert warning.id == "nomos_billing.W030"
+    assert "'worker'" in warning.msg and "default" in warning.msg
+    response = post_event(client, alice_event())
+    assert response.status_code == 503
+    assert WebhookEvent.objects.get().status == "failed"
+    assert nomos.count(SUB_GET) == 0
+
+
+@pytest.mark.parametrize("value", [3, "", ["default"]])
+def test_task_backend_of_the_wrong_type_is_an_error(settings, value):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": value}
+    assert [m.id for m in task_checks()] == ["nomos_billing.E030"]
+
+
+def test_known_alias_passes_the_check(settings):
+    settings.TASKS = {"default": IMMEDIATE}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "default"}
+    assert task_checks() == []
+
+
+def test_immediate_backend_processes_during_enqueue(nomos, client, settings):
+    settings.TASKS = {"default": IMMEDIATE}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "default"}
+    assert post_event(client, alice_event()).status_code == 202
+    assert WebhookEvent.objects.get().status == "processed"
+    assert nomos.count(SUB_GET) == 1
+
+
+def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_failed(
+        queued, nomos, client, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault(SUB_GET, Fault(status=503), times=None)
+    event = alice_event()
+    post_event(client, event)
+    outcomes = work(queued)
+    # The first job and one re-enqueue per delay, then no more.
+    assert len(queued.results) == 1 + len(tasks.RETRY_DELAYS)
+    assert outcomes == ["failed"] * len(queued.results)
+    assert [r.kwargs for r in queued.results] == [
+        {"force": False, "retry": n} for n in range(len(queued.results))]
+    delays = [(r.task.run_after - r.enqueued_at).total_seconds() for r in queued.results[1:]]
+    assert [round(d) for d in delays] == list(tasks.RETRY_DELAYS)
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.attempts) == ("failed", 1 + len(tasks.RETRY_DELAYS))
+    # Nomos is back: the event is still replayable.
+    nomos.clear_faults()
+    call_command("nomos_replay", event["id"], stdout=_Sink())
+    assert len(queued.results) == 2 + len(tasks.RETRY_DELAYS)
+    assert work(queued)[-1] == "processed"
+    assert WebhookEvent.objects.get().status == "processed"
+
+
+def test_a_bad_event_is_not_retried(queued, nomos, client):
+    event = make_event("subscription.updated", {"subscription": "sub_unknown"})
+    post_event(client, event)
+    assert work(queued) == ["failed"]
+    assert len(queued.results) == 1
+    assert nomos.count(SUB_GET) == 1
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_replay_enqueues_with_force_when_a_backend_is_set(queued, nomos, client):
+    event = alice_event()
+    post_event(client, event)
+    work(queued)
+    out = _Sink()
+    call_command("nomos_replay", event["id"], stdout=out)
+    assert f"{event['id']} subscription.updated: queued" in out.text
+    assert enqueued(queued)[-1] == ("process_webhook_event", (event["id"],),
+                                    {"force": True, "retry": 0})
+    assert work(queued)[-1] == "processed"
+    assert WebhookEvent.objects.get().attempts == 2
+    assert nomos.count(SUB_GET) == 2
+
+
+def test_replay_stops_when_the_queue_is_down(queued, nomos, client, settings):
+    event = alice_event()
+    post_event(client, event)
+    settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    with pytest.raises(CommandError, match="queue"):
+        call_command("nomos_replay", event["id"], stdout=_Sink())
+
+
+def test_admin_process_again_enqueues_when_a_backend_is_set(queued, nomos, admin_client):
+    event = alice_event()
+    from nomos_billing.processing import record_event
+
+    stored, _ = record_event(event)
+    response = admin_client.post(
+        "/admin/nomos_billing/webhookevent/",
+        {"action": "process_again", "_selected_action": [stored.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "1 queued" in response.content.decode()
+    assert enqueued(queued) == [("process_webhook_event", (event["id"],),
+                                {"force": True, "retry": 0})]
+    assert nomos.count(SUB_GET) == 0
