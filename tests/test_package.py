@@ -9,7 +9,9 @@ fresh virtualenv (pip takes Django and requests from the package index), creates
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,13 +34,22 @@ def test_models_and_migrations_are_in_sync() -> None:
     call_command("makemigrations", "nomos_billing", "--check", "--dry-run", verbosity=0)
 
 
+def _nox_matrix() -> list[tuple[str, str]]:
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MATRIX":
+            return ast.literal_eval(node.value)
+    raise AssertionError("noxfile.py has no MATRIX")
+
+
 def _ignore(directory: str, names: list[str]) -> set[str]:
     return {n for n in names if n in SKIP_DIRS or n.endswith((".egg-info", ".sqlite3"))
             or n.startswith(".venv") or n == ".env"}
 
 
 def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
-         timeout: float = 300) -> str:
+         timeout: float = 300, stderr: bool = False) -> str:
+    """stdout of a command that must succeed (stdout + stderr with ``stderr=True``)."""
     result = subprocess.run(
         [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout, check=False,
@@ -47,7 +58,7 @@ def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
         f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
-    return result.stdout
+    return result.stdout + result.stderr if stderr else result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +68,24 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=_ignore)
     out = work / "dist"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTHONDEV"))}
-    _run(sys.executable, "-m", "build", "--outdir", out, ".", cwd=source, env=env, timeout=600)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DJANGO_", "PYTHONDEV", "PYTHONDONTWRITEBYTECODE"))}
+    # PYTHONWARNINGS reaches the isolated build backend too (-W would stop at the frontend):
+    # a setuptools deprecation fails the build instead of scrolling past.
+    env["PYTHONWARNINGS"] = "error"
+    output = _run(sys.executable, "-m", "build", "--outdir", out, ".", cwd=source, env=env,
+                  timeout=600, stderr=True)
+    (work / "build.log").write_text(output)
     return out
+
+
+@pytest.mark.slow
+def test_build_prints_no_warning(dist: Path) -> None:
+    # setuptools' own notices ("warning: no previously-included files ...", "Package ... is
+    # absent from the packages configuration") are log lines, not Python warnings.
+    log = (dist.parent / "build.log").read_text()
+    noisy = [line for line in log.splitlines() if "warning" in line.lower()]
+    assert not noisy, "\n".join(noisy)
 
 
 @pytest.mark.slow
@@ -69,6 +95,7 @@ def test_sdist_and_wheel_ship_migrations_templates_locale_and_py_typed(dist: Pat
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in (
         "nomos_billing/py.typed",
+        "nomos_billing/templates/nomos_billing/base.html",
         "nomos_billing/migrations/0001_initial.py",
         "nomos_billing/locale/de/LC_MESSAGES/django.mo",
         "nomos_billing/sandbox/__main__.py",
@@ -79,6 +106,15 @@ def test_sdist_and_wheel_ship_migrations_templates_locale_and_py_typed(dist: Pat
                for n in names)
     assert not any(n.startswith(("tests/", "example_project/", "bench/")) for n in names)
     assert not any("__pycache__" in n for n in names)
+
+    [metadata_name] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    metadata = zipfile.ZipFile(wheel).read(metadata_name).decode()
+    assert "License-Expression: MIT" in metadata
+    assert "License ::" not in metadata  # deprecated in favour of the SPDX expression
+    # Every Django the support matrix (noxfile.py) tests is declared, and nothing else.
+    tested = {django for _python, django in _nox_matrix()}
+    declared = set(re.findall(r"^Classifier: Framework :: Django :: (\S+)$", metadata, re.M))
+    assert declared == tested, (declared, tested)
 
     with tarfile.open(sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}

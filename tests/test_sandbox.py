@@ -652,24 +652,24 @@ def test_server_stops_cleanly_and_forgets_its_url() -> None:
 
 
 def test_command_line_server() -> None:
-    proc = subprocess.Popen(
+    # The context manager closes stdout/stderr (a ResourceWarning otherwise) and waits.
+    with subprocess.Popen(
         [sys.executable, "-m", "nomos_billing.sandbox", "--port", "0", "--client-id", "cli",
          "--client-secret", "cli-secret"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", first)
-        assert match, first
-        url = match.group(0)
-        response = requests.post(f"{url}/oauth/token", auth=("cli", "cli-secret"), data=FORM)
-        assert response.status_code == 200
-        assert requests.get(f"{url}/_sandbox/calls").json() == {"POST /oauth/token": 1}
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            match = re.search(r"http://127\.0\.0\.1:\d+", first)
+            assert match, first
+            url = match.group(0)
+            response = requests.post(f"{url}/oauth/token", auth=("cli", "cli-secret"), data=FORM)
+            assert response.status_code == 200
+            assert requests.get(f"{url}/_sandbox/calls").json() == {"POST /oauth/token": 1}
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
