@@ -13,6 +13,17 @@ MIN_USAGE = 100
 MAX_USAGE = 1_000_000
 DEFAULT_USAGE = 2500
 
+#: Where Nomos' ``errors[].field`` of a ``POST /leads`` answer shows on our form.
+NOMOS_FIELDS = {"address.zip": "zip_code", "meter.estimated_usage": "estimated_usage"}
+#: Our own words for the business errors a user can fix (Nomos' ``message`` is English only).
+NOMOS_ERROR_MESSAGES = {
+    "unserviceable_zip": _("We cannot supply electricity to this postcode yet."),
+    "too_small": _("This value is too small."),
+    "too_big": _("This value is too large."),
+}
+GENERIC_FIELD_ERROR = _("Please check this value.")
+GENERIC_FORM_ERROR = _("Your details could not be accepted. Please check them and try again.")
+
 
 class LeadForm(forms.Form):
     # [0-9], not \d: \d accepts Arabic-Indic and other Unicode digits.
@@ -32,6 +43,22 @@ class LeadForm(forms.Form):
         initial=DEFAULT_USAGE,
         help_text=_("A household of two uses about 2,500 kWh a year."),
     )
+
+    def add_nomos_errors(self, errors: list[dict[str, str]]) -> None:
+        """Show the business errors of a refused ``POST /leads`` on the fields they name,
+        keeping what the user typed (the form stays bound)."""
+        shown: set[tuple[str | None, str]] = set()
+        for entry in errors:
+            field = NOMOS_FIELDS.get(entry.get("field", ""))
+            message = NOMOS_ERROR_MESSAGES.get(entry.get("code", ""))
+            if field is None:
+                message = message or GENERIC_FORM_ERROR
+            text = str(message or GENERIC_FIELD_ERROR)
+            if (field, text) not in shown:  # one mistake, one message
+                shown.add((field, text))
+                self.add_error(field, text)
+        if not shown:
+            self.add_error(None, GENERIC_FORM_ERROR)
 
     def lead_payload(self, *, plan: str, user: Any, user_key: str) -> dict[str, Any]:
         """The ``POST /leads`` body (the ``InsertLead`` schema) for this form and ``user``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from django.contrib.auth.decorators import login_not_required, login_required
@@ -208,6 +208,16 @@ def is_allowed_checkout_link(link: Any) -> bool:
     return parts.scheme == "http" and nomos_settings.api_is_loopback and is_loopback(host)
 
 
+def is_business_error(exc: BaseException) -> TypeGuard[NomosAPIError]:
+    """A 400/422 with an ``errors`` list: Nomos refused the input, it is not down."""
+    return (
+        isinstance(exc, NomosAPIError)
+        and not isinstance(exc, NomosUnavailable)
+        and exc.status in (400, 422)
+        and bool(exc.errors)
+    )
+
+
 @never_cache
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -229,6 +239,15 @@ def start(request: HttpRequest) -> HttpResponse:
     try:
         lead = get_client().create_lead(payload)
     except NomosError as exc:
+        if is_business_error(exc):
+            # Something the user can fix (e.g. unserviceable_zip): not an outage.
+            logger.info(
+                "Nomos refused the lead for user %s: %s",
+                request.user.pk,
+                ", ".join(f"{e.get('code', '-')} on {e.get('field', '-')}" for e in exc.errors),
+            )
+            form.add_nomos_errors(exc.errors)
+            return render(request, START_TEMPLATE, {"form": form})
         _classify(exc, request.user)
         return unavailable_page(request, exc)
     lead_id = lead.get("id") if isinstance(lead, dict) else None

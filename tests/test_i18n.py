@@ -127,6 +127,9 @@ def test_friendly_page_and_form_render_in_german(
     assert "Weiter zum Abschluss" in html
     bad = client.post("/nomos/portal/start/", {"zip_code": "1", "estimated_usage": "2500"})
     assert "Geben Sie eine deutsche Postleitzahl mit 5 Ziffern ein." in bad.content.decode()
+    refused = client.post("/nomos/portal/start/", {"zip_code": "00000", "estimated_usage": "2500"})
+    assert refused.status_code == 200
+    assert "An diese Postleitzahl können wir noch keinen Strom liefern." in refused.content.decode()
 
 
 @pytest.mark.django_db

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from nomos_billing.exceptions import NomosAPIError
 from nomos_billing.forms import LeadForm
 from nomos_billing.models import NomosCustomer, NomosLead
 from nomos_billing.sandbox import Fault, seed
@@ -248,3 +249,49 @@ def test_https_checkout_link_is_followed(
     assert response.status_code == 303
     assert response["Location"] == answer["link"]
     assert NomosLead.objects.get().lead_id == "lead_y"
+
+
+# -- business errors: something the user can fix, not an outage ---------------------------------
+
+
+def test_unserviceable_zip_is_shown_on_the_zip_field_with_what_was_typed(
+    as_bob: Client, nomos: Any, with_plan: None
+) -> None:
+    response = as_bob.post(START, {"zip_code": "00000", "estimated_usage": "3100"})
+
+    assert response.status_code == 200
+    assert "Retry-After" not in response
+    html = response.content.decode()
+    errors = response.context["form"].errors
+    assert errors == {"zip_code": ["We cannot supply electricity to this postcode yet."]}
+    assert 'id="id_zip_code_error"' in html
+    assert 'value="00000"' in html and 'value="3100"' in html
+    assert [r["address"]["zip"] for r in lead_requests(nomos)] == ["00000"]
+    assert not NomosLead.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("errors", "expected"),
+    [
+        ([{"code": "too_small", "field": "meter.estimated_usage", "message": "min 100"}],
+         {"estimated_usage": ["This value is too small."]}),
+        ([{"code": "invalid_format", "field": "address.zip", "message": "?"},
+          {"code": "invalid_value", "field": "address.zip", "message": "?"}],
+         {"zip_code": ["Please check this value."]}),
+        ([{"code": "duplicate_customer_email", "field": "customer.email", "message": "taken"}],
+         {"__all__": ["Your details could not be accepted. Please check them and try again."]}),
+    ],
+)
+def test_other_business_errors_land_on_their_field_or_the_form(
+    as_bob: Client, with_plan: None, monkeypatch: pytest.MonkeyPatch, errors: Any,
+    expected: Any
+) -> None:
+    class Refusing:
+        def create_lead(self, payload: dict[str, Any]) -> Any:
+            raise NomosAPIError(400, "BAD_REQUEST", "no", "req_1", method="POST",
+                                path="/leads", errors=errors)
+
+    monkeypatch.setattr("nomos_billing.views.get_client", lambda: Refusing())
+    response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "2500"})
+    assert response.status_code == 200
+    assert response.context["form"].errors == expected
