@@ -6,6 +6,11 @@ shares that cache shares the token. Renewal is single-flight: ``cache.add`` is a
 shared backend, so when many workers find the token missing at once exactly one asks Nomos and
 the others wait briefly for the cache to fill.
 
+Each process also keeps its own copy of the token and reads the shared cache again only once that
+copy is inside the refresh margin. A click then costs one HTTP call and no cache round trip; the
+workers still share one token, since a renewal (the only time a token is fetched) goes through
+the cache. A token revoked early is covered by the 401 path, which drops both copies.
+
 Renewal always asks for a new client-credentials token. The ``refresh_token`` Nomos returns is
 ignored: RFC 6749 4.4.3 says it is not meant for this grant, and two workers refreshing with the
 same refresh token would race.
@@ -65,6 +70,8 @@ class TokenStore:
     def __init__(self, fetch: Fetcher, *, wait_timeout: float | None = None) -> None:
         self._fetch = fetch
         self._wait_timeout = wait_timeout
+        # (cache key, token): the key guards against settings changed under a live store.
+        self._local: tuple[str, AccessToken] | None = None
 
     @property
     def cache(self) -> Any:
@@ -86,13 +93,21 @@ class TokenStore:
 
     def get(self) -> AccessToken:
         """A token with more than the refresh margin left, renewing it if needed."""
+        key = self.key
+        local = self._local
+        if local is not None and local[0] == key and local[1].remaining() > self.margin:
+            return local[1]
         token = self.cached()
-        if token is not None and token.remaining() > self.margin:
-            return token
-        return self._renew(current=token)
+        if token is None or token.remaining() <= self.margin:
+            token = self._renew(current=token)
+        self._local = (key, token)
+        return token
 
     def invalidate(self, rejected: AccessToken) -> None:
         """Drop the cached token, unless another worker has already replaced it."""
+        local = self._local
+        if local is not None and local[1].value == rejected.value:
+            self._local = None
         cached = self.cached()
         if cached is not None and cached.value == rejected.value:
             self.cache.delete(self.key)

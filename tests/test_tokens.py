@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 from django.core.cache import caches
 
-from nomos_billing.client import get_client
+from nomos_billing.client import NomosClient, get_client
 from nomos_billing.conf import nomos_settings
 from nomos_billing.exceptions import NomosUnavailable
 from nomos_billing.sandbox import Fault
@@ -61,7 +61,6 @@ def test_token_is_renewed_only_inside_the_refresh_margin(nomos, seconds_later, t
 def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos):
     client = get_client()
     client.get_subscription("sub_sandbox_alice")
-    caches["default"].delete(nomos_settings.token_cache_key)  # the token just expired
     # Slow the token endpoint so every thread finds the token missing while one renews.
     nomos.add_fault(TOKEN, Fault(latency=0.3), times=1)
     barrier = threading.Barrier(50)
@@ -75,13 +74,54 @@ def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos):
             errors.append(exc)
 
     threads = [threading.Thread(target=call) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    real_time = time.time
+    # An hour later the token has expired, in this process's copy and in the cache alike.
+    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3700):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
     assert errors == []
     assert nomos.count(TOKEN) == 2  # the first call's token, then exactly one renewal
     assert nomos.count(SUB) == 51
+
+
+def test_a_fresh_token_costs_no_cache_read(nomos):
+    client = get_client()
+    client.get_subscription("sub_sandbox_alice")
+    cache = caches["default"]
+    with mock.patch.object(cache, "get", wraps=cache.get) as cache_get:
+        for _ in range(5):
+            client.get_subscription("sub_sandbox_alice")
+    assert cache_get.call_count == 0
+    assert nomos.count(TOKEN) == 1
+    assert nomos.count(SUB) == 6
+
+
+def test_inside_the_margin_a_process_adopts_the_token_another_process_renewed(nomos):
+    # Two clients stand for two worker processes sharing one cache.
+    worker_a, worker_b = NomosClient(), NomosClient()
+    worker_a.get_subscription("sub_sandbox_alice")
+    real_time = time.time
+    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3400):
+        worker_b.get_subscription("sub_sandbox_alice")  # renews: the cached token is in its margin
+        worker_a.get_subscription("sub_sandbox_alice")  # reads the cache again, finds b's token
+        assert worker_a.tokens.get() == worker_b.tokens.get()
+    assert nomos.count(TOKEN) == 2
+    assert nomos.count(SUB) == 3
+
+
+def test_a_revoked_token_is_dropped_from_the_process_copy_too(nomos):
+    worker_a, worker_b = NomosClient(), NomosClient()
+    worker_a.get_subscription("sub_sandbox_alice")
+    worker_b.get_subscription("sub_sandbox_alice")
+    nomos.expire_tokens()
+    worker_a.get_subscription("sub_sandbox_alice")  # 401, renews once
+    worker_b.get_subscription("sub_sandbox_alice")  # 401, adopts a's new token from the cache
+    worker_a.get_subscription("sub_sandbox_alice")
+    assert nomos.count(TOKEN) == 2
+    assert nomos.count(SUB) == 7  # five calls, two of them answered 401 and retried once
+    assert worker_a.tokens.get() == worker_b.tokens.get()
 
 
 def test_waiters_take_over_when_the_renewal_fails(nomos):
@@ -139,7 +179,7 @@ def test_two_processes_sharing_the_redis_cache_use_one_token(nomos):
                             "API_BASE_URL": {nomos.base_url!r}}},
         )
         django.setup()
-        from nomos_billing.client import get_client
+        from nomos_billing.client import NomosClient, get_client
         for _ in range(10):
             get_client().get_subscription("sub_sandbox_alice")
         print("ok")
