@@ -3,9 +3,11 @@
 1. migrates the example site's database (SQLite unless DATABASE_URL says otherwise);
 2. creates the demo users (their passwords are reset on every run, so a second run works);
 3. starts the sandbox in this process and ``manage.py runserver`` as a child process;
-4. points alice's sandbox subscription at alice's user id and delivers a signed
-   ``subscription.created`` to the site's webhook URL, so alice is linked the way production
-   links customers (webhook -> fetch subscription -> metadata resolver);
+4. puts a signed user reference for alice (``linking.user_reference``) into her sandbox
+   subscription's metadata, as a hosted checkout opened from ``checkout_url(alice)`` would, and
+   delivers a signed ``subscription.created`` to the site's webhook URL, so alice is linked the
+   way production links customers (webhook -> fetch subscription -> metadata resolver, which
+   accepts only a value this site signed);
 5. prints the URLs and logins and waits; Ctrl-C stops both servers.
 
 The demo always uses the sandbox and its published fake credentials, whatever ``.env`` says:
@@ -97,17 +99,18 @@ def create_users() -> dict[str, Any]:
 
 
 def point_sandbox_at_users(sandbox: Any, users: dict[str, Any]) -> None:
-    """Seed metadata names user ids 1 and 2; make them name alice, and nobody for Acme, so bob
-    stays without a customer even after ``manage.py nomos_sync``."""
+    """Seed metadata names nobody; give alice's subscription her signed reference (what a
+    checkout from ``checkout_url(alice)`` leaves there). Acme's stays unnamed, so bob stays
+    without a customer even after ``manage.py nomos_sync``."""
     from nomos_billing.conf import nomos_settings
+    from nomos_billing.linking import user_reference
     from nomos_billing.sandbox import seed
 
     key = nomos_settings.METADATA_USER_KEY
     with sandbox.lock:
-        sandbox.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {key: str(users["alice"].pk)}
-        for sub_id in (seed.ACME_CONSUMPTION, seed.ACME_FEED_IN):
-            if sub_id in sandbox.subscriptions:
-                sandbox.subscriptions[sub_id]["metadata"] = {}
+        sandbox.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {
+            key: user_reference(users["alice"])
+        }
 
 
 def wait_for_site(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -186,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
   sandbox:  {server.url}   client {CLIENT_ID} / {CLIENT_SECRET}, webhook secret {WEBHOOK_SECRET}
 
   log in as
-    alice / alice-demo   linked to {seed.ALICE} (subscription {seed.ALICE_SUBSCRIPTION}); the
-                         portal button opens the sandbox portal signed in as alice
+    alice / alice-demo   linked to {seed.ALICE} (subscription {seed.ALICE_SUBSCRIPTION})
+                         through the signed user reference in its metadata (by_metadata);
+                         the portal button opens the sandbox portal signed in as alice
     bob   / bob-demo     no Nomos customer yet; the button leads to the sign-up form,
                          which creates a lead and opens the sandbox checkout
 

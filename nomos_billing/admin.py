@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import processing, resolvers, sync, tasks
+from . import linking, processing, sync, tasks
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosSubscription, WebhookEvent
 
@@ -169,7 +169,7 @@ class NomosCustomerAdmin(admin.ModelAdmin):
         form = LinkUserForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             user = form.cleaned_data["user"]
-            if resolvers.attach_user(customer, user, "admin"):
+            if linking.attach_user(customer, user, "admin"):
                 self.message_user(
                     request,
                     _("Linked %(customer)s to %(user)s.")

@@ -208,7 +208,8 @@ def _check_resolvers(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("USER_RESOLVERS", DEFAULTS["USER_RESOLVERS"])
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         return [Error(f"{_key('USER_RESOLVERS')} must be a list of dotted paths.",
-                      hint='For example ["nomos_billing.resolvers.by_metadata"].',
+                      hint='For example ["nomos_billing.linking.by_lead", '
+                           '"nomos_billing.linking.by_metadata"].',
                       id=E_RESOLVERS)]
     messages: list[CheckMessage] = []
     for path in value:
@@ -217,8 +218,8 @@ def _check_resolvers(raw: dict[str, Any]) -> list[CheckMessage]:
         except ImportError as exc:
             messages.append(Error(
                 f"{_key('USER_RESOLVERS')} lists {path!r}, which cannot be imported ({exc}).",
-                hint="Each entry is the dotted path of a callable taking (customer, "
-                     "subscription) and returning a user or None.",
+                hint="Each entry is the dotted path of a callable taking a "
+                     "nomos_billing.linking.LinkRequest and returning a user or None.",
                 id=E_RESOLVERS,
             ))
     return messages

@@ -38,9 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_TOLERANCE": 300,
     "WEBHOOK_MAX_BYTES": 256 * 1024,
     "USER_RESOLVERS": [
-        "nomos_billing.resolvers.by_metadata",
-        "nomos_billing.resolvers.by_lead",
-        "nomos_billing.resolvers.by_email",
+        # Lead first: it trusts only our own database. Metadata links only a signed
+        # reference (linking.user_reference); e-mail is off unless LINK_BY_EMAIL.
+        "nomos_billing.linking.by_lead",
+        "nomos_billing.linking.by_metadata",
+        "nomos_billing.linking.by_email",
     ],
     "METADATA_USER_KEY": "django_user_id",
     "LINK_BY_EMAIL": False,

@@ -7,6 +7,8 @@ from typing import Any
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from .linking import user_reference
+
 #: Nomos rejects an estimated usage below 100 kWh; above this a typo is more likely than a
 #: household or small business.
 MIN_USAGE = 100
@@ -80,5 +82,6 @@ class LeadForm(forms.Form):
             "address": {"zip": data["zip_code"]},
             "meter": {"estimated_usage": data["estimated_usage"]},
             "customer": customer,
-            "metadata": {user_key: str(user.pk)},
+            # Our own attribution, signed: a bare id would be as forgeable here as anywhere.
+            "metadata": {user_key: user_reference(user)},
         }

@@ -4,7 +4,10 @@
   recorded (sent once per event id, not per duplicate delivery).
 - ``webhook_processed(sender=WebhookEvent, event=WebhookEvent)``: processing succeeded; for
   ``invoice.*`` and ``meter_order.*`` topics this is where a site reacts.
-- ``customer_linked(sender=NomosCustomer, customer=NomosCustomer, user=User, resolver=str)``.
+- ``customer_linked(sender=NomosCustomer, customer=NomosCustomer, user=User, resolver=str)``:
+  ``resolver`` is the resolver's name (``by_lead``, ``by_metadata``...) or ``admin``.
+- ``customer_unlinked(sender=NomosCustomer, customer=NomosCustomer, user=User,
+  unlinked_by=str)``: an operator removed the link (``unlinked_by`` is ``admin``).
 - ``subscription_status_changed(sender=NomosSubscription, subscription=NomosSubscription,
   previous=str | None, status=str)``: ``previous`` is None for a subscription we had not seen.
 """
@@ -16,4 +19,5 @@ from django.dispatch import Signal
 webhook_received = Signal()
 webhook_processed = Signal()
 customer_linked = Signal()
+customer_unlinked = Signal()
 subscription_status_changed = Signal()

@@ -2,7 +2,7 @@
 
 Webhooks, ``nomos_sync`` and the admin's "Refresh from Nomos" all end here, so the rules live
 in one place: upsert the customer and the subscription, never let an older read overwrite a
-newer one, link the customer to a user (``resolvers.link_customer``) and announce status
+newer one, link the customer to a user (``linking.link_customer``) and announce status
 changes (``subscription_status_changed``).
 """
 
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from django.db import IntegrityError, transaction
 from django.utils.dateparse import parse_datetime
 
-from . import resolvers
+from . import linking
 from .client import get_client
 from .models import NomosCustomer, NomosSubscription
 from .signals import subscription_status_changed
@@ -166,8 +166,8 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
                 subscription.save()
                 changed_status = subscription.status != previous
     if not customer.is_linked:
-        resolvers.link_customer(
-            resolvers.LinkRequest(
+        linking.link_customer(
+            linking.LinkRequest(
                 customer=customer,
                 subscription=data,
                 lead_id=lead_id or subscription.lead_id or None,
@@ -195,5 +195,5 @@ def refresh_customer(customer: NomosCustomer) -> int:
     customer.refresh_from_db()
     if not customer.is_linked:
         # A customer without subscriptions can still be linked by e-mail or a custom resolver.
-        resolvers.link_customer(resolvers.LinkRequest(customer=customer))
+        linking.link_customer(linking.LinkRequest(customer=customer))
     return count

@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from nomos_billing.linking import user_reference
 from nomos_billing.models import NomosCustomer, NomosSubscription
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.signatures import HEADER, parse_header, verify_signature
@@ -232,8 +233,8 @@ def users(db) -> dict[str, Any]:
 
 def _point_alice_at(sandbox: Any, user: Any) -> None:
     with sandbox.lock:
-        sandbox.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {"django_user_id":
-                                                                      str(user.pk)}
+        sandbox.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {
+            "django_user_id": user_reference(user)}
         for sub in (seed.ACME_CONSUMPTION, seed.ACME_FEED_IN):
             sandbox.subscriptions[sub]["metadata"] = {}
 

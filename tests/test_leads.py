@@ -12,6 +12,7 @@ from django.test import Client
 
 from nomos_billing.exceptions import NomosAPIError
 from nomos_billing.forms import LeadForm
+from nomos_billing.linking import resolve_reference, user_reference
 from nomos_billing.models import NomosCustomer, NomosLead
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import post_event
@@ -72,9 +73,11 @@ def test_lead_is_created_with_the_users_data_and_redirects_303_to_checkout(
                 "first_name": "Bob",
                 "last_name": "Builder",
             },
-            "metadata": {"django_user_id": str(bob.pk)},
+            # Our own attribution, signed: never the bare id.
+            "metadata": {"django_user_id": user_reference(bob)},
         }
     ]
+    assert resolve_reference(lead_requests(nomos)[0]["metadata"]["django_user_id"]) == bob
     lead = NomosLead.objects.get()
     assert (lead.user, lead.plan) == (bob, PLAN)
     assert response["Location"] == nomos.leads[lead.lead_id]["link"]

@@ -10,8 +10,14 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from nomos_billing import signals
+from nomos_billing.linking import (
+    LinkRequest,
+    attach_user,
+    by_metadata,
+    link_customer,
+    user_reference,
+)
 from nomos_billing.models import NomosCustomer, NomosLead
-from nomos_billing.resolvers import LinkRequest, attach_user, by_metadata, link_customer
 from nomos_billing.sandbox import seed
 from nomos_billing.testing import make_event, post_event
 
@@ -54,25 +60,30 @@ def with_settings(settings, **values: Any) -> None:
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **values}
 
 
-def test_metadata_user_id_links_the_customer(nomos, client, user_1, linked_signals):
+def sign_alice_for(nomos, user, key: str = "django_user_id") -> None:
+    nomos.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {key: user_reference(user)}
+
+
+def test_signed_metadata_reference_links_the_customer(nomos, client, user_1, linked_signals):
+    sign_alice_for(nomos, user_1)
     customer = deliver(client)
     assert (customer.user, customer.linked_by) == (user_1, "by_metadata")
     assert customer.linked_at is not None
     assert linked_signals == [(seed.ALICE, user_1, "by_metadata")]
 
 
-def test_metadata_user_id_as_json_number_links(nomos, client, user_1):
-    nomos.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {"django_user_id": 1}
-    assert deliver(client).user == user_1
-
-
 def test_custom_metadata_key_is_used(nomos, client, user_1, settings):
     with_settings(settings, METADATA_USER_KEY="my_user")
-    nomos.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {"my_user": "1"}
+    sign_alice_for(nomos, user_1, "my_user")
     assert deliver(client).user == user_1
 
 
-@pytest.mark.parametrize("value", ["999", "abc", "", None, True, 1.0, ["1"], {"pk": 1}])
+def test_reference_under_another_key_links_nobody(nomos, client, user_1):
+    sign_alice_for(nomos, user_1, "other_key")
+    assert deliver(client).user is None
+
+
+@pytest.mark.parametrize("value", ["1", 1, "999", "abc", "", None, True, 1.0, ["1"], {"pk": 1}])
 def test_metadata_naming_no_valid_user_keeps_the_customer_unlinked(value, nomos, client,
                                                                    user_1):
     nomos.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {"django_user_id": value}
@@ -81,6 +92,7 @@ def test_metadata_naming_no_valid_user_keeps_the_customer_unlinked(value, nomos,
 
 
 def test_inactive_user_is_not_linked(nomos, client, user_1):
+    sign_alice_for(nomos, user_1)
     user_1.is_active = False
     user_1.save()
     assert deliver(client).user is None
@@ -121,8 +133,15 @@ def test_resolvers_run_in_order_and_first_match_wins(nomos, client, settings, us
                                                      django_user_model):
     with_settings(settings, USER_RESOLVERS=["tests.test_resolvers.resolve_by_last_name",
                                             "nomos_billing.resolvers.by_metadata"])
+    sign_alice_for(nomos, user_1)
     other = django_user_model.objects.create(username="other", last_name="Example")
     assert deliver(client).user == other
+
+
+def test_old_dotted_paths_still_name_the_resolvers(nomos, client, user_1, settings):
+    with_settings(settings, USER_RESOLVERS=["nomos_billing.resolvers.by_metadata"])
+    sign_alice_for(nomos, user_1)
+    assert deliver(client).linked_by == "by_metadata"
 
 
 def test_unresolvable_customer_is_kept_unlinked(nomos, client):
@@ -134,6 +153,7 @@ def test_unresolvable_customer_is_kept_unlinked(nomos, client):
 def test_linked_customer_is_not_moved_to_another_user(nomos, client, user_1,
                                                       django_user_model, linked_signals):
     owner = django_user_model.objects.create(username="owner")
+    sign_alice_for(nomos, user_1)
     NomosCustomer.objects.create(customer_id=seed.ALICE, user=owner, linked_by="admin")
     customer = deliver(client)
     assert (customer.user, customer.linked_by) == (owner, "admin")
@@ -141,6 +161,7 @@ def test_linked_customer_is_not_moved_to_another_user(nomos, client, user_1,
 
 
 def test_user_already_holding_a_customer_gets_no_second_one(nomos, client, user_1):
+    sign_alice_for(nomos, user_1)
     NomosCustomer.objects.create(customer_id="cus_other", user=user_1)
     customer = deliver(client)
     assert customer.user is None
@@ -175,7 +196,8 @@ def test_by_metadata_ignores_non_dict_metadata():
 
 def test_link_customer_returns_false_for_linked_customer(user_1):
     customer = NomosCustomer.objects.create(customer_id="cus_x", user=user_1)
-    assert link_customer(LinkRequest(customer, {"metadata": {"django_user_id": "1"}})) is False
+    metadata = {"django_user_id": user_reference(user_1)}
+    assert link_customer(LinkRequest(customer, {"metadata": metadata})) is False
 
 
 def test_concurrent_link_of_the_same_user_loses_to_the_constraint(monkeypatch, user_1,

@@ -42,7 +42,7 @@ def test_new_subscription_creates_customer_and_subscription(sandbox, status_chan
     assert (sub.subscription_id, sub.status, sub.plan, sub.type) == (
         seed.ALICE_SUBSCRIPTION, "active", "pln_sandbox_home", "consumption")
     assert sub.customer == customer
-    assert sub.metadata == {"django_user_id": "1"}
+    assert sub.metadata == {"campaign": "sandbox-seed"}
     assert sub.nomos_created_at == datetime(2026, 1, 5, 10, tzinfo=timezone.utc)
     assert sub.start_at is not None and sub.end_at is None
     assert status_changes == [(seed.ALICE_SUBSCRIPTION, None, "active")]

@@ -20,11 +20,14 @@ _CREATED = "2026-01-05T10:00:00.000Z"
 
 def seed(sb: Sandbox) -> None:
     sb.add_customer("alice@example.com", "Alice", "Example", id=ALICE, created_at=_CREATED)
-    sb.add_subscription(ALICE, status="active", metadata={"django_user_id": "1"},
+    # No seeded subscription names a user: a bare id in metadata would link whoever holds
+    # that id on the site (often the first superuser). The demo links alice the way
+    # production does, through a lead or a signed reference.
+    sb.add_subscription(ALICE, status="active", metadata={"campaign": "sandbox-seed"},
                         id=ALICE_SUBSCRIPTION, created_at=_CREATED)
     sb.add_customer("energy@acme.example.com", "Bob", "Builder", type="company", id=ACME,
                     company_name="Acme Energie GmbH", created_at=_CREATED)
-    sb.add_subscription(ACME, status="active", metadata={"django_user_id": "2"},
+    sb.add_subscription(ACME, status="active",
                         id=ACME_CONSUMPTION, estimated_usage=42000, created_at=_CREATED)
     sb.add_subscription(ACME, status="pending", type="feed_in", plan=FEED_IN_PLAN,
                         id=ACME_FEED_IN, estimated_usage=9000, created_at=_CREATED)

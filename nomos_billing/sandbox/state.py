@@ -143,7 +143,10 @@ class Sandbox:
 
     def convert_lead(self, lead_id: str, status: str = "pending", type: str = "consumption"
                      ) -> dict[str, Any]:
-        """Finish the lead's checkout: a new customer and subscription, metadata copied.
+        """Finish the lead's checkout: a new customer and subscription.
+
+        The lead's metadata stays on the lead: Nomos documents no copy onto the subscription,
+        so the subscription is linked back through ``context.lead`` or ``GET /leads/{id}``.
 
         Returns the subscription as ``GET /subscriptions/{id}`` would. ``ValueError`` if the
         lead already converted, ``KeyError`` if it does not exist.
@@ -161,10 +164,8 @@ class Sandbox:
                 type=person.get("type") or "person",
                 company_name=person.get("company_name"),
             )
-            metadata = lead.get("metadata")
             sub = self.add_subscription(
                 cus["id"], status=status, plan=request.get("plan") or DEFAULT_PLAN, type=type,
-                metadata=dict(metadata) if metadata is not None else None,
                 estimated_usage=(request.get("meter") or {}).get("estimated_usage", 2500),
                 zip_code=(request.get("address") or {}).get("zip", "10115"),
                 lead_id=lead_id,
