@@ -12,6 +12,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SANDBOX_PORT ?= 8765
+# make demo TASKS=db: webhooks processed by the database task backend's worker.
+TASKS ?=
 
 .PHONY: demo test lint typecheck build matrix clean
 
@@ -25,7 +27,7 @@ test: $(STAMP)
 	PYTHONDEVMODE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python example_project/demo.py --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
+	$(BIN)/python example_project/demo.py --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT) --tasks "$(TASKS)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -108,8 +108,9 @@ def _retry_later(event_id: str, retry: int, retry_after: int | None) -> None:
 
 
 def _definition_alias() -> str:
-    # A Task is validated against its backend when defined; bind it to TASK_BACKEND where TASKS
-    # has it, so a site whose TASKS lacks "default" can still import this module.
+    # A Task is validated against its backend when defined, and takes its class from it (the
+    # backport's backends make backport Tasks). Bind the module's Task to TASK_BACKEND where
+    # TASKS has it: a worker, with the site's settings, then finds a Task its backend accepts.
     from django.conf import settings
 
     alias = backend_alias()
@@ -117,15 +118,22 @@ def _definition_alias() -> str:
     return alias if alias and isinstance(configured, dict) and alias in configured else "default"
 
 
-if task is not None:
+def _process(event_id: str, force: bool = False, retry: int = 0) -> str:
+    """Process a recorded webhook event by its Nomos id (``evt_...``)."""
+    return _run(event_id, force=force, retry=retry)
 
-    @task(backend=_definition_alias())
-    def process_webhook_event(event_id: str, force: bool = False, retry: int = 0) -> str:
-        """Process a recorded webhook event by its Nomos id (``evt_...``)."""
-        return _run(event_id, force=force, retry=retry)
 
-else:  # pragma: no cover - no tasks framework installed
-    process_webhook_event = None
+# The module path a Task records is its function's: make it name the attribute below.
+_process.__name__ = _process.__qualname__ = "process_webhook_event"
+
+
+def __getattr__(name: str) -> Any:
+    """``process_webhook_event``, the Task a worker imports by path, built on each look-up for
+    the backend configured now: the database backend accepts only ``django.tasks`` Tasks, the
+    backport's backends make their own, and tests switch ``TASK_BACKEND`` on the fly."""
+    if name == "process_webhook_event" and task is not None:
+        return task(backend=_definition_alias())(_process)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def enqueue(event_id: str, *, force: bool = False, retry: int = 0, delay: int = 0) -> Any:
@@ -135,18 +143,16 @@ def enqueue(event_id: str, *, force: bool = False, retry: int = 0, delay: int = 
     that is an operator's error for ``manage.py check``, not an outage.
     """
     alias = backend_alias()
-    if alias is None or process_webhook_event is None:
+    if alias is None or task is None:
         get_backend()  # explains what is missing
         raise ImproperlyConfigured(f"{SETTING_NAME}['TASK_BACKEND'] is not set")
     try:
-        options: dict[str, Any] = {"backend": alias}
-        if delay:
-            options["run_after"] = timezone.now() + timedelta(seconds=delay)
-        configured = process_webhook_event.using(**options)
+        # Built for this alias (cheap): its class must be the one that backend accepts.
+        configured = task(backend=alias)(_process)
     except InvalidTaskBackendError as exc:
-        raise ImproperlyConfigured(
-            f"{SETTING_NAME}['TASK_BACKEND'] = {alias!r}: {exc}"
-        ) from exc
+        raise ImproperlyConfigured(f"{SETTING_NAME}['TASK_BACKEND'] = {alias!r}: {exc}") from exc
+    if delay:
+        configured = configured.using(run_after=timezone.now() + timedelta(seconds=delay))
     try:
         return configured.enqueue(event_id, force=force, retry=retry)
     except ImproperlyConfigured:

@@ -3,6 +3,9 @@ DATABASE_URL / CACHE_URL are set (as .ci/run does)."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+from urllib.parse import urlsplit, urlunsplit
+
 import environ
 
 env = environ.Env()
@@ -24,6 +27,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "nomos_billing",
 ]
+# The real task backends (test_task_workers.py), when the test extra installed them.
+INSTALLED_APPS += [app for app in ("django_tasks_db", "django_rq") if find_spec(app)]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -61,6 +66,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 CACHES = {
     "default": env.cache("CACHE_URL", default="locmemcache://nomos-tests"),
 }
+
+
+def _rq_url() -> str:
+    """NOMOS_TEST_RQ_URL, else CACHE_URL's Redis with the next db index: the suite flushes the
+    cache db between tests, which must not empty a queue a worker is reading."""
+    explicit = env.str("NOMOS_TEST_RQ_URL", default="")
+    if explicit:
+        return explicit
+    parts = urlsplit(env.str("CACHE_URL", default="redis://127.0.0.1:6379/0"))
+    if not parts.scheme.startswith("redis"):
+        return "redis://127.0.0.1:6379/13"
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
+
+
+RQ_QUEUES = {"default": {"URL": _rq_url()}}
 
 # pytest-django's live_server serves static files under STATIC_URL; without it, every request fails.
 STATIC_URL = "/static/"

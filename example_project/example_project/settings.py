@@ -109,6 +109,20 @@ NOMOS_BILLING = {
     "SIGNUP_URL": env.str("NOMOS_SIGNUP_URL", default="") or None,
 }
 
+# NOMOS_TASKS=db: webhooks are processed by `manage.py db_worker` (nomos-billing[tasks-db]);
+# NOMOS_TASKS=rq: by `manage.py rqworker default --job-class django_tasks_rq.Job` on Redis
+# (nomos-billing[tasks-rq], RQ_URL). Empty: inside the webhook request.
+NOMOS_TASKS = env.str("NOMOS_TASKS", default="")
+if NOMOS_TASKS == "db":
+    INSTALLED_APPS += ["django_tasks_db"]
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    NOMOS_BILLING["TASK_BACKEND"] = "default"
+elif NOMOS_TASKS == "rq":
+    INSTALLED_APPS += ["django_rq"]
+    RQ_QUEUES = {"default": {"URL": env.str("RQ_URL", default="redis://127.0.0.1:6379/0")}}
+    TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend"}}
+    NOMOS_BILLING["TASK_BACKEND"] = "default"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
