@@ -29,10 +29,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
+from . import misconfiguration
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import (
     NomosAPIError,
     NomosConfigurationError,
+    NomosCredentialsRefused,
     NomosError,
     NomosServiceError,
     NomosUnavailable,
@@ -167,18 +169,32 @@ class NomosClient:
 
     def fetch_token(self) -> AccessToken:
         """Ask Nomos for a new client-credentials token (bypasses the shared cache)."""
-        if not self.client_id or not self._client_secret:
-            raise NomosConfigurationError(
+        missing = tuple(key for key, value in (("CLIENT_ID", self.client_id),
+                                               ("CLIENT_SECRET", self._client_secret))
+                        if not value)
+        if missing:
+            raise _reported(NomosConfigurationError(
                 f"{SETTING_NAME}['CLIENT_ID'] and {SETTING_NAME}['CLIENT_SECRET'] must be set "
-                "to call the Nomos API."
-            )
+                "to call the Nomos API.",
+                settings=missing,
+            ))
         # Form-encoded, as RFC 6749 and the provider's guides do (the OpenAPI document says
         # JSON; Nomos accepts both).
-        response = self._send(
-            "POST", "/oauth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(self.client_id, self._client_secret),
-        )
+        try:
+            response = self._send(
+                "POST", "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(self.client_id, self._client_secret),
+            )
+        except NomosAPIError as exc:
+            if not exc.is_auth_failure or isinstance(exc, NomosServiceError):
+                raise
+            # Refused credentials stay refused until someone edits the settings: an operator
+            # error (named, logged once per cool-down), not an outage to wait out.
+            raise _reported(NomosCredentialsRefused(
+                exc.status, exc.code, exc.message, exc.request_id, method="POST",
+                path="/oauth/token",
+            )) from None
         data = response.json()
         try:
             return AccessToken(
@@ -217,7 +233,9 @@ class NomosClient:
         code = str(body.get("code", ""))
         message = str(body.get("message", ""))
         request_id = str(body.get("requestId", "") or response.headers.get("X-Request-Id", ""))
-        log = logger.error if status in (401, 403) or status >= 500 else logger.warning
+        # 401/403 are WARNING here: a 401 on a call is retried with a new token, and refused
+        # credentials are reported once per cool-down by misconfiguration.report.
+        log = logger.error if status >= 500 else logger.warning
         log("Nomos %s %s -> %s %s (requestId %s)", method, path, status, code, request_id or "-")
         if status == 429 or status >= 500:
             return NomosServiceError(status, code, message, request_id, method=method, path=path,
@@ -341,6 +359,11 @@ class NomosClient:
                        filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
         """Every customer matching ``filters``, one page at a time."""
         return self.iter_list("/customers", limit=limit, filters=filters)
+
+
+def _reported(exc: NomosConfigurationError) -> NomosConfigurationError:
+    misconfiguration.report(exc)
+    return exc
 
 
 def _segment(value: str) -> str:

@@ -15,7 +15,20 @@ class NomosError(Exception):
 
 
 class NomosConfigurationError(NomosError, ImproperlyConfigured):
-    """A setting in ``NOMOS_BILLING`` is missing or wrong; the message names it."""
+    """A setting in ``NOMOS_BILLING`` is missing or wrong; the message names it.
+
+    An operator error, not an outage: it stays until someone changes the settings, so it is
+    not retried, says nothing about Nomos' health (an outage breaker does not count it), is
+    logged at ERROR once per cool-down (``misconfiguration.report``) and users are not told
+    to come back in a few minutes. ``settings`` names the ``NOMOS_BILLING`` keys to fix.
+    """
+
+    settings: tuple[str, ...] = ()
+
+    def __init__(self, message: str = "", *, settings: tuple[str, ...] = ()) -> None:
+        if settings:
+            self.settings = settings
+        super().__init__(message)
 
 
 class NomosAPIError(NomosError):
@@ -126,6 +139,16 @@ class NomosFilterIgnored(NomosAPIError):
         )
         self.filter = filter
         self.item_id = item_id
+
+
+class NomosCredentialsRefused(NomosAPIError, NomosConfigurationError):
+    """Nomos' token endpoint refused ``CLIENT_ID`` / ``CLIENT_SECRET`` (HTTP 401 or 403).
+
+    Both an API error (``status``, ``request_id`` for Nomos support) and a configuration error
+    (``except NomosConfigurationError`` catches it): a wrong secret does not heal by waiting.
+    """
+
+    settings = ("CLIENT_ID", "CLIENT_SECRET")
 
 
 class NomosNotLinked(NomosError):

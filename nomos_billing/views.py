@@ -24,7 +24,13 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from .client import get_client
 from .conf import is_loopback, nomos_settings
-from .exceptions import NomosAPIError, NomosError, NomosNotLinked, NomosUnavailable
+from .exceptions import (
+    NomosAPIError,
+    NomosConfigurationError,
+    NomosError,
+    NomosNotLinked,
+    NomosUnavailable,
+)
 from .forms import LeadForm
 from .models import NomosLead
 from .portal import get_customer, is_allowed_link, mint_portal_link
@@ -56,9 +62,13 @@ def _customer_id(user: Any) -> str:
 
 
 def _classify(exc: NomosError, user: Any) -> str:
-    """Return "not_linked" or "unavailable", after logging what the operator needs to know."""
+    """Return "not_linked", "misconfigured" or "unavailable", after logging what the operator
+    needs to know."""
     if isinstance(exc, NomosNotLinked):
         return "not_linked"
+    if isinstance(exc, NomosConfigurationError):
+        # Already logged at ERROR (once per cool-down) with the setting to fix, where raised.
+        return "misconfigured"
     customer_id = _customer_id(user)
     if isinstance(exc, NomosAPIError) and exc.is_not_found:
         logger.error(
@@ -108,10 +118,24 @@ def no_customer_page(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def is_operator_error(exc: BaseException) -> bool:
+    """Settings only a person can fix: refused or missing credentials, a scope without write.
+
+    Waiting does not help, so the page promises no quick recovery and sends no Retry-After.
+    """
+    if isinstance(exc, NomosConfigurationError):
+        return True
+    return isinstance(exc, NomosAPIError) and exc.is_auth_failure
+
+
 def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
-    retry_after = _retry_after(exc)
-    response = render(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after}, status=503)
-    response["Retry-After"] = str(retry_after)
+    if is_operator_error(exc):
+        response = render(request, UNAVAILABLE_TEMPLATE, {"misconfigured": True}, status=503)
+    else:
+        retry_after = _retry_after(exc)
+        response = render(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after},
+                          status=503)
+        response["Retry-After"] = str(retry_after)
     add_never_cache_headers(response)
     return response
 
@@ -179,6 +203,11 @@ def portal_link(request: HttpRequest) -> JsonResponse:
             return _json_error(
                 404, "not_linked", _("Your account is not linked to a customer account yet.")
             )
+        if is_operator_error(exc):
+            return _json_error(503, "unavailable", _(
+                "The customer portal is not available right now. This is a problem on our "
+                "side; please try again later."
+            ))
         return _json_error(
             503,
             "unavailable",

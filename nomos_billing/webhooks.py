@@ -13,7 +13,9 @@ verified. Answers are short plain text for whoever reads the Nomos delivery log:
 - 202 / 409: the event is being processed by another delivery (see ``_busy``);
 - 202 with ``TASK_BACKEND``: recorded and queued for a worker (``tasks``), Nomos not called;
 - 503: Nomos was unavailable while processing, or the task queue refused the event; the event
-  is ``failed`` and Nomos redelivers;
+  is ``failed`` and Nomos redelivers; also when ``WEBHOOK_SECRETS`` is empty (our
+  misconfiguration, not the sender's: nothing is stored, the operator is told once per
+  cool-down, and Nomos redelivers once it is set);
 - 500: an unexpected error (say, in a site's signal receiver); it is recorded on the event as
   ``failed`` first, so the redelivery after a fix processes it.
 """
@@ -35,9 +37,9 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from . import tasks
+from . import misconfiguration, tasks
 from .conf import SETTING_NAME, nomos_settings
-from .exceptions import WebhookError, WebhookSignatureMismatch
+from .exceptions import NomosConfigurationError, WebhookError, WebhookSignatureMismatch
 from .models import WebhookEvent
 from .processing import InvalidEvent, Result, process_event, record_event
 from .signatures import META_KEY, verify_signature
@@ -88,6 +90,18 @@ class WebhookView(View):
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        secrets = nomos_settings.WEBHOOK_SECRETS
+        if not secrets:
+            # Nothing can verify, and nothing is wrong with the sender: 503 so Nomos keeps
+            # redelivering until the operator (told once per cool-down) sets the secret.
+            misconfiguration.report(NomosConfigurationError(
+                f"{SETTING_NAME}['WEBHOOK_SECRETS'] is empty, so no Nomos webhook can be "
+                "verified; every delivery is answered 503 and redelivered by Nomos. Copy the "
+                "endpoint's signing secret from the Nomos dashboard into that setting.",
+                settings=("WEBHOOK_SECRETS",),
+            ))
+            return _text(503, "webhook secrets are not configured on this site; "
+                              "please redeliver later")
         body = read_body(request, int(nomos_settings.WEBHOOK_MAX_BYTES))
         if body is None:
             return _text(413, "request body too large")
@@ -95,7 +109,7 @@ class WebhookView(View):
             secret_index = verify_signature(
                 body,
                 request.META.get(META_KEY),
-                nomos_settings.WEBHOOK_SECRETS,
+                secrets,
                 tolerance=int(nomos_settings.WEBHOOK_TOLERANCE),
             )
         except WebhookError as exc:

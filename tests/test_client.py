@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from datetime import datetime, timezone
@@ -12,6 +13,7 @@ from nomos_billing.client import NomosClient, get_client
 from nomos_billing.exceptions import (
     NomosAPIError,
     NomosConfigurationError,
+    NomosCredentialsRefused,
     NomosFilterIgnored,
     NomosServiceError,
     NomosUnavailable,
@@ -184,6 +186,20 @@ def test_wrong_credentials_are_an_api_error_without_the_secret(nomos, settings):
     assert excinfo.value.status == 401
     assert "wrong-secret-value" not in str(excinfo.value) + repr(excinfo.value)
     assert nomos.count(TOKEN) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_token_is_a_configuration_error_naming_the_settings(nomos, status, caplog):
+    nomos.add_fault(TOKEN, Fault(status=status), times=None)
+    with pytest.raises(NomosCredentialsRefused) as excinfo:
+        get_client().get_subscription("sub_sandbox_alice")
+    exc = excinfo.value
+    # One code path an outage breaker can tell apart from an outage.
+    assert isinstance(exc, NomosConfigurationError) and not isinstance(exc, NomosUnavailable)
+    assert exc.status == status and exc.settings == ("CLIENT_ID", "CLIENT_SECRET")
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert r"NOMOS_BILLING['CLIENT_ID'] / NOMOS_BILLING['CLIENT_SECRET']" in error.getMessage()
+    assert nomos.count("GET /subscriptions/{id}") == 0
 
 
 def test_missing_credentials_name_the_setting(settings):

@@ -306,26 +306,62 @@ def test_timeout_shows_the_503_page_within_the_read_timeout(
     assert_no_token(nomos, response)
 
 
-@pytest.mark.parametrize("status", [401, 403])
-def test_refused_credentials_show_503_and_log_an_error_for_the_operator(
-    as_alice: Client, nomos: Any, caplog: pytest.LogCaptureFixture, status: int
+def _nomos_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name.startswith("nomos_billing")]
+
+
+@pytest.mark.parametrize(("key", "status"), [
+    ("POST /oauth/token", 401),       # a wrong client secret
+    ("POST /oauth/token", 403),       # a disabled client
+    ("POST /admin/magic_link", 403),  # credentials without the write:* scope
+])
+def test_refused_credentials_are_an_operator_error_not_a_passing_outage(
+    as_alice: Client, nomos: Any, caplog: pytest.LogCaptureFixture, key: str, status: int
 ) -> None:
-    # 401 on the token endpoint: wrong client secret; 403 on the mint: missing write scope.
-    key = "POST /oauth/token" if status == 401 else "POST /admin/magic_link"
     nomos.add_fault(key, Fault(status=status), times=None)
     caplog.set_level(logging.INFO)
 
-    response = as_alice.get(PORTAL)
+    first = as_alice.get(PORTAL)
+    errors_after_first = _nomos_errors(caplog)
+    second = as_alice.get(PORTAL)
 
+    for response in (first, second):
+        assert response.status_code == 503
+        # Waiting does not fix a setting: no Retry-After, no "a few minutes".
+        assert "Retry-After" not in response
+        assert b"few minutes" not in response.content
+        assert b"problem on our side" in response.content
+        assert_no_token(nomos, response)
+    assert len(errors_after_first) == 1, errors_after_first
+    assert "CLIENT_ID" in errors_after_first[0] and "CLIENT_SECRET" in errors_after_first[0]
+    if key == "POST /oauth/token":
+        # Once per cool-down, not once per click.
+        assert _nomos_errors(caplog) == errors_after_first
+
+
+def test_refused_credentials_page_in_german_promises_no_quick_recovery(
+    as_alice: Client, nomos: Any
+) -> None:
+    nomos.add_fault("POST /oauth/token", Fault(status=401), times=None)
+    response = as_alice.get(PORTAL, HTTP_ACCEPT_LANGUAGE="de")
     assert response.status_code == 503
-    assert response["Retry-After"] == "30"
-    errors = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno == logging.ERROR and r.name == "nomos_billing.views"
-    ]
-    assert len(errors) == 1 and "CLIENT_SECRET" in errors[0]
-    assert_no_token(nomos, response)
+    assert "Fehler auf unserer Seite" in response.content.decode()
+    assert "Minuten" not in response.content.decode()
+
+
+def test_no_nomos_billing_setting_at_all_names_the_setting(
+    as_alice: Client, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under gunicorn the system checks never run: the first click must say what is missing.
+    del settings.NOMOS_BILLING
+    caplog.set_level(logging.INFO)
+    response = as_alice.get(PORTAL)
+    assert response.status_code == 503
+    assert "Retry-After" not in response
+    [error] = _nomos_errors(caplog)
+    assert "settings.NOMOS_BILLING is not set" in error
+    assert "CLIENT_ID" in error and "CLIENT_SECRET" in error
 
 
 def test_wrong_client_secret_shows_503_and_never_the_secret(
@@ -456,17 +492,18 @@ def test_json_endpoint_unlinked_user_is_404_not_linked(bob: Any, nomos: Any) -> 
     [
         (Fault(status=500), "30"),
         (Fault(status=429, retry_after=90), "90"),
-        (Fault(status=401), "30"),
+        (Fault(status=401), None),  # refused even with a new token: the operator's to fix
     ],
     ids=["500", "429", "401"],
 )
 def test_json_endpoint_outage_is_503_unavailable_with_retry_after(
-    alice: Any, nomos: Any, fault: Fault, retry_after: str
+    alice: Any, nomos: Any, fault: Fault, retry_after: str | None
 ) -> None:
     nomos.add_fault("POST /admin/magic_link", fault, times=None)
     response = post_json(csrf_client(alice))
     assert response.status_code == 503
-    assert response["Retry-After"] == retry_after
+    assert response.get("Retry-After") == retry_after
+    assert ("few minutes" in response.json()["error"]) == (retry_after is not None)
     assert response.json()["code"] == "unavailable"
     assert "no-store" in response["Cache-Control"]
     assert_no_token(nomos, response)

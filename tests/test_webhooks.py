@@ -518,3 +518,33 @@ def test_event_recorded_but_never_processed_is_processed_on_redelivery(nomos, cl
     WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event)
     assert post_event(client, event).status_code == 200
     assert WebhookEvent.objects.get().status == "processed"
+
+
+@pytest.mark.parametrize("empty", [[], "", [""]])
+def test_empty_webhook_secrets_answer_503_and_tell_the_operator_once(
+    client: Client, nomos: Any, settings: Any, caplog: pytest.LogCaptureFixture, empty: Any
+) -> None:
+    # Nothing is wrong with the sender: a 4xx would tell Nomos to stop, a 503 keeps the
+    # deliveries coming until the secret is set; the log names the setting, not a mismatch.
+    event = alice_event()
+    body = encode_event(event)
+    header = sign_payload(body, SECRET)
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "WEBHOOK_SECRETS": empty}
+    caplog.set_level(logging.INFO)
+
+    first = post_raw(client, body, header)
+    second = post_raw(client, body, header)
+
+    for response in (first, second):
+        assert response.status_code == 503
+        assert b"not configured" in response.content
+    assert nothing_stored()
+    assert nomos.calls == {}
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR and r.name.startswith("nomos_billing")]
+    assert len(errors) == 1, errors
+    assert "WEBHOOK_SECRETS" in errors[0] and "empty" in errors[0]
+    assert not any("matches none" in r.getMessage() for r in caplog.records)
+
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "WEBHOOK_SECRETS": [SECRET]}
+    assert post_raw(client, body, header).status_code == 200

@@ -25,7 +25,7 @@ def one_line(text: object) -> str:
 
 def command_error(exc: NomosError) -> CommandError:
     base = nomos_settings.API_BASE_URL
-    if isinstance(exc, NomosConfigurationError):
+    if isinstance(exc, NomosConfigurationError) and not isinstance(exc, NomosAPIError):
         return CommandError(one_line(exc))
     if isinstance(exc, NomosFilterIgnored):
         return CommandError(one_line(
