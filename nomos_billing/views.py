@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, TypeGuard
-from urllib.parse import urlsplit
 
 from django.contrib.auth.decorators import login_not_required, login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -23,7 +22,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .client import get_client
-from .conf import is_loopback, nomos_settings
+from .conf import nomos_settings
 from .exceptions import (
     NomosAPIError,
     NomosConfigurationError,
@@ -218,23 +217,6 @@ def portal_link(request: HttpRequest) -> JsonResponse:
 
 
 # -- the lead form -------------------------------------------------------------------------
-
-
-def is_allowed_checkout_link(link: Any) -> bool:
-    """https, or http on loopback when the API itself is a loopback sandbox."""
-    if not isinstance(link, str) or not link.isascii() or any(c in link for c in "\\\r\n\t "):
-        return False
-    try:
-        parts = urlsplit(link)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return False
-    host = parts.hostname or ""
-    if not host or parts.username is not None or parts.password is not None:
-        return False
-    if parts.scheme == "https":
-        return True
-    return parts.scheme == "http" and nomos_settings.api_is_loopback and is_loopback(host)
 
 
 def is_business_error(exc: BaseException) -> TypeGuard[NomosAPIError]:

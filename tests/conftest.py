@@ -8,7 +8,9 @@ webhook secret or an access token the sandbox issued.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from django.core.cache import caches
@@ -39,6 +41,16 @@ def nomos(sandbox: Sandbox, settings) -> Iterator[Sandbox]:
         "API_BASE_URL": sandbox.base_url,
     }
     yield sandbox
+
+
+@pytest.fixture
+def retry_sleeps(monkeypatch) -> list[float]:
+    """The client's retry waits (urllib3's backoff and Retry-After), recorded, not slept:
+    tests check how long the client would wait without betting on the machine's clock."""
+    slept: list[float] = []
+    monkeypatch.setattr("urllib3.util.retry.time",
+                        SimpleNamespace(time=time.time, sleep=slept.append))
+    return slept
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,8 @@ DATABASE_URL / CACHE_URL are set (as .ci/run does)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from importlib.util import find_spec
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,8 +62,20 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Threads in tests (concurrent deliveries) share the in-memory database this way.
-    DATABASES["default"]["TEST"] = {"NAME": "file:nomos_tests?mode=memory&cache=shared"}
+    # A file, not a shared-cache memory database: there concurrent writers fail at once
+    # (SQLITE_LOCKED, no busy wait), so the concurrency tests could not run on SQLite. In a file
+    # with WAL, a busy timeout and BEGIN IMMEDIATE, threads really run at once (readers beside
+    # one writer) and wait for each other's writes the way a production SQLite site does, so a
+    # racy claim fails ``make test``. One file per process: nox sessions and other checkouts
+    # may run at the same time.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"nomos_billing_tests_{os.getpid()}.sqlite3")
+    }
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+    }
 
 CACHES = {
     "default": env.cache("CACHE_URL", default="locmemcache://nomos-tests"),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -20,6 +18,7 @@ from nomos_billing.exceptions import (
 )
 from nomos_billing.filters import ListFilter
 from nomos_billing.sandbox import Fault
+from tests.ports import free_port
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -89,20 +88,18 @@ def test_a_persistent_401_becomes_an_api_error_after_one_retry(client, nomos):
     assert nomos.count(TOKEN) == 2
 
 
-def test_429_with_retry_after_is_retried(client, nomos):
+def test_429_with_retry_after_is_retried(client, nomos, retry_sleeps):
     nomos.add_fault(SUB, Fault(status=429, retry_after=1), times=1)
-    started = time.monotonic()
     assert client.get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
     assert nomos.count(SUB) == 2
-    assert time.monotonic() - started >= 0.9  # it honoured Retry-After
+    assert retry_sleeps == [1]  # it honoured Retry-After
 
 
-def test_a_long_retry_after_is_not_slept_through(client, nomos, settings):
+def test_a_long_retry_after_is_not_slept_through(client, nomos, retry_sleeps):
     nomos.add_fault(SUB, Fault(status=429, retry_after=120), times=None)
-    started = time.monotonic()
     with pytest.raises(NomosUnavailable) as excinfo:
         client.get_subscription("sub_sandbox_alice")
-    assert time.monotonic() - started < 1
+    assert retry_sleeps == []
     assert excinfo.value.retry_after == 120
     assert nomos.count(SUB) == 1
 
@@ -125,14 +122,13 @@ def test_a_500_then_success_is_retried_transparently(client, nomos):
     assert nomos.count(SUB) == 3
 
 
-def test_a_hang_becomes_unavailable_within_the_read_timeout(client, nomos):
+def test_a_hang_becomes_unavailable_within_the_read_timeout(client, nomos, retry_sleeps):
+    # One hanging answer, then normal ones: a retried read would succeed and not raise.
     nomos.add_fault(SUB, Fault(hang=5), times=1)
-    started = time.monotonic()
     with pytest.raises(NomosUnavailable):
         client.get_subscription("sub_sandbox_alice")
-    elapsed = time.monotonic() - started
-    assert elapsed < 3.5  # read timeout is 2 s in tests/settings.py; no retry of a read timeout
     assert nomos.count(SUB) == 1
+    assert retry_sleeps == []
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
@@ -169,9 +165,7 @@ def test_unknown_customer_is_a_404_with_the_nomos_code(client, nomos):
 
 
 def test_connection_refused_is_unavailable(settings):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": f"http://127.0.0.1:{port}",
                               "MAX_RETRIES": 1}
     with pytest.raises(NomosUnavailable) as excinfo:

@@ -24,7 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from nomos_billing.linking import user_reference
-from nomos_billing.models import NomosCustomer, NomosSubscription
+from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.signatures import HEADER, parse_header, verify_signature
 
@@ -167,9 +167,6 @@ def test_trigger_to_a_site_that_is_down_is_a_one_line_error() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_trigger_against_the_real_webhook_view_stores_one_event(live_server) -> None:
-    pytest.importorskip("nomos_billing.webhooks")
-    from nomos_billing.models import WebhookEvent
-
     url = live_server.url + "/nomos/webhook/"
     out = run("nomos_trigger", "test.event", "--duplicate", "2", "--url", url)
     assert out.count("HTTP 200") == 2
@@ -241,7 +238,6 @@ def _point_alice_at(sandbox: Any, user: Any) -> None:
 
 @pytest.mark.django_db
 def test_sync_creates_every_subscription_and_links_by_metadata(nomos, users) -> None:
-    pytest.importorskip("nomos_billing.sync")
     _point_alice_at(nomos, users["alice"])
 
     out = run("nomos_sync")
@@ -258,7 +254,6 @@ def test_sync_creates_every_subscription_and_links_by_metadata(nomos, users) -> 
 
 @pytest.mark.django_db
 def test_sync_twice_updates_and_links_nothing_new(nomos, users) -> None:
-    pytest.importorskip("nomos_billing.sync")
     _point_alice_at(nomos, users["alice"])
     run("nomos_sync")
     nomos.set_subscription_status(seed.ACME_FEED_IN, "active")
@@ -271,7 +266,6 @@ def test_sync_twice_updates_and_links_nothing_new(nomos, users) -> None:
 
 @pytest.mark.django_db
 def test_sync_dry_run_prints_the_summary_and_saves_nothing(nomos, users) -> None:
-    pytest.importorskip("nomos_billing.sync")
     _point_alice_at(nomos, users["alice"])
 
     out = run("nomos_sync", "--dry-run")
@@ -283,7 +277,6 @@ def test_sync_dry_run_prints_the_summary_and_saves_nothing(nomos, users) -> None
 
 @pytest.mark.django_db
 def test_sync_walks_every_page_and_fetches_each_new_customer_once(nomos, users) -> None:
-    pytest.importorskip("nomos_billing.sync")
     for n in range(7):
         cus = nomos.add_customer(f"bulk{n}@example.com", id=f"cus_bulk_{n}")
         nomos.add_subscription(cus["id"], status="active")
@@ -303,7 +296,6 @@ def test_sync_walks_every_page_and_fetches_each_new_customer_once(nomos, users) 
 @pytest.mark.django_db
 def test_sync_queries_per_subscription_are_bounded(nomos, users, django_assert_max_num_queries
                                                    ) -> None:
-    pytest.importorskip("nomos_billing.sync")
     for n in range(20):
         cus = nomos.add_customer(f"q{n}@example.com", id=f"cus_q_{n}")
         nomos.add_subscription(cus["id"], status="active")

@@ -94,10 +94,6 @@ def test_hostile_value_is_dropped(value: str) -> None:
     assert clean_next(value) is None
 
 
-def test_at_least_thirty_own_hostile_cases() -> None:
-    assert len(set(HOSTILE)) >= 30
-
-
 @pytest.mark.parametrize("value", [None, 42, b"/invoices", ["/invoices"]])
 def test_non_string_is_dropped(value: object) -> None:
     assert clean_next(value) is None  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
 
@@ -91,12 +93,6 @@ def test_env_example_explains_every_variable_the_settings_read() -> None:
 
 
 # -- the demo --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Demo:

@@ -3,10 +3,12 @@ directly on stored ``WebhookEvent`` rows (the view's own tests go through HTTP).
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from nomos_billing import processing, signals
@@ -14,6 +16,7 @@ from nomos_billing.models import NomosSubscription, WebhookEvent
 from nomos_billing.processing import InvalidEvent, parse_envelope, process_event, record_event
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event
+from tests.concurrency import is_claim, meet_at
 
 pytestmark = pytest.mark.django_db
 SUB_GET = "GET /subscriptions/{id}"
@@ -123,6 +126,45 @@ def test_force_never_takes_a_fresh_claim(nomos):
 def test_claim_is_taken_over_only_when_stale(age, claimed, nomos):
     event = stored(status="processing", claimed_at=timezone.now() - age)
     assert process_event(event).claimed is claimed
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("fields", "force"),
+    [({}, False),
+     ({"status": "failed"}, False),
+     ({"status": "processing"}, False),  # claimed_at set below: a stale claim
+     ({"status": "processed"}, True)],
+    ids=["received", "failed", "stale claim", "processed, forced"],
+)
+def test_concurrent_claims_of_one_event_have_exactly_one_winner(fields, force):
+    """Eight workers reach the claim at the same moment (on SQLite too: a file in WAL mode)."""
+    if fields.get("status") == "processing":
+        fields = {**fields, "claimed_at": timezone.now() - processing.CLAIM_TIMEOUT * 2}
+    event = stored(**fields)
+    workers = 8
+    barrier = threading.Barrier(workers)
+    won: list[bool] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with meet_at(barrier, is_claim):
+                won.append(processing.claim(WebhookEvent.objects.get(pk=event.pk), force=force))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(won) == [False] * (workers - 1) + [True]
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == ("processing", 1)
 
 
 def test_unknown_topic_is_ignored_without_signal():

@@ -1,0 +1,128 @@
+"""The audit's 13 deliberate bugs, each applied to a scratch copy and run against the tests.
+
+``python mutation/audit.py [--full] [NAME...]`` copies the work tree (without .venv/.git) to a
+temporary folder, applies one mutation at a time, runs pytest there on SQLite and prints whether
+the suite caught it. By default each mutation runs only the test files that cover its module (a
+subset of ``make test``: caught there means caught by ``make test``); ``--full`` runs the whole
+suite for each. Exit status 1 if any mutation survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+SIG = ("tests/test_signatures.py", "tests/test_webhooks.py")
+PROC = ("tests/test_processing.py", "tests/test_webhooks.py")
+TOK = ("tests/test_tokens.py", "tests/test_token_branches.py", "tests/test_client.py")
+CLIENT = ("tests/test_client.py", "tests/test_views_portal.py", "tests/test_leads.py")
+
+MUTATIONS = [
+    Mutation("compare_digest -> ==", "nomos_billing/signatures.py",
+             "hmac.compare_digest(expected, candidate)", "expected == candidate", SIG),
+    Mutation("claim: check, then update", "nomos_billing/processing.py",
+             "    won = WebhookEvent.objects.filter(claimable, pk=event.pk).update(\n",
+             "    if not WebhookEvent.objects.filter(claimable, pk=event.pk).exists():\n"
+             "        return False\n"
+             "    won = WebhookEvent.objects.filter(pk=event.pk).update(\n", PROC),
+    Mutation("tokens: no re-check under the lock", "nomos_billing/tokens.py",
+             "                    if token is not None and token.remaining() > self.margin:\n"
+             "                        return token\n", "", TOK),
+    Mutation("tokens: waiter with a valid token fetches", "nomos_billing/tokens.py",
+             "            if current is not None and current.remaining() > 1:\n"
+             "                return current\n",
+             "            if current is not None and current.remaining() > 1:\n"
+             "                return self._fetch_and_store()\n", TOK),
+    Mutation("tolerance one-sided (future accepted)", "nomos_billing/signatures.py",
+             "abs(current - parsed.timestamp) > tolerance",
+             "current - parsed.timestamp > tolerance", SIG),
+    Mutation("secret rotation: first secret only", "nomos_billing/signatures.py",
+             "enumerate(secrets)", "enumerate(secrets[:1])", SIG),
+    Mutation("claim freshness: any claim taken over", "nomos_billing/processing.py",
+             "claimed_at__lt=now - CLAIM_TIMEOUT", "claimed_at__lt=now", PROC),
+    Mutation("dedupe via update_or_create", "nomos_billing/processing.py",
+             "WebhookEvent.objects.get_or_create(", "WebhookEvent.objects.update_or_create(",
+             PROC),
+    Mutation("deep links: '..' allowed", "nomos_billing/deeplinks.py",
+             "    return not any(_DOTS_ONLY.fullmatch(segment)",
+             "    return True or not any(_DOTS_ONLY.fullmatch(segment)",
+             ("tests/test_deeplinks.py", "tests/test_views_portal.py", "tests/test_portal.py")),
+    Mutation("portal host: suffix instead of same-domain", "nomos_billing/portal.py",
+             "is_same_domain(host, pattern)", "host.endswith(pattern.lstrip('.'))",
+             ("tests/test_portal.py", "tests/test_views_portal.py")),
+    Mutation("token lock: cache.set instead of cache.add", "nomos_billing/tokens.py",
+             "            if self.cache.add(lock_key, owner, LOCK_TIMEOUT):\n",
+             "            self.cache.set(lock_key, owner, LOCK_TIMEOUT)\n            if True:\n",
+             TOK),
+    Mutation("POST retry statuses: 503 dropped", "nomos_billing/client.py",
+             "UNSAFE_RETRY_STATUSES = frozenset({429, 503})",
+             "UNSAFE_RETRY_STATUSES = frozenset({429})", CLIENT),
+    Mutation("read timeouts retried", "nomos_billing/client.py",
+             "        read=0,\n", "        read=max_retries,\n", CLIENT),
+]
+
+
+def run(mutation: Mutation, scratch: Path, full: bool) -> tuple[bool, float, str]:
+    target = scratch / mutation.path
+    original = target.read_text()
+    if original.count(mutation.old) != 1:
+        return False, 0.0, f"cannot apply: {mutation.old!r} occurs {original.count(mutation.old)}x"
+    target.write_text(original.replace(mutation.old, mutation.new))
+    try:
+        args = [] if full else list(mutation.tests)
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CACHE_URL")}
+        started = time.monotonic()
+        result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly",
+             "-p", "no:cacheprovider", "-m", "not slow and not browser", *args],
+            cwd=scratch, env=env, capture_output=True, text=True, check=False,
+        )
+        elapsed = time.monotonic() - started
+        failed = [ln for ln in result.stdout.splitlines() if ln.startswith("FAILED")]
+        return result.returncode == 1, elapsed, failed[0] if failed else result.stdout[-200:]
+    finally:
+        target.write_text(original)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the whole suite per mutation")
+    parser.add_argument("names", nargs="*", help="substrings of mutation names to run")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.names or any(n in m.name for n in args.names)]
+    survivors = 0
+    with tempfile.TemporaryDirectory(prefix="nomos-audit-") as tmp:
+        scratch = Path(tmp) / "src"
+        shutil.copytree(ROOT, scratch, ignore=shutil.ignore_patterns(
+            ".venv", ".git", ".nox", "mutants", "__pycache__", "*.egg-info", "artifacts"))
+        print(f"{'mutation':45} {'result':8} {'secs':>5}  first failing test")
+        for mutation in chosen:
+            caught, secs, detail = run(mutation, scratch, args.full)
+            survivors += not caught
+            print(f"{mutation.name:45} {'caught' if caught else 'SURVIVED':8} {secs:5.0f}  "
+                  f"{detail}", flush=True)
+    print(f"{len(chosen) - survivors} of {len(chosen)} caught")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
