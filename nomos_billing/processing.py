@@ -3,6 +3,8 @@
 The view, ``nomos_replay`` and the admin's "Process again" share these functions:
 
 - ``record_event`` stores the envelope once (the unique ``event_id`` decides, not memory);
+  ``record_delivery`` is the webhook view's version: one statement that stores a new event
+  already claimed by this delivery, or counts a redelivery and returns the stored row;
 - ``process_event`` claims the row with one conditional UPDATE, runs the topic's handler and
   records the outcome. Only the worker whose UPDATE changed the row processes it; every other
   delivery of the same event sees that it is done or in progress. A single UPDATE is atomic on
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -90,16 +93,78 @@ def record_event(
         defaults={"topic": topic, "payload": data, "secret_index": secret_index},
     )
     if created:
-        # Informational: a failing receiver must not turn into a lost delivery.
-        for receiver, response in webhook_received.send_robust(sender=WebhookEvent, event=event):
-            if isinstance(response, Exception):
-                logger.error(
-                    "webhook_received receiver %r failed for event %s",
-                    receiver,
-                    event_id,
-                    exc_info=response,
-                )
+        _announce(event)
     return event, created
+
+
+def record_delivery(
+    data: dict[str, Any], *, secret_index: int | None = None, claim: bool = True
+) -> tuple[WebhookEvent, bool]:
+    """Record one webhook delivery; ``(event, created)``.
+
+    A new event is stored, claimed by this delivery when ``claim`` (status ``processing``,
+    attempt 1: pass ``created`` events to ``process_event(event, claimed=True)``); a known one
+    has its ``deliveries`` counted and comes back as stored. On PostgreSQL and SQLite this is
+    one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``: the unique ``event_id`` decides
+    between concurrent first deliveries, and a redelivery of a finished event costs that one
+    statement. Other databases take the ORM's path (a few more statements, same outcome).
+    """
+    event_id, topic = parse_envelope(data)
+    new = WebhookEvent(event_id=event_id, topic=topic, payload=data, secret_index=secret_index)
+    if claim:
+        new.status, new.claimed_at, new.attempts = Status.PROCESSING, timezone.now(), 1
+    alias = router.db_for_write(WebhookEvent)
+    if connections[alias].vendor in ("postgresql", "sqlite"):
+        event = _upsert_counting_delivery(new, alias)
+        # A conflict always adds one to a stored count of at least one.
+        created = event.deliveries == 1
+    else:
+        event, created = _get_or_create_counting_delivery(new)
+    if created:
+        _announce(event)
+    return event, created
+
+
+def _upsert_counting_delivery(new: WebhookEvent, alias: str) -> WebhookEvent:
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    meta = WebhookEvent._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    # pre_save fills auto_now(_add); get_db_prep_save adapts JSON and datetimes per backend.
+    values = [f.get_db_prep_save(f.pre_save(new, True), connection) for f in fields]
+    table, count = quote(meta.db_table), quote(meta.get_field("deliveries").column)
+    # Only quoted names of our own model are formatted in; every value is a parameter.
+    sql = (
+        f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({quote(meta.get_field('event_id').column)}) "
+        f"DO UPDATE SET {count} = {table}.{count} + 1 "
+        f"RETURNING {', '.join(quote(f.column) for f in meta.concrete_fields)}"
+    )
+    # raw() turns the returned row into a model instance with the fields' own converters.
+    return next(iter(WebhookEvent.objects.db_manager(alias).raw(sql, values)))
+
+
+def _get_or_create_counting_delivery(new: WebhookEvent) -> tuple[WebhookEvent, bool]:
+    defaults = {f.name: getattr(new, f.name) for f in WebhookEvent._meta.concrete_fields
+                if not f.primary_key and f.name != "event_id"}
+    event, created = WebhookEvent.objects.get_or_create(event_id=new.event_id, defaults=defaults)
+    if not created:
+        WebhookEvent.objects.filter(pk=event.pk).update(deliveries=F("deliveries") + 1)
+        event.deliveries += 1
+    return event, created
+
+
+def _announce(event: WebhookEvent) -> None:
+    # Informational: a failing receiver must not turn into a lost delivery.
+    for receiver, response in webhook_received.send_robust(sender=WebhookEvent, event=event):
+        if isinstance(response, Exception):
+            logger.error(
+                "webhook_received receiver %r failed for event %s",
+                receiver,
+                event.event_id,
+                exc_info=response,
+            )
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -168,7 +233,9 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
 
 
-def _finish(event: WebhookEvent, status: str, error: str = "") -> None:
+def _finish(event: WebhookEvent, status: str, error: str = "") -> bool:
+    """Record the outcome; True when this call did (it held the claim). The instance gets the
+    written fields, so a caller that knows the rest of the row needs no read-back."""
     now = timezone.now()
     fields: dict[str, Any] = {
         "status": status,
@@ -179,52 +246,64 @@ def _finish(event: WebhookEvent, status: str, error: str = "") -> None:
     if status != Status.FAILED:
         fields["processed_at"] = now
     # Conditional: only the claim holder records an outcome.
-    WebhookEvent.objects.filter(pk=event.pk, status=Status.PROCESSING).update(**fields)
+    updated = WebhookEvent.objects.filter(pk=event.pk, status=Status.PROCESSING).update(**fields)
+    if updated:
+        for name, value in fields.items():
+            setattr(event, name, value)
+    return bool(updated)
 
 
-def process_event(event: WebhookEvent, *, force: bool = False) -> Result:
+def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = False) -> Result:
     """Process a stored event unless it is done or being processed elsewhere.
 
     Outcomes are stored on the row: ``processed`` (and ``webhook_processed`` sent), ``ignored``
     (no handler for the topic) or ``failed`` with ``last_error``. Errors from Nomos are caught
     and reported in the result (``retry`` for outages); any other exception is recorded and
     raised again, so that a bug shows up as a 500 and Nomos redelivers after the fix.
+
+    ``claimed``: the caller already holds the claim and ``event`` is the row as stored, i.e. a
+    new event from ``record_delivery``; then no claim UPDATE and no read-back are needed.
     """
-    if not claim(event, force=force):
+    if not claimed and not claim(event, force=force):
         event.refresh_from_db()
         return Result(event, claimed=False)
+    # After our own claim UPDATE (attempts + 1 in SQL) the instance is not the row any more.
+    exact = claimed
     retry, retry_after = False, None
     try:
         handler = get_handler(event.topic)
         status = handler(event) if handler is not None else str(Status.IGNORED)
-        with transaction.atomic():
-            _finish(event, status)
-            event.refresh_from_db()
-            if status == Status.PROCESSED:
+        # A transaction only for the site's receivers: one that raises undoes "processed".
+        announce = status == Status.PROCESSED and webhook_processed.has_listeners(WebhookEvent)
+        with transaction.atomic() if announce else nullcontext():
+            if not (_finish(event, status) and exact):
+                event.refresh_from_db()
+            if announce:
                 # Inside the block: a receiver that raises undoes "processed", so the event
                 # is failed and redelivered instead of silently lost for the site.
                 webhook_processed.send(sender=WebhookEvent, event=event)
         return Result(event, claimed=True)
     except NomosUnavailable as exc:
         retry, retry_after = True, exc.retry_after
-        _fail(event, exc, "Nomos is unavailable")
+        finished = _fail(event, exc, "Nomos is unavailable")
     except NomosAPIError as exc:
         # 401/403: credentials or scope, which an operator can fix while Nomos keeps
         # redelivering. 404 and other 4xx will answer the same on every redelivery.
         retry = exc.is_auth_failure
-        _fail(event, exc, "Nomos refused a request")
+        finished = _fail(event, exc, "Nomos refused a request")
     except NomosConfigurationError as exc:
         retry = True
-        _fail(event, exc, "the Nomos settings are incomplete")
+        finished = _fail(event, exc, "the Nomos settings are incomplete")
     except InvalidEvent as exc:
-        _fail(event, exc, "the event cannot be processed")
+        finished = _fail(event, exc, "the event cannot be processed")
     except Exception as exc:
         _finish(event, str(Status.FAILED), _error_text(exc))
         raise
-    event.refresh_from_db()
+    if not (finished and exact):
+        event.refresh_from_db()
     return Result(event, claimed=True, retry=retry, retry_after=retry_after)
 
 
-def _fail(event: WebhookEvent, exc: Exception, why: str) -> None:
+def _fail(event: WebhookEvent, exc: Exception, why: str) -> bool:
     logger.warning("Webhook event %s (%s) failed: %s: %s", event.event_id, event.topic, why, exc)
-    _finish(event, str(Status.FAILED), _error_text(exc))
+    return _finish(event, str(Status.FAILED), _error_text(exc))

@@ -9,10 +9,13 @@ changes (``subscription_status_changed``).
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
+from django.db.models import Q
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import linking
@@ -76,39 +79,44 @@ def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _locked_get_or_create(
-    model: Any, lookup: dict[str, Any], defaults: dict[str, Any]
-) -> tuple[Any, bool]:
-    """Like ``get_or_create`` but the row comes back locked (``select_for_update``; a no-op on
-    SQLite, whose writers are serialised anyway). Call inside ``transaction.atomic``."""
-    obj = model._default_manager.select_for_update().filter(**lookup).first()
-    if obj is not None:
-        return obj, False
+def _changes(obj: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if getattr(obj, name) != value}
+
+
+def _insert(model: Any, lookup: dict[str, Any], fields: dict[str, Any]) -> Any | None:
+    """INSERT the row, or None when another writer inserted the same key first."""
+    # Inside a transaction a failed INSERT needs a savepoint to roll back to; in autocommit it
+    # is one statement that failed alone, and a savepoint block would add BEGIN and COMMIT.
+    nested = transaction.get_connection(router.db_for_write(model)).in_atomic_block
     try:
-        with transaction.atomic():
-            return model._default_manager.create(**lookup, **defaults), True
+        with transaction.atomic() if nested else nullcontext():
+            return model._default_manager.create(**lookup, **fields)
     except IntegrityError:
-        # Someone else inserted it between our SELECT and INSERT: take theirs.
-        return model._default_manager.select_for_update().get(**lookup), False
+        return None
 
 
 def upsert_customer(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
-    """Create or update the ``NomosCustomer`` for a Nomos customer object."""
+    """Create or update the ``NomosCustomer`` for a Nomos customer object.
+
+    One SELECT, then an INSERT for a new customer or an UPDATE of the changed columns only;
+    nothing is written when nothing changed. No lock: every writer writes what Nomos says.
+    """
     customer_id = _text(data.get("id"), 64)
     if not customer_id:
         raise ValueError("Nomos customer object without id")
     fields = customer_fields(data)
-    with transaction.atomic():
-        customer, created = _locked_get_or_create(
-            NomosCustomer, {"customer_id": customer_id}, fields
-        )
-        if not created:
-            changed = [k for k, v in fields.items() if getattr(customer, k) != v]
-            if changed:
-                for name in changed:
-                    setattr(customer, name, fields[name])
-                customer.save(update_fields=[*changed, "updated_at"])
-    return customer, created
+    customer = NomosCustomer.objects.filter(customer_id=customer_id).first()
+    if customer is None:
+        customer = _insert(NomosCustomer, {"customer_id": customer_id}, fields)
+        if customer is not None:
+            return customer, True
+        customer = NomosCustomer.objects.get(customer_id=customer_id)
+    changed = _changes(customer, fields)
+    if changed:
+        for name, value in changed.items():
+            setattr(customer, name, value)
+        customer.save(update_fields=[*changed, "updated_at"])
+    return customer, False
 
 
 def _customer_for(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
@@ -124,6 +132,51 @@ def _customer_for(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
     raise ValueError("Nomos subscription without customer")
 
 
+def _store_subscription(
+    subscription_id: str, values: dict[str, Any], lead_id: str, *, new_customer: bool
+) -> tuple[NomosSubscription, bool, str | None, bool]:
+    """``(subscription, created, previous status, status changed)``.
+
+    An existing row is written with one conditional UPDATE of the changed columns only, and only
+    if the stored ``nomos_updated_at`` is not newer than the read (two deliveries processed at
+    once may fetch in one order and write in the other) and the status is still the one we
+    compared against; a concurrent writer that got in between makes us read again. A read that
+    changes nothing writes nothing.
+    """
+    lookup = {"subscription_id": subscription_id}
+    # A customer we just created has no subscriptions yet: go straight to the INSERT.
+    row = None if new_customer else NomosSubscription.objects.filter(**lookup).first()
+    for _ in range(10):
+        if row is None:
+            row = _insert(NomosSubscription, lookup, {**values, "lead_id": lead_id})
+            if row is not None:
+                return row, True, None, True
+            row = NomosSubscription.objects.get(**lookup)
+        stored, incoming = row.nomos_updated_at, values["nomos_updated_at"]
+        if stored and incoming and incoming < stored:
+            logger.info(
+                "Nomos subscription %s: ignoring a read older than the stored one", subscription_id
+            )
+            return row, False, row.status, False
+        changed = _changes(row, values)
+        if lead_id and not row.lead_id:
+            changed["lead_id"] = lead_id
+        if not changed:
+            return row, False, row.status, False
+        now = timezone.now()
+        guard = Q(status=row.status)
+        if incoming:
+            guard &= Q(nomos_updated_at__isnull=True) | Q(nomos_updated_at__lte=incoming)
+        if NomosSubscription.objects.filter(guard, pk=row.pk).update(**changed, updated_at=now):
+            previous = row.status
+            for name, value in changed.items():
+                setattr(row, name, value)
+            row.updated_at = now
+            return row, False, previous, row.status != previous
+        row = NomosSubscription.objects.filter(**lookup).first()
+    raise RuntimeError(f"Nomos subscription {subscription_id}: too many concurrent writers")
+
+
 def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None) -> Upserted:
     """Store a Nomos subscription (``GET /subscriptions/{id}`` or a list item) and its customer.
 
@@ -136,35 +189,12 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
     if not subscription_id:
         raise ValueError("Nomos subscription object without id")
     customer, customer_created = _customer_for(data)
-    fields = subscription_fields(data)
+    values = {**subscription_fields(data), "customer_id": customer.pk}
     raw_lead = lead_id or data.get("lead")
     lead_id = _text(raw_lead, 64) if isinstance(raw_lead, str) else ""
-    previous: str | None = None
-    changed_status = False
-    with transaction.atomic():
-        subscription, created = _locked_get_or_create(
-            NomosSubscription,
-            {"subscription_id": subscription_id},
-            {**fields, "customer": customer, "lead_id": lead_id},
-        )
-        if created:
-            changed_status = True
-        else:
-            previous = subscription.status
-            stored, incoming = subscription.nomos_updated_at, fields["nomos_updated_at"]
-            if stored and incoming and incoming < stored:
-                logger.info(
-                    "Nomos subscription %s: ignoring a read older than the stored one",
-                    subscription_id,
-                )
-            else:
-                for name, value in fields.items():
-                    setattr(subscription, name, value)
-                subscription.customer = customer
-                if lead_id and not subscription.lead_id:
-                    subscription.lead_id = lead_id
-                subscription.save()
-                changed_status = subscription.status != previous
+    subscription, created, previous, changed_status = _store_subscription(
+        subscription_id, values, lead_id, new_customer=customer_created
+    )
     if not customer.is_linked:
         linking.link_customer(
             linking.LinkRequest(

@@ -30,7 +30,6 @@ from typing import Any
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.models import F
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
@@ -41,7 +40,7 @@ from . import misconfiguration, tasks
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import NomosConfigurationError, WebhookError, WebhookSignatureMismatch
 from .models import WebhookEvent
-from .processing import InvalidEvent, Result, process_event, record_event
+from .processing import InvalidEvent, Result, process_event, record_delivery
 from .signatures import META_KEY, verify_signature
 
 logger = logging.getLogger("nomos_billing.webhooks")
@@ -123,17 +122,17 @@ class WebhookView(View):
             # The dashboard's "send test event" may come without an id; there is nothing to
             # deduplicate or process, and a made-up id would only clutter the event log.
             return _text(200, "test event received")
+        queued = tasks.backend_alias() is not None
         try:
-            event, created = record_event(data, secret_index=secret_index)
+            # Inline, a new event is stored already claimed by this delivery (one statement).
+            event, created = record_delivery(data, secret_index=secret_index, claim=not queued)
         except InvalidEvent as exc:
             return _text(400, str(exc))
-        if not created:
-            WebhookEvent.objects.filter(pk=event.pk).update(deliveries=F("deliveries") + 1)
-            if event.status in (Status.PROCESSED, Status.IGNORED):
-                return _text(200, "already processed")
-        if tasks.backend_alias() is not None:
+        if not created and event.status in (Status.PROCESSED, Status.IGNORED):
+            return _text(200, "already processed")
+        if queued:
             return self._enqueue(event, created)
-        return self._respond(process_event(event))
+        return self._respond(process_event(event, claimed=created))
 
     def _enqueue(self, event: WebhookEvent, created: bool) -> HttpResponse:
         """Hand the event to a worker and acknowledge at once (``TASK_BACKEND`` set)."""

@@ -1,0 +1,173 @@
+"""What the webhook's write path costs in SQL statements, pinned (``CaptureQueriesContext``).
+
+Run in autocommit (``transaction=True``), as a site runs them, on SQLite and PostgreSQL alike.
+Transaction control (BEGIN/COMMIT/SAVEPOINT) is counted apart from the statements that read or
+write rows, as the performance goals do. The fetch from Nomos is not a statement.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from nomos_billing import processing, signals
+from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
+from nomos_billing.testing import make_event, post_event
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+EVENTS = WebhookEvent._meta.db_table
+CUSTOMERS = NomosCustomer._meta.db_table
+SUBSCRIPTIONS = NomosSubscription._meta.db_table
+
+
+class Counted:
+    def __init__(self, capture: CaptureQueriesContext) -> None:
+        sql = [q["sql"] for q in capture.captured_queries]
+        self.statements = [s for s in sql if not s.upper().startswith(CONTROL)]
+        self.transactions = sum(1 for s in sql if s.upper().startswith("BEGIN"))
+
+    def kinds(self) -> list[str]:
+        """``"INSERT <table>"`` etc., one per statement."""
+        return [f"{s.split()[0].upper()} {_table(s)}" for s in self.statements]
+
+    def writes_to(self, table: str) -> list[str]:
+        return [s for s in self.statements
+                if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE") and f'"{table}"' in s]
+
+
+def _table(sql: str) -> str:
+    for table in (EVENTS, CUSTOMERS, SUBSCRIPTIONS):
+        if f'"{table}"' in sql.split(" WHERE ")[0]:
+            return table
+    return "other"
+
+
+def deliver(client: Any, event: dict[str, Any]) -> tuple[Any, Counted]:
+    with CaptureQueriesContext(connection) as capture:
+        response = post_event(client, event)
+    return response, Counted(capture)
+
+
+@pytest.fixture
+def linked_subscription(nomos):
+    """A subscription at Nomos, new to us, whose metadata names a site user."""
+    user = get_user_model().objects.create_user("ann", "ann@example.com", "pw")
+    customer = nomos.add_customer(email="ann@example.com", first_name="Ann", last_name="Lee")
+    sub = nomos.add_subscription(customer["id"], metadata={"django_user_id": str(user.pk)})
+    return SimpleNamespace(user=user, customer=customer, sub=sub)
+
+
+def test_new_event_without_a_nomos_call_is_one_insert_and_one_update(client):
+    response, counted = deliver(client, make_event("test.event"))
+    assert (response.status_code, response.content) == (200, b"processed\n")
+    # Recorded already claimed, then finished: goal <= 4.
+    assert counted.kinds() == [f"INSERT {EVENTS}", f"UPDATE {EVENTS}"]
+    assert counted.transactions == 0
+    event = WebhookEvent.objects.get()
+    assert (event.status, event.attempts, event.deliveries) == ("processed", 1, 1)
+    assert event.claimed_at is None and event.processed_at is not None
+
+
+def test_site_receivers_get_the_finished_event_inside_one_transaction(client):
+    seen: list[tuple[str, int, bool]] = []
+
+    def receiver(event: WebhookEvent, **kwargs: Any) -> None:
+        seen.append((event.status, event.attempts, connection.in_atomic_block))
+
+    signals.webhook_processed.connect(receiver)
+    try:
+        response, counted = deliver(client, make_event("invoice.paid"))
+    finally:
+        signals.webhook_processed.disconnect(receiver)
+    assert response.status_code == 200
+    assert seen == [("processed", 1, True)]
+    assert len(counted.statements) == 2
+    assert counted.transactions == 1
+
+
+def test_new_subscription_event_is_at_most_eight_statements_besides_the_fetch(
+    client, nomos, linked_subscription
+):
+    event = make_event("subscription.created", {"subscription": linked_subscription.sub["id"]})
+    response, counted = deliver(client, event)
+    assert response.status_code == 200
+    assert nomos.count("GET /subscriptions/{id}") == 1
+    assert len(counted.statements) <= 8, counted.kinds()
+    # Only the resolvers' link (check, then conditional UPDATE) is a transaction of its own.
+    assert counted.transactions <= 1
+    customer = NomosCustomer.objects.get()
+    assert customer.user == linked_subscription.user
+    assert NomosSubscription.objects.get().customer == customer
+
+
+def test_duplicate_of_a_finished_event_is_one_statement(client, nomos, linked_subscription):
+    event = make_event("subscription.created", {"subscription": linked_subscription.sub["id"]})
+    post_event(client, event)
+    nomos.reset_counts()
+    response, counted = deliver(client, event)
+    assert (response.status_code, response.content) == (200, b"already processed\n")
+    assert len(counted.statements) == 1 and counted.transactions == 0
+    assert WebhookEvent.objects.get().deliveries == 2
+    assert nomos.calls.total() == 0
+
+
+def test_an_update_that_changes_nothing_writes_no_customer_or_subscription_row(
+    client, nomos, linked_subscription
+):
+    sub_id = linked_subscription.sub["id"]
+    post_event(client, make_event("subscription.created", {"subscription": sub_id}))
+    before = NomosSubscription.objects.get().updated_at, NomosCustomer.objects.get().updated_at
+    updated = make_event("subscription.updated", {"subscription": sub_id})
+    response, counted = deliver(client, updated)
+    assert response.status_code == 200
+    assert counted.writes_to(SUBSCRIPTIONS) == counted.writes_to(CUSTOMERS) == []
+    after = NomosSubscription.objects.get().updated_at, NomosCustomer.objects.get().updated_at
+    assert after == before
+
+
+def test_a_changed_subscription_updates_only_the_changed_columns(
+    client, nomos, linked_subscription
+):
+    sub_id = linked_subscription.sub["id"]
+    post_event(client, make_event("subscription.created", {"subscription": sub_id}))
+    nomos.set_subscription_status(sub_id, "active")
+    changes: list[tuple[str | None, str]] = []
+
+    def receiver(previous: str | None, status: str, **kwargs: Any) -> None:
+        changes.append((previous, status))
+
+    signals.subscription_status_changed.connect(receiver)
+    try:
+        response, counted = deliver(
+            client, make_event("subscription.updated", {"subscription": sub_id})
+        )
+    finally:
+        signals.subscription_status_changed.disconnect(receiver)
+    assert response.status_code == 200
+    [update] = counted.writes_to(SUBSCRIPTIONS)
+    assigned = update.split(" SET ")[1].split(" WHERE ")[0]
+    assert '"status"' in assigned and '"metadata"' not in assigned and '"plan"' not in assigned
+    assert counted.writes_to(CUSTOMERS) == []
+    assert changes == [("pending", "active")]
+    assert NomosSubscription.objects.get().status == "active"
+
+
+def test_other_databases_record_deliveries_through_the_orm(monkeypatch):
+    event = make_event("test.event")
+    # Any vendor without INSERT ... ON CONFLICT ... RETURNING takes get_or_create.
+    monkeypatch.setattr(connection, "vendor", "other")
+    first, created = processing.record_delivery(event)
+    again, created_again = processing.record_delivery(event)
+    monkeypatch.undo()
+    assert (created, created_again) == (True, False)
+    assert (first.status, first.attempts) == ("processing", 1)
+    assert again.deliveries == 2
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.attempts, stored.deliveries) == ("processing", 1, 2)
