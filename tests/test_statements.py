@@ -16,6 +16,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from nomos_billing import processing, signals
+from nomos_billing.linking import user_reference
 from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
 from nomos_billing.testing import make_event, post_event
 
@@ -60,7 +61,7 @@ def linked_subscription(nomos):
     """A subscription at Nomos, new to us, whose metadata names a site user."""
     user = get_user_model().objects.create_user("ann", "ann@example.com", "pw")
     customer = nomos.add_customer(email="ann@example.com", first_name="Ann", last_name="Lee")
-    sub = nomos.add_subscription(customer["id"], metadata={"django_user_id": str(user.pk)})
+    sub = nomos.add_subscription(customer["id"], metadata={"django_user_id": user_reference(user)})
     return SimpleNamespace(user=user, customer=customer, sub=sub)
 
 
