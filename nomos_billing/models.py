@@ -153,3 +153,27 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.topic} ({self.status})"
+
+
+class NomosSyncState(models.Model):
+    """Where the catch-up (``nomos_sync --since auto``) stands: one row per kind of walk.
+
+    ``watermark`` moves only when a walk finished completely: a walk that crashed or was
+    refused leaves it, so the next run repeats that stretch instead of skipping it.
+    """
+
+    name = models.CharField(_("name"), max_length=32, unique=True)
+    # Our clock when the last complete walk started; the next walk asks Nomos for everything
+    # updated since then, minus an overlap for clock skew.
+    watermark = models.DateTimeField(_("watermark"), null=True, blank=True)
+    last_started_at = models.DateTimeField(_("last started"), null=True, blank=True)
+    last_completed_at = models.DateTimeField(_("last completed"), null=True, blank=True)
+    last_count = models.PositiveIntegerField(_("subscriptions in the last walk"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("Nomos sync state")
+        verbose_name_plural = _("Nomos sync states")
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.watermark or '-'}"

@@ -127,12 +127,28 @@ def _process(event_id: str, force: bool = False, retry: int = 0) -> str:
 _process.__name__ = _process.__qualname__ = "process_webhook_event"
 
 
+def _catch_up() -> str:
+    """The catch-up (``nomos_sync --since auto``) as a task, for backends that schedule."""
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("nomos_sync", since="auto", stdout=out)
+    return out.getvalue().strip()
+
+
+_catch_up.__name__ = _catch_up.__qualname__ = "catch_up"
+_FUNCTIONS = {"process_webhook_event": _process, "catch_up": _catch_up}
+
+
 def __getattr__(name: str) -> Any:
-    """``process_webhook_event``, the Task a worker imports by path, built on each look-up for
-    the backend configured now: the database backend accepts only ``django.tasks`` Tasks, the
-    backport's backends make their own, and tests switch ``TASK_BACKEND`` on the fly."""
-    if name == "process_webhook_event" and task is not None:
-        return task(backend=_definition_alias())(_process)
+    """``process_webhook_event`` and ``catch_up``, the Tasks a worker imports by path, built on
+    each look-up for the backend configured now: the database backend accepts only
+    ``django.tasks`` Tasks, the backport's backends make their own, and tests switch
+    ``TASK_BACKEND`` on the fly."""
+    if name in _FUNCTIONS and task is not None:
+        return task(backend=_definition_alias())(_FUNCTIONS[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -7,15 +7,22 @@ subscription costs a bounded number of queries. Each subscription is upserted wi
 the webhook uses (``sync.upsert_from_subscription``), which also runs the user resolvers.
 
 ``--dry-run`` does everything inside one transaction and rolls it back.
+
+``--since auto|<ISO 8601>`` is the catch-up (``catchup``): only subscriptions updated since the
+last complete walk (or the given time), every item checked against that filter by the client,
+and the watermark stored only after the walk finished. Schedule ``--since auto`` every 15
+minutes (cron, or a scheduling task backend) and lost webhooks heal themselves.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from nomos_billing import catchup
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.models import NomosCustomer
@@ -38,6 +45,12 @@ class Command(BaseCommand):
                             help="subscriptions per API page, 1-100 (default 100)")
         parser.add_argument("--customer", metavar="cus_...",
                             help="only this customer's subscriptions")
+        parser.add_argument("--since", metavar="auto|ISO",
+                            help="catch-up: only subscriptions updated since the last complete "
+                                 "walk (auto) or since an ISO 8601 time")
+        parser.add_argument("--overlap", type=int, default=None, metavar="SECONDS",
+                            help="with --since auto: start this long before the watermark "
+                                 f"(default {int(catchup.DEFAULT_OVERLAP.total_seconds())})")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 1 <= options["page_size"] <= 100:
@@ -46,6 +59,7 @@ class Command(BaseCommand):
         self.counts = {"seen": 0, "created": 0, "updated": 0, "linked": 0, "failed": 0}
         self.page_size = options["page_size"]
         self.verbosity = options["verbosity"]
+        self.walk = self._plan(options)
         try:
             if options["dry_run"]:
                 try:
@@ -58,17 +72,45 @@ class Command(BaseCommand):
                 self._run(options["customer"])
         except NomosError as exc:
             error = command_error(exc)
+            if self.walk is not None and not options["dry_run"]:
+                catchup.fail(str(error))
             raise CommandError(one_line(
                 f"{error} (stopped after {self.counts['seen']} subscriptions; what was synced "
                 "before stays, run the command again to continue)"
                 if self.counts["seen"] and not options["dry_run"] else error
             )) from None
+        self.moved = False
+        if self.walk is not None and not options["dry_run"]:
+            self.moved = catchup.complete(self.walk, self.counts["seen"])
         self._summary(options["dry_run"])
+
+    def _plan(self, options: dict[str, Any]) -> catchup.Walk | None:
+        since = options["since"]
+        if since is None:
+            if options["overlap"] is not None:
+                raise CommandError("--overlap goes with --since.")
+            return None
+        if options["customer"]:
+            raise CommandError("--since walks every customer; it cannot be combined with "
+                               "--customer.")
+        overlap = options["overlap"]
+        if overlap is not None and overlap < 0:
+            raise CommandError("--overlap must be 0 or more seconds.")
+        try:
+            return catchup.begin(
+                since,
+                catchup.DEFAULT_OVERLAP if overlap is None else timedelta(seconds=overlap),
+                record=not options["dry_run"],
+            )
+        except ValueError as exc:
+            raise CommandError(f"--since: {exc}") from None
 
     # -- the loop -------------------------------------------------------------------------
 
     def _run(self, customer: str | None) -> None:
-        for data in self.client.iter_subscriptions(limit=self.page_size, customer=customer):
+        since = self.walk.updated_since if self.walk is not None else None
+        for data in self.client.iter_subscriptions(limit=self.page_size, customer=customer,
+                                                   updated_since=since):
             self._sync_one(data)
             self.counts["seen"] += 1
             if self.counts["seen"] % self.page_size == 0 and self.verbosity >= 1:
@@ -101,6 +143,11 @@ class Command(BaseCommand):
                 f"{getattr(self, 'unlinked', 0)} customers unlinked")
         if c["failed"]:
             line += f", {c['failed']} skipped"
+        if self.walk is not None:
+            since = self.walk.updated_since
+            line += f"; updated since {since.isoformat() if since else 'the beginning'}"
+            if getattr(self, "moved", False):
+                line += f"; watermark now {self.walk.started_at.isoformat()}"
         self.stdout.write(self.style.SUCCESS(line + "."))
 
 
