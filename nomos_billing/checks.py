@@ -28,6 +28,7 @@ E_NEXT_PREFIXES = "nomos_billing.E011"
 E_RETENTION = "nomos_billing.E012"
 E_PORTAL_HOSTS = "nomos_billing.E013"
 E_RETRIES = "nomos_billing.E014"
+E_CHECKOUT_HOSTS = "nomos_billing.E042"
 W_TOKEN_CACHE_LOCAL = "nomos_billing.W001"
 W_LINK_BY_EMAIL = "nomos_billing.W002"
 W_UNKNOWN_KEY = "nomos_billing.W003"
@@ -251,18 +252,28 @@ def _check_next_prefixes(raw: dict[str, Any]) -> list[CheckMessage]:
                   hint='For example ["/invoices/", "/overview"].', id=E_NEXT_PREFIXES)]
 
 
-def _check_portal_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
-    value = raw.get("PORTAL_HOSTS")
+def _host_list_errors(raw: dict[str, Any], name: str, example: str, id: str
+                      ) -> list[CheckMessage]:
+    value = raw.get(name)
     if value is None:
         return []
     if isinstance(value, (list, tuple)) and value and all(
         isinstance(h, str) and h and "/" not in h for h in value
     ):
         return []
-    return [Error(f"{_key('PORTAL_HOSTS')} must be None or a non-empty list of host names "
+    return [Error(f"{_key(name)} must be None or a non-empty list of host names "
                   "(a leading '.' matches any subdomain).",
-                  hint='For example ["mybrand.customerportal.energy"] or '
-                       '[".customerportal.energy"].', id=E_PORTAL_HOSTS)]
+                  hint=f"For example {example}.", id=id)]
+
+
+def _check_portal_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
+    return _host_list_errors(raw, "PORTAL_HOSTS", '["mybrand.customerportal.energy"] or '
+                             '[".customerportal.energy"]', E_PORTAL_HOSTS)
+
+
+def _check_checkout_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
+    return _host_list_errors(raw, "CHECKOUT_HOSTS", '["mybrand.checkout.energy"] or '
+                             '[".checkout.energy"]', E_CHECKOUT_HOSTS)
 
 
 def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -326,5 +337,6 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_link_by_email,
     _check_next_prefixes,
     _check_portal_hosts,
+    _check_checkout_hosts,
     _check_task_backend,
 ]

@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "LINK_BY_EMAIL": False,
     "PORTAL_NEXT_PREFIXES": None,
     "PORTAL_HOSTS": None,
+    # Hosts of Nomos' hosted checkout, which a minted link points at for a customer without a
+    # subscription and a lead's link always does (None: *.checkout.energy and CHECKOUT_URL's).
+    "CHECKOUT_HOSTS": None,
     "SIGNUP_URL": None,
     "PLAN_ID": None,
     "EVENT_RETENTION_DAYS": 30,
@@ -58,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
 
 #: Portal hosts accepted when ``PORTAL_HOSTS`` is not set: any brand under Nomos' portal domain.
 DEFAULT_PORTAL_HOST_SUFFIX = ".customerportal.energy"
+#: Checkout hosts accepted when ``CHECKOUT_HOSTS`` is not set: ``https://{plan.slug}.checkout.energy``.
+DEFAULT_CHECKOUT_HOST_SUFFIX = ".checkout.energy"
 
 
 def is_loopback(host: str | None) -> bool:

@@ -15,7 +15,12 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from django.utils.http import is_same_domain
 
 from .client import get_client
-from .conf import DEFAULT_PORTAL_HOST_SUFFIX, is_loopback, nomos_settings
+from .conf import (
+    DEFAULT_CHECKOUT_HOST_SUFFIX,
+    DEFAULT_PORTAL_HOST_SUFFIX,
+    is_loopback,
+    nomos_settings,
+)
 from .deeplinks import clean_next, preview
 from .exceptions import NomosAPIError, NomosNotLinked
 
@@ -23,7 +28,8 @@ logger = logging.getLogger("nomos_billing.portal")
 
 INVALID_LINK = "INVALID_LINK"
 
-__all__ = ["INVALID_LINK", "get_customer", "is_allowed_link", "mint_portal_link", "with_next"]
+__all__ = ["INVALID_LINK", "checkout_hosts", "get_customer", "is_allowed_link",
+           "is_checkout_link", "mint_portal_link", "portal_hosts", "with_next"]
 
 
 def get_customer(user: Any) -> Any:
@@ -42,36 +48,79 @@ def get_customer(user: Any) -> Any:
         return None
 
 
-def portal_hosts() -> list[str]:
-    hosts = nomos_settings.PORTAL_HOSTS
+def _hosts(name: str, default: list[str]) -> list[str]:
+    hosts = nomos_settings.get(name)
     if isinstance(hosts, (list, tuple)) and hosts:
         return [h.lower() for h in hosts if isinstance(h, str) and h]
-    return [DEFAULT_PORTAL_HOST_SUFFIX]
+    return default
 
 
-def is_allowed_link(link: str, *, hosts: list[str] | None = None, any_host: bool = False) -> bool:
-    """True if ``link`` is https on a configured portal host (or, against a loopback sandbox
-    API only, http(s) on a loopback host). ``any_host`` accepts https anywhere: Nomos'
-    checkout links live on brand domains we cannot list."""
+def portal_hosts() -> list[str]:
+    """``PORTAL_HOSTS``, or any brand under Nomos' portal domain."""
+    return _hosts("PORTAL_HOSTS", [DEFAULT_PORTAL_HOST_SUFFIX])
+
+
+def checkout_hosts() -> list[str]:
+    """``CHECKOUT_HOSTS``, or any plan under Nomos' checkout domain plus the host of the
+    site's own ``CHECKOUT_URL`` (so the two settings cannot disagree by default)."""
+    default = [DEFAULT_CHECKOUT_HOST_SUFFIX]
+    checkout_url = nomos_settings.raw.get("CHECKOUT_URL")
+    if isinstance(checkout_url, str) and checkout_url:
+        try:
+            own = urlsplit(checkout_url).hostname
+        except ValueError:
+            own = None
+        if own:
+            default.append(own.lower())
+    return _hosts("CHECKOUT_HOSTS", default)
+
+
+def _https_host(link: Any) -> str | None:
+    """The lower-cased host of an acceptable link; None when the link is not one.
+
+    https on port 443 only; against a loopback sandbox API, http(s) on a loopback host too."""
     if not isinstance(link, str) or any(c in link for c in "\\\r\n\t ") or not link.isascii():
-        return False
+        return None
     try:
         parts = urlsplit(link)
         port = parts.port
     except ValueError:
-        return False
+        return None
     host = (parts.hostname or "").lower()
     if not host or parts.username is not None or parts.password is not None:
+        return None
+    if nomos_settings.api_is_loopback and is_loopback(host):
+        return host if parts.scheme in ("http", "https") else None
+    if parts.scheme != "https" or port not in (None, 443):
+        return None
+    return host
+
+
+def _on(host: str, patterns: list[str]) -> bool:
+    return any(is_same_domain(host, pattern) for pattern in patterns)
+
+
+def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
+    """True if ``link`` is https on a configured portal or checkout host (``hosts`` overrides
+    both), or, against a loopback sandbox API only, http(s) on a loopback host."""
+    host = _https_host(link)
+    if host is None:
         return False
     if nomos_settings.api_is_loopback and is_loopback(host):
-        return parts.scheme in ("http", "https")
-    if parts.scheme != "https":
-        return False
-    if any_host:
         return True
-    if port not in (None, 443):
+    return _on(host, hosts if hosts is not None else [*portal_hosts(), *checkout_hosts()])
+
+
+def is_checkout_link(link: str) -> bool:
+    """True if ``link`` goes to the hosted checkout rather than the portal (Nomos' answer for a
+    customer without a subscription); a portal page (``next``) means nothing there."""
+    host = _https_host(link)
+    if host is None:
         return False
-    return any(is_same_domain(host, pattern) for pattern in (hosts or portal_hosts()))
+    if nomos_settings.api_is_loopback and is_loopback(host):
+        # The sandbox serves both on one host: tell them apart by path, as it serves them.
+        return urlsplit(link).path.startswith("/checkout/")
+    return _on(host, checkout_hosts()) and not _on(host, portal_hosts())
 
 
 def with_next(link: str, path: str) -> str:
@@ -110,8 +159,9 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
         parts = urlsplit(link) if isinstance(link, str) else None
         where = repr(f"{parts.scheme}://{parts.hostname}") if parts else "?"
         logger.error(
-            "Nomos returned a portal link on %s for customer %s, which is not an "
-            "allowed portal host (NOMOS_BILLING['PORTAL_HOSTS']); refusing it",
+            "Nomos returned a portal link on %s for customer %s, which is not an allowed "
+            "portal or checkout host (NOMOS_BILLING['PORTAL_HOSTS'] / ['CHECKOUT_HOSTS']); "
+            "refusing it",
             where,
             customer.customer_id,
         )
@@ -122,6 +172,12 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
             method="POST",
             path="/admin/magic_link",
         )
+    if is_checkout_link(link):
+        # No subscription yet: Nomos sends the customer to the checkout, where `next` means
+        # nothing (and the checkout's own query must stay as it is).
+        logger.info("checkout link minted for customer %s (no subscription yet)",
+                    customer.customer_id)
+        return link
     if deep_link:
         link = with_next(link, deep_link)
     logger.info("portal link minted for customer %s", customer.customer_id)

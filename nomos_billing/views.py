@@ -267,7 +267,7 @@ def start(request: HttpRequest) -> HttpResponse:
         not isinstance(lead_id, str)
         or not lead_id
         or not isinstance(link, str)
-        or not is_allowed_link(link, any_host=True)
+        or not is_allowed_link(link)
     ):
         logger.error(
             "Nomos answered POST /leads without a usable id/link for user %s", request.user.pk

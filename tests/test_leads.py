@@ -81,7 +81,7 @@ def test_lead_is_created_with_the_users_data_and_redirects_303_to_checkout(
     lead = NomosLead.objects.get()
     assert (lead.user, lead.plan) == (bob, PLAN)
     assert response["Location"] == nomos.leads[lead.lead_id]["link"]
-    assert response["Location"].startswith(nomos.base_url + "/checkout/lead_")
+    assert response["Location"] == f"{nomos.base_url}/checkout/{PLAN}/?id={lead.lead_id}"
 
 
 def test_empty_names_are_left_out_of_the_lead(

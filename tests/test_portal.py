@@ -179,6 +179,13 @@ def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
         (["portal.example.com"], "https://brand.customerportal.energy/", False),
         ([".example.com"], "https://sub.portal.example.com/x", True),
         ([".example.com"], "https://example.com.evil.org/x", False),
+        # The hosted checkout: Nomos' answer for a customer without a subscription.
+        (None, "https://lumio.checkout.energy/?token=t", True),
+        (None, "http://lumio.checkout.energy/", False),
+        (None, "https://lumio.checkout.energy:8443/", False),
+        (None, "https://checkout.energy.evil.com/", False),
+        (None, "https://evilcheckout.energy/", False),
+        (["portal.example.com"], "https://lumio.checkout.energy/", True),
     ],
 )
 def test_allowed_portal_hosts_against_the_production_api(
@@ -186,6 +193,36 @@ def test_allowed_portal_hosts_against_the_production_api(
 ) -> None:
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION, "PORTAL_HOSTS": hosts}
     assert is_allowed_link(link) is allowed
+
+
+@pytest.mark.parametrize(
+    ("extra", "link", "allowed"),
+    [
+        ({"CHECKOUT_HOSTS": ["signup.example.com"]}, "https://signup.example.com/x", True),
+        ({"CHECKOUT_HOSTS": ["signup.example.com"]}, "https://lumio.checkout.energy/", False),
+        ({"CHECKOUT_URL": "https://join.example.org/plan/"}, "https://join.example.org/?a=1",
+         True),
+        ({"CHECKOUT_URL": "https://join.example.org/plan/"}, "https://lumio.checkout.energy/",
+         True),
+        ({"CHECKOUT_URL": "https://join.example.org/plan/"}, "http://join.example.org/", False),
+        ({"CHECKOUT_URL": "https://join.example.org/plan/"}, "https://x.join.example.org/",
+         False),
+    ],
+)
+def test_checkout_hosts_are_configurable_and_follow_checkout_url(
+    settings, extra: dict[str, Any], link: str, allowed: bool
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION, **extra}
+    assert is_allowed_link(link) is allowed
+
+
+def test_a_checkout_link_is_returned_without_next(
+    settings, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION}
+    link = "https://lumio.checkout.energy/start?token=abc"
+    monkeypatch.setattr("nomos_billing.portal.get_client", lambda: FakeClient(link))
+    assert mint_portal_link(alice, next="/invoices/inv_1") == link
 
 
 @pytest.mark.parametrize(

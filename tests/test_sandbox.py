@@ -339,9 +339,16 @@ def test_deep_link_by_replacing_next_is_escaped(sb: Sandbox, http: requests.Sess
     assert sb.portal_sessions[-1]["next"] == "/invoices/<b>inv_1</b>"
 
 
-def test_customer_without_subscription_goes_to_start(sb: Sandbox, http: requests.Session) -> None:
+def test_customer_without_subscription_gets_a_checkout_link(sb: Sandbox,
+                                                            http: requests.Session) -> None:
+    # API-NOTES: "the returned link points at the hosted checkout instead".
     link = mint(sb, http, "cus_sandbox_carol").json()["link"]
-    assert parse_qs(urlsplit(link).query)["next"] == ["/start"]
+    parts = urlsplit(link)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
+        f"{sb.base_url}/checkout/pln_sandbox_home/")
+    assert list(parse_qs(parts.query)) == ["token_hash"]
+    page = http.get(link)
+    assert page.status_code == 200 and 'value="carol@example.com"' in page.text
 
 
 def test_magic_link_errors(sb: Sandbox, http: requests.Session) -> None:
@@ -546,7 +553,7 @@ def test_lead_checkout_and_convert(sb: Sandbox, http: requests.Session,
                                    receiver: _Receiver) -> None:
     lead = http.post(f"{sb.base_url}/leads", json=LEAD, headers=bearer(sb)).json()
     assert lead["object"] == "lead"
-    assert lead["link"] == f"{sb.base_url}/checkout/{lead['id']}"
+    assert lead["link"] == f"{sb.base_url}/checkout/pln_sandbox_home/?id={lead['id']}"
     assert lead["metadata"] == {"django_user_id": "42"}
     assert sb.leads[lead["id"]]["subscription"] is None
     page = http.get(lead["link"])

@@ -505,3 +505,22 @@ def test_json_endpoint_outage_is_503_unavailable_with_retry_after(
     assert response.json()["code"] == "unavailable"
     assert "no-store" in response["Cache-Control"]
     assert_no_token(nomos, response)
+
+
+@pytest.mark.django_db
+def test_customer_without_subscription_is_redirected_to_the_checkout_not_503(
+    client, django_user_model, nomos
+) -> None:
+    # Nomos mints a checkout link for a customer without a subscription (the sandbox too).
+    carol = django_user_model.objects.create_user("carol", "carol@example.com", "pw")
+    NomosCustomer.objects.create(user=carol, customer_id=seed.CAROL)
+    client.force_login(carol)
+
+    response = client.post("/nomos/portal/", {"next": "/invoices/inv_1"})
+
+    assert response.status_code == 303
+    location = response["Location"]
+    assert location.startswith(f"{nomos.base_url}/checkout/pln_sandbox_home/?token_hash=")
+    assert "next=" not in location
+    page = requests.get(location, timeout=5)
+    assert page.status_code == 200 and 'value="carol@example.com"' in page.text

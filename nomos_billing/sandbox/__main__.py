@@ -6,43 +6,138 @@ import argparse
 import threading
 
 from . import seed
+from .forwarding import RETRIES, Forwarder
 from .server import SandboxServer
-from .state import Sandbox
+from .state import DEFAULT_PLAN, UNSERVICEABLE_ZIP, Sandbox
+
+#: The control API, in one place: ``--help``, the startup banner and the README's table say this.
+CONTROL_API = """\
+control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
+  GET    /_sandbox/state                      customers, subscriptions, leads, events, sessions
+  GET    /_sandbox/calls                      API calls counted per endpoint
+  POST   /_sandbox/reset                      forget counts and faults (not the data)
+  GET    /_sandbox/faults                     faults still armed
+  POST   /_sandbox/faults                     arm one: {"key": "GET /subscriptions/{id}" | "*",
+                                              "status": 429, "retry_after": null, "latency": 0,
+                                              "hang": null, "drop_connection": false,
+                                              "ignore_filters": false, "times": 1}
+  DELETE /_sandbox/faults                     disarm all
+  POST   /_sandbox/customers                  add a customer {"email", "first_name", ...}
+  POST   /_sandbox/subscriptions              add a subscription {"customer_id", "status", ...}
+  POST   /_sandbox/subscriptions/{id}/status  {"status": "active"|"ended"|"pending",
+                                              "topic": optional}; fires subscription.activated
+                                              / .ended (or "topic") to --forward-to
+  POST   /_sandbox/leads/{id}/convert         finish a lead's checkout; fires subscription.created
+  POST   /_sandbox/events                     fire {"topic", "context"} to --forward-to
+  GET    /_sandbox/deliveries                 what --forward-to delivered (status, attempt)
+  POST   /_sandbox/webhooks                   send one signed event to {"url", "topic", ...}
+  POST   /_sandbox/tokens                     a valid access token
+  POST   /_sandbox/tokens/expire              expire every issued token
+pages:
+  GET    /checkout/{plan}/?zip=&usage=&metadata.<key>=&id=lead_...   the hosted checkout
+  GET    /portal/auth/confirm?token_hash=...                       the portal sign-in
+business errors: POST /leads and the checkout refuse postcode """ + UNSERVICEABLE_ZIP + """ \
+(unserviceable_zip)
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nomos_billing.sandbox",
-                                     description="Run a local fake of the Nomos API.")
+def _return_url(value: str) -> tuple[str, str]:
+    plan, sep, url = value.partition("=")
+    if sep and not plan.startswith(("http:", "https:")):
+        return plan, url
+    return "*", value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nomos_billing.sandbox",
+        description="Run a local fake of the Nomos API, its hosted checkout and portal sign-in.",
+        epilog=CONTROL_API, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--client-id", default="sandbox-client")
     parser.add_argument("--client-secret", default="sandbox-secret")
     parser.add_argument("--webhook-secret", default="sandbox-webhook-secret",
-                        help="default secret for POST /_sandbox/webhooks")
+                        help="signing secret for --forward-to and POST /_sandbox/webhooks")
     parser.add_argument("--scope", default="read:* write:*")
     parser.add_argument("--token-ttl", type=float, default=3600)
     parser.add_argument("--no-seed", action="store_true", help="start with no data")
+    parser.add_argument("--state", metavar="FILE",
+                        help="keep the data in FILE: loaded at start when it exists (instead "
+                             "of seeding), saved after every change")
+    parser.add_argument("--forward-to", metavar="URL", action="append", default=[],
+                        help="deliver the events the sandbox fires (checkout, status changes) "
+                             "signed to this webhook URL; repeatable")
+    parser.add_argument("--retry-base", type=float, default=0.5, metavar="SECONDS",
+                        help="first retry of a failed delivery after this long, doubling "
+                             f"each time, {RETRIES} retries (Nomos: 1 min ... 32 h)")
+    parser.add_argument("--duplicate", action="store_true",
+                        help="deliver every forwarded event twice")
+    parser.add_argument("--reorder", action="store_true",
+                        help="hold each forwarded event back until the next one has gone")
+    parser.add_argument("--return-url", metavar="[PLAN=]URL", action="append", default=[],
+                        help="where the checkout sends the browser after a sign-up (per plan, "
+                             "or for all); default: a sandbox confirmation page")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def banner(sandbox: Sandbox, server: SandboxServer, args: argparse.Namespace,
+           loaded: bool | None) -> str:
+    lines = [f"Nomos sandbox listening on {server.url}",
+             f"  client_id={args.client_id} client_secret={args.client_secret}",
+             f"  webhook signing secret={args.webhook_secret}"]
+    if loaded is not None:
+        lines.append(f"  state: {args.state} ({'loaded' if loaded else 'new file'})")
+    if seed.ALICE in sandbox.customers:
+        lines.append(f"  seeded customers: {seed.ALICE} (subscription "
+                     f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
+                     f"{seed.CAROL} (no subscription)")
+    lines.append(f"  checkout: {server.url}/checkout/{DEFAULT_PLAN}/")
+    if sandbox.forwarder is not None:
+        lines.append(f"  forwarding events to {sandbox.forwarder.describe()}")
+    else:
+        lines.append("  events are not forwarded (--forward-to URL)")
+    for plan, url in sorted(sandbox.return_urls.items()):
+        lines.append(f"  after checkout ({'every plan' if plan == '*' else plan}): {url}")
+    lines.append(CONTROL_API.rstrip())
+    lines.append("Ctrl-C to stop.")
+    return "\n".join(lines)
+
+
+def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
+    """A sandbox as the arguments ask; whether its data was loaded from ``--state``."""
     sandbox = Sandbox(args.client_id, args.client_secret, args.token_ttl, not args.no_seed,
                       scope=args.scope, webhook_secret=args.webhook_secret)
+    loaded = sandbox.use_state_file(args.state) if args.state else None
+    for value in args.return_url:
+        plan, url = _return_url(value)
+        sandbox.return_urls[plan] = url
+    if args.forward_to:
+        sandbox.forwarder = Forwarder(sandbox, args.forward_to, args.webhook_secret,
+                                      retry_base=args.retry_base, duplicate=args.duplicate,
+                                      reorder=args.reorder)
+    return sandbox, loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        sandbox, loaded = configure(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     server = SandboxServer(sandbox, args.host, args.port, verbose=args.verbose).start()
-    print(f"Nomos sandbox listening on {server.url}")
-    print(f"  client_id={args.client_id} client_secret={args.client_secret}")
-    print(f"  webhook secret (for /_sandbox/webhooks)={args.webhook_secret}")
-    if not args.no_seed:
-        print(f"  seeded customers: {seed.ALICE} (subscription {seed.ALICE_SUBSCRIPTION}), "
-              f"{seed.ACME} (company, 2 subscriptions), {seed.CAROL} (no subscription)")
-    print("  control: GET /_sandbox/calls, GET /_sandbox/state, POST /_sandbox/faults, "
-          "POST /_sandbox/reset, POST /_sandbox/webhooks")
-    print("Ctrl-C to stop.", flush=True)
+    print(banner(sandbox, server, args, loaded), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         print("\nstopping", flush=True)
     finally:
         server.stop()
+        if sandbox.forwarder is not None:
+            sandbox.forwarder.stop()
     return 0
 
 

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import api, control, pages
+from . import api, checkout, control, pages
 from .faults import DropConnectionError, Fault
 from .http import ApiError, HeaderDict, Request, Response, json_response
 from .routing import Route, resolve
@@ -24,12 +24,14 @@ STOP_EVENT = "nomos_sandbox.stop"
 IGNORE_FILTERS = "nomos_sandbox.ignore_filters"
 
 StartResponse = Callable[..., Any]
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class SandboxApp:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.routes: list[Route] = [*api.ROUTES, *pages.ROUTES, *control.ROUTES]
+        self.routes: list[Route] = [*api.ROUTES, *pages.ROUTES, *checkout.ROUTES,
+                                    *control.ROUTES]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse
                  ) -> Iterable[bytes]:
@@ -39,6 +41,15 @@ class SandboxApp:
 
     def handle(self, environ: dict[str, Any]) -> Response:
         """Answer one request; raises ``DropConnectionError`` when a fault says to hang up."""
+        response = self._handle(environ)
+        if (self.sandbox.state_path and environ.get("REQUEST_METHOD", "GET") not in _READS
+                and response.status < 400):
+            # Tokens are not kept, so their requests change nothing worth a write.
+            if environ.get("PATH_INFO") != "/oauth/token":
+                self.sandbox.save_state()
+        return response
+
+    def _handle(self, environ: dict[str, Any]) -> Response:
         sb = self.sandbox
         request = Request.from_environ(environ)
         route, params, same_path = resolve(self.routes, request.method, request.path)

@@ -86,9 +86,12 @@ def convert_lead(sb: Sandbox, request: Request, id: str) -> Response:
     if id not in sb.leads:
         raise ApiError(404, f"Lead {id} not found")
     try:
-        return json_response(200, sb.convert_lead(id, **payload))
+        subscription = sb.convert_lead(id, **payload)
     except ValueError as exc:
         raise ApiError(409, str(exc)) from None
+    # As a finished checkout does: the event fires (and is forwarded when asked).
+    sb.announce("subscription.created", {"subscription": subscription["id"]})
+    return json_response(200, subscription)
 
 
 def add_customer(sb: Sandbox, request: Request) -> Response:
@@ -112,15 +115,42 @@ def add_subscription(sb: Sandbox, request: Request) -> Response:
     return json_response(200, sb.subscription_view(sub["id"]))
 
 
+#: The event a status change fires unless the request names another ``topic``.
+STATUS_TOPICS = {"active": "subscription.activated", "ended": "subscription.ended"}
+
+
 def set_status(sb: Sandbox, request: Request, id: str) -> Response:
-    status = _body(request).get("status")
+    payload = _kwargs(_body(request), ("status", "topic"))
+    status, topic = payload.get("status"), payload.get("topic")
     if id not in sb.subscriptions:
         raise ApiError(404, f"Subscription {id} not found")
     try:
         sb.set_subscription_status(id, str(status))
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
+    topic = topic or STATUS_TOPICS.get(str(status))
+    if topic:
+        sb.announce(str(topic), {"subscription": id})
     return json_response(200, sb.subscription_view(id))
+
+
+def fire_event(sb: Sandbox, request: Request) -> Response:
+    payload = _kwargs(_body(request), ("topic", "context"))
+    topic, context = payload.get("topic"), payload.get("context") or {}
+    if not isinstance(topic, str) or not topic or not isinstance(context, dict):
+        raise ApiError(400, 'Give "topic" and optionally "context" (an object of ids)')
+    return json_response(200, sb.announce(topic, context))
+
+
+def deliveries(sb: Sandbox, request: Request) -> Response:
+    with sb.lock:
+        records = [
+            {k: d.get(k) for k in ("event_id", "topic", "url", "status", "error", "attempt",
+                                   "duplicate", "sent_at")}
+            for d in sb.webhook_deliveries
+        ]
+    pending = sb.forwarder.pending() if sb.forwarder is not None else 0
+    return json_response(200, {"deliveries": records, "pending": pending})
 
 
 def issue_token(sb: Sandbox, request: Request) -> Response:
@@ -148,6 +178,8 @@ ROUTES = [
     _control("POST", "/customers", add_customer),
     _control("POST", "/subscriptions", add_subscription),
     _control("POST", "/subscriptions/{id}/status", set_status),
+    _control("POST", "/events", fire_event),
+    _control("GET", "/deliveries", deliveries),
     _control("POST", "/tokens", issue_token),
     _control("POST", "/tokens/expire", expire_tokens),
 ]

@@ -6,15 +6,26 @@ import secrets
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import shapes
 from .faults import Fault, FaultTable
+
+if TYPE_CHECKING:
+    from .forwarding import Forwarder
 
 DEFAULT_PLAN = "pln_sandbox_home"
 DEFAULT_SCOPE = "read:* write:*"
 #: Not a German postcode; the sandbox answers leads for it with ``unserviceable_zip``.
 UNSERVICEABLE_ZIP = "00000"
+
+
+def checkout_url(base_url: str, plan: str, **params: str) -> str:
+    """The sandbox's stand-in for ``https://{plan.slug}.checkout.energy/?...``."""
+    from urllib.parse import quote, urlencode
+
+    query = urlencode(params)
+    return f"{base_url}/checkout/{quote(plan, safe='')}/" + (f"?{query}" if query else "")
 
 
 class Sandbox:
@@ -40,8 +51,16 @@ class Sandbox:
         self.scope = scope
         self.webhook_secret = webhook_secret
         self.magic_link_ttl = magic_link_ttl
-        #: Postcodes ``POST /leads`` refuses with the business error ``unserviceable_zip``.
+        #: Postcodes ``POST /leads`` and the checkout refuse (``unserviceable_zip``).
         self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
+        #: Where the hosted checkout sends the browser after a sign-up, per plan id; plans
+        #: without one show the sandbox's own confirmation page.
+        self.return_urls: dict[str, str] = {}
+        #: Delivers the events this sandbox fires by itself (checkout, status changes) to
+        #: ``--forward-to`` URLs; None: events are only recorded (``GET /events/{id}``).
+        self.forwarder: Forwarder | None = None
+        #: ``--state FILE``: data is saved there after every change made over HTTP.
+        self.state_path: str | None = None
         self.lock = threading.RLock()
         self.base_url: str | None = None
         self.customers: dict[str, dict[str, Any]] = {}
@@ -132,8 +151,10 @@ class Sandbox:
 
     def create_lead(self, payload: dict[str, Any], base_url: str) -> dict[str, Any]:
         lead_id = shapes.new_id("lead")
+        # As Nomos: the plan's hosted checkout with the lead's id (``?id=lead_...``).
         data = shapes.lead(
-            id=lead_id, link=f"{base_url}/checkout/{lead_id}",
+            id=lead_id, link=checkout_url(base_url, str(payload.get("plan") or DEFAULT_PLAN),
+                                          id=lead_id),
             metadata=payload.get("metadata"), created_by=payload.get("created_by"),
         )
         with self.lock:
@@ -173,6 +194,81 @@ class Sandbox:
             lead["subscription"] = sub["id"]
             lead["subscribed_at"] = sub["created_at"]
             return self.subscription_view(sub["id"])
+
+    def complete_checkout(
+        self,
+        plan: str,
+        *,
+        person: dict[str, str],
+        zip_code: str,
+        usage: float,
+        metadata: dict[str, str],
+        lead_id: str | None = None,
+        token_hash: str | None = None,
+    ) -> dict[str, Any]:
+        """A submitted hosted checkout: the customer (new, the lead's, or the one a magic link
+        named) gets a pending subscription whose metadata is exactly the ``metadata.<key>``
+        parameters of the checkout URL; ``subscription.created`` is fired (with
+        ``context.lead`` for a lead). Returns the stored subscription.
+
+        ``ValueError`` when the lead already converted or the magic link is used up.
+        """
+        with self.lock:
+            if lead_id:
+                sub_id = self.convert_lead(lead_id)["id"]
+                sub = self.subscriptions[sub_id]
+                # What the checkout URL carried is persisted; the lead's own metadata is not
+                # the checkout's business (API-NOTES, "Hosted checkout and leads").
+                sub["metadata"] = dict(metadata) or sub.get("metadata")
+                sub["estimated_usage"] = usage
+                sub["address"]["zip"] = sub["billing_address"]["zip"] = zip_code
+                customer = self.customers[sub["customer"]]
+                customer.update({k: v for k, v in person.items() if v})
+            else:
+                if token_hash:
+                    entry = self._magic_links.get(token_hash)
+                    if self.checkout_customer(token_hash) is None or entry is None:
+                        raise ValueError("this checkout link has been used or has expired")
+                    entry["used"] = True
+                    customer_id = entry["customer_id"]
+                else:
+                    customer_id = self.add_customer(
+                        email=person.get("email") or "checkout@example.com",
+                        first_name=person.get("first_name") or "Checkout",
+                        last_name=person.get("last_name") or "Customer",
+                    )["id"]
+                sub = self.add_subscription(customer_id, plan=plan, metadata=dict(metadata) or None,
+                                            estimated_usage=usage, zip_code=zip_code)
+            self.announce("subscription.created", {"subscription": sub["id"]})
+            return sub
+
+    def announce(self, topic: str, context: dict[str, Any]) -> dict[str, Any]:
+        """Fire an event as Nomos does: recorded for ``GET /events/{id}`` and, when the
+        sandbox forwards, delivered signed to every ``--forward-to`` URL (in the background)."""
+        event = self.build_event(topic, context)
+        if self.forwarder is not None:
+            self.forwarder.submit(event)
+        return event
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def use_state_file(self, path: str) -> bool:
+        """Keep the data in ``path`` from now on: load it if the file exists (True), else
+        write the current data there (False)."""
+        from .persistence import load
+
+        self.state_path = path
+        if load(self, path):
+            return True
+        self.save_state()
+        return False
+
+    def save_state(self) -> None:
+        """Write the data to ``state_path`` (no-op without one)."""
+        if self.state_path:
+            from .persistence import save
+
+            save(self, self.state_path)
 
     # -- events and webhooks --------------------------------------------------------------------
 
@@ -265,6 +361,8 @@ class Sandbox:
     # -- magic links --------------------------------------------------------------------------
 
     def mint_magic_link(self, customer_id: str, base_url: str) -> str:
+        """A single-use link: the portal, or for a customer without a subscription (as Nomos
+        does) the hosted checkout of the default plan, where that customer signs up."""
         token_hash = secrets.token_hex(20)
         with self.lock:
             has_subscription = any(
@@ -273,9 +371,20 @@ class Sandbox:
             self._magic_links[token_hash] = {
                 "customer_id": customer_id, "created": time.monotonic(), "used": False,
             }
-        next_page = "/overview" if has_subscription else "/start"
+        if not has_subscription:
+            return checkout_url(base_url, DEFAULT_PLAN, token_hash=token_hash)
         return (f"{base_url}/portal/auth/confirm?token_hash={token_hash}"
-                f"&type=magiclink&next={next_page}")
+                f"&type=magiclink&next=/overview")
+
+    def checkout_customer(self, token_hash: str) -> dict[str, Any] | None:
+        """The customer a checkout link minted by ``POST /admin/magic_link`` is for, while it
+        is unused and fresh (it is used up by the sign-up, not by viewing the page)."""
+        with self.lock:
+            entry = self._magic_links.get(token_hash)
+            if (entry is None or entry["used"]
+                    or time.monotonic() - entry["created"] > self.magic_link_ttl):
+                return None
+            return self.customers.get(entry["customer_id"])
 
     def redeem_magic_link(self, token_hash: str, next_page: str) -> dict[str, Any] | None:
         """The customer for a first, unexpired use of the link; None otherwise."""
