@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import linking, processing, sync, tasks
+from . import health, linking, processing, sync, tasks
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosSubscription, WebhookEvent
 
@@ -242,6 +242,30 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in self.model._meta.fields if f.name != "payload"] + ["pretty_payload"]
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        return [
+            path("health/", self.admin_site.admin_view(self.health_view),
+                 name="nomos_billing_health"),
+            *super().get_urls(),
+        ]
+
+    def health_view(self, request: HttpRequest) -> HttpResponse:
+        """The operator's page (``health.collect``): staff with view permission on events."""
+        if not self.has_view_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Nomos health"),
+            "opts": self.model._meta,
+            "health": health.collect(),
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "nomos_billing/admin_health.html", context)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,0 +1,200 @@
+"""What an operator needs to see at a glance: is Nomos talking to us, is anything stuck?
+
+One function, ``collect``, feeds both the admin page (``admin.py``, linked from the app's index)
+and ``manage.py nomos_status [--json]``. Its cost is a fixed number of queries, each served by
+an index or bounded by ``LIMIT``, whatever the size of the event and customer tables: the page
+is meant to be reloaded while something is on fire.
+
+Never shows a secret: the token state is whether one is cached and how long it has left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.cache import caches
+from django.db.models import Count, Max, Q, Sum
+from django.utils import timezone
+
+from . import catchup, tasks
+from .conf import nomos_settings
+from .models import NomosCustomer, WebhookEvent
+from .tokens import AccessToken
+
+logger = logging.getLogger("nomos_billing.health")
+
+Status = WebhookEvent.Status
+
+#: The failed and stuck events listed by name (the rest are counted).
+LISTED_EVENTS = 20
+WINDOW = timedelta(hours=24)
+
+
+@dataclass
+class EventLine:
+    pk: int
+    event_id: str
+    topic: str
+    status: str
+    received_at: datetime
+    attempts: int
+    last_error: str
+    stuck: bool
+
+
+@dataclass
+class Health:
+    now: datetime
+    last_delivery_at: datetime | None
+    deliveries_24h: int
+    events_24h: int
+    failures_24h: int
+    failed: int
+    stuck: int
+    problem_events: list[EventLine] = field(default_factory=list)
+    unlinked_customers: int = 0
+    catch_up_started_at: datetime | None = None
+    catch_up_completed_at: datetime | None = None
+    catch_up_count: int = 0
+    catch_up_error: str = ""
+    watermark: datetime | None = None
+    token_cached: bool = False
+    token_expires_in: int | None = None
+    breaker: str | None = None
+    task_backend: str | None = None
+    queue_depth: int | None = None
+
+    @property
+    def last_delivery_age(self) -> int | None:
+        if self.last_delivery_at is None:
+            return None
+        return max(0, int((self.now - self.last_delivery_at).total_seconds()))
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON types, ages in whole seconds, times in ISO 8601."""
+        data = asdict(self)
+        data["last_delivery_age"] = self.last_delivery_age
+        return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _claim_timeout() -> timedelta:
+    from . import processing
+
+    value = getattr(processing, "claim_timeout", None)  # a setting once the hardening lands
+    return value() if callable(value) else processing.CLAIM_TIMEOUT
+
+
+def breaker_state() -> str | None:
+    """The outage breaker's state ("closed", "open", ...), or None where there is none.
+
+    Hook for ``nomos_billing.breaker``: a module-level ``state()`` returning a short word.
+    """
+    try:
+        from . import breaker  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    state = getattr(breaker, "state", None)
+    try:
+        return str(state()) if callable(state) else None
+    except Exception:  # a monitoring read must never take the page down
+        logger.info("Could not read the outage breaker's state", exc_info=True)
+        return None
+
+
+def _token() -> tuple[bool, int | None]:
+    try:
+        cached = AccessToken.from_cache_value(
+            caches[nomos_settings.TOKEN_CACHE].get(nomos_settings.token_cache_key)
+        )
+    except Exception:  # an unreachable cache is reported as "no token", not a crash
+        logger.info("Could not read the token cache", exc_info=True)
+        return False, None
+    if cached is None:
+        return False, None
+    return True, int(cached.remaining(time.time()))
+
+
+def _queue() -> tuple[str | None, int | None]:
+    alias = tasks.backend_alias()
+    if alias is None:
+        return None, None
+    try:
+        return alias, tasks.queue_depth()
+    except Exception:
+        logger.info("Could not read the task queue", exc_info=True)
+        return alias, None
+
+
+def collect() -> Health:
+    """Everything on the health page, in a fixed number of queries."""
+    now = timezone.now()
+    since = now - WINDOW
+    stale = now - _claim_timeout()
+    events = WebhookEvent.objects
+    # Max on the indexed received_at: one index read.
+    last = events.aggregate(last=Max("received_at"))["last"]
+    # The last day only, through the received_at index.
+    day = events.filter(received_at__gte=since).aggregate(
+        events=Count("pk"),
+        deliveries=Sum("deliveries"),
+        failures=Count("pk", filter=Q(status=Status.FAILED)),
+    )
+    # Failed and in-progress events only, through the (status, received_at) index.
+    problem = Q(status=Status.FAILED) | Q(status=Status.PROCESSING, claimed_at__lt=stale)
+    counts = events.filter(status__in=[Status.FAILED, Status.PROCESSING]).aggregate(
+        failed=Count("pk", filter=Q(status=Status.FAILED)),
+        stuck=Count("pk", filter=Q(status=Status.PROCESSING, claimed_at__lt=stale)),
+    )
+    listed = [
+        EventLine(
+            pk=e.pk,
+            event_id=e.event_id,
+            topic=e.topic,
+            status=e.status,
+            received_at=e.received_at,
+            attempts=e.attempts,
+            last_error=e.last_error[:300],
+            stuck=e.status == Status.PROCESSING,
+        )
+        for e in events.filter(problem)
+        .only("event_id", "topic", "status", "received_at", "attempts", "last_error")
+        .order_by("-received_at")[:LISTED_EVENTS]
+    ]
+    state = catchup.get_state()
+    cached, expires_in = _token()
+    backend, depth = _queue()
+    return Health(
+        now=now,
+        last_delivery_at=last,
+        deliveries_24h=day["deliveries"] or 0,
+        events_24h=day["events"],
+        failures_24h=day["failures"],
+        failed=counts["failed"],
+        stuck=counts["stuck"],
+        problem_events=listed,
+        unlinked_customers=NomosCustomer.objects.filter(user__isnull=True).count(),
+        catch_up_started_at=state.last_started_at if state else None,
+        catch_up_completed_at=state.last_completed_at if state else None,
+        catch_up_count=state.last_count if state else 0,
+        catch_up_error=state.last_error if state else "",
+        watermark=state.watermark if state else None,
+        token_cached=cached,
+        token_expires_in=expires_in,
+        breaker=breaker_state(),
+        task_backend=backend,
+        queue_depth=depth,
+    )
