@@ -9,6 +9,7 @@ changes (``subscription_status_changed``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -31,6 +32,8 @@ class Upserted(NamedTuple):
     subscription: NomosSubscription
     customer_created: bool
     subscription_created: bool
+    #: The resolvers linked the customer to a user just now.
+    linked: bool = False
 
 
 def _text(value: Any, max_length: int) -> str:
@@ -135,34 +138,42 @@ def _customer_for(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
 def _store_subscription(
     subscription_id: str, values: dict[str, Any], lead_id: str, *, new_customer: bool
 ) -> tuple[NomosSubscription, bool, str | None, bool]:
-    """``(subscription, created, previous status, status changed)``.
-
-    An existing row is written with one conditional UPDATE of the changed columns only, and only
-    if the stored ``nomos_updated_at`` is not newer than the read (two deliveries processed at
-    once may fetch in one order and write in the other) and the status is still the one we
-    compared against; a concurrent writer that got in between makes us read again. A read that
-    changes nothing writes nothing.
-    """
+    """``(subscription, created, previous status, status changed)``."""
     lookup = {"subscription_id": subscription_id}
     # A customer we just created has no subscriptions yet: go straight to the INSERT.
     row = None if new_customer else NomosSubscription.objects.filter(**lookup).first()
+    if row is None:
+        row = _insert(NomosSubscription, lookup, {**values, "lead_id": lead_id})
+        if row is not None:
+            return row, True, None, True
+        row = NomosSubscription.objects.get(**lookup)
+    return (row, False, *_update_subscription(row, values, lead_id))
+
+
+def _update_subscription(
+    row: NomosSubscription, values: dict[str, Any], lead_id: str
+) -> tuple[str | None, bool]:
+    """Write what changed into ``row``; ``(previous status, status changed)``.
+
+    One conditional UPDATE of the changed columns only, and only if the stored
+    ``nomos_updated_at`` is not newer than the read (two deliveries processed at once may fetch
+    in one order and write in the other) and the status is still the one we compared against;
+    a concurrent writer that got in between makes us read again. A read that changes nothing
+    writes nothing.
+    """
     for _ in range(10):
-        if row is None:
-            row = _insert(NomosSubscription, lookup, {**values, "lead_id": lead_id})
-            if row is not None:
-                return row, True, None, True
-            row = NomosSubscription.objects.get(**lookup)
         stored, incoming = row.nomos_updated_at, values["nomos_updated_at"]
         if stored and incoming and incoming < stored:
             logger.info(
-                "Nomos subscription %s: ignoring a read older than the stored one", subscription_id
+                "Nomos subscription %s: ignoring a read older than the stored one",
+                row.subscription_id,
             )
-            return row, False, row.status, False
+            return row.status, False
         changed = _changes(row, values)
         if lead_id and not row.lead_id:
             changed["lead_id"] = lead_id
         if not changed:
-            return row, False, row.status, False
+            return row.status, False
         now = timezone.now()
         guard = Q(status=row.status)
         if incoming:
@@ -172,9 +183,9 @@ def _store_subscription(
             for name, value in changed.items():
                 setattr(row, name, value)
             row.updated_at = now
-            return row, False, previous, row.status != previous
-        row = NomosSubscription.objects.filter(**lookup).first()
-    raise RuntimeError(f"Nomos subscription {subscription_id}: too many concurrent writers")
+            return previous, row.status != previous
+        row.refresh_from_db()
+    raise RuntimeError(f"Nomos subscription {row.subscription_id}: too many concurrent writers")
 
 
 def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None) -> Upserted:
@@ -190,27 +201,125 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
         raise ValueError("Nomos subscription object without id")
     customer, customer_created = _customer_for(data)
     values = {**subscription_fields(data), "customer_id": customer.pk}
-    raw_lead = lead_id or data.get("lead")
-    lead_id = _text(raw_lead, 64) if isinstance(raw_lead, str) else ""
+    lead_id = _item_lead(data, lead_id)
     subscription, created, previous, changed_status = _store_subscription(
         subscription_id, values, lead_id, new_customer=customer_created
     )
+    return _link_and_announce(
+        Upserted(customer, subscription, customer_created, created),
+        data, lead_id, previous, changed_status,
+    )
+
+
+def _link_and_announce(
+    result: Upserted, data: dict[str, Any], lead_id: str, previous: str | None, changed: bool
+) -> Upserted:
+    customer, subscription = result.customer, result.subscription
     if not customer.is_linked:
-        linking.link_customer(
+        linked = linking.link_customer(
             linking.LinkRequest(
                 customer=customer,
                 subscription=data,
                 lead_id=lead_id or subscription.lead_id or None,
             )
         )
-    if changed_status:
+        result = result._replace(linked=linked)
+    if changed:
         subscription_status_changed.send(
             sender=NomosSubscription,
             subscription=subscription,
             previous=previous,
             status=subscription.status,
         )
-    return Upserted(customer, subscription, customer_created, created)
+    return result
+
+
+def _item_lead(data: dict[str, Any], lead_id: str | None = None) -> str:
+    raw = lead_id or data.get("lead")
+    return _text(raw, 64) if isinstance(raw, str) else ""
+
+
+def upsert_subscriptions(
+    items: list[dict[str, Any]], fetch_customers: Callable[[set[str]], dict[str, dict[str, Any]]]
+) -> list[Upserted]:
+    """Store a page of ``GET /subscriptions`` list items as ``upsert_from_subscription`` stores
+    each one (same rules: older reads ignored, only changes written, resolvers, signals), in a
+    handful of statements for the whole page: one SELECT for the page's customers and one for
+    its subscriptions, one INSERT for the new customers and one for the new subscriptions.
+
+    List items carry only the customer's id: ``fetch_customers(ids)`` returns the Nomos
+    customer objects of those we have no row for (``nomos_sync`` fetches them by page). Every
+    item must have a string ``id`` and ``customer``.
+    """
+    customer_ids = {_customer_id_of(item) for item in items}
+    customers = {
+        c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=customer_ids)
+    }
+    new_customers = customer_ids - customers.keys()
+    if new_customers:
+        fetched = fetch_customers(new_customers)
+        rows = [NomosCustomer(customer_id=cid, **customer_fields(fetched[cid]))
+                for cid in sorted(new_customers)]
+        if _bulk_insert(NomosCustomer, rows):
+            customers.update((c.customer_id, c) for c in rows)
+        else:  # someone else stored one of them meanwhile: one at a time
+            for cid in new_customers:
+                customers[cid] = upsert_customer({**fetched[cid], "id": cid})[0]
+    subscriptions = {
+        s.subscription_id: s
+        for s in NomosSubscription.objects.filter(
+            subscription_id__in=[_text(item["id"], 64) for item in items]
+        )
+    }
+    prepared = []
+    inserts: dict[str, NomosSubscription] = {}
+    for item in items:
+        subscription_id = _text(item["id"], 64)
+        customer = customers[_customer_id_of(item)]
+        values = {**subscription_fields(item), "customer_id": customer.pk}
+        lead_id = _item_lead(item)
+        if subscription_id not in subscriptions and subscription_id not in inserts:
+            inserts[subscription_id] = NomosSubscription(
+                subscription_id=subscription_id, lead_id=lead_id, **values
+            )
+        prepared.append((item, subscription_id, customer, values, lead_id))
+    if inserts and not _bulk_insert(NomosSubscription, list(inserts.values())):
+        inserts = {}  # a concurrent writer got one in first: store each the careful way
+    results = []
+    for item, subscription_id, customer, values, lead_id in prepared:
+        created_customer = customer.customer_id in new_customers
+        row = inserts.pop(subscription_id, None)
+        if row is not None:
+            created, previous, changed = True, None, True
+        elif subscription_id in subscriptions:
+            row, created = subscriptions[subscription_id], False
+            previous, changed = _update_subscription(row, values, lead_id)
+        else:
+            row, created, previous, changed = _store_subscription(
+                subscription_id, values, lead_id, new_customer=False
+            )
+        result = Upserted(customer, row, created_customer, created)
+        results.append(_link_and_announce(result, item, lead_id, previous, changed))
+    return results
+
+
+def _customer_id_of(item: dict[str, Any]) -> str:
+    customer = item["customer"]
+    return _text(customer["id"] if isinstance(customer, dict) else customer, 64)
+
+
+def _bulk_insert(model: Any, rows: list[Any]) -> bool:
+    """One INSERT for all ``rows`` (primary keys set on PostgreSQL and SQLite); False, with
+    nothing inserted, when one of them already exists."""
+    try:
+        with transaction.atomic():
+            model._default_manager.bulk_create(rows)
+    except IntegrityError:
+        for row in rows:
+            row.pk = None
+            row._state.adding = True
+        return False
+    return True
 
 
 def refresh_customer(customer: NomosCustomer) -> int:

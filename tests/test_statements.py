@@ -7,11 +7,13 @@ write rows, as the performance goals do. The fetch from Nomos is not a statement
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -172,3 +174,78 @@ def test_other_databases_record_deliveries_through_the_orm(monkeypatch):
     assert again.deliveries == 2
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts, stored.deliveries) == ("processing", 1, 2)
+
+
+# -- nomos_sync ---------------------------------------------------------------------------------
+
+
+def _seed_customers(nomos: Any, count: int) -> None:
+    for n in range(count):
+        customer = nomos.add_customer(f"sync{n}@example.com", id=f"cus_sync_{n:04d}")
+        nomos.add_subscription(customer["id"], status="active")
+    nomos.reset_counts()
+
+
+def _sync() -> Counted:
+    with CaptureQueriesContext(connection) as capture:
+        call_command("nomos_sync", stdout=io.StringIO())
+    return Counted(capture)
+
+
+def test_first_sync_fetches_customers_by_page_in_a_few_statements_per_page(nomos):
+    _seed_customers(nomos, 150)
+    subscriptions = 150 + 3  # and the sandbox seed's 3
+
+    counted = _sync()
+
+    assert NomosSubscription.objects.count() == subscriptions
+    assert NomosCustomer.objects.filter(email__startswith="sync").count() == 150
+    # Two pages of subscriptions, two of customers; no customer fetched one by one.
+    assert nomos.count("GET /subscriptions") == 2
+    assert nomos.count("GET /customers") == 2
+    assert nomos.count("GET /customers/{id}") == 0
+    # Per page: customers SELECT + INSERT, subscriptions SELECT + INSERT; goal <= 4 per item.
+    assert len(counted.statements) <= 16, counted.kinds()
+
+
+def test_a_sync_with_a_few_new_customers_fetches_just_those(nomos):
+    _seed_customers(nomos, 150)
+    _sync()
+    for n in range(3):
+        customer = nomos.add_customer(f"late{n}@example.com")
+        nomos.add_subscription(customer["id"])
+    nomos.reset_counts()
+
+    _sync()
+
+    assert nomos.count("GET /customers/{id}") == 3
+    assert nomos.count("GET /customers") == 0
+    assert NomosCustomer.objects.filter(email__startswith="late").count() == 3
+
+
+def test_a_re_sync_with_nothing_changed_writes_nothing(nomos):
+    _seed_customers(nomos, 120)
+    _sync()
+    nomos.reset_counts()
+
+    counted = _sync()
+
+    writes = [s for s in counted.statements if s.split()[0].upper() != "SELECT"]
+    assert writes == []
+    assert nomos.count("GET /customers") + nomos.count("GET /customers/{id}") == 0
+    assert len(counted.statements) <= 2 * 2 + 1  # two SELECTs per page, one count at the end
+
+
+def test_a_re_sync_writes_the_one_change(nomos):
+    _seed_customers(nomos, 5)
+    _sync()
+    sub = NomosSubscription.objects.filter(customer__email="sync3@example.com").get()
+    nomos.set_subscription_status(sub.subscription_id, "ended")
+
+    counted = _sync()
+
+    assert counted.writes_to(CUSTOMERS) == []
+    [update] = counted.writes_to(SUBSCRIPTIONS)
+    assert update.split()[0].upper() == "UPDATE"
+    sub.refresh_from_db()
+    assert sub.status == "ended"

@@ -2,9 +2,12 @@
 
 For a site that starts using nomos_billing with customers already at Nomos, or after webhooks
 were lost. Pages are processed as they arrive (the client fetches the next page only when this
-loop asks for it), so memory stays flat however many subscriptions there are, and each
-subscription costs a bounded number of queries. Each subscription is upserted with the same code
-the webhook uses (``sync.upsert_from_subscription``), which also runs the user resolvers.
+loop asks for it), so memory stays flat however many subscriptions there are. Each page is
+stored with the webhook's rules (``sync.upsert_subscriptions``: older reads ignored, only
+changes written, the user resolvers run) in a few statements for the whole page, and a re-sync
+that finds nothing changed writes nothing. List items carry only the customer's id: customers
+new to us are fetched one by one while they are few, else by walking ``GET /customers`` once
+(100 per call); only the new ones' fields are kept until their subscriptions come by.
 
 ``--dry-run`` does everything inside one transaction and rolls it back.
 
@@ -17,6 +20,7 @@ minutes (cron, or a scheduling task backend) and lost webhooks heal themselves.
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import chain
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -28,6 +32,12 @@ from nomos_billing.exceptions import NomosError
 from nomos_billing.models import NomosCustomer
 
 from ._errors import command_error, one_line
+
+#: New customers fetched one by one before walking ``GET /customers`` instead: a catch-up
+#: with a handful of new customers stays cheap, a first sync costs one call per 100 customers.
+WALK_AFTER = 20
+#: What ``sync.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
+CUSTOMER_KEYS = ("id", "email", "first_name", "last_name", "company_name", "type")
 
 
 class _Rollback(Exception):
@@ -108,32 +118,65 @@ class Command(BaseCommand):
     # -- the loop -------------------------------------------------------------------------
 
     def _run(self, customer: str | None) -> None:
+        from nomos_billing.sync import upsert_subscriptions
+
         since = self.walk.updated_since if self.walk is not None else None
+        self.fetched_one_by_one = 0
+        self.new_customers: dict[str, dict[str, Any]] | None = None  # filled by a customer walk
+        page: list[dict[str, Any]] = []
         for data in self.client.iter_subscriptions(limit=self.page_size, customer=customer,
                                                    updated_since=since):
-            self._sync_one(data)
+            if not isinstance(data.get("id"), str) or not _customer_id(data):
+                self.counts["failed"] += 1
+                self.stderr.write(f"  skipped an item without id or customer: {str(data)[:60]}")
+            else:
+                page.append(data)
             self.counts["seen"] += 1
-            if self.counts["seen"] % self.page_size == 0 and self.verbosity >= 1:
-                self.stdout.write(f"  {self.counts['seen']} subscriptions...")
+            if self.counts["seen"] % self.page_size == 0:
+                self._store(upsert_subscriptions, page)
+                page = []
+                if self.verbosity >= 1:
+                    self.stdout.write(f"  {self.counts['seen']} subscriptions...")
+        self._store(upsert_subscriptions, page)
+        self.new_customers = None
         # Unlinked customers overall (one query, no per-customer bookkeeping in memory).
         self.unlinked = NomosCustomer.objects.filter(user__isnull=True).count()
 
-    def _sync_one(self, data: dict[str, Any]) -> None:
-        from nomos_billing.sync import upsert_from_subscription
+    def _store(self, upsert: Any, page: list[dict[str, Any]]) -> None:
+        # The webhook's rules (sync.py), a page at a time: a few statements per page.
+        for result in upsert(page, self._fetch_customers) if page else ():
+            self.counts["linked"] += result.linked
+            self.counts["created" if result.subscription_created else "updated"] += 1
 
-        customer_id = _customer_id(data)
-        if not isinstance(data.get("id"), str) or not customer_id:
-            self.counts["failed"] += 1
-            self.stderr.write(f"  skipped an item without id or customer: {str(data)[:60]}")
-            return
-        was_linked = NomosCustomer.objects.filter(customer_id=customer_id,
-                                                  user__isnull=False).exists()
-        # The webhook's own code: fetches a list item's customer only when it is new to us and
-        # runs the user resolvers for an unlinked customer.
-        result = upsert_from_subscription(data)
-        if result.customer.user_id is not None and not was_linked:
-            self.counts["linked"] += 1
-        self.counts["created" if result.subscription_created else "updated"] += 1
+    def _fetch_customers(self, ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The Nomos customers we have no row for. List items carry only the customer's id;
+        a few are fetched one by one, but once more than ``WALK_AFTER`` are needed (a first
+        sync), ``GET /customers`` is walked once, 100 per call, keeping the customers new to
+        us (those fields only) until their subscriptions come by."""
+        if self.new_customers is None and self.fetched_one_by_one + len(ids) > WALK_AFTER:
+            self.new_customers = self._walk_customers()
+        found: dict[str, dict[str, Any]] = {}
+        for customer_id in ids:
+            data = (self.new_customers or {}).pop(customer_id, None)
+            if data is None:  # created at Nomos after the walk, or no walk yet
+                data = self.client.get_customer(customer_id)
+                self.fetched_one_by_one += 1
+            found[customer_id] = data
+        return found
+
+    def _walk_customers(self) -> dict[str, dict[str, Any]]:
+        new: dict[str, dict[str, Any]] = {}
+        page: list[dict[str, Any]] = []
+        # A None after the last item flushes the last page (the walk is never held whole).
+        for data in chain(self.client.iter_customers(limit=100), [None]):
+            if data is not None and isinstance(data.get("id"), str):
+                page.append({k: data.get(k) for k in CUSTOMER_KEYS})
+            if len(page) == 100 or (data is None and page):
+                known = set(NomosCustomer.objects.filter(
+                    customer_id__in=[c["id"] for c in page]).values_list("customer_id", flat=True))
+                new.update((c["id"], c) for c in page if c["id"] not in known)
+                page = []
+        return new
 
     def _summary(self, dry_run: bool) -> None:
         c = self.counts
