@@ -46,6 +46,10 @@ logger = logging.getLogger("nomos_billing.client")
 
 USER_AGENT = "nomos-billing (Django)"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Answers to a form-encoded token request that mean "send it the other way" (JSON).
+TOKEN_FORM_REFUSED = frozenset({400, 415})
+# API base URLs that refused the form-encoded token request and took JSON: per process.
+_TOKEN_AS_JSON: set[str] = set()
 # A POST that got one of these was refused before Nomos acted on it.
 UNSAFE_RETRY_STATUSES = frozenset({429, 503})
 
@@ -178,14 +182,8 @@ class NomosClient:
                 "to call the Nomos API.",
                 settings=missing,
             ))
-        # Form-encoded, as RFC 6749 and the provider's guides do (the OpenAPI document says
-        # JSON; Nomos accepts both).
         try:
-            response = self._send(
-                "POST", "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=(self.client_id, self._client_secret),
-            )
+            response = self._token_request()
         except NomosAPIError as exc:
             if not exc.is_auth_failure or isinstance(exc, NomosServiceError):
                 raise
@@ -207,6 +205,30 @@ class NomosClient:
                                 "token response without access_token",
                                 response.headers.get("X-Request-Id", ""),
                                 method="POST", path="/oauth/token") from None
+
+    def _token_request(self) -> requests.Response:
+        """``POST /oauth/token``, form-encoded as RFC 6749 and the provider's guides show.
+
+        The OpenAPI document declares a JSON body instead. If Nomos answers the form with 400
+        or 415, the request is sent once more as JSON, and when that works JSON is used for
+        this API for the rest of the process (one wasted request per process, not per token).
+        """
+        body = {"grant_type": "client_credentials"}
+        auth = (self.client_id, self._client_secret)
+        if self.base_url in _TOKEN_AS_JSON:
+            return self._send("POST", "/oauth/token", json=body, auth=auth)
+        try:
+            return self._send("POST", "/oauth/token", data=body, auth=auth)
+        except NomosAPIError as exc:
+            if exc.status not in TOKEN_FORM_REFUSED or isinstance(exc, NomosServiceError):
+                raise
+            logger.warning("Nomos refused the form-encoded token request (HTTP %s); trying "
+                           "JSON as its OpenAPI document declares", exc.status)
+        response = self._send("POST", "/oauth/token", json=body, auth=auth)
+        _TOKEN_AS_JSON.add(self.base_url)
+        logger.warning("Nomos at %s takes the token request as JSON only; using JSON from now "
+                       "on in this process", self.base_url)
+        return response
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
 import pytest
+from django.core.cache import caches
 
-from nomos_billing.client import NomosClient, get_client
+from nomos_billing.client import NomosClient, get_client, reset_client
 from nomos_billing.exceptions import (
     NomosAPIError,
     NomosConfigurationError,
@@ -54,6 +56,51 @@ def test_token_request_is_form_encoded_client_credentials_with_basic_auth(client
     assert headers["content-type"] == "application/x-www-form-urlencoded"
     assert headers["authorization"].startswith("Basic ")
     assert exchange["body"] == b"grant_type=client_credentials"
+
+
+def _token_requests(nomos):
+    return [(e["headers"].get("Content-Type"), e["status"]) for e in nomos.request_log
+            if e["path"] == "/oauth/token"]
+
+
+def test_a_token_endpoint_refusing_forms_gets_json_once_and_from_then_on(client, nomos):
+    nomos.token_content_types = {"application/json"}
+    client.get_customer("cus_sandbox_alice")
+    assert _token_requests(nomos) == [("application/x-www-form-urlencoded", 415),
+                                      ("application/json", 200)]
+    body = [e for e in nomos.request_log if e["path"] == "/oauth/token"][-1]["body"]
+    assert json.loads(body) == {"grant_type": "client_credentials"}
+
+    reset_client()  # a new client in the same process remembers the choice
+    caches["default"].clear()
+    get_client().get_customer("cus_sandbox_alice")
+    assert _token_requests(nomos)[2:] == [("application/json", 200)]
+
+
+def test_a_400_to_the_form_is_retried_once_as_json(client, nomos):
+    nomos.add_fault(TOKEN, Fault(status=400))
+    client.get_customer("cus_sandbox_alice")
+    assert _token_requests(nomos) == [("application/x-www-form-urlencoded", 400),
+                                      ("application/json", 200)]
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+def test_other_token_failures_are_not_retried_as_json(client, nomos, settings, status):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault(TOKEN, Fault(status=status), times=None)
+    with pytest.raises(NomosAPIError):
+        get_client().get_customer("cus_sandbox_alice")
+    assert {ct for ct, _ in _token_requests(nomos)} == {"application/x-www-form-urlencoded"}
+
+
+def test_json_refused_too_is_an_error_and_not_remembered(client, nomos):
+    nomos.token_content_types = set()
+    with pytest.raises(NomosAPIError) as excinfo:
+        client.get_customer("cus_sandbox_alice")
+    assert excinfo.value.status == 415
+    nomos.token_content_types = {"application/x-www-form-urlencoded"}
+    client.get_customer("cus_sandbox_alice")
+    assert _token_requests(nomos)[-1] == ("application/x-www-form-urlencoded", 200)
 
 
 def test_hundred_calls_cause_exactly_one_token_request(client, nomos):

@@ -50,6 +50,8 @@ def token(sb: Sandbox, request: Request) -> Response:
         & secrets.compare_digest(credentials[1].encode(), sb.client_secret.encode())
     ):
         raise ApiError(401, "Invalid client credentials")
+    if request.body.strip() and request.content_type not in sb.token_content_types:
+        raise ApiError(415, f"Unsupported content type {request.content_type or '(none)'!r}")
     grant_type = request.data().get("grant_type")
     if not grant_type:
         raise _invalid("grant_type", "Required")

@@ -53,6 +53,10 @@ class Sandbox:
         self.magic_link_ttl = magic_link_ttl
         #: Postcodes ``POST /leads`` and the checkout refuse (``unserviceable_zip``).
         self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
+        #: Bodies ``POST /oauth/token`` accepts (Nomos' guides send a form, its document
+        #: declares JSON); remove one to make the sandbox refuse it with 415.
+        self.token_content_types: set[str] = {"application/x-www-form-urlencoded",
+                                              "application/json"}
         #: Where the hosted checkout sends the browser after a sign-up, per plan id; plans
         #: without one show the sandbox's own confirmation page.
         self.return_urls: dict[str, str] = {}
