@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         wait_for_site(site_url + "/", site, args.startup_timeout)
-        webhook = link_alice(sandbox, site_url + reverse("nomos_billing:webhook"), users["alice"])
+        webhook_url = site_url + reverse("nomos_billing:webhook")
+        webhook = link_alice(sandbox, webhook_url, users["alice"])
         print(f"""
 == Nomos billing demo is running
   site:     {site_url}/
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                          which creates a lead and opens the sandbox checkout
 
   subscription.created for alice delivered: {webhook}{worker_note(args)}
-  try: .venv/bin/python example_project/manage.py nomos_trigger test.event
+  try: .venv/bin/python example_project/manage.py nomos_trigger test.event --url {webhook_url}
        .venv/bin/python example_project/manage.py nomos_sync --dry-run
        (with NOMOS_API_BASE_URL={server.url} if you changed SANDBOX_PORT)
 

@@ -28,15 +28,18 @@ GENERIC_FORM_ERROR = _("Your details could not be accepted. Please check them an
 
 
 class LeadForm(forms.Form):
-    # [0-9], not \d: \d accepts Arabic-Indic and other Unicode digits.
+    # [0-9], not \d: \d accepts Arabic-Indic and other Unicode digits. The pattern alone
+    # checks the length: min_length/max_length validators would add a second error ("Ensure
+    # this value has at least 5 characters") to the same mistake. maxlength stays in the
+    # widget for the browser.
     zip_code = forms.RegexField(
         label=_("Postcode"),
         regex=r"^[0-9]{5}\Z",
-        max_length=5,
-        min_length=5,
         strip=True,
         error_messages={"invalid": _("Enter a German postcode of 5 digits.")},
-        widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "postal-code"}),
+        widget=forms.TextInput(attrs={
+            "inputmode": "numeric", "autocomplete": "postal-code", "maxlength": "5",
+        }),
     )
     estimated_usage = forms.IntegerField(
         label=_("Estimated yearly usage (kWh)"),

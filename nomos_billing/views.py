@@ -139,6 +139,17 @@ def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
     return response
 
 
+def is_prefetch(request: HttpRequest) -> bool:
+    """A browser's speculative load (``Sec-Purpose: prefetch``, possibly with ``;prerender``;
+    Chrome's legacy ``Purpose: prefetch``; Firefox's old ``X-Moz: prefetch``)."""
+    for header in ("Sec-Purpose", "Purpose", "X-Moz"):
+        value = request.headers.get(header, "")
+        tokens = {t.strip().lower() for t in value.replace(";", ",").split(",")}
+        if "prefetch" in tokens or "prerender" in tokens:
+            return True
+    return False
+
+
 def _requested_next(request: HttpRequest) -> str | None:
     value = request.POST.get("next") if request.method == "POST" else None
     return value or request.GET.get("next") or None
@@ -153,6 +164,14 @@ def _requested_next(request: HttpRequest) -> str | None:
 @login_required
 def portal(request: HttpRequest) -> HttpResponse:
     """Mint a fresh link and redirect to it: 303 after the button's POST, 302 for a GET link."""
+    if request.method == "GET" and is_prefetch(request):
+        # A hover or a speculation rule is not a click: minting would spend an API call and a
+        # single-use link the user never sees. Any non-2xx makes the browser drop the
+        # prefetch and load the page for real on the click; never_cache keeps it uncached.
+        return HttpResponse(
+            "Not prefetched: the portal link is made when you click.\n",
+            status=403, content_type="text/plain; charset=utf-8",
+        )
     try:
         link = mint_portal_link(request.user, next=_requested_next(request))
     except NomosError as exc:

@@ -8,6 +8,7 @@ requests the sandbox counted. Failures must be one-line ``CommandError``s (exit 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -248,8 +249,31 @@ def test_sync_creates_every_subscription_and_links_by_metadata(nomos, users) -> 
     assert alice.user == users["alice"]
     assert alice.email == "alice@example.com"
     assert NomosCustomer.objects.get(customer_id=seed.ACME).user is None
-    assert ("Synced 3 subscriptions: 3 created, 0 updated, 1 customers linked, "
-            "1 customers unlinked") in out
+    assert ("Synced 3 subscriptions: 3 created, 0 updated, 1 customer linked, "
+            "1 customer unlinked.") in out
+
+
+@pytest.mark.django_db
+def test_sync_of_one_subscription_says_it_in_the_singular_and_logs_a_summary(
+    nomos, users, caplog
+) -> None:
+    for n in range(3):
+        nomos.add_customer(f"nobody{n}@example.com", id=f"cus_nobody_{n}")
+        nomos.add_subscription(f"cus_nobody_{n}")
+    caplog.set_level(logging.INFO, logger="nomos_billing")
+
+    out = run("nomos_sync", "--customer", seed.ALICE)
+    assert "Synced 1 subscription: 1 created, 0 updated, 0 customers linked, " \
+           "1 customer unlinked." in out
+
+    caplog.clear()
+    out = run("nomos_sync")
+    # Five unlinked customers: no "could not be linked" line per subscription, one summary.
+    assert "5 customers unlinked." in out
+    per_item = [r for r in caplog.records if r.name.startswith("nomos_billing")
+                and r.levelno <= logging.INFO and "cus_" in r.getMessage()]
+    assert per_item == []
+    assert "log lines at INFO folded into this summary" in out
 
 
 @pytest.mark.django_db
@@ -270,7 +294,7 @@ def test_sync_dry_run_prints_the_summary_and_saves_nothing(nomos, users) -> None
 
     out = run("nomos_sync", "--dry-run")
 
-    assert "nothing saved" in out and "3 created" in out and "1 customers linked" in out
+    assert "nothing saved" in out and "3 created" in out and "1 customer linked" in out
     assert NomosSubscription.objects.count() == 0
     assert NomosCustomer.objects.count() == 0
 

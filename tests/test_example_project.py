@@ -173,12 +173,16 @@ def test_demo_prints_urls_and_logins_and_links_alice_through_the_webhook(demo: D
     assert f"{demo.url}/" in out and f"http://127.0.0.1:{demo.sandbox_port}" in out
     assert "alice / alice-demo" in out and "bob   / bob-demo" in out
     assert re.search(r"subscription\.created for alice delivered: evt_\S+ -> HTTP 200", out), out
+    # The hint posts to this demo's port, not the default 8000.
+    assert f"nomos_trigger test.event --url {demo.url}/nomos/webhook/" in out, out
 
     alice = login(demo.url, "alice", "alice-demo")
     home = alice.get(demo.url + "/", timeout=10).text
-    assert "cus_sandbox_alice" in home and "sub_sandbox_alice" in home and "active" in home
+    assert "cus_sandbox_alice" in home and "sub_sandbox_alice" in home
+    assert re.search(r'class="status" data-status="active">Active<', home), home
     german = alice.get(demo.url + "/", headers={"Accept-Language": "de"}, timeout=10).text
     assert "Kundenportal" in german and "Abmelden" in german and 'lang="de"' in german
+    assert re.search(r'class="status" data-status="active">Aktiv<', german), german
 
     bob = login(demo.url, "bob", "bob-demo")
     home = bob.get(demo.url + "/", timeout=10).text

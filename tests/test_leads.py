@@ -157,6 +157,19 @@ def test_invalid_form_is_shown_again_and_nomos_is_not_called(
     assert not NomosLead.objects.exists()
 
 
+@pytest.mark.parametrize("zip_code", ["1011", "101155", "1011a", "", "１０１１５"])
+def test_a_bad_postcode_shows_one_error(
+    as_bob: Client, nomos: Any, with_plan: None, zip_code: str
+) -> None:
+    response = as_bob.post(START, {"zip_code": zip_code, "estimated_usage": "2500"})
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert list(errors) == ["zip_code"]
+    assert len(errors["zip_code"]) == 1, errors["zip_code"]
+    assert response.content.count(b'<ul class="errorlist') == 1
+    assert nomos.calls == {}
+
+
 @pytest.mark.parametrize(("zip_code", "usage"), [("10115", "100"), (" 01067 ", "1000000")])
 def test_valid_form_values(zip_code: str, usage: str) -> None:
     form = LeadForm({"zip_code": zip_code, "estimated_usage": usage})

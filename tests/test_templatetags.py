@@ -168,6 +168,16 @@ def test_portal_url(alice: Any, source: str, html: str) -> None:
     assert render(source, alice) == html
 
 
+@pytest.mark.parametrize("source", [
+    "{% nomos_portal_url %}",
+    "{% nomos_portal_url next='/invoices' %}",
+    "{% nomos_portal_url next='/invoices' as u %}{% if u %}<a href='{{ u }}'>x</a>{% endif %}",
+])
+def test_portal_url_is_empty_for_anonymous_visitors(source: str) -> None:
+    # Like the button: no link an anonymous visitor could only follow to a login page.
+    assert render(source, AnonymousUser()) == ""
+
+
 # -- German --------------------------------------------------------------------------------
 
 

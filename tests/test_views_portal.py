@@ -524,3 +524,25 @@ def test_customer_without_subscription_is_redirected_to_the_checkout_not_503(
     assert "next=" not in location
     page = requests.get(location, timeout=5)
     assert page.status_code == 200 and 'value="carol@example.com"' in page.text
+
+
+@pytest.mark.parametrize("headers", [
+    {"Sec-Purpose": "prefetch"},
+    {"Sec-Purpose": "prefetch;prerender"},
+    {"Sec-Purpose": "prefetch;anonymous-client-ip"},
+    {"Purpose": "prefetch"},
+    {"X-Moz": "prefetch"},
+])
+def test_a_prefetch_mints_nothing_and_is_not_cached(
+    as_alice: Client, nomos: Any, headers: dict[str, str]
+) -> None:
+    response = as_alice.get(PORTAL + "?next=/invoices", headers=headers)
+
+    assert response.status_code == 403  # non-2xx: the browser drops the prefetch
+    assert "Location" not in response
+    assert "no-store" in response["Cache-Control"]
+    assert nomos.calls == {}  # no token, no magic link
+    # The real click afterwards still mints exactly one link.
+    click = as_alice.get(PORTAL + "?next=/invoices")
+    assert click.status_code == 302
+    assert nomos.count("POST /admin/magic_link") == 1

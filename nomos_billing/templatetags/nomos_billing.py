@@ -3,8 +3,10 @@
 ``{% nomos_portal_button [label=...] [next=...] [css_class=...] [method="get"] %}`` renders
 ``nomos_billing/portal_button.html``: a small POST form (with the CSRF token) for a linked user,
 a link to the lead form / sign-up page for a user without a customer, nothing for anonymous
-visitors. The customer lookup is cached on the user object, so several buttons cost one query.
-No link is minted while rendering: that happens when the button is clicked.
+visitors. ``{% nomos_portal_url [next=...] %}`` is the portal view's URL for a signed-in user
+and empty for anonymous visitors. The customer lookup is cached on the user object, so
+several buttons cost one query. No link is minted while rendering: that happens when the
+button is clicked.
 """
 
 from __future__ import annotations
@@ -42,8 +44,15 @@ def portal_url(next: str | None = None) -> str:
 
 @register.simple_tag(takes_context=True)
 def nomos_portal_url(context: template.Context, next: str | None = None) -> str:
-    """The portal view's URL, with ``?next=`` when given (validated when clicked)."""
+    """The portal view's URL, with ``?next=`` when given (validated when clicked); empty for
+    an anonymous visitor, like the button (``{% if %}`` around the link can test for it)."""
+    if not _is_signed_in(_user(context)):
+        return ""
     return portal_url(next)
+
+
+def _is_signed_in(user: Any) -> bool:
+    return user is not None and bool(getattr(user, "is_authenticated", False))
 
 
 @register.simple_tag(takes_context=True)
@@ -56,7 +65,7 @@ def nomos_portal_button(
     start_label: str | None = None,
 ) -> SafeString:
     user = _user(context)
-    if user is None or not getattr(user, "is_authenticated", False):
+    if not _is_signed_in(user):
         return mark_safe("")
     method = "get" if str(method).lower() == "get" else "post"
     values: dict[str, Any] = {

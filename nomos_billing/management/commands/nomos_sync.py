@@ -19,6 +19,9 @@ minutes (cron, or a scheduling task backend) and lost webhooks heal themselves.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from itertools import chain
 from typing import Any
@@ -70,16 +73,21 @@ class Command(BaseCommand):
         self.page_size = options["page_size"]
         self.verbosity = options["verbosity"]
         self.walk = self._plan(options)
+        self.folded = 0
         try:
-            if options["dry_run"]:
+            with _folded_info(self.verbosity < 2) as fold:
                 try:
-                    with transaction.atomic():
+                    if options["dry_run"]:
+                        try:
+                            with transaction.atomic():
+                                self._run(options["customer"])
+                                raise _Rollback
+                        except _Rollback:
+                            pass
+                    else:
                         self._run(options["customer"])
-                        raise _Rollback
-                except _Rollback:
-                    pass
-            else:
-                self._run(options["customer"])
+                finally:
+                    self.folded = fold.folded
         except NomosError as exc:
             error = command_error(exc)
             if self.walk is not None and not options["dry_run"]:
@@ -181,9 +189,9 @@ class Command(BaseCommand):
     def _summary(self, dry_run: bool) -> None:
         c = self.counts
         prefix = "Dry run, nothing saved: would have synced" if dry_run else "Synced"
-        line = (f"{prefix} {c['seen']} subscriptions: {c['created']} created, "
-                f"{c['updated']} updated, {c['linked']} customers linked, "
-                f"{getattr(self, 'unlinked', 0)} customers unlinked")
+        line = (f"{prefix} {_count(c['seen'], 'subscription')}: {c['created']} created, "
+                f"{c['updated']} updated, {_count(c['linked'], 'customer')} linked, "
+                f"{_count(getattr(self, 'unlinked', 0), 'customer')} unlinked")
         if c["failed"]:
             line += f", {c['failed']} skipped"
         if self.walk is not None:
@@ -192,6 +200,48 @@ class Command(BaseCommand):
             if getattr(self, "moved", False):
                 line += f"; watermark now {self.walk.started_at.isoformat()}"
         self.stdout.write(self.style.SUCCESS(line + "."))
+        if self.folded and self.verbosity >= 1:
+            self.stdout.write(
+                f"  ({_count(self.folded, 'per-subscription log line')} at INFO folded into "
+                "this summary; --verbosity 2 shows them)"
+            )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+class _FoldInfo(logging.Filter):
+    """Counts and drops the INFO lines that the webhook code logs per subscription ("could
+    not be linked", "linked to user ..."): one per item is noise in a backfill of thousands.
+    Warnings and errors pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO:
+            self.folded += 1
+            return False
+        return True
+
+
+#: The loggers of the per-subscription code path (sync.upsert_from_subscription and linking).
+PER_ITEM_LOGGERS = ("nomos_billing.sync", "nomos_billing.linking", "nomos_billing.resolvers")
+
+
+@contextmanager
+def _folded_info(enabled: bool) -> Iterator[_FoldInfo]:
+    fold = _FoldInfo()
+    loggers = [logging.getLogger(name) for name in PER_ITEM_LOGGERS] if enabled else []
+    for logger in loggers:
+        logger.addFilter(fold)
+    try:
+        yield fold
+    finally:
+        for logger in loggers:
+            logger.removeFilter(fold)
 
 
 def _customer_id(data: dict[str, Any]) -> str | None:
