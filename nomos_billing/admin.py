@@ -1,7 +1,11 @@
 """Admin for Nomos customers, subscriptions and webhook events.
 
-Every list costs the same number of queries however many rows it shows: the latest
-subscription status is a ``Subquery`` annotation and foreign keys are ``list_select_related``.
+Every list costs the same number of queries however many rows it shows (foreign keys are
+``list_select_related``), and the same time at 100k events as at 1k: searches match ids
+exactly (index lookups, not ``LIKE '%...%'`` scans), the latest subscription status is a column
+of the customer row (kept by ``sync``), topic choices come from Nomos' documented topics instead
+of a ``DISTINCT`` over the table, there is no ``date_hierarchy`` (another ``DISTINCT`` scan) and
+every default ordering and filter has an index.
 No setting and no secret is shown anywhere; event payloads carry ids only.
 """
 
@@ -14,7 +18,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -51,10 +55,36 @@ class LatestStatusFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
         if value == "none":
-            return queryset.filter(latest_status__isnull=True)
+            return queryset.filter(latest_status="")
         if value in NomosSubscription.Status.values:
             return queryset.filter(latest_status=value)
         return queryset
+
+
+#: The topics Nomos documents (API-NOTES, webhooks-asyncapi), so that the filter needs no
+#: ``SELECT DISTINCT topic`` over the whole event log on every page load.
+TOPICS = (
+    "subscription.created", "subscription.confirmed", "subscription.activated",
+    "subscription.ended", "subscription.terminated",
+    "invoice.created", "invoice.paid", "invoice.payment_failed", "invoice.voided",
+    "invoice.uncollectible",
+    "meter_order.created", "meter_order.placed", "meter_order.check_submitted",
+    "meter_order.check_reviewed", "meter_order.scheduled", "meter_order.installed",
+    "meter_order.activated", "meter_order.blocked", "meter_order.cancelled",
+    "test.event",
+)
+
+
+class TopicFilter(admin.SimpleListFilter):
+    title = _("topic")
+    parameter_name = "topic"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [(topic, topic) for topic in TOPICS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        # Any value, so that a topic Nomos adds later can still be filtered by URL.
+        return queryset.filter(topic=self.value()) if self.value() else queryset
 
 
 _INLINE_FIELDS = ("subscription_id", "status", "plan", "type", "start_at", "end_at")
@@ -103,29 +133,20 @@ class NomosCustomerAdmin(admin.ModelAdmin):
     inlines = [SubscriptionInline]
     actions = ["refresh_from_nomos", "link_to_user"]
 
+    show_full_result_count = False
+
     def get_search_fields(self, request: HttpRequest) -> list[str]:
-        # Not every user model has username/email; search what this one has.
+        # Exact matches, which indexes answer; not every user model has username/email.
         User = get_user_model()  # noqa: N806
-        fields = ["customer_id", "email", f"user__{User.USERNAME_FIELD}"]
+        fields = ["customer_id__exact", "email__exact", f"user__{User.USERNAME_FIELD}__exact"]
         email_field = User.get_email_field_name()
         if email_field in {f.name for f in User._meta.get_fields()}:
-            fields.append(f"user__{email_field}")
+            fields.append(f"user__{email_field}__exact")
         return list(dict.fromkeys(fields))
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        latest = NomosSubscription.objects.filter(customer=OuterRef("pk")).order_by(
-            "-nomos_created_at", "-created_at"
-        )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(latest_status=Subquery(latest.values("status")[:1]))
-        )
 
     @admin.display(description=_("latest subscription"), ordering="latest_status")
     def latest_status(self, obj: NomosCustomer) -> str:
-        value = getattr(obj, "latest_status", None)
-        return str(NomosSubscription.Status(value).label) if value else "-"
+        return obj.get_latest_status_display() if obj.latest_status else "-"
 
     @admin.display(description=_("linked"), boolean=True, ordering="user")
     def linked(self, obj: NomosCustomer) -> bool:
@@ -212,7 +233,13 @@ class NomosSubscriptionAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "type"]
     list_select_related = ["customer"]
-    search_fields = ["subscription_id", "customer__customer_id", "customer__email", "lead_id"]
+    search_fields = [
+        "subscription_id__exact",
+        "customer__customer_id__exact",
+        "customer__email__exact",
+        "lead_id__exact",
+    ]
+    show_full_result_count = False
     raw_id_fields = ["customer"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
@@ -227,16 +254,16 @@ class NomosSubscriptionAdmin(admin.ModelAdmin):
 class NomosLeadAdmin(admin.ModelAdmin):
     list_display = ["lead_id", "user", "plan", "created_at"]
     list_select_related = ["user"]
-    search_fields = ["lead_id"]
+    search_fields = ["lead_id__exact"]
     raw_id_fields = ["user"]
 
 
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(admin.ModelAdmin):
     list_display = ["event_id", "topic", "status", "received_at", "attempts", "deliveries"]
-    list_filter = ["status", "topic"]
-    search_fields = ["event_id"]
-    date_hierarchy = "received_at"
+    list_filter = ["status", TopicFilter]
+    search_fields = ["event_id__exact"]
+    show_full_result_count = False
     exclude = ["payload"]
     actions = ["process_again"]
 

@@ -13,6 +13,12 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 
+class SubscriptionStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    ACTIVE = "active", _("Active")
+    ENDED = "ended", _("Ended")
+
+
 class NomosCustomer(models.Model):
     class Type(models.TextChoices):
         PERSON = "person", _("Person")
@@ -36,6 +42,16 @@ class NomosCustomer(models.Model):
     # Which resolver linked the user (e.g. "metadata", "lead", "admin"), for the audit trail.
     linked_by = models.CharField(_("linked by"), max_length=100, blank=True)
     linked_at = models.DateTimeField(_("linked at"), null=True, blank=True)
+    # The status of the newest subscription (by Nomos' creation time), kept by ``sync`` whenever
+    # a subscription is stored or changes status, so the admin filters and sorts on a column
+    # instead of running a subquery per customer. Empty: no subscription.
+    latest_status = models.CharField(
+        _("latest subscription status"),
+        max_length=16,
+        choices=SubscriptionStatus.choices,
+        blank=True,
+        editable=False,
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -43,6 +59,11 @@ class NomosCustomer(models.Model):
         verbose_name = _("Nomos customer")
         verbose_name_plural = _("Nomos customers")
         ordering = ["-created_at"]
+        # The admin's default ordering and its status filter.
+        indexes = [
+            models.Index(fields=["-created_at"], name="nomos_cus_created_idx"),
+            models.Index(fields=["latest_status", "-created_at"], name="nomos_cus_latest_idx"),
+        ]
 
     def __str__(self) -> str:
         name = " ".join(p for p in (self.first_name, self.last_name) if p)
@@ -54,10 +75,7 @@ class NomosCustomer(models.Model):
 
 
 class NomosSubscription(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
-        ACTIVE = "active", _("Active")
-        ENDED = "ended", _("Ended")
+    Status = SubscriptionStatus
 
     class Type(models.TextChoices):
         CONSUMPTION = "consumption", _("Consumption")
@@ -88,7 +106,14 @@ class NomosSubscription(models.Model):
         verbose_name = _("Nomos subscription")
         verbose_name_plural = _("Nomos subscriptions")
         ordering = ["-nomos_created_at", "-created_at"]
-        indexes = [models.Index(fields=["status"], name="nomos_sub_status_idx")]
+        indexes = [
+            models.Index(fields=["status"], name="nomos_sub_status_idx"),
+            # The default ordering, and "newest subscription of a customer" (latest_status).
+            models.Index(fields=["-nomos_created_at", "-created_at"], name="nomos_sub_order_idx"),
+            models.Index(
+                fields=["customer", "-nomos_created_at", "-created_at"], name="nomos_sub_latest_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subscription_id} ({self.status or '?'})"
@@ -149,7 +174,11 @@ class WebhookEvent(models.Model):
         verbose_name = _("webhook event")
         verbose_name_plural = _("webhook events")
         ordering = ["-received_at"]
-        indexes = [models.Index(fields=["status", "received_at"], name="nomos_evt_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "received_at"], name="nomos_evt_status_idx"),
+            # The admin's topic filter in its default ordering.
+            models.Index(fields=["topic", "received_at"], name="nomos_evt_topic_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.topic} ({self.status})"

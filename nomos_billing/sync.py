@@ -15,13 +15,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import linking
 from .client import get_client
-from .models import NomosCustomer, NomosSubscription
+from .models import NomosCustomer, NomosSubscription, SubscriptionStatus
 from .signals import subscription_status_changed
 
 logger = logging.getLogger("nomos_billing.sync")
@@ -98,11 +99,14 @@ def _insert(model: Any, lookup: dict[str, Any], fields: dict[str, Any]) -> Any |
         return None
 
 
-def upsert_customer(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
+def upsert_customer(
+    data: dict[str, Any], *, latest_status: str = ""
+) -> tuple[NomosCustomer, bool]:
     """Create or update the ``NomosCustomer`` for a Nomos customer object.
 
     One SELECT, then an INSERT for a new customer or an UPDATE of the changed columns only;
     nothing is written when nothing changed. No lock: every writer writes what Nomos says.
+    ``latest_status``: for a new customer, the status of the subscription being stored with it.
     """
     customer_id = _text(data.get("id"), 64)
     if not customer_id:
@@ -110,7 +114,9 @@ def upsert_customer(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
     fields = customer_fields(data)
     customer = NomosCustomer.objects.filter(customer_id=customer_id).first()
     if customer is None:
-        customer = _insert(NomosCustomer, {"customer_id": customer_id}, fields)
+        customer = _insert(
+            NomosCustomer, {"customer_id": customer_id}, {**fields, "latest_status": latest_status}
+        )
         if customer is not None:
             return customer, True
         customer = NomosCustomer.objects.get(customer_id=customer_id)
@@ -122,16 +128,16 @@ def upsert_customer(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
     return customer, False
 
 
-def _customer_for(data: dict[str, Any]) -> tuple[NomosCustomer, bool]:
+def _customer_for(data: dict[str, Any], status: str) -> tuple[NomosCustomer, bool]:
     embedded = data.get("customer")
     if isinstance(embedded, dict):
-        return upsert_customer(embedded)
+        return upsert_customer(embedded, latest_status=status)
     if isinstance(embedded, str) and embedded:
         # List endpoints give only the id: fetch the customer only when it is new to us.
         existing = NomosCustomer.objects.filter(customer_id=embedded).first()
         if existing is not None:
             return existing, False
-        return upsert_customer(get_client().get_customer(embedded))
+        return upsert_customer(get_client().get_customer(embedded), latest_status=status)
     raise ValueError("Nomos subscription without customer")
 
 
@@ -199,12 +205,15 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
     subscription_id = _text(data.get("id"), 64)
     if not subscription_id:
         raise ValueError("Nomos subscription object without id")
-    customer, customer_created = _customer_for(data)
-    values = {**subscription_fields(data), "customer_id": customer.pk}
+    fields = subscription_fields(data)
+    customer, customer_created = _customer_for(data, fields["status"])
+    values = {**fields, "customer_id": customer.pk}
     lead_id = _item_lead(data, lead_id)
     subscription, created, previous, changed_status = _store_subscription(
         subscription_id, values, lead_id, new_customer=customer_created
     )
+    if changed_status and not customer_created:
+        refresh_latest_status(customer.pk)
     return _link_and_announce(
         Upserted(customer, subscription, customer_created, created),
         data, lead_id, previous, changed_status,
@@ -258,13 +267,26 @@ def upsert_subscriptions(
     new_customers = customer_ids - customers.keys()
     if new_customers:
         fetched = fetch_customers(new_customers)
-        rows = [NomosCustomer(customer_id=cid, **customer_fields(fetched[cid]))
-                for cid in sorted(new_customers)]
+        # A new customer's latest status: its newest subscription on this page.
+        newest: dict[str, tuple[str, str]] = {}
+        for item in items:
+            cid = _customer_id_of(item)
+            status = _choice(item.get("status"), SubscriptionStatus)
+            key = (str(item.get("created_at") or ""), status)
+            newest[cid] = max(newest.get(cid, key), key)
+        rows = [
+            NomosCustomer(
+                customer_id=cid, latest_status=newest[cid][1], **customer_fields(fetched[cid])
+            )
+            for cid in sorted(new_customers)
+        ]
         if _bulk_insert(NomosCustomer, rows):
             customers.update((c.customer_id, c) for c in rows)
         else:  # someone else stored one of them meanwhile: one at a time
             for cid in new_customers:
-                customers[cid] = upsert_customer({**fetched[cid], "id": cid})[0]
+                customers[cid] = upsert_customer(
+                    {**fetched[cid], "id": cid}, latest_status=newest[cid][1]
+                )[0]
     subscriptions = {
         s.subscription_id: s
         for s in NomosSubscription.objects.filter(
@@ -286,6 +308,7 @@ def upsert_subscriptions(
     if inserts and not _bulk_insert(NomosSubscription, list(inserts.values())):
         inserts = {}  # a concurrent writer got one in first: store each the careful way
     results = []
+    stale: set[int] = set()
     for item, subscription_id, customer, values, lead_id in prepared:
         created_customer = customer.customer_id in new_customers
         row = inserts.pop(subscription_id, None)
@@ -300,7 +323,22 @@ def upsert_subscriptions(
             )
         result = Upserted(customer, row, created_customer, created)
         results.append(_link_and_announce(result, item, lead_id, previous, changed))
+        if changed and not created_customer:
+            stale.add(customer.pk)
+    for pk in sorted(stale):
+        refresh_latest_status(pk)
     return results
+
+
+def refresh_latest_status(customer_pk: int) -> None:
+    """Set ``NomosCustomer.latest_status`` from the customer's newest subscription (one UPDATE).
+    Called whenever a subscription of an existing customer is created or changes status."""
+    newest = NomosSubscription.objects.filter(customer=OuterRef("pk")).order_by(
+        "-nomos_created_at", "-created_at"
+    )
+    NomosCustomer.objects.filter(pk=customer_pk).update(
+        latest_status=Coalesce(Subquery(newest.values("status")[:1]), Value(""))
+    )
 
 
 def _customer_id_of(item: dict[str, Any]) -> str:

@@ -41,8 +41,10 @@ class Counted:
         return [f"{s.split()[0].upper()} {_table(s)}" for s in self.statements]
 
     def writes_to(self, table: str) -> list[str]:
+        """INSERT/UPDATE/DELETE statements whose target (not a subquery's) is ``table``."""
         return [s for s in self.statements
-                if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE") and f'"{table}"' in s]
+                if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE")
+                and s.split('"')[1:2] == [table]]
 
 
 def _table(sql: str) -> str:
@@ -157,9 +159,12 @@ def test_a_changed_subscription_updates_only_the_changed_columns(
     [update] = counted.writes_to(SUBSCRIPTIONS)
     assigned = update.split(" SET ")[1].split(" WHERE ")[0]
     assert '"status"' in assigned and '"metadata"' not in assigned and '"plan"' not in assigned
-    assert counted.writes_to(CUSTOMERS) == []
+    # ... and the customer's latest status, in one more statement.
+    [customer_update] = counted.writes_to(CUSTOMERS)
+    assert customer_update.split(" SET ")[1].startswith('"latest_status" = ')
     assert changes == [("pending", "active")]
     assert NomosSubscription.objects.get().status == "active"
+    assert NomosCustomer.objects.get().latest_status == "active"
 
 
 def test_other_databases_record_deliveries_through_the_orm(monkeypatch):
@@ -244,8 +249,12 @@ def test_a_re_sync_writes_the_one_change(nomos):
 
     counted = _sync()
 
-    assert counted.writes_to(CUSTOMERS) == []
     [update] = counted.writes_to(SUBSCRIPTIONS)
     assert update.split()[0].upper() == "UPDATE"
+    [customer_update] = counted.writes_to(CUSTOMERS)
+    assert customer_update.split(" SET ")[1].startswith('"latest_status" = ')
     sub.refresh_from_db()
     assert sub.status == "ended"
+    assert sub.customer.latest_status == "ended"
+    active = NomosCustomer.objects.filter(email__startswith="sync", latest_status="active")
+    assert active.count() == 4
