@@ -1,10 +1,13 @@
-"""The release: migrations in sync, and the built wheel works in a brand-new project.
+"""The release: migrations in sync, a quiet build, and the README's Install section as written.
 
-``test_wheel_installs_into_a_new_project_and_receives_a_webhook`` copies the source tree,
-runs ``python -m build`` (sdist, then the wheel from the sdist), installs the wheel into a
-fresh virtualenv (pip takes Django and requests from the package index), creates a project with
-``django-admin startproject``, adds the app exactly as the README says, and runs ``check``,
-``migrate`` and one signed webhook through Django's test client.
+``test_readme_install_section_works_pasted_into_a_new_project`` builds sdist and wheel
+(``python -m build``, warnings as errors), installs the wheel into a fresh virtualenv (pip takes
+Django and requests from the package index), creates a project with ``django-admin
+startproject``, appends the README's settings and urls blocks exactly as written (found by their
+``<!-- readme-test: NAME -->`` markers), and runs the README's commands: the sandbox, migrate,
+check, nomos_check_credentials, runserver and a signed webhook with nomos_trigger; then the
+portal redirect through the login page, the README's pytest example, and the django-environ
+variant of the settings.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 from django.core.management import call_command
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".git", ".venv", ".nox", ".tox", "build", "dist", "artifacts", "__pycache__",
@@ -123,66 +130,135 @@ def test_sdist_and_wheel_ship_migrations_templates_locale_and_py_typed(dist: Pat
         assert required in members, f"{required} missing from {sdist.name}"
 
 
-SETTINGS_ADDITION = """
+README = ROOT / "README.md"
 
-# -- added as the nomos-billing README says --
-INSTALLED_APPS += ["nomos_billing"]
-NOMOS_BILLING = {
-    "CLIENT_ID": "sandbox-client",
-    "CLIENT_SECRET": "sandbox-secret",
-    "WEBHOOK_SECRETS": ["whsec_new_project"],
-    "API_BASE_URL": "http://127.0.0.1:8765",
-}
-"""
 
-WEBHOOK_SCRIPT = """
-from django.test import Client
-from django.test.utils import setup_test_environment
-from nomos_billing.models import WebhookEvent
-from nomos_billing.testing import make_event, post_event
+def readme_block(name: str) -> str:
+    """The fenced code block after ``<!-- readme-test: name -->`` in README.md, as written."""
+    match = re.search(
+        rf"<!-- readme-test: {re.escape(name)} -->\n```[a-z]*\n(.*?)\n```", README.read_text(),
+        re.S,
+    )
+    assert match, f"README.md has no block marked readme-test: {name}"
+    return match.group(1) + "\n"
 
-setup_test_environment()
-response = post_event(Client(enforce_csrf_checks=True), make_event("test.event"))
-assert response.status_code == 200, (response.status_code, response.content)
-bad = post_event(Client(), make_event("test.event"), secret="whsec_wrong")
-assert bad.status_code == 400, bad.status_code
-event = WebhookEvent.objects.get()
-print("webhook ok", event.topic, event.status)
-"""
+
+def test_every_python_block_in_the_readme_compiles() -> None:
+    # The marked blocks also run (below); the others at least stay valid Python.
+    blocks = re.findall(r"```python\n(.*?)\n```", README.read_text(), re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        compile(block, "README.md", "exec")
+
+
+def _wait_for(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up")
+
+
+def _login(site_url: str, username: str, password: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(site_url + "/accounts/login/", timeout=10)
+    assert page.status_code == 200, page.text[:300]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token, page.text[:500]
+    response = session.post(site_url + "/accounts/login/", timeout=10, allow_redirects=False,
+                            data={"username": username, "password": password,
+                                  "csrfmiddlewaretoken": token.group(1)},
+                            headers={"Referer": site_url + "/accounts/login/"})
+    assert response.status_code == 302, response.text[:500]
+    return session
 
 
 @pytest.mark.slow
-def test_wheel_installs_into_a_new_project_and_receives_a_webhook(dist: Path,
-                                                                  tmp_path: Path) -> None:
-    [wheel] = dist.glob("*.whl")
+def test_readme_install_section_works_pasted_into_a_new_project(dist: Path,
+                                                                 tmp_path: Path) -> None:
+    """The README's marked blocks, as written, in a brand-new ``startproject`` site."""
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
-    python = venv / "bin" / "python"
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DJANGO_", "VIRTUAL_ENV", "PYTHONPATH", "DATABASE_URL",
-                                "CACHE_URL"))}
-    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel,
-         cwd=tmp_path, env=env, timeout=600)
+                                "CACHE_URL", "NOMOS_"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
 
-    _run(venv / "bin" / "django-admin", "startproject", "newsite", cwd=tmp_path, env=env)
+    # Install: the wheel line of the README (the build line is what the dist fixture ran).
+    [install] = [line for line in readme_block("install").splitlines()
+                 if line.startswith("pip install") and ".whl" in line]
+    [wheel] = dist.glob(install.split()[2].split("/")[-1])
+    # The test's own tools (pytest for the README's pytest example, django-environ for its
+    # settings variant) come in the same pip call, from the package index like Django.
+    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel,
+         "pytest", "pytest-django", "django-environ", cwd=tmp_path, env=env, timeout=600)
+
+    _run(bin_dir / "django-admin", "startproject", "newsite", cwd=tmp_path, env=env)
     site = tmp_path / "newsite"
     settings = site / "newsite" / "settings.py"
-    settings.write_text(settings.read_text() + SETTINGS_ADDITION)
+    pristine = settings.read_text()
+    settings.write_text(pristine + "\n" + readme_block("settings"))
     urls = site / "newsite" / "urls.py"
-    text = urls.read_text().replace("from django.urls import path",
-                                    "from django.urls import include, path")
-    text = text.replace("path('admin/', admin.site.urls),",
-                        "path('admin/', admin.site.urls),\n    "
-                        "path('nomos/', include('nomos_billing.urls')),")
-    text = text.replace('path("admin/", admin.site.urls),',
-                        'path("admin/", admin.site.urls),\n    '
-                        'path("nomos/", include("nomos_billing.urls")),')
-    assert "nomos_billing.urls" in text, text
-    urls.write_text(text)
+    urls.write_text(urls.read_text() + "\n" + readme_block("urls"))
 
-    manage = [python, "manage.py"]
-    assert "no issues" in _run(*manage, "check", cwd=site, env=env)
-    assert "nomos_billing" in _run(*manage, "migrate", "--noinput", cwd=site, env=env)
-    out = _run(*manage, "shell", "-c", textwrap.dedent(WEBHOOK_SCRIPT), cwd=site, env=env)
-    assert "webhook ok test.event" in out
-    assert "usage:" in _run(*manage, "nomos_sync", "--help", cwd=site, env=env)
+    sandbox_port, site_port = free_port(), free_port()
+    env["NOMOS_API_BASE_URL"] = f"http://127.0.0.1:{sandbox_port}"
+    background: list[subprocess.Popen[str]] = []
+    outputs: dict[str, str] = {}
+    try:
+        for line in readme_block("commands").splitlines():
+            command = line.split("#", 1)[0].replace("8765", str(sandbox_port))
+            command = command.replace("8000", str(site_port)).split()
+            assert command[0] == "python", line
+            argv = [str(python), *command[1:]]
+            if "nomos_billing.sandbox" in command or "runserver" in command:
+                proc = subprocess.Popen(argv + (["--noreload"] if "runserver" in command
+                                                 else []), cwd=site, env=env, text=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                background.append(proc)
+                port = sandbox_port if "nomos_billing.sandbox" in command else site_port
+                _wait_for(f"http://127.0.0.1:{port}/", proc)
+            else:
+                outputs[command[2]] = _run(*argv, cwd=site, env=env, stderr=True)
+        assert "no issues" in outputs["check"]
+        assert "can be minted" in outputs["nomos_check_credentials"]
+        assert "HTTP 200" in outputs["nomos_trigger"], outputs["nomos_trigger"]
+
+        # The portal redirect: anonymous -> the login page; alice -> her sandbox portal.
+        site_url = f"http://127.0.0.1:{site_port}"
+        anonymous = requests.get(site_url + "/nomos/portal/", timeout=10,
+                                 allow_redirects=False)
+        assert anonymous.status_code == 302
+        assert anonymous.headers["Location"].startswith("/accounts/login/?next=")
+        _run(python, "manage.py", "shell", "-c", textwrap.dedent(LINK_ALICE), cwd=site, env=env)
+        alice = _login(site_url, "alice", "alice-pw")
+        portal = alice.get(site_url + "/nomos/portal/", timeout=10, allow_redirects=False)
+        assert portal.status_code == 302, portal.text[:500]
+        assert portal.headers["Location"].startswith(f"http://127.0.0.1:{sandbox_port}/portal/")
+    finally:
+        for proc in background:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+    # The README's pytest example, in the new site, with the package's own fixtures.
+    (site / "test_readme_example.py").write_text(readme_block("pytest-example"))
+    _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ds=newsite.settings",
+         "test_readme_example.py", cwd=site, env=env)
+
+    # The django-environ form of the same settings.
+    settings.write_text(pristine + "\n" + readme_block("settings-environ"))
+    assert "no issues" in _run(python, "manage.py", "check", cwd=site, env=env)
+
+
+LINK_ALICE = """
+from django.contrib.auth import get_user_model
+from nomos_billing.models import NomosCustomer
+
+user = get_user_model().objects.create_user("alice", "alice@example.com", "alice-pw")
+NomosCustomer.objects.create(user=user, customer_id="cus_sandbox_alice")
+"""
