@@ -15,7 +15,7 @@ SANDBOX_PORT ?= 8765
 # make demo TASKS=db: webhooks processed by the database task backend's worker.
 TASKS ?=
 
-.PHONY: demo test lint typecheck build matrix clean
+.PHONY: demo test bench lint typecheck build matrix clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT) --tasks "$(TASKS)"
+
+# Load benchmarks on gunicorn + PostgreSQL + Redis + the sandbox; prints tables. The database
+# named by BENCH_DATABASE_URL is flushed: give it one of its own.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/nomos_bench
+BENCH_CACHE_URL ?= redis://127.0.0.1:6379/14
+BENCH_RQ_URL ?= redis://127.0.0.1:6379/15
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	-createdb -h 127.0.0.1 -U postgres $(lastword $(subst /, ,$(BENCH_DATABASE_URL))) 2>/dev/null
+	DATABASE_URL=$(BENCH_DATABASE_URL) CACHE_URL=$(BENCH_CACHE_URL) BENCH_RQ_URL=$(BENCH_RQ_URL) \
+		$(BIN)/python bench/bench_load.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
