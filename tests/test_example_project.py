@@ -45,7 +45,9 @@ def settings_dump(env: dict[str, str]) -> dict:
     code = ("import json; from django.conf import settings as s; print(json.dumps({"
             "'nomos': s.NOMOS_BILLING, 'db': s.DATABASES['default']['ENGINE'], "
             "'name': str(s.DATABASES['default']['NAME']), 'debug': s.DEBUG, "
-            "'languages': [c for c, _ in s.LANGUAGES], 'mw': s.MIDDLEWARE}))")
+            "'languages': [c for c, _ in s.LANGUAGES], 'mw': s.MIDDLEWARE, "
+            "'conn': [s.DATABASES['default'][k] for k in ('CONN_MAX_AGE', 'CONN_HEALTH_CHECKS')]"
+            "}))")
     result = manage("shell", "-c", code, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -66,6 +68,7 @@ def test_defaults_point_at_the_sandbox_on_sqlite_with_en_and_de(tmp_path: Path) 
     assert dump["db"] == "django.db.backends.sqlite3" and dump["debug"] is True
     assert dump["languages"] == ["en", "de"]
     assert "django.middleware.locale.LocaleMiddleware" in dump["mw"]
+    assert dump["conn"] == [600, True]  # persistent connections, checked before reuse
 
 
 def test_real_credentials_and_database_come_from_the_environment(tmp_path: Path) -> None:
@@ -73,6 +76,7 @@ def test_real_credentials_and_database_come_from_the_environment(tmp_path: Path)
         NOMOS_API_BASE_URL="https://api.nomos.energy", NOMOS_CLIENT_ID="cli_real",
         NOMOS_CLIENT_SECRET="real-secret", NOMOS_WEBHOOK_SECRETS="whsec_new,whsec_old",
         DATABASE_URL=f"sqlite:///{tmp_path / 'other.sqlite3'}", DJANGO_DEBUG="False",
+        DB_CONN_MAX_AGE="0",
     )
     dump = settings_dump(env)
 
@@ -81,6 +85,7 @@ def test_real_credentials_and_database_come_from_the_environment(tmp_path: Path)
     assert dump["nomos"]["WEBHOOK_SECRETS"] == ["whsec_new", "whsec_old"]
     assert dump["name"] == str(tmp_path / "other.sqlite3")
     assert dump["debug"] is False
+    assert dump["conn"] == [0, True]
 
 
 def test_env_example_explains_every_variable_the_settings_read() -> None:

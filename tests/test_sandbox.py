@@ -462,6 +462,38 @@ def test_request_log_records_exchanges(sb: Sandbox, http: requests.Session) -> N
     assert sb.calls == {} and sb.request_log == []
 
 
+def test_records_are_rings_that_keep_the_newest(sb: Sandbox, http: requests.Session) -> None:
+    sb.request_log.size = 3
+    for n in range(5):
+        http.get(f"{sb.base_url}/subscriptions/sub_sandbox_alice?n={n}", headers=bearer(sb))
+    assert len(sb.request_log) == 3
+    assert sb.request_log[-1]["query"] == "n=4"
+    assert sb.count("GET /subscriptions/{id}") == 5  # counting is not bounded by the ring
+
+
+def test_magic_links_are_forgotten_once_used_or_expired(sb: Sandbox) -> None:
+    used = sb.mint_magic_link("cus_sandbox_alice", sb.base_url)
+    token = used.split("token_hash=")[1].split("&")[0]
+    assert sb.redeem_magic_link(token, "/overview") is not None
+    assert sb.redeem_magic_link(token, "/overview") is None  # single use, as before
+    assert sb._magic_links == {}
+    sb.magic_link_ttl = 0
+    sb.mint_magic_link("cus_sandbox_alice", sb.base_url)
+    sb.mint_magic_link("cus_sandbox_alice", sb.base_url)  # minting sweeps the expired one
+    assert len(sb._magic_links) == 1
+
+
+def test_reset_frees_every_record(sb: Sandbox, http: requests.Session) -> None:
+    link = sb.mint_magic_link("cus_sandbox_alice", sb.base_url)
+    sb.redeem_magic_link(link.split("token_hash=")[1].split("&")[0], "/overview")
+    sb.mint_magic_link("cus_sandbox_alice", sb.base_url)
+    http.get(f"{sb.base_url}/subscriptions/sub_sandbox_alice", headers=bearer(sb))
+    assert http.post(f"{sb.base_url}/_sandbox/reset").status_code == 200
+    assert (sb.request_log, sb.portal_sessions, sb.webhook_deliveries) == ([], [], [])
+    assert sb._magic_links == {} and sb.calls == {}
+    assert "sub_sandbox_alice" in sb.subscriptions  # the data stays
+
+
 # -- webhooks -----------------------------------------------------------------------------------
 
 class _Receiver:

@@ -72,6 +72,11 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
+# Persistent connections: a new PostgreSQL connection per request cost 4x the throughput in
+# nomos-billing's benchmarks. Health checks replace a connection the server dropped (restart,
+# idle timeout) instead of failing the request that finds it dead.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=600))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 CACHES = {
     # The Nomos access token lives here; use Redis (redis://...) with several workers.
     "default": env.cache("CACHE_URL", default="locmemcache://example-project"),

@@ -70,13 +70,14 @@ def send_webhook(sb: Sandbox, request: Request) -> Response:
                                        "timestamp", "duplicate"))
     if not payload.get("url") or not payload.get("topic"):
         raise ApiError(400, 'Give "url" and "topic"')
-    before = len(sb.webhook_deliveries)
     try:
         event = sb.send_webhook(payload.pop("url"), payload.pop("topic"), **payload)
     except (TypeError, ValueError) as exc:
         raise ApiError(400, str(exc)) from None
+    times = int(payload.get("duplicate") or 1)
     with sb.lock:
-        deliveries = sb.webhook_deliveries[before:]
+        # The newest ones (a ring: counting from the end stays right when it is full).
+        deliveries = [d for d in sb.webhook_deliveries[-times:] if d["event_id"] == event["id"]]
     statuses = [{"status": d["status"], "error": d["error"]} for d in deliveries]
     return json_response(200, {"event": event, "deliveries": statuses})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from . import shapes
@@ -26,6 +26,30 @@ def checkout_url(base_url: str, plan: str, **params: str) -> str:
 
     query = urlencode(params)
     return f"{base_url}/checkout/{quote(plan, safe='')}/" + (f"?{query}" if query else "")
+
+
+#: How many exchanges ``request_log`` keeps (each holds its bodies).
+REQUEST_LOG_SIZE = 5_000
+#: How many portal sessions, webhook deliveries and issued tokens are remembered.
+RECORDS_SIZE = 10_000
+
+
+class Ring(list):  # type: ignore[type-arg]
+    """A list that keeps only its newest ``size`` items (the oldest go first)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        if len(self) > self.size:
+            del self[: len(self) - self.size]
+
+    def extend(self, items: Any) -> None:
+        super().extend(items)
+        if len(self) > self.size:
+            del self[: len(self) - self.size]
 
 
 class Sandbox:
@@ -72,17 +96,20 @@ class Sandbox:
         self.leads: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
-        self.request_log: list[dict[str, Any]] = []
+        # Rings: a long-running sandbox (a 100k-request benchmark, a demo left on for days)
+        # keeps the newest records, not every one.
+        self.request_log: list[dict[str, Any]] = Ring(REQUEST_LOG_SIZE)
         self.connections = 0
-        self.portal_sessions: list[dict[str, str]] = []
-        self.webhook_deliveries: list[dict[str, Any]] = []
+        self.portal_sessions: list[dict[str, str]] = Ring(RECORDS_SIZE)
+        self.webhook_deliveries: list[dict[str, Any]] = Ring(RECORDS_SIZE)
         self.faults = FaultTable()
         # token -> (monotonic expiry, scope)
         self._tokens: dict[str, tuple[float, str]] = {}
         # Every token ever issued, also the expired ones: tests scan logs for them.
-        self._issued: list[str] = []
+        self._issued: list[str] = Ring(RECORDS_SIZE)
         # token_hash -> {"customer_id", "created", "used"}
-        self._magic_links: dict[str, dict[str, Any]] = {}
+        # Oldest first; a link leaves when it is used or expires (see ``_forget_expired_links``).
+        self._magic_links: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lead_requests: dict[str, dict[str, Any]] = {}
         self._subscription_leads: dict[str, str] = {}
         self.wsgi_app = SandboxApp(self)
@@ -372,6 +399,7 @@ class Sandbox:
             has_subscription = any(
                 s["customer"] == customer_id for s in self.subscriptions.values()
             )
+            self._forget_expired_links()
             self._magic_links[token_hash] = {
                 "customer_id": customer_id, "created": time.monotonic(), "used": False,
             }
@@ -393,10 +421,10 @@ class Sandbox:
     def redeem_magic_link(self, token_hash: str, next_page: str) -> dict[str, Any] | None:
         """The customer for a first, unexpired use of the link; None otherwise."""
         with self.lock:
-            entry = self._magic_links.get(token_hash)
+            # Single use: a used link is forgotten, and unknown answers as used does.
+            entry = self._magic_links.pop(token_hash, None)
             if entry is None or entry["used"]:
                 return None
-            entry["used"] = True
             if time.monotonic() - entry["created"] > self.magic_link_ttl:
                 return None
             self.portal_sessions.append({"customer_id": entry["customer_id"], "next": next_page})
@@ -420,11 +448,24 @@ class Sandbox:
             return self.faults.take(key, wildcard=wildcard)
 
     def reset_counts(self) -> None:
-        """Forget counted calls and recorded exchanges (not the data)."""
+        """Forget counted calls and everything recorded: exchanges, portal sessions, webhook
+        deliveries, unused magic links (not the customers, subscriptions, leads, events)."""
         with self.lock:
             self.calls.clear()
             self.request_log.clear()
+            self.portal_sessions.clear()
+            self.webhook_deliveries.clear()
+            self._magic_links.clear()
             self.connections = 0
+
+    def _forget_expired_links(self) -> None:
+        # Called with the lock held; links are minted in time order, so the oldest come first.
+        horizon = time.monotonic() - self.magic_link_ttl
+        while self._magic_links:
+            token_hash, entry = next(iter(self._magic_links.items()))
+            if entry["created"] > horizon:
+                return
+            del self._magic_links[token_hash]
 
     def note_call(self, key: str) -> None:
         with self.lock:
