@@ -8,7 +8,13 @@
    delivers a signed ``subscription.created`` to the site's webhook URL, so alice is linked the
    way production links customers (webhook -> fetch subscription -> metadata resolver, which
    accepts only a value this site signed);
-5. prints the URLs and logins and waits; Ctrl-C stops both servers.
+5. forwards every event the sandbox fires (its hosted checkout's ``subscription.created``,
+   status changes through its control API) to the site's webhook URL, the way Nomos delivers
+   them, so bob's sign-up (form -> lead -> sandbox checkout -> back to the site) links him with
+   no command typed;
+6. keeps the sandbox's data in a state file beside the SQLite database (``<db>.sandbox.json``),
+   so a rerun on the same database finds the same customers (a new database starts both fresh);
+7. prints the URLs and logins and waits; Ctrl-C stops both servers.
 
 The demo always uses the sandbox and its published fake credentials, whatever ``.env`` says:
 run ``manage.py runserver`` yourself to use the settings in ``.env``.
@@ -49,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sandbox-port", type=int, default=8765, help="the sandbox's port")
     parser.add_argument("--startup-timeout", type=float, default=30.0,
                         help="seconds to wait for the site to answer")
+    parser.add_argument("--sandbox-state", type=Path, default=None, metavar="FILE",
+                        help="the sandbox's state file (default: beside the SQLite database, "
+                             "or example_project/sandbox-state.json for another database)")
     parser.add_argument("--tasks", choices=["", "db"], default="",
                         help="db: process webhooks on the database task backend, with a "
                              "db_worker child process (make demo TASKS=db)")
@@ -100,6 +109,22 @@ def create_users() -> dict[str, Any]:
         user.save()
         users[username] = user
     return users
+
+
+def sandbox_state_file(args: argparse.Namespace) -> tuple[Path, bool]:
+    """Where the sandbox keeps its data, and whether the site's database is new (then the
+    sandbox starts from its seed too, so the two never disagree)."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    sqlite = database["ENGINE"].endswith("sqlite3")
+    db_path = Path(str(database["NAME"])) if sqlite else None
+    state = args.sandbox_state or (
+        db_path.with_name(db_path.name + ".sandbox.json") if db_path is not None
+        else HERE / "sandbox-state.json"
+    )
+    fresh_database = db_path is not None and not db_path.exists()
+    return state, fresh_database
 
 
 def point_sandbox_at_users(sandbox: Any, users: dict[str, Any]) -> None:
@@ -171,15 +196,29 @@ def main(argv: list[str] | None = None) -> int:
     from django.urls import reverse
 
     from nomos_billing.sandbox import Sandbox, SandboxServer, seed
+    from nomos_billing.sandbox.forwarding import Forwarder
 
+    state_file, fresh_database = sandbox_state_file(args)
+    if fresh_database:
+        state_file.unlink(missing_ok=True)
     print("== migrating the example site's database", flush=True)
     call_command("migrate", interactive=False, verbosity=0)
     users = create_users()
 
-    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET)
-    point_sandbox_at_users(sandbox, users)
-    server = SandboxServer(sandbox, args.host, args.sandbox_port).start()
     site_url = f"http://{args.host}:{args.port}"
+    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET)
+    try:
+        state_loaded = sandbox.use_state_file(str(state_file))
+    except ValueError as exc:
+        fail(f"{exc}; delete it (or pass --sandbox-state) to start the sandbox afresh.")
+    point_sandbox_at_users(sandbox, users)
+    sandbox.save_state()
+    # Like Nomos: after the hosted checkout the browser comes back to the site, and the
+    # checkout's events reach the site's webhook by themselves.
+    sandbox.return_urls["*"] = site_url + "/"
+    sandbox.forwarder = Forwarder(sandbox, [site_url + reverse("nomos_billing:webhook")],
+                                  WEBHOOK_SECRET, retry_base=1.0)
+    server = SandboxServer(sandbox, args.host, args.sandbox_port).start()
     site = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
         [sys.executable, str(HERE / "manage.py"), "runserver", f"{args.host}:{args.port}",
          "--noreload"],
@@ -209,7 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                          through the signed user reference in its metadata (by_metadata);
                          the portal button opens the sandbox portal signed in as alice
     bob   / bob-demo     no Nomos customer yet; the button leads to the sign-up form,
-                         which creates a lead and opens the sandbox checkout
+                         which creates a lead and opens the sandbox checkout; signing up
+                         there brings him back here, linked by the forwarded
+                         subscription.created (context.lead)
+
+  sandbox checkout:  {server.url}/checkout/{PLAN_ID}/  (returns to {site_url}/)
+  events forwarded:  {sandbox.forwarder.describe()}
+  sandbox state:     {state_file} ({"loaded" if state_loaded else "new"}; delete it together
+                     with the database to start over)
+  control API:       {server.url}/_sandbox/...  (python -m nomos_billing.sandbox --help)
 
   subscription.created for alice delivered: {webhook}{worker_note(args)}
   try: .venv/bin/python example_project/manage.py nomos_trigger test.event --url {webhook_url}
@@ -233,6 +280,8 @@ Ctrl-C stops both servers.""", flush=True)
                 except subprocess.TimeoutExpired:
                     child.kill()
         server.stop()
+        sandbox.forwarder.stop()
+        sandbox.save_state()
 
 
 def worker_note(args: argparse.Namespace) -> str:

@@ -147,7 +147,7 @@ def deliveries(sb: Sandbox, request: Request) -> Response:
     with sb.lock:
         records = [
             {k: d.get(k) for k in ("event_id", "topic", "url", "status", "error", "attempt",
-                                   "duplicate", "sent_at")}
+                                   "duplicate", "forwarded", "sent_at")}
             for d in sb.webhook_deliveries
         ]
     pending = sb.forwarder.pending() if sb.forwarder is not None else 0
