@@ -311,6 +311,10 @@ class NomosClient:
     def create_lead(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/leads", json=dict(payload))
 
+    def get_lead(self, lead_id: str) -> dict[str, Any]:
+        """``GET /leads/{id}``: ``subscription`` and ``subscribed_at`` once it converted."""
+        return self.request("GET", f"/leads/{_segment(lead_id)}")
+
     def list_page(self, path: str, *, cursor: str | None = None, limit: int = 100,
                   filters: Sequence[ListFilter] = ()) -> dict[str, Any]:
         """One page of a list endpoint, every item checked against ``filters``.

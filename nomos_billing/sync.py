@@ -1,6 +1,7 @@
 """Copy what Nomos says now into our rows: one subscription (with its customer) at a time.
 
-Webhooks, ``nomos_sync`` and the admin's "Refresh from Nomos" all end here, so the rules live
+Webhooks, ``nomos_sync`` (also ``check_open_leads``) and the admin's "Refresh from Nomos" all
+end here, so the rules live
 in one place: upsert the customer and the subscription, never let an older read overwrite a
 newer one, link the customer to a user (``linking.link_customer``) and announce status
 changes (``subscription_status_changed``).
@@ -15,14 +16,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
-from django.db.models import OuterRef, Q, Subquery, Value
+from django.db.models import Exists, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import linking
 from .client import get_client
-from .models import NomosCustomer, NomosSubscription, SubscriptionStatus
+from .models import NomosCustomer, NomosLead, NomosSubscription, SubscriptionStatus
 from .signals import subscription_status_changed
 
 logger = logging.getLogger("nomos_billing.sync")
@@ -374,3 +375,37 @@ def refresh_customer(customer: NomosCustomer) -> int:
         # A customer without subscriptions can still be linked by e-mail or a custom resolver.
         linking.link_customer(linking.LinkRequest(customer=customer))
     return count
+
+
+def check_open_leads(client: Any = None) -> tuple[int, int]:
+    """Ask Nomos about each lead we created that no subscription of ours names yet
+    (``GET /leads/{id}``); store and link the subscription of each that converted.
+
+    For a site whose webhooks were lost: the lead, not the subscription's metadata, tells whose
+    subscription it is. Returns ``(checked, converted)``. Raises ``NomosError`` when Nomos
+    cannot be asked (what was stored before stays).
+    """
+    client = client or get_client()
+    known = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
+    open_leads = NomosLead.objects.filter(~Exists(known)).values_list("lead_id", flat=True)
+    checked = converted = 0
+    for lead_id in open_leads.iterator():
+        checked += 1
+        lead = client.get_lead(lead_id)
+        subscription_id = lead.get("subscription") if isinstance(lead, dict) else None
+        if not isinstance(subscription_id, str) or not subscription_id:
+            continue
+        converted += 1
+        existing = NomosSubscription.objects.select_related("customer").filter(
+            subscription_id=subscription_id
+        ).first()
+        if existing is None:
+            upsert_from_subscription(client.get_subscription(subscription_id), lead_id=lead_id)
+            continue
+        if not existing.lead_id:
+            NomosSubscription.objects.filter(pk=existing.pk, lead_id="").update(lead_id=lead_id)
+        if not existing.customer.is_linked:
+            linking.link_customer(
+                linking.LinkRequest(customer=existing.customer, lead_id=lead_id)
+            )
+    return checked, converted

@@ -720,3 +720,39 @@ def test_command_line_server() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+# -- fault: a new subscription not readable yet ---------------------------------------------------
+
+def test_new_subscription_is_unreadable_for_its_first_seconds(sb: Sandbox,
+                                                              http: requests.Session) -> None:
+    seeded = f"{sb.base_url}/subscriptions/sub_sandbox_alice"
+    answer = http.post(f"{sb.base_url}/_sandbox/subscriptions/unreadable", json={"seconds": 3600})
+    assert answer.json() == {"unreadable_for": 3600.0}
+    sub = sb.add_subscription("cus_sandbox_carol")
+    url = f"{sb.base_url}/subscriptions/{sub['id']}"
+
+    assert http.get(url, headers=bearer(sb)).status_code == 404
+    listed = http.get(f"{sb.base_url}/subscriptions", params={"limit": 100},
+                      headers=bearer(sb)).json()
+    assert sub["id"] not in [item["id"] for item in listed["items"]]
+    assert http.get(seeded, headers=bearer(sb)).status_code == 200  # older ones stay readable
+
+    made = http.post(f"{sb.base_url}/_sandbox/subscriptions/{sub['id']}/readable")
+    assert made.status_code == 200
+    assert http.get(url, headers=bearer(sb)).json()["id"] == sub["id"]
+
+
+def test_unreadable_window_ends_by_itself(sb: Sandbox, http: requests.Session) -> None:
+    sb.unreadable_for = 0.01
+    sub = sb.add_subscription("cus_sandbox_carol")
+    time.sleep(0.05)
+    assert http.get(f"{sb.base_url}/subscriptions/{sub['id']}",
+                    headers=bearer(sb)).status_code == 200
+
+
+@pytest.mark.parametrize("body", [{}, {"seconds": -1}, {"seconds": "5"}, {"seconds": True}])
+def test_unreadable_control_refuses_bad_input(sb: Sandbox, http: requests.Session,
+                                              body: dict[str, Any]) -> None:
+    answer = http.post(f"{sb.base_url}/_sandbox/subscriptions/unreadable", json=body)
+    assert answer.status_code == 400

@@ -27,6 +27,9 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
   POST   /_sandbox/subscriptions/{id}/status  {"status": "active"|"ended"|"pending",
                                               "topic": optional}; fires subscription.activated
                                               / .ended (or "topic") to --forward-to
+  POST   /_sandbox/subscriptions/unreadable  fault {"seconds": N}: new subscriptions answer 404
+                                              for their first N seconds (--unreadable-for)
+  POST   /_sandbox/subscriptions/{id}/readable  end that window for one subscription now
   POST   /_sandbox/leads/{id}/convert         finish a lead's checkout; fires subscription.created
   POST   /_sandbox/events                     fire {"topic", "context"} to --forward-to
   GET    /_sandbox/deliveries                 what --forward-to delivered (status, attempt)
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--return-url", metavar="[PLAN=]URL", action="append", default=[],
                         help="where the checkout sends the browser after a sign-up (per plan, "
                              "or for all); default: a sandbox confirmation page")
+    parser.add_argument("--unreadable-for", type=float, default=0, metavar="SECONDS",
+                        help="a new subscription answers 404 for its first SECONDS (fault)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -118,6 +123,7 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
         sandbox.forwarder = Forwarder(sandbox, args.forward_to, args.webhook_secret,
                                       retry_base=args.retry_base, duplicate=args.duplicate,
                                       reorder=args.reorder)
+    sandbox.unreadable_for = max(0.0, args.unreadable_for)
     return sandbox, loaded
 
 

@@ -202,7 +202,7 @@ def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
 # -- resources --------------------------------------------------------------------------------
 
 def get_subscription(sb: Sandbox, request: Request, id: str) -> Response:
-    if id not in sb.subscriptions:
+    if not sb.is_readable(id):
         raise ApiError(404, f"Subscription {id} not found")
     return json_response(200, sb.subscription_view(id))
 
@@ -212,7 +212,7 @@ def list_subscriptions(sb: Sandbox, request: Request) -> Response:
 
     wanted = _filters(request, SUBSCRIPTION_FILTERS)
     with sb.lock:
-        items = [list_subscription(s) for s in sb.subscriptions.values()]
+        items = [list_subscription(s) for k, s in sb.subscriptions.items() if sb.is_readable(k)]
     items = _apply(items, wanted)
     return json_response(200, paginate(request, items))
 

@@ -154,6 +154,23 @@ def deliveries(sb: Sandbox, request: Request) -> Response:
     return json_response(200, {"deliveries": records, "pending": pending})
 
 
+def unreadable(sb: Sandbox, request: Request) -> Response:
+    """``{"seconds": N}``: subscriptions created from now on answer 404 for N seconds."""
+    seconds = _body(request).get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ApiError(400, 'Give "seconds", a number >= 0')
+    with sb.lock:
+        sb.unreadable_for = float(seconds)
+    return json_response(200, {"unreadable_for": sb.unreadable_for})
+
+
+def make_readable(sb: Sandbox, request: Request, id: str) -> Response:
+    if id not in sb.subscriptions:
+        raise ApiError(404, f"Subscription {id} not found")
+    sb.make_readable(id)
+    return json_response(200, sb.subscription_view(id))
+
+
 def issue_token(sb: Sandbox, request: Request) -> Response:
     return json_response(200, {"access_token": sb.issue_token()})
 
@@ -178,9 +195,11 @@ ROUTES = [
     _control("POST", "/leads/{id}/convert", convert_lead),
     _control("POST", "/customers", add_customer),
     _control("POST", "/subscriptions", add_subscription),
+    _control("POST", "/subscriptions/unreadable", unreadable),
     _control("POST", "/subscriptions/{id}/status", set_status),
     _control("POST", "/events", fire_event),
     _control("GET", "/deliveries", deliveries),
+    _control("POST", "/subscriptions/{id}/readable", make_readable),
     _control("POST", "/tokens", issue_token),
     _control("POST", "/tokens/expire", expire_tokens),
 ]

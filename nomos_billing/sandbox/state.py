@@ -112,6 +112,11 @@ class Sandbox:
         self._magic_links: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lead_requests: dict[str, dict[str, Any]] = {}
         self._subscription_leads: dict[str, str] = {}
+        #: Fault: a subscription created from now on answers 404 (and is left out of lists)
+        #: for its first this-many seconds, as a read replica that lags the write would.
+        self.unreadable_for = 0.0
+        # sub_id -> monotonic time from which GET /subscriptions/{id} finds it
+        self._readable_at: dict[str, float] = {}
         self.wsgi_app = SandboxApp(self)
         if seed:
             from .seed import seed as seed_data
@@ -162,6 +167,8 @@ class Sandbox:
                 zip_code=zip_code, created_at=created_at,
             )
             self.subscriptions[data["id"]] = data
+            if self.unreadable_for > 0:
+                self._readable_at[data["id"]] = time.monotonic() + self.unreadable_for
             if lead_id:
                 self._subscription_leads[data["id"]] = lead_id
         return data
@@ -171,6 +178,25 @@ class Sandbox:
             sub = self.subscriptions[sub_id]
             shapes.apply_status(sub, status)
             return sub
+
+    def is_readable(self, sub_id: str) -> bool:
+        """False while a new subscription is inside its ``unreadable_for`` window."""
+        with self.lock:
+            readable_at = self._readable_at.get(sub_id)
+            if readable_at is None:
+                return sub_id in self.subscriptions
+            if time.monotonic() >= readable_at:
+                del self._readable_at[sub_id]
+                return True
+            return False
+
+    def make_readable(self, sub_id: str | None = None) -> None:
+        """End the unreadable window of one subscription, or of all of them."""
+        with self.lock:
+            if sub_id is None:
+                self._readable_at.clear()
+            else:
+                self._readable_at.pop(sub_id, None)
 
     def subscription_view(self, sub_id: str) -> dict[str, Any]:
         """The subscription as ``GET /subscriptions/{id}`` returns it (customer embedded)."""

@@ -8,6 +8,8 @@ changes written, the user resolvers run) in a few statements for the whole page,
 that finds nothing changed writes nothing. List items carry only the customer's id: customers
 new to us are fetched one by one while they are few, else by walking ``GET /customers`` once
 (100 per call); only the new ones' fields are kept until their subscriptions come by.
+Then each lead this site created that no stored subscription names yet is looked up
+(``GET /leads/{id}``); a converted one has its subscription stored and linked by the lead.
 
 ``--dry-run`` does everything inside one transaction and rolls it back.
 
@@ -147,6 +149,8 @@ class Command(BaseCommand):
                     self.stdout.write(f"  {self.counts['seen']} subscriptions...")
         self._store(upsert_subscriptions, page)
         self.new_customers = None
+        if customer is None:
+            self._check_leads()
         # Unlinked customers overall (one query, no per-customer bookkeeping in memory).
         self.unlinked = NomosCustomer.objects.filter(user__isnull=True).count()
 
@@ -155,6 +159,17 @@ class Command(BaseCommand):
         for result in upsert(page, self._fetch_customers) if page else ():
             self.counts["linked"] += result.linked
             self.counts["created" if result.subscription_created else "updated"] += 1
+
+    def _check_leads(self) -> None:
+        """Leads we created that no stored subscription names: did they convert? With every
+        webhook lost this is how a lead's customer gets linked (``by_lead``), since list items
+        carry no lead and Nomos does not copy the lead's metadata onto the subscription."""
+        from nomos_billing.sync import check_open_leads
+
+        linked_before = NomosCustomer.objects.filter(user__isnull=False).count()
+        self.leads_checked, self.leads_converted = check_open_leads(self.client)
+        linked_after = NomosCustomer.objects.filter(user__isnull=False).count()
+        self.counts["linked"] += max(0, linked_after - linked_before)
 
     def _fetch_customers(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         """The Nomos customers we have no row for. List items carry only the customer's id;
@@ -199,6 +214,8 @@ class Command(BaseCommand):
             line += f"; updated since {since.isoformat() if since else 'the beginning'}"
             if getattr(self, "moved", False):
                 line += f"; watermark now {self.walk.started_at.isoformat()}"
+        if getattr(self, "leads_checked", 0):
+            line += f"; {self.leads_converted} of {self.leads_checked} open leads converted"
         self.stdout.write(self.style.SUCCESS(line + "."))
         if self.folded and self.verbosity >= 1:
             self.stdout.write(

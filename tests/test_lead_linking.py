@@ -1,0 +1,99 @@
+"""Lead first: a lead this site created for a user links the customer it converts into, by the
+webhook's ``context.lead`` or, with every webhook lost, by ``nomos_sync`` asking
+``GET /leads/{id}``. The sandbox copies nothing from the lead onto the subscription (as Nomos),
+so neither path can lean on metadata."""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from nomos_billing.models import NomosCustomer, NomosLead, NomosSubscription
+from nomos_billing.testing import post_event
+
+pytestmark = pytest.mark.django_db
+
+PLAN = "pln_sandbox_home"
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+
+
+@pytest.fixture
+def converted(nomos: Any, bob: Any, settings: Any) -> dict[str, Any]:
+    """Bob fills in the lead form (a real POST /leads), then finishes the sandbox checkout."""
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": PLAN}
+    client = Client()
+    client.force_login(bob)
+    response = client.post("/nomos/portal/start/", {"zip_code": "10115", "estimated_usage": "2500"})
+    assert response.status_code == 303
+    lead_id = NomosLead.objects.get(user=bob).lead_id
+    subscription = nomos.convert_lead(lead_id)
+    # Nothing of the lead (its metadata carries our signed reference) reached the subscription.
+    assert not subscription["metadata"]
+    assert nomos.leads[lead_id]["metadata"]
+    nomos.reset_counts()
+    return {"lead_id": lead_id, "subscription": subscription}
+
+
+def sync() -> str:
+    out = StringIO()
+    call_command("nomos_sync", stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_webhook_links_the_leads_customer_by_lead(nomos, bob, converted):
+    event = nomos.build_event(
+        "subscription.created", {"subscription": converted["subscription"]["id"]}
+    )
+    assert event["context"]["lead"] == converted["lead_id"]
+    assert post_event(Client(), event).status_code == 200
+    customer = NomosCustomer.objects.get(customer_id=converted["subscription"]["customer"]["id"])
+    assert (customer.user, customer.linked_by) == (bob, "by_lead")
+
+
+def test_nomos_sync_alone_links_the_leads_customer_when_every_webhook_was_lost(
+    nomos, bob, converted
+):
+    out = sync()
+
+    customer = NomosCustomer.objects.get(customer_id=converted["subscription"]["customer"]["id"])
+    assert (customer.user, customer.linked_by) == (bob, "by_lead")
+    sub = NomosSubscription.objects.get(subscription_id=converted["subscription"]["id"])
+    assert sub.lead_id == converted["lead_id"]
+    assert nomos.count("GET /leads/{id}") == 1
+    assert "1 of 1 open leads converted" in out
+
+
+def test_nomos_sync_asks_again_only_for_leads_still_open(nomos, bob, converted):
+    sync()
+    nomos.reset_counts()
+    sync()
+    assert nomos.count("GET /leads/{id}") == 0
+
+
+def test_nomos_sync_stores_a_converted_leads_subscription_it_did_not_list(nomos, bob, converted):
+    # The list walk misses it (not readable yet when listed); the lead still names it.
+    sub_id = converted["subscription"]["id"]
+    NomosSubscription.objects.filter(subscription_id=sub_id).delete()
+    from nomos_billing.sync import check_open_leads
+
+    assert check_open_leads() == (1, 1)
+    customer = NomosCustomer.objects.get(subscriptions__subscription_id=sub_id)
+    assert (customer.user, customer.linked_by) == (bob, "by_lead")
+
+
+def test_open_lead_that_did_not_convert_links_nothing(nomos, bob, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": PLAN}
+    client = Client()
+    client.force_login(bob)
+    client.post("/nomos/portal/start/", {"zip_code": "10115", "estimated_usage": "2500"})
+    out = sync()
+    assert "0 of 1 open leads converted" in out
+    assert not NomosCustomer.objects.filter(user=bob).exists()
