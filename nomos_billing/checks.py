@@ -29,6 +29,7 @@ E_RETENTION = "nomos_billing.E012"
 E_PORTAL_HOSTS = "nomos_billing.E013"
 E_RETRIES = "nomos_billing.E014"
 E_CHECKOUT_HOSTS = "nomos_billing.E042"
+E_NOT_FOUND_WINDOW = "nomos_billing.E040"
 W_TOKEN_CACHE_LOCAL = "nomos_billing.W001"
 W_LINK_BY_EMAIL = "nomos_billing.W002"
 W_UNKNOWN_KEY = "nomos_billing.W003"
@@ -332,6 +333,12 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     ),
     _check_positive_int(
         "MAX_RETRIES", E_RETRIES, 0, 10, "The default is 3.",
+    ),
+    _check_positive_int(
+        "NOT_FOUND_RETRY_WINDOW", E_NOT_FOUND_WINDOW, 0, 3 * 24 * 3600,
+        "Seconds during which a 404 for a new subscription is retried (Nomos redelivers); "
+        "the default 3600 covers a slow checkout, 0 turns it off. Nomos retries for about 3 "
+        "days, so a longer window would never end.",
     ),
     _check_resolvers,
     _check_link_by_email,

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # An alias of the site's TASKS: webhooks are then processed by a task worker (tasks.py).
     # None processes each webhook inside its request.
     "TASK_BACKEND": None,
+    # Seconds after we first received a subscription.* event during which a 404 for its
+    # subscription is taken as "not readable yet" (503, Nomos redelivers), not as final.
+    "NOT_FOUND_RETRY_WINDOW": 3600,
 }
 
 #: Portal hosts accepted when ``PORTAL_HOSTS`` is not set: any brand under Nomos' portal domain.

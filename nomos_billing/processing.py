@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from . import sync
 from .client import get_client
+from .conf import nomos_settings
 from .exceptions import NomosAPIError, NomosConfigurationError, NomosUnavailable
 from .models import WebhookEvent
 from .signals import webhook_processed, webhook_received
@@ -50,6 +51,16 @@ class InvalidEvent(ValueError):
     """The envelope or its context is not something we can process; retrying will not help."""
 
 
+class NotReadableYet(Exception):
+    """Nomos answered 404 for the subscription of a fresh ``subscription.*`` event.
+
+    Nomos fires ``subscription.created`` right after checkout, and a read may not find the new
+    subscription yet. Inside ``NOT_FOUND_RETRY_WINDOW`` (counted from our first receipt of the
+    event) the event stays ``failed`` and the webhook answers 503 so that Nomos redelivers;
+    after it, the 404 is final (200, ``failed``, kept for ``nomos_replay``).
+    """
+
+
 @dataclass(frozen=True)
 class Result:
     event: WebhookEvent
@@ -58,6 +69,9 @@ class Result:
     #: Failed, and a later delivery may succeed (Nomos down, credentials being fixed).
     retry: bool = False
     retry_after: int | None = None
+    #: Failed because Nomos cannot read the subscription yet (``NotReadableYet``): a matter of
+    #: this one event, not an outage, so a replay goes on with the next event.
+    waiting: bool = False
 
     @property
     def status(self) -> str:
@@ -178,7 +192,15 @@ def sync_subscription(event: WebhookEvent) -> str:
     lead_id = context.get("lead")
     # Fetch before any transaction: no database connection sits idle in a transaction while
     # Nomos answers. upsert_from_subscription draws its own atomic blocks.
-    data = get_client().get_subscription(subscription_id)
+    try:
+        data = get_client().get_subscription(subscription_id)
+    except NomosAPIError as exc:
+        if exc.is_not_found and _inside_not_found_window(event):
+            raise NotReadableYet(
+                f"Nomos does not find subscription {subscription_id} yet; waiting for a "
+                "redelivery"
+            ) from exc
+        raise
     try:
         sync.upsert_from_subscription(
             data, lead_id=lead_id if isinstance(lead_id, str) and lead_id else None
@@ -186,6 +208,14 @@ def sync_subscription(event: WebhookEvent) -> str:
     except ValueError as exc:  # malformed data from Nomos: a redelivery fetches the same
         raise InvalidEvent(str(exc)) from exc
     return str(Status.PROCESSED)
+
+
+def _inside_not_found_window(event: WebhookEvent) -> bool:
+    window = nomos_settings.NOT_FOUND_RETRY_WINDOW
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+        return False
+    received = event.received_at or timezone.now()
+    return timezone.now() - received < timedelta(seconds=window)
 
 
 def acknowledge(event: WebhookEvent) -> str:
@@ -269,7 +299,7 @@ def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = F
         return Result(event, claimed=False)
     # After our own claim UPDATE (attempts + 1 in SQL) the instance is not the row any more.
     exact = claimed
-    retry, retry_after = False, None
+    retry, retry_after, waiting = False, None, False
     try:
         handler = get_handler(event.topic)
         status = handler(event) if handler is not None else str(Status.IGNORED)
@@ -286,6 +316,9 @@ def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = F
     except NomosUnavailable as exc:
         retry, retry_after = True, exc.retry_after
         finished = _fail(event, exc, "Nomos is unavailable")
+    except NotReadableYet as exc:
+        retry = waiting = True
+        finished = _fail(event, exc, "the subscription is not readable at Nomos yet")
     except NomosAPIError as exc:
         # 401/403: credentials or scope, which an operator can fix while Nomos keeps
         # redelivering. 404 and other 4xx will answer the same on every redelivery.
@@ -301,7 +334,7 @@ def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = F
         raise
     if not (finished and exact):
         event.refresh_from_db()
-    return Result(event, claimed=True, retry=retry, retry_after=retry_after)
+    return Result(event, claimed=True, retry=retry, retry_after=retry_after, waiting=waiting)
 
 
 def _fail(event: WebhookEvent, exc: Exception, why: str) -> bool:

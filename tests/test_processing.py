@@ -189,10 +189,19 @@ def test_outage_is_a_retryable_failure_with_retry_after(nomos, settings):
     assert "503" in result.event.last_error
 
 
-def test_not_found_is_a_final_failure(nomos):
-    result = process_event(stored(context={"subscription": "sub_gone"}))
+def test_not_found_is_a_final_failure_past_the_window(nomos):
+    event = stored(context={"subscription": "sub_gone"})
+    WebhookEvent.objects.filter(pk=event.pk).update(received_at=timezone.now() - timedelta(hours=2))
+    event.refresh_from_db()
+    result = process_event(event)
     assert (result.status, result.retry) == ("failed", False)
     assert result.event.last_error.startswith("NomosAPIError: GET /subscriptions/sub_gone")
+
+
+def test_not_found_inside_the_window_is_a_retryable_failure(nomos):
+    result = process_event(stored(context={"subscription": "sub_new"}))
+    assert (result.status, result.retry) == ("failed", True)
+    assert result.event.last_error.startswith("NotReadableYet: ")
 
 
 def test_missing_credentials_are_a_retryable_failure(settings):

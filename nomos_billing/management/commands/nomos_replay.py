@@ -115,7 +115,7 @@ class Command(BaseCommand):
         if not result.claimed:
             self.stdout.write(f"{event_id} {event.topic}: in progress elsewhere, skipped")
             return "busy"
-        if result.retry:
+        if result.retry and not result.waiting:
             raise CommandError(
                 one_line(
                     f"{event_id} {event.topic}: {result.event.last_error}. Nomos is unavailable or "
