@@ -1,4 +1,10 @@
-"""Admin for Nomos customers, subscriptions and webhook events.
+"""Admin for Nomos customers, subscriptions, leads and webhook events.
+
+The admin mirrors Nomos, it does not edit it: every field Nomos owns is read-only, nothing can
+be added here, and only webhook events can be deleted (pruning). The one thing we own, which
+user a customer belongs to, changes only through the explicit *Link to a user* and *Unlink*
+actions, each recorded in the admin history (``LogEntry``), in ``linked_by``, in the log and by
+a signal; a POST to the change form cannot move a customer, whatever it contains.
 
 Every list costs the same number of queries however many rows it shows (foreign keys are
 ``list_select_related``), and the same time at 100k events as at 1k: searches match ids
@@ -28,6 +34,9 @@ from django.utils.translation import ngettext
 from . import health, linking, processing, sync, tasks
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosSubscription, WebhookEvent
+
+#: ``linked_by`` and the signals' ``resolver`` / ``unlinked_by`` for a link made by hand.
+ADMIN = "admin"
 
 
 class LinkedFilter(admin.SimpleListFilter):
@@ -123,15 +132,42 @@ class LinkUserForm(forms.Form):
         return user
 
 
+class MirrorAdmin(admin.ModelAdmin):
+    """Read-only mirror of Nomos: every field read-only, no Add, no Delete, no Save buttons."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # Nothing on the form is editable, so a Save would only pretend to do something.
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
 @admin.register(NomosCustomer)
-class NomosCustomerAdmin(admin.ModelAdmin):
+class NomosCustomerAdmin(MirrorAdmin):
     list_display = ["customer_id", "user", "email", "latest_status", "linked"]
     list_filter = [LinkedFilter, LatestStatusFilter, "type"]
     list_select_related = ["user"]
-    raw_id_fields = ["user"]
-    readonly_fields = ["customer_id", "linked_by", "linked_at", "created_at", "updated_at"]
     inlines = [SubscriptionInline]
-    actions = ["refresh_from_nomos", "link_to_user"]
+    actions = ["refresh_from_nomos", "link_to_user", "unlink"]
 
     show_full_result_count = False
 
@@ -190,7 +226,10 @@ class NomosCustomerAdmin(admin.ModelAdmin):
         form = LinkUserForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             user = form.cleaned_data["user"]
-            if linking.attach_user(customer, user, "admin"):
+            if linking.attach_user(customer, user, ADMIN):
+                self.log_change(
+                    request, customer, f"Linked to user {user.pk} ({user}) by an admin."
+                )
                 self.message_user(
                     request,
                     _("Linked %(customer)s to %(user)s.")
@@ -219,9 +258,46 @@ class NomosCustomerAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "nomos_billing/admin_link_customer.html", context)
 
+    @admin.action(description=_("Unlink from the user…"), permissions=["change"])
+    def unlink(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+        linked = list(queryset.filter(user__isnull=False).select_related("user"))
+        if not linked:
+            self.message_user(request, _("Select at least one linked customer."), messages.WARNING)
+            return None
+        if "confirm" not in request.POST:
+            context = {
+                **self.admin_site.each_context(request),
+                "title": _("Unlink Nomos customers from their users?"),
+                "opts": self.model._meta,
+                "customers": linked,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                "action": "unlink",
+            }
+            return TemplateResponse(request, "nomos_billing/admin_unlink_customer.html", context)
+        done = 0
+        for customer in linked:
+            user = linking.detach_user(customer, ADMIN)
+            if user is None:
+                continue
+            done += 1
+            self.log_change(
+                request, customer, f"Unlinked from user {user.pk} ({user}) by an admin."
+            )
+        self.message_user(
+            request,
+            ngettext(
+                "Unlinked %(count)d customer from its user.",
+                "Unlinked %(count)d customers from their users.",
+                done,
+            )
+            % {"count": done},
+            messages.SUCCESS,
+        )
+        return None
+
 
 @admin.register(NomosSubscription)
-class NomosSubscriptionAdmin(admin.ModelAdmin):
+class NomosSubscriptionAdmin(MirrorAdmin):
     list_display = [
         "subscription_id",
         "customer",
@@ -240,26 +316,19 @@ class NomosSubscriptionAdmin(admin.ModelAdmin):
         "lead_id__exact",
     ]
     show_full_result_count = False
-    raw_id_fields = ["customer"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        # A cache of Nomos: edits here would be overwritten by the next event.
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(NomosLead)
-class NomosLeadAdmin(admin.ModelAdmin):
+class NomosLeadAdmin(MirrorAdmin):
+    # Created by the lead form for the signed-in user; the by_lead resolver trusts these rows,
+    # so nobody edits them here.
     list_display = ["lead_id", "user", "plan", "created_at"]
     list_select_related = ["user"]
     search_fields = ["lead_id__exact"]
-    raw_id_fields = ["user"]
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+class WebhookEventAdmin(MirrorAdmin):
     list_display = ["event_id", "topic", "status", "received_at", "attempts", "deliveries"]
     list_filter = ["status", TopicFilter]
     search_fields = ["event_id__exact"]
@@ -294,8 +363,9 @@ class WebhookEventAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "nomos_billing/admin_health.html", context)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Pruning the delivery log is the one deletion that means something here.
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
 
     @admin.display(description=_("payload"))
     def pretty_payload(self, obj: WebhookEvent) -> str:
