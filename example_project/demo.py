@@ -89,6 +89,8 @@ def configure_environment(args: argparse.Namespace) -> dict[str, str]:
         # Users without a customer get the sign-up form, which creates a lead in the sandbox.
         "NOMOS_PLAN_ID": PLAN_ID,
         "NOMOS_TASKS": args.tasks,
+        # The sandbox's hosted checkout for the plan ({% nomos_checkout_url %}).
+        "NOMOS_CHECKOUT_URL": f"http://{args.host}:{args.sandbox_port}/plans/{PLAN_ID}/checkout",
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(forced)

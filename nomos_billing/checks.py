@@ -30,6 +30,7 @@ E_PORTAL_HOSTS = "nomos_billing.E013"
 E_RETRIES = "nomos_billing.E014"
 E_CHECKOUT_HOSTS = "nomos_billing.E042"
 E_NOT_FOUND_WINDOW = "nomos_billing.E040"
+E_CHECKOUT_URL = "nomos_billing.E041"
 W_TOKEN_CACHE_LOCAL = "nomos_billing.W001"
 W_LINK_BY_EMAIL = "nomos_billing.W002"
 W_UNKNOWN_KEY = "nomos_billing.W003"
@@ -305,6 +306,33 @@ def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
     return []
 
 
+def _check_checkout_url(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("CHECKOUT_URL")
+    if value is None:
+        return []
+    parts = urlsplit(value) if isinstance(value, str) else None
+    host = parts.hostname if parts is not None else None
+    # https, or plain http to a sandbox on loopback: the URL carries a signed user reference.
+    if (
+        parts is not None
+        and host
+        and not parts.username
+        and not parts.password
+        and not parts.fragment
+        and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)))
+    ):
+        return []
+    return [
+        Error(
+            f"{_key('CHECKOUT_URL')} must be None or the https URL of the plan's hosted "
+            f"checkout, not {value!r}.",
+            hint='For example "https://lumio.checkout.energy/" (plain http only for the '
+            "sandbox on loopback).",
+            id=E_CHECKOUT_URL,
+        )
+    ]
+
+
 _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_unknown_keys,
     _check_credentials,
@@ -346,4 +374,5 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_portal_hosts,
     _check_checkout_hosts,
     _check_task_backend,
+    _check_checkout_url,
 ]

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECKOUT_HOSTS": None,
     "SIGNUP_URL": None,
     "PLAN_ID": None,
+    # The plan's hosted checkout, e.g. "https://lumio.checkout.energy/", for
+    # linking.checkout_url and {% nomos_checkout_url %}.
+    "CHECKOUT_URL": None,
     "EVENT_RETENTION_DAYS": 30,
     # An alias of the site's TASKS: webhooks are then processed by a task worker (tasks.py).
     # None processes each webhook inside its request.

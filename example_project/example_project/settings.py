@@ -112,6 +112,8 @@ NOMOS_BILLING = {
     "LINK_BY_EMAIL": env.bool("NOMOS_LINK_BY_EMAIL", default=False),
     "PLAN_ID": env.str("NOMOS_PLAN_ID", default="") or None,
     "SIGNUP_URL": env.str("NOMOS_SIGNUP_URL", default="") or None,
+    # The plan's hosted checkout ({% nomos_checkout_url %}), e.g. https://lumio.checkout.energy/
+    "CHECKOUT_URL": env.str("NOMOS_CHECKOUT_URL", default="") or None,
 }
 
 # NOMOS_TASKS=db: webhooks are processed by `manage.py db_worker` (nomos-billing[tasks-db]);

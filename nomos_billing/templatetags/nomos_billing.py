@@ -1,4 +1,8 @@
-"""``{% load nomos_billing %}``: the portal button and the portal URL.
+"""``{% load nomos_billing %}``: the portal button, the portal URL and the checkout URL.
+
+``{% nomos_checkout_url [zip=...] [usage=...] %}`` gives the plan's hosted checkout
+(``CHECKOUT_URL``) carrying the signed-in user's signed reference (``linking.checkout_url``),
+or an empty string for anonymous visitors or without ``CHECKOUT_URL``.
 
 ``{% nomos_portal_button [label=...] [next=...] [css_class=...] [method="get"] %}`` renders
 ``nomos_billing/portal_button.html``: a small POST form (with the CSRF token) for a linked user,
@@ -21,6 +25,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 
 from ..conf import nomos_settings
+from ..linking import checkout_url
 from ..portal import get_customer
 
 register = template.Library()
@@ -53,6 +58,19 @@ def nomos_portal_url(context: template.Context, next: str | None = None) -> str:
 
 def _is_signed_in(user: Any) -> bool:
     return user is not None and bool(getattr(user, "is_authenticated", False))
+
+
+@register.simple_tag(takes_context=True)
+def nomos_checkout_url(
+    context: template.Context, zip: str | None = None, usage: int | str | None = None
+) -> str:
+    """The hosted checkout for the current user, pre-filled; "" when there is none to give."""
+    user = _user(context)
+    if user is None or not getattr(user, "is_authenticated", False):
+        return ""
+    if not nomos_settings.CHECKOUT_URL:
+        return ""
+    return checkout_url(user, zip=zip or None, usage=usage or None)
 
 
 @register.simple_tag(takes_context=True)
