@@ -160,3 +160,11 @@ def test_non_staff_user_gets_nothing(client, intruder, linked, signal_log):
     assert response.status_code == 302 and "/login/" in response["Location"]
     linked.refresh_from_db()
     assert linked.user is not None and signal_log == []
+
+
+def test_unlink_confirmation_speaks_german(admin_client, linked):
+    page = admin_client.post(CUSTOMERS, {"action": "unlink", "_selected_action": [linked.pk]},
+                             headers={"accept-language": "de"})
+    html = page.content.decode()
+    assert "Ja, Verknüpfung aufheben" in html and "Bei Nomos ändert sich nichts." in html
+    assert "cus_linked von owner" in html
