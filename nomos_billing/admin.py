@@ -123,7 +123,7 @@ class LinkUserForm(forms.Form):
         User = get_user_model()  # noqa: N806
         manager = User._default_manager
         user = manager.filter(**{User.USERNAME_FIELD: value}).first()
-        if user is None and value.isdigit():
+        if user is None and value.isascii() and value.isdigit():
             user = manager.filter(pk=int(value)).first()
         if user is None:
             raise forms.ValidationError(_("No user with this id or login name."))

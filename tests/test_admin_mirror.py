@@ -168,3 +168,12 @@ def test_unlink_confirmation_speaks_german(admin_client, linked):
     html = page.content.decode()
     assert "Ja, Verknüpfung aufheben" in html and "Bei Nomos ändert sich nichts." in html
     assert "cus_linked von owner" in html
+
+
+def test_link_form_takes_no_lenient_digits_for_a_user_id(admin_client, intruder):
+    customer = NomosCustomer.objects.create(customer_id="cus_free")
+    arabic_indic = "".join(chr(0x0660 + int(d)) for d in str(intruder.pk))
+    admin_client.post(CUSTOMERS, {"action": "link_to_user", "_selected_action": [customer.pk],
+                                  "apply": "Link", "user": arabic_indic})
+    customer.refresh_from_db()
+    assert customer.user is None
