@@ -181,6 +181,24 @@ def link_alice(sandbox: Any, webhook_url: str, alice: Any) -> str:
     return result
 
 
+#: What the banner says for each way alice can have been linked (``NomosCustomer.linked_by``).
+HOW_LINKED = {
+    "by_metadata": "through the signed user reference in its metadata (by_metadata)",
+    "by_lead": "through the lead the site created for her (by_lead)",
+    "admin": "by hand in the admin",
+}
+
+
+def how_alice_is_linked(alice: Any) -> str:
+    """The banner's words for how alice is linked, read from the database, not assumed."""
+    from nomos_billing.models import NomosCustomer
+
+    customer = NomosCustomer.objects.filter(user=alice).first()
+    if customer is None:
+        return "NOT linked (see the warning above)"
+    return HOW_LINKED.get(customer.linked_by, f"by {customer.linked_by or 'an unknown way'}")
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -247,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
   log in as
     alice / alice-demo   linked to {seed.ALICE} (subscription {seed.ALICE_SUBSCRIPTION})
-                         through the signed user reference in its metadata (by_metadata);
+                         {how_alice_is_linked(users["alice"])};
                          the portal button opens the sandbox portal signed in as alice
     bob   / bob-demo     no Nomos customer yet; the button leads to the sign-up form,
                          which creates a lead and opens the sandbox checkout; signing up

@@ -180,6 +180,8 @@ def test_demo_prints_urls_and_logins_and_links_alice_through_the_webhook(demo: D
     assert re.search(r"subscription\.created for alice delivered: evt_\S+ -> HTTP 200", out), out
     # The hint posts to this demo's port, not the default 8000.
     assert f"nomos_trigger test.event --url {demo.url}/nomos/webhook/" in out, out
+    # Linked the way production links, and the banner says which way (read from the database).
+    assert "through the signed user reference in its metadata (by_metadata)" in out, out
 
     alice = login(demo.url, "alice", "alice-demo")
     home = alice.get(demo.url + "/", timeout=10).text
