@@ -90,7 +90,7 @@ def configure_environment(args: argparse.Namespace) -> dict[str, str]:
         "NOMOS_PLAN_ID": PLAN_ID,
         "NOMOS_TASKS": args.tasks,
         # The sandbox's hosted checkout for the plan ({% nomos_checkout_url %}).
-        "NOMOS_CHECKOUT_URL": f"http://{args.host}:{args.sandbox_port}/plans/{PLAN_ID}/checkout",
+        "NOMOS_CHECKOUT_URL": f"http://{args.host}:{args.sandbox_port}/checkout/{PLAN_ID}/",
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(forced)

@@ -6,9 +6,10 @@ URL onto the subscription): a URL naming the superuser's id links nobody; one ma
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import pytest
 import requests
@@ -109,7 +110,7 @@ def test_tag_is_empty_for_anonymous_visitors_and_without_the_setting(settings, a
     ("value", "ok"),
     [
         (LUMIO, True),
-        ("http://127.0.0.1:8765/plans/p/checkout", True),
+        ("http://127.0.0.1:8765/checkout/pln_sandbox_home/", True),
         ("http://lumio.checkout.energy/", False),
         ("lumio.checkout.energy", False),
         ("https://user:pw@lumio.checkout.energy/", False),
@@ -127,12 +128,24 @@ def test_checkout_url_check(settings, value, ok):
 
 
 def sign_up(url: str, email: str) -> str:
-    """Open the checkout URL as a visitor would, then submit its form; the subscription id."""
+    """Open the checkout URL as a visitor would, fill in its form (keeping what the page
+    carries, as a browser does) and submit it; the new subscription's id."""
     page = requests.get(url, timeout=5)
-    assert page.status_code == 200 and "<form" in page.text
-    done = requests.post(url, data={"email": email, "first_name": "New", "last_name": "Customer"},
-                         timeout=5)
-    assert done.status_code == 200
+    assert page.status_code == 200, page.text
+    form = re.search(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', page.text, re.S)
+    assert form, page.text
+    fields = {
+        html.unescape(name): html.unescape(value)
+        for name, value in re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"',
+                                      form.group(2))
+    }
+    fields.update(email=email, first_name="New", last_name="Customer")
+    fields.setdefault("zip", "10115")
+    fields["zip"] = fields["zip"] or "10115"
+    fields["usage"] = fields.get("usage") or "2500"
+    action = urljoin(url, html.unescape(form.group(1)))
+    done = requests.post(action, data=fields, timeout=5)
+    assert done.status_code == 200, done.text
     return re.search(r'id="subscription-id">([^<]+)<', done.text).group(1)
 
 
@@ -144,7 +157,7 @@ def deliver(client: Any, nomos: Any, subscription_id: str) -> NomosCustomer:
 
 @pytest.fixture
 def sandbox_checkout(nomos: Any, settings: Any) -> str:
-    url = f"{nomos.base_url}/plans/{PLAN}/checkout"
+    url = f"{nomos.base_url}/checkout/{PLAN}/"
     with_settings(settings, CHECKOUT_URL=url)
     return url
 
