@@ -377,18 +377,18 @@ def refresh_customer(customer: NomosCustomer) -> int:
     return count
 
 
-def check_open_leads(client: Any = None) -> tuple[int, int]:
+def check_open_leads(client: Any = None) -> tuple[int, int, int]:
     """Ask Nomos about each lead we created that no subscription of ours names yet
     (``GET /leads/{id}``); store and link the subscription of each that converted.
 
     For a site whose webhooks were lost: the lead, not the subscription's metadata, tells whose
-    subscription it is. Returns ``(checked, converted)``. Raises ``NomosError`` when Nomos
+    subscription it is. Returns ``(checked, converted, linked)``. Raises ``NomosError`` when Nomos
     cannot be asked (what was stored before stays).
     """
     client = client or get_client()
     known = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
     open_leads = NomosLead.objects.filter(~Exists(known)).values_list("lead_id", flat=True)
-    checked = converted = 0
+    checked = converted = linked = 0
     for lead_id in open_leads.iterator():
         checked += 1
         lead = client.get_lead(lead_id)
@@ -400,12 +400,13 @@ def check_open_leads(client: Any = None) -> tuple[int, int]:
             subscription_id=subscription_id
         ).first()
         if existing is None:
-            upsert_from_subscription(client.get_subscription(subscription_id), lead_id=lead_id)
+            data = client.get_subscription(subscription_id)
+            linked += upsert_from_subscription(data, lead_id=lead_id).linked
             continue
         if not existing.lead_id:
             NomosSubscription.objects.filter(pk=existing.pk, lead_id="").update(lead_id=lead_id)
         if not existing.customer.is_linked:
-            linking.link_customer(
+            linked += linking.link_customer(
                 linking.LinkRequest(customer=existing.customer, lead_id=lead_id)
             )
-    return checked, converted
+    return checked, converted, linked

@@ -69,6 +69,7 @@ def test_nomos_sync_alone_links_the_leads_customer_when_every_webhook_was_lost(
     assert sub.lead_id == converted["lead_id"]
     assert nomos.count("GET /leads/{id}") == 1
     assert "1 of 1 open leads converted" in out
+    assert "1 customers linked" in out
 
 
 def test_nomos_sync_asks_again_only_for_leads_still_open(nomos, bob, converted):
@@ -84,7 +85,7 @@ def test_nomos_sync_stores_a_converted_leads_subscription_it_did_not_list(nomos,
     NomosSubscription.objects.filter(subscription_id=sub_id).delete()
     from nomos_billing.sync import check_open_leads
 
-    assert check_open_leads() == (1, 1)
+    assert check_open_leads() == (1, 1, 1)
     customer = NomosCustomer.objects.get(subscriptions__subscription_id=sub_id)
     assert (customer.user, customer.linked_by) == (bob, "by_lead")
 

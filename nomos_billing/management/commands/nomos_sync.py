@@ -166,10 +166,8 @@ class Command(BaseCommand):
         carry no lead and Nomos does not copy the lead's metadata onto the subscription."""
         from nomos_billing.sync import check_open_leads
 
-        linked_before = NomosCustomer.objects.filter(user__isnull=False).count()
-        self.leads_checked, self.leads_converted = check_open_leads(self.client)
-        linked_after = NomosCustomer.objects.filter(user__isnull=False).count()
-        self.counts["linked"] += max(0, linked_after - linked_before)
+        self.leads_checked, self.leads_converted, linked = check_open_leads(self.client)
+        self.counts["linked"] += linked
 
     def _fetch_customers(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         """The Nomos customers we have no row for. List items carry only the customer's id;
