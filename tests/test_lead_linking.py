@@ -69,7 +69,7 @@ def test_nomos_sync_alone_links_the_leads_customer_when_every_webhook_was_lost(
     assert sub.lead_id == converted["lead_id"]
     assert nomos.count("GET /leads/{id}") == 1
     assert "1 of 1 open leads converted" in out
-    assert "1 customers linked" in out
+    assert "1 customer linked" in out
 
 
 def test_nomos_sync_asks_again_only_for_leads_still_open(nomos, bob, converted):
