@@ -26,6 +26,11 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	PYTHONDEVMODE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The performance goals side by side with their baselines (ratios; see README "Performance").
+# BENCH_ARGS=--quick for a shorter run. DATABASE_URL / CACHE_URL as for the tests.
+bench: $(STAMP)
+	$(BIN)/python bench/bench_goals.py $(BENCH_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT) --tasks "$(TASKS)"
 

@@ -180,6 +180,16 @@ class NomosCustomerAdmin(MirrorAdmin):
             fields.append(f"user__{email_field}__exact")
         return list(dict.fromkeys(fields))
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        # An id is looked up alone: OR-ing it with the user's columns across the join makes
+        # the database scan every customer instead of using the unique index.
+        term = search_term.strip()
+        if term.startswith("cus_") and " " not in term:
+            return queryset.filter(customer_id=term), False
+        return super().get_search_results(request, queryset, search_term)
+
     @admin.display(description=_("latest subscription"), ordering="latest_status")
     def latest_status(self, obj: NomosCustomer) -> str:
         return obj.get_latest_status_display() if obj.latest_status else "-"
@@ -316,6 +326,18 @@ class NomosSubscriptionAdmin(MirrorAdmin):
         "lead_id__exact",
     ]
     show_full_result_count = False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        # Ids alone, each on its own index (see NomosCustomerAdmin.get_search_results).
+        term = search_term.strip()
+        if " " not in term:
+            for prefix, lookup in (("sub_", "subscription_id"), ("cus_", "customer__customer_id"),
+                                   ("lead_", "lead_id")):
+                if term.startswith(prefix):
+                    return queryset.filter(**{lookup: term}), False
+        return super().get_search_results(request, queryset, search_term)
 
 
 @admin.register(NomosLead)

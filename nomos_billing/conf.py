@@ -8,6 +8,7 @@ harmless so that ``manage.py check`` can explain instead of crashing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from typing import Any
@@ -71,7 +72,9 @@ DEFAULT_PORTAL_HOST_SUFFIX = ".customerportal.energy"
 DEFAULT_CHECKOUT_HOST_SUFFIX = ".checkout.energy"
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str | None) -> bool:
+    # Cached: a click asks several times (link checks, http allowed?) about the same few hosts.
     if not host:
         return False
     if host == "localhost":
@@ -126,13 +129,24 @@ class Settings:
     @property
     def api_is_loopback(self) -> bool:
         """True when the API is a local sandbox (plain http is then acceptable)."""
-        return is_loopback(urlsplit(self.API_BASE_URL).hostname)
+        return _url_is_loopback(self.API_BASE_URL)
 
     @property
     def token_cache_key(self) -> str:
         """Namespaced per client id and base URL, hashed so neither is readable in the cache."""
-        ident = f"{self.get('CLIENT_ID')}|{self.API_BASE_URL}".encode()
-        return "nomos_billing:token:" + hashlib.sha256(ident).hexdigest()[:32]
+        return _token_cache_key(str(self.get("CLIENT_ID")), self.API_BASE_URL)
+
+
+# Pure functions of settings values, cached: the client asks on every API call.
+@functools.lru_cache(maxsize=64)
+def _url_is_loopback(url: str) -> bool:
+    return is_loopback(urlsplit(url).hostname)
+
+
+@functools.lru_cache(maxsize=64)
+def _token_cache_key(client_id: str, base_url: str) -> str:
+    ident = f"{client_id}|{base_url}".encode()
+    return "nomos_billing:token:" + hashlib.sha256(ident).hexdigest()[:32]
 
 
 nomos_settings = Settings()
