@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     # linking.checkout_url and {% nomos_checkout_url %}.
     "CHECKOUT_URL": None,
     "EVENT_RETENTION_DAYS": 30,
+    # The site's base template our pages extend (it needs {% block content %}; {% block
+    # title %} is filled too), or None for our own small layout.
+    "BASE_TEMPLATE": None,
     # An alias of the site's TASKS: webhooks are then processed by a task worker (tasks.py).
     # None processes each webhook inside its request.
     "TASK_BACKEND": None,

@@ -11,9 +11,10 @@ import json
 import logging
 from typing import Any, TypeGuard
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required, login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
@@ -111,8 +112,30 @@ def _signup_context(request: HttpRequest) -> dict[str, Any]:
     }
 
 
+#: Our pages' own layout when the site names no ``BASE_TEMPLATE``.
+DEFAULT_LAYOUT = "nomos_billing/layout.html"
+
+
+def home_url() -> str:
+    """Where "back" leads: ``LOGIN_REDIRECT_URL`` when the site set it (Django's default,
+    ``/accounts/profile/``, exists on few sites), else ``/``."""
+    if settings.is_overridden("LOGIN_REDIRECT_URL"):
+        return resolve_url(settings.LOGIN_REDIRECT_URL)
+    return "/"
+
+
+def page(request: HttpRequest, template: str, context: dict[str, Any] | None = None,
+         status: int = 200) -> HttpResponse:
+    """Render one of our pages inside the site's layout (``BASE_TEMPLATE``) or our own."""
+    return render(request, template, {
+        "nomos_billing_base_template": nomos_settings.BASE_TEMPLATE or DEFAULT_LAYOUT,
+        "nomos_billing_home_url": home_url(),
+        **(context or {}),
+    }, status=status)
+
+
 def no_customer_page(request: HttpRequest) -> HttpResponse:
-    response = render(request, NO_CUSTOMER_TEMPLATE, _signup_context(request), status=200)
+    response = page(request, NO_CUSTOMER_TEMPLATE, _signup_context(request), status=200)
     add_never_cache_headers(response)
     return response
 
@@ -129,10 +152,10 @@ def is_operator_error(exc: BaseException) -> bool:
 
 def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
     if is_operator_error(exc):
-        response = render(request, UNAVAILABLE_TEMPLATE, {"misconfigured": True}, status=503)
+        response = page(request, UNAVAILABLE_TEMPLATE, {"misconfigured": True}, status=503)
     else:
         retry_after = _retry_after(exc)
-        response = render(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after},
+        response = page(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after},
                           status=503)
         response["Retry-After"] = str(retry_after)
     add_never_cache_headers(response)
@@ -262,7 +285,7 @@ def start(request: HttpRequest) -> HttpResponse:
         return redirect("nomos_billing:portal")
     form = LeadForm(request.POST if request.method == "POST" else None)
     if request.method != "POST" or not form.is_valid():
-        return render(request, START_TEMPLATE, {"form": form})
+        return page(request, START_TEMPLATE, {"form": form})
     payload = form.lead_payload(
         plan=plan, user=request.user, user_key=nomos_settings.METADATA_USER_KEY
     )
@@ -277,7 +300,7 @@ def start(request: HttpRequest) -> HttpResponse:
                 ", ".join(f"{e.get('code', '-')} on {e.get('field', '-')}" for e in exc.errors),
             )
             form.add_nomos_errors(exc.errors)
-            return render(request, START_TEMPLATE, {"form": form})
+            return page(request, START_TEMPLATE, {"form": form})
         _classify(exc, request.user)
         return unavailable_page(request, exc)
     lead_id = lead.get("id") if isinstance(lead, dict) else None

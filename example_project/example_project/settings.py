@@ -34,8 +34,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "nomos_billing",
+    # demo_app first: its templates/nomos_billing/base.html puts the package's pages into
+    # the demo's layout.
     "demo_app",
+    "nomos_billing",
 ]
 
 MIDDLEWARE = [
