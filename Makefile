@@ -15,7 +15,7 @@ SANDBOX_PORT ?= 8765
 # make demo TASKS=db: webhooks processed by the database task backend's worker.
 TASKS ?=
 
-.PHONY: demo test bench lint typecheck build matrix clean
+.PHONY: demo test mutate bench lint typecheck build matrix clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP)
 # BENCH_ARGS=--quick for a shorter run. DATABASE_URL / CACHE_URL as for the tests.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_goals.py $(BENCH_ARGS)
+
+# Mutation score per core module (mutmut; settings in setup.cfg [mutmut]). MUTATE_ARGS=--sample
+# runs the fixed fifth that CI runs.
+mutate: $(STAMP)
+	$(BIN)/python mutation/run.py $(MUTATE_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT) --tasks "$(TASKS)"
@@ -59,4 +64,4 @@ matrix: $(STAMP)
 	$(BIN)/nox
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .nox
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .nox mutants
