@@ -1,5 +1,7 @@
 """The audit's 13 deliberate bugs, each applied to a scratch copy and run against the tests.
 
+Dedupe is tried on both recording paths, so the table has 14 rows.
+
 ``python mutation/audit.py [--full] [NAME...]`` copies the work tree (without .venv/.git) to a
 temporary folder, applies one mutation at a time, runs pytest there on SQLite and prints whether
 the suite caught it. By default each mutation runs only the test files that cover its module (a
@@ -59,9 +61,18 @@ MUTATIONS = [
              "enumerate(secrets)", "enumerate(secrets[:1])", SIG),
     Mutation("claim freshness: any claim taken over", "nomos_billing/processing.py",
              "claimed_at__lt=now - CLAIM_TIMEOUT", "claimed_at__lt=now", PROC),
+    # The webhook path records with one INSERT ... ON CONFLICT: the same bug there is a
+    # conflict that overwrites the stored envelope (what update_or_create would do).
     Mutation("dedupe via update_or_create", "nomos_billing/processing.py",
-             "WebhookEvent.objects.get_or_create(", "WebhookEvent.objects.update_or_create(",
+             'f"DO UPDATE SET {count} = {table}.{count} + 1 "',
+             'f"DO UPDATE SET {count} = {table}.{count} + 1, "\n'
+             '        f"{quote(\'payload\')} = excluded.{quote(\'payload\')}, "\n'
+             '        f"{quote(\'secret_index\')} = excluded.{quote(\'secret_index\')} "',
              PROC),
+    Mutation("dedupe via update_or_create (record_event)", "nomos_billing/processing.py",
+             "    event, created = WebhookEvent.objects.get_or_create(\n        event_id=event_id,",
+             "    event, created = WebhookEvent.objects.update_or_create(\n"
+             "        event_id=event_id,", PROC),
     Mutation("deep links: '..' allowed", "nomos_billing/deeplinks.py",
              "    return not any(_DOTS_ONLY.fullmatch(segment)",
              "    return True or not any(_DOTS_ONLY.fullmatch(segment)",

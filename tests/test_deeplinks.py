@@ -150,3 +150,28 @@ def test_preview_is_short_and_escaped() -> None:
     text = preview("/\r\nSet-Cookie:" + "x" * 5000)
     assert "\r" not in text and "\n" not in text
     assert len(text) < 120 and "5014 chars" in text
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "value", "kept"),
+    [
+        # An empty or non-string entry is skipped, not a wildcard, and not the end of the list.
+        ([""], "/overview", False),
+        ([None, "/overview"], "/overview", True),
+        (["", "/overview"], "/overview", True),
+        # "/FAX/" allows "/FAX" itself: only the trailing slash is dropped for that match.
+        (["/FAX/"], "/FAX", True),
+        (["/FAX/"], "/FA", False),
+    ],
+)
+def test_prefix_list_entries_are_matched_one_by_one(
+    settings, prefixes: list[object], value: str, kept: bool
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PORTAL_NEXT_PREFIXES": prefixes}
+    assert (clean_next(value) == value) is kept
+
+
+def test_preview_keeps_the_first_sixty_characters_and_the_length() -> None:
+    assert preview("a" * 100) == repr("a" * 60) + "... (100 chars)"
+    assert preview("a" * 60) == repr("a" * 60)
+    assert preview(None) == "<NoneType>"

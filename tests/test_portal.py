@@ -231,6 +231,7 @@ def test_a_checkout_link_is_returned_without_next(
         ("http://127.0.0.1:8765/portal/auth/confirm", True),
         ("http://localhost:8765/portal/auth/confirm", True),
         ("http://[::1]:8765/portal/auth/confirm", True),
+        ("https://127.0.0.1:8443/portal/auth/confirm", True),
         ("https://brand.customerportal.energy/", True),
         ("http://10.0.0.1:8765/", False),
         ("http://evil.com/", False),

@@ -3,6 +3,7 @@ directly on stored ``WebhookEvent`` rows (the view's own tests go through HTTP).
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,13 @@ from django.utils import timezone
 
 from nomos_billing import processing, signals
 from nomos_billing.models import NomosSubscription, WebhookEvent
-from nomos_billing.processing import InvalidEvent, parse_envelope, process_event, record_event
+from nomos_billing.processing import (
+    InvalidEvent,
+    parse_envelope,
+    process_event,
+    record_delivery,
+    record_event,
+)
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event
 from tests.concurrency import is_claim, meet_at
@@ -85,6 +92,44 @@ def test_record_event_stores_once_and_announces_once():
     assert (created_first, created_second) == (True, False)
     assert first.pk == second.pk and second.secret_index == 1
     assert seen == [event["id"]]
+
+
+@pytest.mark.parametrize("path", ["one statement", "portable ORM path"])
+def test_record_delivery_stores_and_claims_once_then_counts(path, monkeypatch):
+    if path == "portable ORM path":
+        # The path of databases without INSERT ... ON CONFLICT ... RETURNING (not PostgreSQL,
+        # not SQLite): the same outcome in a few more statements.
+        monkeypatch.setattr(connections["default"], "vendor", "another")
+    seen = []
+    signals.webhook_received.connect(lambda **kw: seen.append(kw["event"].event_id),
+                                     weak=False, dispatch_uid="rec2")
+    try:
+        data = make_event("invoice.paid")
+        first, created_first = record_delivery(data, secret_index=1)
+        again = {**data, "context": {"changed": True}}
+        second, created_second = record_delivery(again, secret_index=0)
+        third, created_third = record_delivery(data, secret_index=0, claim=False)
+    finally:
+        signals.webhook_received.disconnect(dispatch_uid="rec2")
+    assert (created_first, created_second, created_third) == (True, False, False)
+    assert (first.status, first.attempts, first.deliveries) == ("processing", 1, 1)
+    assert first.claimed_at is not None
+    assert (second.pk, second.deliveries, third.deliveries) == (first.pk, 2, 3)
+    row = WebhookEvent.objects.get()
+    # The first delivery's envelope and secret are kept; later ones only count.
+    assert (row.payload, row.secret_index, row.topic) == (data, 1, "invoice.paid")
+    assert (row.status, row.attempts, row.deliveries) == ("processing", 1, 3)
+    assert seen == [data["id"]]
+
+
+@pytest.mark.parametrize("path", ["one statement", "portable ORM path"])
+def test_record_delivery_without_claim_leaves_the_event_received(path, monkeypatch):
+    if path == "portable ORM path":
+        monkeypatch.setattr(connections["default"], "vendor", "another")
+    event, created = record_delivery(make_event("invoice.paid"), claim=False)
+    assert created
+    assert (event.status, event.attempts, event.claimed_at, event.deliveries) == (
+        "received", 0, None, 1)
 
 
 def test_failing_webhook_received_receiver_does_not_lose_the_event(caplog):
@@ -162,6 +207,7 @@ def test_concurrent_claims_of_one_event_have_exactly_one_winner(fields, force):
     for t in threads:
         t.join(60)
     assert errors == []
+    assert not barrier.broken, "the workers did not all reach the claiming UPDATE"
     assert sorted(won) == [False] * (workers - 1) + [True]
     event.refresh_from_db()
     assert (event.status, event.attempts) == ("processing", 1)
@@ -187,6 +233,17 @@ def test_outage_is_a_retryable_failure_with_retry_after(nomos, settings):
     assert (result.status, result.retry, result.retry_after) == ("failed", True, 7)
     assert result.event.attempts == 1 and result.event.claimed_at is None
     assert "503" in result.event.last_error
+
+
+def test_a_failure_is_logged_once_naming_the_event_topic_and_why(nomos, settings, caplog):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault(SUB_GET, Fault(status=503), times=None)
+    event = stored()
+    with caplog.at_level(logging.WARNING, logger="nomos_billing.processing"):
+        process_event(event)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.processing"]
+    assert line.startswith(f"Webhook event {event.event_id} (subscription.created) failed: "
+                           "Nomos is unavailable: ")
 
 
 def test_not_found_is_a_final_failure_past_the_window(nomos):

@@ -9,11 +9,14 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 from django.core.cache import caches
 
+from nomos_billing import client as client_module
+from nomos_billing import tokens
 from nomos_billing.client import NomosClient, get_client
 from nomos_billing.conf import nomos_settings
 from nomos_billing.exceptions import NomosUnavailable
@@ -58,11 +61,33 @@ def test_token_is_renewed_only_inside_the_refresh_margin(nomos, seconds_later, t
     assert nomos.count(TOKEN) == token_requests
 
 
-def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos):
+def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos, monkeypatch):
     client = get_client()
     client.get_subscription("sub_sandbox_alice")
-    # Slow the token endpoint so every thread finds the token missing while one renews.
-    nomos.add_fault(TOKEN, Fault(latency=0.3), times=1)
+    # The renewal is answered only once the 49 other threads are waiting for it: every thread
+    # finds the token expired while one renews, whatever the machine's speed.
+    waiting: set[int] = set()
+    all_waiting = threading.Event()
+    real_sleep, real_time = time.sleep, time.time
+
+    def poll(seconds: float) -> None:
+        waiting.add(threading.get_ident())
+        if len(waiting) >= 49:
+            all_waiting.set()
+        real_sleep(seconds)
+
+    fetch = client.tokens._fetch
+
+    def held_fetch():
+        assert all_waiting.wait(30), f"only {len(waiting)} threads waited for the renewal"
+        return fetch()
+
+    monkeypatch.setattr(client.tokens, "_fetch", held_fetch)
+    # An hour later the token has expired, in this process's copy and in the cache alike;
+    # the waiters' own clock stands still, so none gives up on the renewer.
+    later = SimpleNamespace(time=lambda: real_time() + 3700, monotonic=lambda: 0.0, sleep=poll)
+    monkeypatch.setattr(tokens, "time", later)
+    monkeypatch.setattr(client_module, "time", later)  # the new token's expiry
     barrier = threading.Barrier(50)
     errors: list[BaseException] = []
 
@@ -74,14 +99,12 @@ def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos):
             errors.append(exc)
 
     threads = [threading.Thread(target=call) for _ in range(50)]
-    real_time = time.time
-    # An hour later the token has expired, in this process's copy and in the cache alike.
-    with mock.patch("nomos_billing.tokens.time.time", lambda: real_time() + 3700):
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
     assert errors == []
+    assert all_waiting.is_set()
     assert nomos.count(TOKEN) == 2  # the first call's token, then exactly one renewal
     assert nomos.count(SUB) == 51
 

@@ -406,6 +406,7 @@ def test_twenty_concurrent_deliveries_process_once_without_5xx(nomos, frozen_clo
         t.start()
     for t in threads:
         t.join(30)
+    assert not claim.broken, "the deliveries did not all reach a claiming statement"
     assert len(statuses) == 20
     assert all(s in (200, 202) for s in statuses), statuses
     assert nomos.count(SUB_GET) == 1

@@ -1,0 +1,219 @@
+"""The client on answers the sandbox does not give: malformed lists and links, errors without
+ids, paging flags that disagree, and the exact error each one becomes. ``responses`` stands in
+for Nomos here; the live sandbox covers the well-formed answers (test_client.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import responses
+
+from nomos_billing.client import NomosClient
+from nomos_billing.exceptions import NomosAPIError, NomosFilterIgnored, NomosUnavailable
+from nomos_billing.filters import ListFilter
+from nomos_billing.sandbox import Fault
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+BASE = "https://nomos.test"
+
+
+@pytest.fixture
+def api() -> Any:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.post(BASE + "/oauth/token", json={"access_token": "at", "expires_in": 3600})
+        yield mock
+
+
+@pytest.fixture
+def client() -> NomosClient:
+    return NomosClient(base_url=BASE, client_id="id", client_secret="secret", max_retries=0)
+
+
+def error_fields(exc: NomosAPIError) -> tuple[Any, ...]:
+    return (exc.status, exc.code, exc.message, exc.request_id, exc.method, exc.path)
+
+
+def query(call: Any) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(call.request.url).query))
+
+
+def api_calls(api: Any) -> list[Any]:
+    return [c for c in api.calls if not c.request.url.endswith("/oauth/token")]
+
+
+# -- lists --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [([1, 2], "list answer is not an object"), ("x", "list answer is not an object"),
+     ({"items": {"id": "sub_1"}}, "list answer without items"),
+     ({"items": "sub_1"}, "list answer without items")],
+)
+def test_a_malformed_list_answer_is_an_invalid_response(api, client, body, message):
+    api.get(BASE + "/subscriptions", json=body)
+    with pytest.raises(NomosAPIError) as info:
+        client.list_page("/subscriptions")
+    assert error_fields(info.value) == (200, "INVALID_RESPONSE", message, "", "GET",
+                                        "/subscriptions")
+    assert str(info.value) == f"GET /subscriptions -> HTTP 200: INVALID_RESPONSE: {message}"
+
+
+def test_a_list_answer_without_items_is_an_empty_page(api, client):
+    api.get(BASE + "/customers", json={"has_more": False})
+    page = client.list_page("/customers")
+    assert page == {"has_more": False, "items": []}
+    assert list(client.iter_customers()) == []
+
+
+def test_list_defaults_ask_for_the_largest_page_without_a_cursor(api, client):
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": False})
+    client.list_page("/customers")
+    list(client.iter_list("/customers"))
+    list(client.iter_customers())
+    assert [query(c) for c in api_calls(api)] == [{"limit": "100"}] * 3
+
+
+def test_a_walk_stops_when_nomos_says_there_is_no_more_whatever_the_cursor(api, client):
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": False,
+                                       "next_page": "c2"})
+    assert [c["id"] for c in client.iter_customers(limit=5)] == ["cus_1"]
+    assert len(api_calls(api)) == 1
+
+
+def test_a_walk_stops_without_a_cursor_even_if_nomos_says_there_is_more(api, client):
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": True,
+                                       "next_page": None})
+    assert [c["id"] for c in client.iter_customers(limit=5)] == ["cus_1"]
+    assert len(api_calls(api)) == 1
+
+
+def test_a_walk_follows_the_cursor(api, client):
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": True,
+                                       "next_page": "c2"})
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_2"}], "has_more": False})
+    assert [c["id"] for c in client.iter_customers(limit=1)] == ["cus_1", "cus_2"]
+    assert [query(c) for c in api_calls(api)] == [{"limit": "1"}, {"limit": "1", "cursor": "c2"}]
+
+
+def test_list_subscriptions_sends_its_filters_and_checks_the_page(api, client):
+    api.get(BASE + "/subscriptions", json={"items": [{"id": "sub_1", "customer": "cus_2"}]})
+    with pytest.raises(NomosFilterIgnored) as info:
+        client.list_subscriptions(customer="cus_1", limit=7)
+    assert info.value.path == "/subscriptions"
+    assert info.value.method == "GET"
+    assert query(api_calls(api)[0]) == {"limit": "7", "filter[customer][eq]": "cus_1"}
+
+
+def test_iter_customers_checks_every_item_against_its_filters(api, client):
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_1", "email": "a@example.com"}]})
+    wanted = ListFilter("email", "eq", "b@example.com")
+    with pytest.raises(NomosFilterIgnored) as info:
+        list(client.iter_customers(filters=[wanted]))
+    assert info.value.path == "/customers"
+    assert query(api_calls(api)[0])["filter[email][eq]"] == "b@example.com"
+
+
+# -- single objects and errors -----------------------------------------------------------------
+
+
+def test_get_event_asks_for_the_escaped_id(api, client):
+    api.get(BASE + "/events/evt%2F1", json={"id": "evt/1"})
+    assert client.get_event("evt/1") == {"id": "evt/1"}
+    assert api_calls(api)[0].request.method == "GET"
+
+
+def test_a_magic_link_answer_without_a_link_is_an_invalid_response(api, client):
+    api.post(BASE + "/admin/magic_link", json={"url": "https://x"})
+    with pytest.raises(NomosAPIError) as info:
+        client.create_magic_link("cus_1")
+    assert error_fields(info.value) == (200, "INVALID_RESPONSE",
+                                        "magic link response without link", "", "POST",
+                                        "/admin/magic_link")
+
+
+def test_an_error_without_code_or_request_id_leaves_them_empty(api, client):
+    api.get(BASE + "/customers/cus_1", status=404, body="not json")
+    with pytest.raises(NomosAPIError) as info:
+        client.get_customer("cus_1")
+    assert error_fields(info.value) == (404, "", "", "", "GET", "/customers/cus_1")
+    assert str(info.value) == "GET /customers/cus_1 -> HTTP 404"
+
+
+def test_an_error_takes_the_request_id_from_the_header_when_the_body_has_none(api, client):
+    api.get(BASE + "/customers/cus_1", status=404, json={"code": "NOT_FOUND"},
+            headers={"X-Request-Id": "req_h"})
+    with pytest.raises(NomosAPIError) as info:
+        client.get_customer("cus_1")
+    assert (info.value.code, info.value.request_id) == ("NOT_FOUND", "req_h")
+
+
+def test_business_errors_are_kept_short(api, client):
+    many = [{"code": f"e{n}", "field": "zip"} for n in range(59)]
+    api.post(BASE + "/leads", status=422, json={"code": "VALIDATION", "errors": [
+        {"code": "too_long", "field": "zip", "message": "m" * 600, "extra": "dropped"}, *many]})
+    with pytest.raises(NomosAPIError) as info:
+        client.create_lead({"zip": "1"})
+    assert len(info.value.errors) == 50
+    assert info.value.errors[0] == {"code": "too_long", "field": "zip", "message": "m" * 500}
+    assert info.value.errors[-1] == {"code": "e48", "field": "zip"}
+
+
+def test_an_error_is_logged_with_status_code_and_request_id(api, client, caplog):
+    api.get(BASE + "/customers/cus_1", status=404, json={"code": "NOT_FOUND",
+                                                         "requestId": "req_b"})
+    with caplog.at_level(logging.WARNING, logger="nomos_billing.client"), \
+            pytest.raises(NomosAPIError):
+        client.get_customer("cus_1")
+    assert caplog.messages == ["Nomos GET /customers/cus_1 -> 404 NOT_FOUND (requestId req_b)"]
+
+
+def test_a_magic_link_answer_that_is_not_an_object_is_an_invalid_response(api, client):
+    api.post(BASE + "/admin/magic_link", json=["https://x"])
+    with pytest.raises(NomosAPIError) as info:
+        client.create_magic_link("cus_1")
+    assert (info.value.code, info.value.message) == ("INVALID_RESPONSE",
+                                                     "magic link response without link")
+
+
+def test_get_event_errors_name_the_request(api, client):
+    api.get(BASE + "/events/evt_1", status=404, json={"code": "NOT_FOUND"})
+    with pytest.raises(NomosAPIError) as info:
+        client.get_event("evt_1")
+    assert str(info.value) == "GET /events/evt_1 -> HTTP 404: NOT_FOUND"
+
+
+def test_list_subscriptions_passes_cursor_and_every_filter(api, client):
+    api.get(BASE + "/subscriptions", json={"items": [], "has_more": False})
+    status = ListFilter("status", "eq", "active")
+    since = "2026-01-01T00:00:00Z"
+    client.list_subscriptions()
+    client.list_subscriptions(cursor="c9", limit=3, updated_since=since, filters=[status])
+    first, second = (query(c) for c in api_calls(api))
+    assert first == {"limit": "100"}
+    updated = ListFilter("updated_at", "gte", since)
+    assert second == {"limit": "3", "cursor": "c9", status.param: status.wire_value,
+                      updated.param: updated.wire_value}
+
+
+# -- Retry-After at the limit ------------------------------------------------------------------
+
+
+def test_a_retry_after_equal_to_the_limit_is_waited_for(nomos, retry_sleeps, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRY_WAIT": 2}
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=2), times=1)
+    client = NomosClient()
+    assert client.get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    assert retry_sleeps == [2]
+
+
+def test_a_retry_after_over_the_limit_is_not(nomos, retry_sleeps, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRY_WAIT": 2}
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=3), times=1)
+    with pytest.raises(NomosUnavailable):
+        NomosClient().get_subscription("sub_sandbox_alice")
+    assert retry_sleeps == []
