@@ -389,7 +389,9 @@ def check_open_leads(client: Any = None) -> tuple[int, int, int]:
     known = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
     open_leads = NomosLead.objects.filter(~Exists(known)).values_list("lead_id", flat=True)
     checked = converted = linked = 0
-    for lead_id in open_leads.iterator():
+    # Ids only, read at once: a server-side cursor (iterator() on PostgreSQL) would hold a
+    # transaction open across the GET /leads calls below.
+    for lead_id in list(open_leads):
         checked += 1
         lead = client.get_lead(lead_id)
         subscription_id = lead.get("subscription") if isinstance(lead, dict) else None
