@@ -8,8 +8,10 @@ webhook secret or an access token the sandbox issued.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +19,25 @@ from django.core.cache import caches
 
 from nomos_billing.client import reset_client
 from nomos_billing.sandbox import Sandbox, SandboxServer
+
+# The contract tests run whenever the provider's document is beside the checkout (../shared),
+# in `make test` too, not only where .ci/run points NOMOS_OPENAPI_SPEC at it.
+_SHARED_SPEC = (Path(__file__).resolve().parent.parent.parent / "shared" / "nomos"
+                / "openapi-2026-05-27.curie.json")
+if _SHARED_SPEC.is_file():
+    os.environ.setdefault("NOMOS_OPENAPI_SPEC", str(_SHARED_SPEC))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    contract = sys.modules.get("tests.contract")
+    tally = getattr(contract, "TALLY", None)
+    if tally is not None and (tally.requests or tally.responses or tally.envelopes):
+        terminalreporter.section("contract against the Nomos OpenAPI document")
+        for line in tally.lines():
+            terminalreporter.write_line(line)
+
 
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"

@@ -18,7 +18,13 @@ from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosAPIError
 from nomos_billing.sandbox import Fault
 
-from .contract import describe, load_spec, validate_exchange, validate_request
+from .contract import (
+    TOKEN_FORM_BODY,
+    describe,
+    load_spec,
+    validate_exchange,
+    validate_request,
+)
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -44,6 +50,12 @@ def exercise_client(nomos) -> None:
         "customer": {"email": "lead@example.com", "first_name": "Lea", "last_name": "Lead"},
         "metadata": {"django_user_id": "7"},
     })
+    list(client.iter_subscriptions(updated_since="2026-01-01T00:00:00Z", limit=5))
+    list(client.iter_customers(limit=5))
+    with pytest.raises(NomosAPIError) as refused:
+        client.create_lead({"plan": "pln_sandbox_basic", "address": {"zip": "00000"},
+                            "meter": {"estimated_usage": 2500}})
+    assert refused.value.errors[0]["code"] == "unserviceable_zip"
     for call in (lambda: client.get_subscription("sub_missing"),
                  lambda: client.create_magic_link("cus_missing")):
         with pytest.raises(NomosAPIError):
@@ -75,3 +87,11 @@ def test_every_response_the_client_receives_validates(nomos, spec):
         except Exception as exc:
             failures.append(f"{describe(exchange)}: {exc}")
     assert failures == []
+
+
+def test_the_json_fallback_token_request_validates_without_any_difference(nomos, spec):
+    nomos.token_content_types = {"application/json"}
+    get_client().get_customer("cus_sandbox_alice")
+    form, as_json = [e for e in nomos.request_log if e["path"] == "/oauth/token"]
+    assert validate_request(spec, form) == TOKEN_FORM_BODY
+    assert validate_request(spec, as_json) is None

@@ -31,7 +31,8 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
                                               for their first N seconds (--unreadable-for)
   POST   /_sandbox/subscriptions/{id}/readable  end that window for one subscription now
   POST   /_sandbox/leads/{id}/convert         finish a lead's checkout; fires subscription.created
-  POST   /_sandbox/events                     fire {"topic", "context"} to --forward-to
+  POST   /_sandbox/events                     fire {"topic", "context"} (or {"topic",
+                                              "subscription"}: ids filled in) to --forward-to
   GET    /_sandbox/deliveries                 what --forward-to delivered (status, attempt)
   POST   /_sandbox/webhooks                   send one signed event to {"url", "topic", ...}
   POST   /_sandbox/tokens                     a valid access token

@@ -136,11 +136,14 @@ def set_status(sb: Sandbox, request: Request, id: str) -> Response:
 
 
 def fire_event(sb: Sandbox, request: Request) -> Response:
-    payload = _kwargs(_body(request), ("topic", "context"))
-    topic, context = payload.get("topic"), payload.get("context") or {}
-    if not isinstance(topic, str) or not topic or not isinstance(context, dict):
-        raise ApiError(400, 'Give "topic" and optionally "context" (an object of ids)')
-    return json_response(200, sb.announce(topic, context))
+    payload = _kwargs(_body(request), ("topic", "context", "subscription"))
+    topic, context = payload.get("topic"), payload.get("context")
+    subscription = payload.get("subscription")
+    if context is None and isinstance(subscription, str) and isinstance(topic, str):
+        context = sb.event_context(topic, subscription)
+    if not isinstance(topic, str) or not topic or not isinstance(context or {}, dict):
+        raise ApiError(400, 'Give "topic" and "context" (an object of ids) or "subscription"')
+    return json_response(200, sb.announce(topic, context or {}))
 
 
 def deliveries(sb: Sandbox, request: Request) -> Response:

@@ -299,6 +299,22 @@ class Sandbox:
             self.announce("subscription.created", {"subscription": sub["id"]})
             return sub
 
+    def event_context(self, topic: str, subscription_id: str) -> dict[str, str]:
+        """The ids an event of ``topic`` about ``subscription_id`` carries, as Nomos sends them:
+        ``invoice.*`` and ``meter_order.*`` name their own object and the subscription."""
+        family = topic.split(".", 1)[0]
+        context = {"subscription": subscription_id}
+        if family == "invoice":
+            context["invoice"] = shapes.new_id("inv")
+            if topic == "invoice.voided":
+                # A voided invoice names the credit note that offsets it.
+                context["voiding_invoice"] = shapes.new_id("inv")
+        elif family == "meter_order":
+            context["meter_order"] = shapes.new_id("prdo")
+        elif family != "subscription":
+            return {}
+        return context
+
     def announce(self, topic: str, context: dict[str, Any]) -> dict[str, Any]:
         """Fire an event as Nomos does: recorded for ``GET /events/{id}`` and, when the
         sandbox forwards, delivered signed to every ``--forward-to`` URL (in the background)."""

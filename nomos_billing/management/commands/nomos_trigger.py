@@ -27,11 +27,14 @@ from ._errors import one_line
 
 DEFAULT_SITE = "http://127.0.0.1:8000"
 #: Context keys a topic family carries (the event holds ids only).
+#: ``invoice.*`` and ``meter_order.*`` name their subscription too (the document requires it).
 TOPIC_CONTEXT = {
-    "subscription": "subscription",
-    "invoice": "invoice",
-    "meter_order": "meter_order",
+    "subscription": ("subscription",),
+    "invoice": ("invoice", "subscription"),
+    "meter_order": ("meter_order", "subscription"),
 }
+#: Topics that carry one more id than their family.
+TOPIC_EXTRA = {"invoice.voided": ("voiding_invoice",)}
 
 
 def build_event(topic: str, context: dict[str, str], event_id: str | None = None
@@ -52,7 +55,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("topic", help="e.g. test.event, subscription.created, invoice.paid")
         parser.add_argument("--subscription", metavar="sub_...",
-                            help="context.subscription (needed by subscription.* topics)")
+                            help="context.subscription (needed by subscription.*, invoice.* and "
+                                 "meter_order.* topics)")
         parser.add_argument("--lead", metavar="lead_...", help="context.lead")
         parser.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                             help="any other context id, e.g. invoice=inv_...; repeatable")
@@ -119,11 +123,13 @@ class Command(BaseCommand):
             if not sep or not key or not value:
                 raise CommandError(f"--context {item!r}: write KEY=VALUE, e.g. invoice=inv_123.")
             context[key] = value
-        needed = TOPIC_CONTEXT.get(topic.split(".", 1)[0])
-        if needed and needed not in context:
-            hint = ("--subscription sub_..." if needed == "subscription"
-                    else f"--context {needed}=...")
-            raise CommandError(f"{topic} events carry a {needed} id: pass {hint}.")
+        needed = (*TOPIC_CONTEXT.get(topic.split(".", 1)[0], ()), *TOPIC_EXTRA.get(topic, ()))
+        missing = [key for key in needed if key not in context]
+        if missing:
+            hints = " and ".join("--subscription sub_..." if key == "subscription"
+                                 else f"--context {key}=..." for key in missing)
+            ids = " and ".join(missing)
+            raise CommandError(f"{topic} events carry a {ids} id: pass {hints}.")
         return context
 
     def _judge(self, statuses: list[int], expect_rejection: bool) -> None:
