@@ -91,17 +91,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _claim_timeout() -> timedelta:
-    from . import processing
-
-    value = getattr(processing, "claim_timeout", None)  # a setting once the hardening lands
-    return value() if callable(value) else processing.CLAIM_TIMEOUT
-
-
 def breaker_state() -> str | None:
-    """The outage breaker's state ("closed", "open", ...), or None where there is none.
+    """The outage breaker's state ("off", "closed", "open"), or None where there is none.
 
-    Hook for ``nomos_billing.breaker``: a module-level ``state()`` returning a short word.
+    Hook for ``nomos_billing.breaker``: a module-level ``state()`` returning an object with a
+    ``word`` (or the word itself).
     """
     try:
         from . import breaker  # type: ignore[attr-defined]
@@ -109,7 +103,10 @@ def breaker_state() -> str | None:
         return None
     state = getattr(breaker, "state", None)
     try:
-        return str(state()) if callable(state) else None
+        if not callable(state):
+            return None
+        value = state()
+        return str(getattr(value, "word", value))
     except Exception:  # a monitoring read must never take the page down
         logger.info("Could not read the outage breaker's state", exc_info=True)
         return None
@@ -143,7 +140,7 @@ def collect() -> Health:
     """Everything on the health page, in a fixed number of queries."""
     now = timezone.now()
     since = now - WINDOW
-    stale = now - _claim_timeout()
+    stale = now - tasks.claim_timeout()
     events = WebhookEvent.objects
     # Max on the indexed received_at: one index read.
     last = events.aggregate(last=Max("received_at"))["last"]

@@ -207,9 +207,7 @@ def needs_enqueue(event: WebhookEvent) -> bool:
     hands, unless that has lasted past the claim timeout (the job was lost, the worker died). A
     failed event (an outage, or an earlier enqueue that failed) is always enqueued again.
     """
-    from .processing import CLAIM_TIMEOUT
-
-    stale = timezone.now() - CLAIM_TIMEOUT
+    stale = timezone.now() - claim_timeout()
     if event.status == WebhookEvent.Status.FAILED:
         return True
     if event.status == WebhookEvent.Status.RECEIVED:
@@ -217,6 +215,17 @@ def needs_enqueue(event: WebhookEvent) -> bool:
     if event.status == WebhookEvent.Status.PROCESSING:
         return event.claimed_at is None or event.claimed_at < stale
     return False
+
+
+def claim_timeout() -> timedelta:
+    """How old a claim (or a queued, never-claimed event) must be to count as abandoned:
+    ``processing.claim_timeout()`` where the setting exists, else the fixed constant."""
+    from . import processing
+
+    value = getattr(processing, "claim_timeout", None)
+    if callable(value):
+        return value()  # type: ignore[no-any-return]
+    return processing.CLAIM_TIMEOUT  # type: ignore[attr-defined,no-any-return]
 
 
 def mark_enqueue_failed(event: WebhookEvent, exc: BaseException) -> None:

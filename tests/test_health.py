@@ -50,7 +50,7 @@ def test_empty_install(nomos):
     assert data["last_delivery_at"] is None and data["last_delivery_age"] is None
     assert (data["deliveries_24h"], data["failed"], data["stuck"]) == (0, 0, 0)
     assert data["token_cached"] is False and data["task_backend"] is None
-    assert data["watermark"] is None and data["breaker"] in (None, "closed")
+    assert data["watermark"] is None and data["breaker"] in (None, "off", "closed")
     assert "Last verified delivery: - (never)" in status_text()
 
 
@@ -133,3 +133,17 @@ def test_query_count_does_not_grow_with_100k_events_and_20k_customers(nomos, adm
     assert len(full_page) == len(empty_page)
     assert len(full_status) == len(empty_status)
     assert status_json()["failed"] == 600
+
+
+def test_the_outage_breaker_state_shows_where_a_breaker_module_exists(nomos, monkeypatch):
+    import sys
+    import types
+
+    import nomos_billing
+
+    fake = types.ModuleType("nomos_billing.breaker")
+    fake.state = lambda: types.SimpleNamespace(word="open")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nomos_billing.breaker", fake)
+    monkeypatch.setattr(nomos_billing, "breaker", fake, raising=False)
+    assert status_json()["breaker"] == "open"
+    assert "Outage breaker: open" in status_text()
