@@ -71,8 +71,10 @@ def login(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
-    path("", home),
+    # "home" and set_language: the example project's layout links to both.
+    path("", home, name="home"),
     path("accounts/login/", login, name="login"),
+    path("i18n/", include("django.conf.urls.i18n")),
     path("nomos/", include("nomos_billing.urls")),
 ]
 
@@ -200,3 +202,55 @@ def test_german_browser_sees_the_german_button_label(
     finally:
         english.close()
         german.close()
+
+
+# -- our own pages, in both layouts -----------------------------------------------------------
+
+EXAMPLE_TEMPLATES = Path(__file__).resolve().parent.parent / "example_project" / "demo_app" \
+    / "templates"
+
+
+@pytest.fixture(params=["default", "example"])
+def layout(request: pytest.FixtureRequest, settings: Any) -> str:
+    """``default``: our own layout.html; ``example``: the example project's override of
+    nomos_billing/base.html, found first through DIRS as a site's templates are."""
+    if request.param == "example":
+        settings.TEMPLATES = [{**settings.TEMPLATES[0],
+                               "DIRS": [EXAMPLE_TEMPLATES, *settings.TEMPLATES[0]["DIRS"]]}]
+    return request.param
+
+
+@pytest.mark.parametrize("lang", ["en", "de"])
+def test_each_page_ships_in_the_layout_with_a_visible_way_back(
+    browser: Any, live_server: Any, people: dict[str, Any], nomos: Any, settings: Any,
+    layout: str, lang: str,
+) -> None:
+    from nomos_billing.models import NomosCustomer
+    from nomos_billing.sandbox import Fault
+
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": "pln_sandbox_home"}
+    nomos.add_fault("POST /admin/magic_link", Fault(status=500), times=None)
+    context = browser.new_context(locale="de-DE" if lang == "de" else "en-US",
+                                  viewport={"width": 390, "height": 760})
+    page = context.new_page()
+    try:
+        log_in(page, live_server.url, "bob", "bob-pw")
+        visits = [("start", "/nomos/portal/start/", 200),
+                  ("no-customer", "/nomos/portal/", 200),
+                  ("unavailable", "/nomos/portal/", 503)]
+        for name, path_, status in visits:
+            if name == "unavailable":
+                # Bob becomes a customer, and Nomos fails to mint his link.
+                NomosCustomer.objects.create(customer_id=seed.CAROL, user=people["bob"])
+            response = page.goto(live_server.url + path_)
+            assert response.status == status, (name, response.status)
+            assert page.locator("html").get_attribute("lang") == lang
+            assert page.locator(f".nomos-billing.nomos-{name}").is_visible(), name
+            back = page.locator("a[href='/']").first
+            assert back.is_visible(), f"{name} ({layout}, {lang}) has no visible way back"
+            # The example's own header (its home link), or our layout's "back" link.
+            own = "header strong a" if layout == "example" else "header a.nomos-back"
+            assert page.locator(own).is_visible(), (name, layout)
+            screenshot(page, f"page-{layout}-{name}-{lang}")
+    finally:
+        context.close()
