@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
-from threading import Thread
 from typing import Any
 
 import pytest
@@ -31,6 +28,7 @@ from nomos_billing.sandbox.forwarding import Forwarder
 from nomos_billing.testing import make_event
 
 from .contract import load_spec, topic_schemas, validate_envelope
+from .test_sandbox_checkout import Receiver, receiver  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -47,35 +45,6 @@ def topics(spec: Any) -> list[str]:
     return found
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/nomos/webhook/"
-        Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-               daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = Receiver()
-    yield rec
-    rec.server.shutdown()
-    rec.server.server_close()
-
-
 def test_the_helper_refuses_an_envelope_that_breaks_its_topic(spec: Any) -> None:
     good = make_event("invoice.paid", {"invoice": "inv_1", "subscription": "sub_1"})
     validate_envelope(spec, good)
@@ -87,7 +56,7 @@ def test_the_helper_refuses_an_envelope_that_breaks_its_topic(spec: Any) -> None
 
 
 def test_every_topic_the_sandbox_fires_and_forwards_validates(
-    spec: Any, topics: list[str], receiver: Receiver
+    spec: Any, topics: list[str], receiver: Receiver  # noqa: F811
 ) -> None:
     sb = Sandbox()
     sb.forwarder = Forwarder(sb, [receiver.url], "whsec_contract", retry_base=0.01)
@@ -133,17 +102,17 @@ def test_make_event_envelopes_validate(spec: Any, topics: list[str]) -> None:
     assert test_event["context"] == {}
 
 
-def _trigger(receiver: Receiver, topic: str, *args: str) -> dict[str, Any]:
-    before = len(receiver.bodies)
-    call_command("nomos_trigger", topic, "--url", receiver.url, *args, stdout=StringIO(),
+def _trigger(rec: Receiver, topic: str, *args: str) -> dict[str, Any]:
+    before = len(rec.bodies)
+    call_command("nomos_trigger", topic, "--url", rec.url, *args, stdout=StringIO(),
                  stderr=StringIO())
-    (body,) = receiver.bodies[before:]
+    (body,) = rec.bodies[before:]
     return json.loads(body)
 
 
 @pytest.mark.django_db
 def test_every_topic_nomos_trigger_posts_validates(
-    spec: Any, topics: list[str], receiver: Receiver
+    spec: Any, topics: list[str], receiver: Receiver  # noqa: F811
 ) -> None:
     for topic in topics:
         family = topic.split(".", 1)[0]
@@ -162,7 +131,7 @@ def test_every_topic_nomos_trigger_posts_validates(
 @pytest.mark.django_db
 @pytest.mark.parametrize("topic", ["invoice.paid", "meter_order.created"])
 def test_nomos_trigger_refuses_an_invoice_or_meter_order_without_its_subscription(
-    receiver: Receiver, topic: str
+    receiver: Receiver, topic: str  # noqa: F811
 ) -> None:
     family = topic.split(".", 1)[0]
     with pytest.raises(CommandError, match="subscription"):
@@ -173,7 +142,7 @@ def test_nomos_trigger_refuses_an_invoice_or_meter_order_without_its_subscriptio
 
 @pytest.mark.django_db
 def test_nomos_trigger_refuses_a_voided_invoice_without_its_voiding_invoice(
-    receiver: Receiver
+    receiver: Receiver  # noqa: F811
 ) -> None:
     with pytest.raises(CommandError, match="voiding_invoice"):
         call_command("nomos_trigger", "invoice.voided", "--url", receiver.url, "--subscription",
