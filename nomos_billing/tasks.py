@@ -15,6 +15,7 @@ event stays ``failed`` for ``nomos_replay`` or the admin's "Process again".
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +32,7 @@ try:  # Django 6.0+
     from django.tasks.exceptions import InvalidTaskBackend as InvalidTaskBackendError
 except ImportError:  # pragma: no cover - Django 5.2 with or without the backport
     try:
-        from django_tasks import task, task_backends  # type: ignore[no-redef]
+        from django_tasks import task, task_backends  # type: ignore[no-redef,assignment]
         from django_tasks.exceptions import (  # type: ignore[no-redef,assignment]
             InvalidTaskBackendError,
         )
@@ -139,7 +140,10 @@ def _catch_up() -> str:
 
 
 _catch_up.__name__ = _catch_up.__qualname__ = "catch_up"
-_FUNCTIONS = {"process_webhook_event": _process, "catch_up": _catch_up}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "process_webhook_event": _process,
+    "catch_up": _catch_up,
+}
 
 
 def __getattr__(name: str) -> Any:
