@@ -6,7 +6,10 @@ in memory unless DATABASE_URL is set, against a live sandbox on a loopback port 
 this process, so it shares the CPU and the GIL with Django: absolute times are pessimistic).
 Candidate and baseline alternate in rounds so that load from elsewhere hits both alike.
 
-    .venv/bin/python bench/bench_goals.py [--quick]      (make bench)
+    .venv/bin/python bench/bench_goals.py [--quick]      (make bench-goals; make bench runs it
+                                                          and then bench_load.py)
+
+With DATABASE_URL set, that database is FLUSHED first: give it one of its own.
 """
 
 from __future__ import annotations
@@ -304,10 +307,21 @@ def bench_admin(small: tuple[int, int], large: tuple[int, int]) -> None:
             out.append((statistics.median(times), count))
         return out
 
+    def analyze() -> None:
+        # Fresh statistics, as autovacuum would have them after such a load; without them the
+        # planner guesses from the small tables.
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
+
     grow(*small)
+    analyze()
     before = measure()
     start = time.perf_counter()
     grow(*large)
+    analyze()
     grown = time.perf_counter() - start
     after = measure()
     print(f"Admin ({large[0]:,} customers / {large[1]:,} events vs {small[0]:,} / {small[1]:,}; "
@@ -352,6 +366,10 @@ def main() -> None:
         from django.test.utils import setup_test_environment
 
         setup_test_environment()
+        from django.core.management import call_command
+
+        # A fresh database each run (make bench gives it one of its own, as bench_load does).
+        call_command("flush", interactive=False, verbosity=0)
         print(f"bench_goals: {environment()}; medians of {ROUNDS} alternating rounds; "
               "absolute times are noisy, read the ratios")
         print(f"  {'goal':<44} {'figure':>14} {'baseline':>14} {'ratio':>7}")

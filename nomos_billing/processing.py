@@ -117,7 +117,8 @@ def record_delivery(
     """Record one webhook delivery; ``(event, created)``.
 
     A new event is stored, claimed by this delivery when ``claim`` (status ``processing``,
-    attempt 1: pass ``created`` events to ``process_event(event, claimed=True)``); a known one
+    attempt 1: pass ``created`` events to ``process_event(event, claimed=True)``), or already
+    finished when its topic needs no work (``outcome_without_work``); a known one
     has its ``deliveries`` counted and comes back as stored. On PostgreSQL and SQLite this is
     one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``: the unique ``event_id`` decides
     between concurrent first deliveries, and a redelivery of a finished event costs that one
@@ -126,7 +127,12 @@ def record_delivery(
     event_id, topic = parse_envelope(data)
     new = WebhookEvent(event_id=event_id, topic=topic, payload=data, secret_index=secret_index)
     if claim:
-        new.status, new.claimed_at, new.attempts = Status.PROCESSING, timezone.now(), 1
+        now, outcome = timezone.now(), outcome_without_work(topic)
+        if outcome is not None:
+            # Nothing to do for this topic: stored finished, in the same one statement.
+            new.status, new.processed_at, new.attempts = outcome, now, 1
+        else:
+            new.status, new.claimed_at, new.attempts = Status.PROCESSING, now, 1
     alias = router.db_for_write(WebhookEvent)
     if connections[alias].vendor in ("postgresql", "sqlite"):
         event = _upsert_counting_delivery(new, alias)
@@ -234,6 +240,19 @@ HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
 
 def get_handler(topic: str) -> Callable[[WebhookEvent], str] | None:
     return HANDLERS.get(topic) or HANDLERS.get(topic.split(".", 1)[0])
+
+
+def outcome_without_work(topic: str) -> str | None:
+    """The final status of a new event that needs nothing done: ``ignored`` (no handler), or
+    ``processed`` for an acknowledge-only topic while no receiver listens for
+    ``webhook_processed`` (a receiver gets the event through ``process_event``, inside its
+    transaction). None when the event must be processed."""
+    handler = get_handler(topic)
+    if handler is None:
+        return str(Status.IGNORED)
+    if handler is acknowledge and not webhook_processed.has_listeners(WebhookEvent):
+        return str(Status.PROCESSED)
+    return None
 
 
 # -- claiming and processing ----------------------------------------------------------------------

@@ -132,6 +132,8 @@ class WebhookView(View):
             return _text(200, "already processed")
         if queued:
             return self._enqueue(event, created)
+        if created and event.status != Status.PROCESSING:  # finished when recorded
+            return self._respond(Result(event, claimed=True))
         return self._respond(process_event(event, claimed=created))
 
     def _enqueue(self, event: WebhookEvent, created: bool) -> HttpResponse:

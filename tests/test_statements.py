@@ -69,10 +69,26 @@ def linked_subscription(nomos):
     return SimpleNamespace(user=user, customer=customer, sub=sub)
 
 
-def test_new_event_without_a_nomos_call_is_one_insert_and_one_update(client):
+@pytest.mark.parametrize(("topic", "answer", "status"), [
+    ("test.event", b"processed\n", "processed"),
+    ("plan.created", b"ignored: no handler for this topic\n", "ignored"),
+])
+def test_new_event_that_needs_no_work_is_one_insert(client, topic, answer, status):
+    response, counted = deliver(client, make_event(topic))
+    assert (response.status_code, response.content) == (200, answer)
+    # Recorded already finished: goal <= 4.
+    assert counted.kinds() == [f"INSERT {EVENTS}"]
+    assert counted.transactions == 0
+    event = WebhookEvent.objects.get()
+    assert (event.status, event.attempts, event.deliveries) == (status, 1, 1)
+    assert event.claimed_at is None and event.processed_at is not None
+
+
+def test_new_event_that_needs_processing_is_one_insert_and_one_update(client, monkeypatch):
+    monkeypatch.setitem(processing.HANDLERS, "test.event", lambda event: "processed")
     response, counted = deliver(client, make_event("test.event"))
     assert (response.status_code, response.content) == (200, b"processed\n")
-    # Recorded already claimed, then finished: goal <= 4.
+    # Recorded already claimed, then finished.
     assert counted.kinds() == [f"INSERT {EVENTS}", f"UPDATE {EVENTS}"]
     assert counted.transactions == 0
     event = WebhookEvent.objects.get()
@@ -168,7 +184,7 @@ def test_a_changed_subscription_updates_only_the_changed_columns(
 
 
 def test_other_databases_record_deliveries_through_the_orm(monkeypatch):
-    event = make_event("test.event")
+    event = make_event("subscription.created", {"subscription": "sub_1"})
     # Any vendor without INSERT ... ON CONFLICT ... RETURNING takes get_or_create.
     monkeypatch.setattr(connection, "vendor", "other")
     first, created = processing.record_delivery(event)
@@ -235,7 +251,8 @@ def test_a_re_sync_with_nothing_changed_writes_nothing(nomos):
 
     counted = _sync()
 
-    writes = [s for s in counted.statements if s.split()[0].upper() != "SELECT"]
+    writes = [s for s in counted.statements
+              if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE")]
     assert writes == []
     assert nomos.count("GET /customers") + nomos.count("GET /customers/{id}") == 0
     # Two SELECTs per page, one for our leads no subscription names yet (none here: no
