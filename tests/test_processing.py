@@ -104,7 +104,8 @@ def test_record_delivery_stores_and_claims_once_then_counts(path, monkeypatch):
     signals.webhook_received.connect(lambda **kw: seen.append(kw["event"].event_id),
                                      weak=False, dispatch_uid="rec2")
     try:
-        data = make_event("invoice.paid")
+        # A topic that needs processing: one that needs none is stored finished instead.
+        data = make_event("subscription.created", {"subscription": "sub_1"})
         first, created_first = record_delivery(data, secret_index=1)
         again = {**data, "context": {"changed": True}}
         second, created_second = record_delivery(again, secret_index=0)
@@ -117,7 +118,7 @@ def test_record_delivery_stores_and_claims_once_then_counts(path, monkeypatch):
     assert (second.pk, second.deliveries, third.deliveries) == (first.pk, 2, 3)
     row = WebhookEvent.objects.get()
     # The first delivery's envelope and secret are kept; later ones only count.
-    assert (row.payload, row.secret_index, row.topic) == (data, 1, "invoice.paid")
+    assert (row.payload, row.secret_index, row.topic) == (data, 1, "subscription.created")
     assert (row.status, row.attempts, row.deliveries) == ("processing", 1, 3)
     assert seen == [data["id"]]
 
