@@ -251,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, str(HERE / "manage.py"), "db_worker", "--interval", "0.5"],
             cwd=HERE, env=env,
         ))
-    # SIGTERM (CI, process managers) stops the demo the way Ctrl-C does.
+    # SIGTERM (CI, process managers) stops the demo the way Ctrl-C does. SIGINT is set too: a
+    # shell that starts us in the background hands us SIGINT ignored, and Ctrl-C must still work.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         wait_for_site(site_url + "/", site, args.startup_timeout)
         webhook_url = site_url + reverse("nomos_billing:webhook")

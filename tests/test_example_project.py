@@ -6,6 +6,7 @@ DJANGO_SETTINGS_MODULE=tests.settings) and its own SQLite file under ``tmp_path`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -111,6 +112,8 @@ class Demo:
              str(self.port), "--sandbox-port", str(self.sandbox_port)],
             cwd=ROOT, env=clean_env(DATABASE_URL=f"sqlite:///{db}"), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
+            # Its own process group, so stop() can end the demo's children too if it hangs.
+            start_new_session=True,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -139,8 +142,12 @@ class Demo:
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                pass
+        # Whatever is left of the group (an orphaned runserver would hold the pipe open and
+        # block the reader for ever) is killed.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self.reader.join(timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
