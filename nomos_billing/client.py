@@ -26,6 +26,7 @@ import requests
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from requests.adapters import HTTPAdapter
+from urllib3 import exceptions as urllib3_exceptions
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
@@ -40,6 +41,7 @@ from .exceptions import (
     NomosUnavailable,
 )
 from .filters import ListFilter, check_page, query_params
+from .jsonsafe import clean
 from .tokens import AccessToken, TokenStore
 
 logger = logging.getLogger("nomos_billing.client")
@@ -120,6 +122,25 @@ def _business_errors(body: Mapping[str, Any]) -> list[dict[str, str]]:
             errors.append({key: str(entry[key])[:500] for key in ("code", "field", "message")
                            if isinstance(entry.get(key), (str, int))})
     return errors
+
+
+def _timed_out(exc: requests.RequestException) -> bool:
+    """True for a timeout, also when urllib3 wrapped it: a read timeout with no retries left
+    reaches us as ``ConnectionError(MaxRetryError(reason=ReadTimeoutError))``."""
+    if isinstance(exc, requests.Timeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, (TimeoutError, urllib3_exceptions.TimeoutError))
+
+
+def _broke(exc: requests.RequestException) -> bool:
+    """True when a connection was made but dropped (reset, closed without an answer)."""
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, urllib3_exceptions.ProtocolError)
 
 
 def _retry_after(response: requests.Response) -> int | None:
@@ -236,10 +257,15 @@ class NomosClient:
         url = self.base_url + path
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.Timeout as exc:
-            logger.warning("Nomos %s %s timed out", method, path)
-            raise NomosUnavailable(f"Nomos did not answer {method} {path} in time") from exc
-        except requests.ConnectionError as exc:
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            if _timed_out(exc):
+                logger.warning("Nomos %s %s timed out", method, path)
+                raise NomosUnavailable(f"Nomos did not answer {method} {path} in time") from exc
+            if _broke(exc):
+                logger.warning("Nomos %s %s: the connection broke before an answer", method, path)
+                raise NomosUnavailable(
+                    f"the connection to Nomos broke during {method} {path}"
+                ) from exc
             logger.warning("Nomos %s %s: could not connect", method, path)
             raise NomosUnavailable(f"could not connect to Nomos for {method} {path}") from exc
         except requests.RequestException as exc:
@@ -281,8 +307,9 @@ class NomosClient:
             response = self._send(method, path, json=json, params=params,
                                   headers={"Authorization": f"Bearer {token.value}"})
         try:
-            return response.json()
-        except ValueError:
+            # Cleaned here, once, so nothing fetched from Nomos can make a row unstorable.
+            return clean(response.json())
+        except (ValueError, RecursionError):
             raise NomosAPIError(response.status_code, "INVALID_RESPONSE",
                                 "Nomos answered with a body that is not JSON",
                                 response.headers.get("X-Request-Id", ""),

@@ -24,6 +24,9 @@ HEADER = "X-Nomos-Signature"
 #: Django's ``request.META`` key for the header.
 META_KEY = "HTTP_X_NOMOS_SIGNATURE"
 MAX_HEADER_LENGTH = 1024
+#: Unix seconds have 10 digits until the year 2286. A much longer value is no time we could
+#: compare with the clock (a float overflows past 309 digits), so it is refused while parsing.
+MAX_TIMESTAMP_DIGITS = 15
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -49,10 +52,13 @@ class ParsedSignature:
 def parse_header(header: str | None) -> ParsedSignature:
     """Split the header into its timestamp and ``v1`` values, or raise a ``WebhookError``.
 
+    Any string gets one of those two answers, never another exception: the header comes from
+    anyone who can reach the endpoint.
+
     Unknown schemes (``v0=``, future ``v2=``) are ignored, as Stripe-style receivers do, so that
     Nomos can add a scheme without breaking us.
     """
-    if header is None or not header.strip():
+    if not isinstance(header, str) or not header.strip():
         raise WebhookSignatureMissing(f"missing {HEADER} header")
     if len(header) > MAX_HEADER_LENGTH:
         raise WebhookSignatureMalformed(f"{HEADER} header is too long")
@@ -67,6 +73,8 @@ def parse_header(header: str | None) -> ParsedSignature:
             # isdigit() accepts non-ASCII digits; int() would too, so be strict.
             if timestamp is not None or not value.isascii() or not value.isdigit():
                 raise WebhookSignatureMalformed(f"{HEADER} header has an invalid timestamp")
+            if len(value) > MAX_TIMESTAMP_DIGITS:
+                raise WebhookTimestampOutOfRange(f"{HEADER} timestamp is out of range")
             timestamp = int(value)
         elif key == "v1":
             if len(value) != 64 or not set(value) <= _HEX:

@@ -29,6 +29,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.wsgi import WSGIRequest
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -39,6 +40,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import misconfiguration, tasks
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import NomosConfigurationError, WebhookError, WebhookSignatureMismatch
+from .jsonsafe import problem
 from .models import WebhookEvent
 from .processing import InvalidEvent, Result, process_event, record_delivery
 from .signatures import META_KEY, verify_signature
@@ -63,19 +65,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class BodyUnreadable(Exception):
+    """The server cannot give us the body (chunked, without ``wsgi.input_terminated``)."""
+
+
 def read_body(request: HttpRequest, limit: int) -> bytes | None:
     """The raw body, or None when it is longer than ``limit`` bytes.
 
     Content-Length is checked before reading anything; reading ``limit + 1`` bytes also
     catches bodies without a length (chunked) without holding more than that in memory.
+
+    A chunked body has no Content-Length. Django's WSGI request then reads nothing (it trusts
+    the missing length as 0), so we read the server's stream ourselves when the server says it
+    ends the stream at the body's end (``wsgi.input_terminated``: gunicorn, uvicorn's WSGI
+    mode). A server that does not say so cannot be read safely: ``BodyUnreadable`` (411).
+    ASGI requests carry the whole body already.
     """
+    meta = request.META
+    raw_length = meta.get("CONTENT_LENGTH")
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        declared = int(raw_length) if raw_length else None
     except ValueError:
-        declared = 0
-    if declared > limit:
+        declared = None
+    if declared is not None and declared > limit:
         return None
-    body = request.read(limit + 1)
+    if declared is None and isinstance(request, WSGIRequest):
+        if meta.get("wsgi.input_terminated"):
+            stream = meta["wsgi.input"]
+        elif meta.get("HTTP_TRANSFER_ENCODING"):
+            raise BodyUnreadable
+        else:
+            return b""
+        body = stream.read(limit + 1)
+    else:
+        body = request.read(limit + 1)
     return None if len(body) > limit else body
 
 
@@ -101,9 +124,24 @@ class WebhookView(View):
             ))
             return _text(503, "webhook secrets are not configured on this site; "
                               "please redeliver later")
-        body = read_body(request, int(nomos_settings.WEBHOOK_MAX_BYTES))
+        try:
+            body = read_body(request, int(nomos_settings.WEBHOOK_MAX_BYTES))
+        except BodyUnreadable:
+            logger.warning(
+                "Rejected a Nomos webhook: a chunked body, which this server does not pass on "
+                "(no wsgi.input_terminated); run under gunicorn or uvicorn, or ask for "
+                "Content-Length"
+            )
+            return _text(
+                411,
+                "Content-Length required: this server cannot read a chunked request body",
+            )
         if body is None:
+            logger.warning("Rejected a Nomos webhook: the body is over WEBHOOK_MAX_BYTES")
             return _text(413, "request body too large")
+        if not body:
+            logger.warning("Rejected a Nomos webhook: the request has no body")
+            return _text(400, "request body is empty")
         try:
             secret_index = verify_signature(
                 body,
@@ -117,7 +155,14 @@ class WebhookView(View):
         try:
             data = json.loads(body, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
+            logger.warning("Rejected a signed Nomos webhook: the body is not JSON")
             return _text(400, "body is not JSON")
+        unstorable = problem(data)
+        if unstorable:
+            # Signed, so Nomos (or whoever holds the secret) sent it; stored, it would fail on
+            # PostgreSQL on every redelivery. Refused the same way on every database.
+            logger.warning("Rejected a signed Nomos webhook: the body holds %s", unstorable)
+            return _text(400, f"body holds {unstorable}, which cannot be stored")
         if isinstance(data, dict) and data.get("topic") == "test.event" and not data.get("id"):
             # The dashboard's "send test event" may come without an id; there is nothing to
             # deduplicate or process, and a made-up id would only clutter the event log.
@@ -127,6 +172,7 @@ class WebhookView(View):
             # Inline, a new event is stored already claimed by this delivery (one statement).
             event, created = record_delivery(data, secret_index=secret_index, claim=not queued)
         except InvalidEvent as exc:
+            logger.warning("Rejected a signed Nomos webhook: %s", exc)
             return _text(400, str(exc))
         if not created and event.status in (Status.PROCESSED, Status.IGNORED):
             return _text(200, "already processed")
@@ -186,7 +232,9 @@ class WebhookView(View):
         return _text(409, "in progress for a while; please redeliver later")
 
     def _log_rejection(self, exc: WebhookError) -> None:
-        if isinstance(exc, WebhookSignatureMismatch):
+        # The hint to re-copy the secret only where a secret is really at stake: a valid
+        # header whose MAC matches none of the configured secrets.
+        if isinstance(exc, WebhookSignatureMismatch) and nomos_settings.WEBHOOK_SECRETS:
             logger.warning(
                 "Rejected a Nomos webhook: the signature matches none of %s['WEBHOOK_SECRETS']. "
                 "Copy the endpoint's signing secret from the Nomos dashboard into that setting.",

@@ -1,0 +1,88 @@
+"""JSON from the wire that our databases cannot hold.
+
+Python's ``json`` accepts three things that PostgreSQL (``jsonb``, ``text``) refuses and that
+SQLite would store only to hand back differently: the NUL character (``\\u0000``), lone UTF-16
+surrogates (``\\ud800`` without its pair) and numbers too large for a float (``1e400`` parses
+as ``inf``). A signed webhook envelope holding one is refused before anything is stored
+(``problem``), identically on every database, so a redelivery cannot fail the same way forever.
+Data we fetch from Nomos is ours to repair instead (``clean``): the strings lose the characters,
+an infinite number becomes ``None``, and the subscription still syncs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["clean", "problem"]
+
+
+def _string_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+    return None
+
+
+def problem(data: Any) -> str | None:
+    """What in ``data`` (decoded JSON) cannot be stored, in words for a 400 answer, or None.
+
+    Iterative, not recursive: ``json.loads`` accepts nesting deeper than Python's recursion
+    limit on 3.13+, and this check must answer for every input.
+    """
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _string_problem(item)
+        elif isinstance(item, float):
+            found = None if math.isfinite(item) else "a number too large to store"
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                found = _string_problem(key) if isinstance(key, str) else None
+                if found:
+                    return found + " in a key"
+                stack.append(value)
+            continue
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            found = None
+        if found:
+            return found
+    return None
+
+
+def _clean_string(value: str) -> str:
+    if _string_problem(value) is None:
+        return value
+    return "".join(c for c in value if c != "\x00" and not "\ud800" <= c <= "\udfff")
+
+
+def clean(data: Any) -> Any:
+    """``data`` with NUL and lone surrogates removed from every string (keys included) and
+    non-finite numbers replaced by ``None``. Returns the same objects when nothing needs it."""
+    if problem(data) is None:
+        return data
+    return _clean(data)
+
+
+def _clean(data: Any) -> Any:
+    # Only reached for data that has a problem; Nomos' documents are shallow, so recursion
+    # is fine here (a pathological depth fails as RecursionError, which callers treat as bad
+    # data from Nomos).
+    if isinstance(data, str):
+        return _clean_string(data)
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {
+            (_clean_string(k) if isinstance(k, str) else k): _clean(v) for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_clean(v) for v in data]
+    return data
