@@ -27,6 +27,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -94,6 +95,22 @@ class TopicFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         # Any value, so that a topic Nomos adds later can still be filtered by URL.
         return queryset.filter(topic=self.value()) if self.value() else queryset
+
+
+class StuckFilter(admin.SimpleListFilter):
+    """Events a dead worker left ``processing`` past the claim timeout; "Process again" (or
+    ``nomos_replay --stuck``) takes them over."""
+
+    title = _("stuck")
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Stuck in processing"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(pk__in=processing.stuck_events().values("pk"))
+        return queryset
 
 
 _INLINE_FIELDS = ("subscription_id", "status", "plan", "type", "start_at", "end_at")
@@ -351,8 +368,10 @@ class NomosLeadAdmin(MirrorAdmin):
 
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(MirrorAdmin):
-    list_display = ["event_id", "topic", "status", "received_at", "attempts", "deliveries"]
-    list_filter = ["status", TopicFilter]
+    list_display = [
+        "event_id", "topic", "status", "claim_age", "received_at", "attempts", "deliveries"
+    ]
+    list_filter = ["status", StuckFilter, TopicFilter]
     search_fields = ["event_id__exact"]
     show_full_result_count = False
     exclude = ["payload"]
@@ -388,6 +407,17 @@ class WebhookEventAdmin(MirrorAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Pruning the delivery log is the one deletion that means something here.
         return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
+    @admin.display(description=_("in processing for"))
+    def claim_age(self, obj: WebhookEvent) -> str:
+        """How long a claim has been held; flagged once a dead worker must have left it."""
+        if obj.status != WebhookEvent.Status.PROCESSING or obj.claimed_at is None:
+            return ""
+        age = timezone.now() - obj.claimed_at
+        text = _("%(seconds)d s") % {"seconds": int(age.total_seconds())}
+        if age > processing.claim_timeout():
+            return _("%(age)s (stuck)") % {"age": text}
+        return text
 
     @admin.display(description=_("payload"))
     def pretty_payload(self, obj: WebhookEvent) -> str:

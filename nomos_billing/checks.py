@@ -39,6 +39,11 @@ W_HTTP_BASE_URL = "nomos_billing.W005"
 # Task backend ids start at 30, clear of the ones above as they grow.
 E_TASK_BACKEND = "nomos_billing.E030"
 W_TASK_BACKEND_ALIAS = "nomos_billing.W030"
+# Time budgets and the outage breaker start at 40.
+E_BUDGETS = "nomos_billing.E040"
+W_WEBHOOK_BUDGET = "nomos_billing.W040"
+W_CLAIM_TIMEOUT = "nomos_billing.W041"
+W_BUDGET_TIMEOUT = "nomos_billing.W042"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",
@@ -332,6 +337,55 @@ def _check_checkout_url(raw: dict[str, Any]) -> list[CheckMessage]:
         )
     ]
 
+#: Nomos stops waiting for a webhook's answer after this many seconds.
+NOMOS_WEBHOOK_WAIT = 30
+
+
+def _check_budgets(raw: dict[str, Any]) -> list[CheckMessage]:
+    names = ("WEBHOOK_BUDGET", "CLICK_BUDGET", "CLAIM_TIMEOUT")
+    bad = [n for n in names if n in raw and not (_number(raw[n]) or 0) > 0]
+    if bad:
+        return [Error(
+            f"{' and '.join(_key(n) for n in bad)} must be a number of seconds above 0.",
+            hint="The defaults are WEBHOOK_BUDGET 20, CLICK_BUDGET 5 and CLAIM_TIMEOUT 60.",
+            id=E_BUDGETS,
+        )]
+    webhook, click, claim = (float(raw.get(n, DEFAULTS[n])) for n in names)
+    messages: list[CheckMessage] = []
+    if webhook >= NOMOS_WEBHOOK_WAIT:
+        messages.append(Warning(
+            f"{_key('WEBHOOK_BUDGET')} is {webhook:g} s, but Nomos waits only "
+            f"{NOMOS_WEBHOOK_WAIT} s for an answer: a slow delivery is cut off by Nomos (or by "
+            "the server's worker timeout) before it can answer 503, and is left in progress.",
+            hint="Keep it safely under 30 (the default is 20) and under gunicorn's --timeout.",
+            id=W_WEBHOOK_BUDGET,
+        ))
+    if claim <= webhook:
+        messages.append(Warning(
+            f"{_key('CLAIM_TIMEOUT')} ({claim:g} s) is not above {_key('WEBHOOK_BUDGET')} "
+            f"({webhook:g} s): a delivery still working on an event can have it taken over by "
+            "the next one, and the event is processed twice.",
+            hint="Set CLAIM_TIMEOUT to about three times WEBHOOK_BUDGET (default 60 and 20).",
+            id=W_CLAIM_TIMEOUT,
+        ))
+    connect = _number(raw.get("TIMEOUT")) or None
+    if connect is None:
+        try:
+            connect = float(raw.get("TIMEOUT", DEFAULTS["TIMEOUT"])[0])
+        except (TypeError, ValueError, IndexError, KeyError):
+            connect = None
+    if connect is not None and min(webhook, click) <= connect:
+        name = "CLICK_BUDGET" if click <= webhook else "WEBHOOK_BUDGET"
+        messages.append(Warning(
+            f"{_key(name)} ({min(webhook, click):g} s) is not above the connect timeout of "
+            f"{_key('TIMEOUT')} ({connect:g} s): while Nomos cannot be reached, no call fits "
+            "the budget and every request gives up before it can connect.",
+            hint="Raise the budget or lower the connect timeout (default (3.05, 10) with "
+                 "CLICK_BUDGET 5).",
+            id=W_BUDGET_TIMEOUT,
+        ))
+    return messages
+
 
 _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_unknown_keys,
@@ -375,4 +429,6 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_checkout_hosts,
     _check_task_backend,
     _check_checkout_url,
+
+    _check_budgets,
 ]

@@ -15,7 +15,9 @@ Retries are urllib3's ``Retry`` mounted on the session's adapter:
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +32,7 @@ from urllib3 import exceptions as urllib3_exceptions
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
-from . import misconfiguration
+from . import breaker, budget, misconfiguration
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import (
     NomosAPIError,
@@ -80,7 +82,45 @@ class NomosRetry(Retry):
                 # With raise_on_status=False urllib3 hands this response back to us, and the
                 # client turns it into NomosUnavailable(retry_after=...) without sleeping.
                 raise MaxRetryError(_pool, url, None)  # type: ignore[arg-type]
-        return super().increment(method, url, response, error, _pool, _stacktrace)  # type: ignore[return-value]
+        new: NomosRetry = super().increment(  # type: ignore[assignment]
+            method, url, response, error, _pool, _stacktrace
+        )
+        planned = new.planned_wait(response)
+        if not budget.may_wait(planned):
+            # The sleep and another attempt would not end before the request's deadline: give
+            # up now. A response goes back to the client (NomosUnavailable with a Retry-After
+            # of the wait we skipped); a connection error surfaces as itself.
+            if response is not None:
+                response.nomos_retry_in = planned
+            raise MaxRetryError(_pool, url, error)  # type: ignore[arg-type]
+        return new
+
+    def planned_wait(self, response: Any = None) -> float:
+        """The sleep before the next attempt: the server's Retry-After, else our backoff."""
+        if response is not None and self.respect_retry_after_header:
+            after = self.get_retry_after(response)
+            if after is not None:
+                return after
+        return self.get_backoff_time()
+
+    def get_backoff_time(self) -> float:
+        """urllib3's backoff, except after a 429 that named no Retry-After.
+
+        urllib3 retries the first failure at once, which against a rate limit is a tight loop
+        (four calls in a second, all refused). After a 429 we wait 1-2 s, then 2-4 s, ...
+        ("equal jitter": half fixed, half random, so that workers refused together spread out),
+        capped at ``max_wait``.
+        """
+        last = self.history[-1] if self.history else None
+        if last is None or last.status != 429:
+            return super().get_backoff_time()
+        refused = 0
+        for entry in reversed(self.history):
+            if entry.status != 429:
+                break
+            refused += 1
+        step = min(float(self.max_wait), 2.0 ** refused)
+        return step / 2 + random.uniform(0, step / 2)
 
 
 def build_retry(max_retries: int, max_wait: float) -> NomosRetry:
@@ -145,7 +185,11 @@ def _broke(exc: requests.RequestException) -> bool:
 
 def _retry_after(response: requests.Response) -> int | None:
     value = response.headers.get("Retry-After", "")
-    return int(value) if value.isdigit() else None
+    if value.isdigit():
+        return int(value)
+    # No header: the backoff we gave up on is the honest hint (see NomosRetry.increment).
+    skipped = getattr(response.raw, "nomos_retry_in", None)
+    return max(1, math.ceil(skipped)) if isinstance(skipped, (int, float)) else None
 
 
 class NomosClient:
@@ -255,22 +299,30 @@ class NomosClient:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = self.base_url + path
+        what = f"{method} {path}"
+        breaker.allow(what)
+        timeout = budget.timeouts(*self.timeout, what=what)
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
         except (requests.Timeout, requests.ConnectionError) as exc:
             if _timed_out(exc):
-                logger.warning("Nomos %s %s timed out", method, path)
-                raise NomosUnavailable(f"Nomos did not answer {method} {path} in time") from exc
-            if _broke(exc):
-                logger.warning("Nomos %s %s: the connection broke before an answer", method, path)
-                raise NomosUnavailable(
-                    f"the connection to Nomos broke during {method} {path}"
-                ) from exc
-            logger.warning("Nomos %s %s: could not connect", method, path)
-            raise NomosUnavailable(f"could not connect to Nomos for {method} {path}") from exc
+                why, message = "timed out", f"Nomos did not answer {what} in time"
+            elif _broke(exc):
+                why = "the connection broke"
+                message = f"the connection to Nomos broke during {what}"
+            else:
+                why, message = "could not connect", f"could not connect to Nomos for {what}"
+            logger.warning("Nomos %s: %s", what, why)
+            breaker.record_failure(why)
+            raise NomosUnavailable(message) from exc
         except requests.RequestException as exc:
-            logger.warning("Nomos %s %s failed: %s", method, path, type(exc).__name__)
-            raise NomosUnavailable(f"Nomos request {method} {path} failed") from exc
+            logger.warning("Nomos %s failed: %s", what, type(exc).__name__)
+            breaker.record_failure(type(exc).__name__)
+            raise NomosUnavailable(f"Nomos request {what} failed") from exc
+        if response.status_code >= 500:
+            breaker.record_failure(f"HTTP {response.status_code}")
+        else:
+            breaker.record_success()
         if response.status_code >= 400:
             raise self._error(method, path, response)
         return response
@@ -443,6 +495,7 @@ def get_client() -> NomosClient:
 def reset_client() -> None:
     """Forget the process-wide client (settings changed, or we are a forked child)."""
     global _client
+    breaker.reset()
     with _client_lock:
         old, _client = _client, None
     if old is not None:

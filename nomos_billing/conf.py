@@ -61,6 +61,18 @@ DEFAULTS: dict[str, Any] = {
     # The site's base template our pages extend (it needs {% block content %}; {% block
     # title %} is filled too), or None for our own small layout.
     "BASE_TEMPLATE": None,
+    # Time budgets (seconds) for everything one request does with Nomos: token, calls, retries
+    # and backoff sleeps (budget.py). Nomos waits 30 s for a webhook's answer; a click should
+    # show its page (the portal, or the 503 page) within a few seconds, also while Nomos hangs.
+    "WEBHOOK_BUDGET": 20,
+    "CLICK_BUDGET": 5,
+    # A processing claim older than this was left by a dead worker and may be taken over. It
+    # must exceed WEBHOOK_BUDGET, which bounds every processing (webhook, replay, task).
+    "CLAIM_TIMEOUT": 60,
+    # The outage breaker (breaker.py): after this many Nomos failures in a row, calls fail at
+    # once for BREAKER_COOLDOWN seconds, then one probe decides. 0 switches it off.
+    "BREAKER_FAILURES": 5,
+    "BREAKER_COOLDOWN": 10,
     # An alias of the site's TASKS: webhooks are then processed by a task worker (tasks.py).
     # None processes each webhook inside its request.
     "TASK_BACKEND": None,
@@ -128,6 +140,14 @@ class Settings:
             return (float(connect), float(read))
         except (TypeError, ValueError):
             return DEFAULTS["TIMEOUT"]
+
+    def seconds(self, name: str) -> float:
+        """A duration setting as a positive float; the default when it is not one (the system
+        checks explain the wrong value)."""
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            return float(DEFAULTS[name])
+        return float(value)
 
     @property
     def api_is_loopback(self) -> bool:

@@ -25,10 +25,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections, router, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import sync
+from . import budget, sync
 from .client import get_client
 from .conf import nomos_settings
 from .exceptions import NomosAPIError, NomosConfigurationError, NomosUnavailable
@@ -39,10 +39,20 @@ logger = logging.getLogger("nomos_billing.processing")
 
 Status = WebhookEvent.Status
 
-#: A claim older than this was left by a worker that died mid-processing; another delivery
-#: (or ``nomos_replay``) may take it over. Well above the longest processing we expect
-#: (client timeouts times retries), so a slow worker is not doubled.
-CLAIM_TIMEOUT = timedelta(minutes=5)
+
+def claim_timeout() -> timedelta:
+    """A claim older than this was left by a worker that died mid-processing; the next delivery
+    (or ``nomos_replay``) takes it over. ``CLAIM_TIMEOUT`` (default 60 s) is above
+    ``WEBHOOK_BUDGET``, which bounds every processing (``process_event`` opens that budget), so
+    a slow worker is never doubled, and a dead one's event waits about a minute, not five."""
+    return timedelta(seconds=nomos_settings.seconds("CLAIM_TIMEOUT"))
+
+
+def stuck_events() -> QuerySet[WebhookEvent]:
+    """Events whose processing claim is older than the claim timeout (a dead worker's)."""
+    return WebhookEvent.objects.filter(
+        status=Status.PROCESSING, claimed_at__lt=timezone.now() - claim_timeout()
+    )
 
 MAX_ERROR_LENGTH = 2000
 
@@ -267,7 +277,7 @@ def claim(event: WebhookEvent, *, force: bool = False) -> bool:
     """
     now = timezone.now()
     claimable = Q(status__in=[Status.RECEIVED, Status.FAILED]) | Q(
-        status=Status.PROCESSING, claimed_at__lt=now - CLAIM_TIMEOUT
+        status=Status.PROCESSING, claimed_at__lt=now - claim_timeout()
     )
     if force:
         claimable |= Q(status__in=[Status.PROCESSED, Status.IGNORED])
@@ -321,7 +331,10 @@ def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = F
     retry, retry_after, waiting = False, None, False
     try:
         handler = get_handler(event.topic)
-        status = handler(event) if handler is not None else str(Status.IGNORED)
+        # One budget for the whole processing, whoever runs it (the webhook view, a replay, a
+        # task worker): it ends before Nomos stops waiting, and before the claim goes stale.
+        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")):
+            status = handler(event) if handler is not None else str(Status.IGNORED)
         # A transaction only for the site's receivers: one that raises undoes "processed".
         announce = status == Status.PROCESSED and webhook_processed.has_listeners(WebhookEvent)
         with transaction.atomic() if announce else nullcontext():

@@ -223,13 +223,10 @@ def needs_enqueue(event: WebhookEvent) -> bool:
 
 def claim_timeout() -> timedelta:
     """How old a claim (or a queued, never-claimed event) must be to count as abandoned:
-    ``processing.claim_timeout()`` where the setting exists, else the fixed constant."""
+    ``CLAIM_TIMEOUT`` (``processing.claim_timeout()``)."""
     from . import processing
 
-    value = getattr(processing, "claim_timeout", None)
-    if callable(value):
-        return value()  # type: ignore[no-any-return]
-    return processing.CLAIM_TIMEOUT  # type: ignore[attr-defined,no-any-return]
+    return processing.claim_timeout()
 
 
 def mark_enqueue_failed(event: WebhookEvent, exc: BaseException) -> None:

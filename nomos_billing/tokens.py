@@ -27,6 +27,7 @@ from typing import Any
 
 from django.core.cache import caches
 
+from . import budget
 from .conf import nomos_settings
 
 logger = logging.getLogger("nomos_billing.tokens")
@@ -152,6 +153,11 @@ class TokenStore:
 
     def _wait_seconds(self) -> float:
         if self._wait_timeout is not None:
-            return self._wait_timeout
-        connect, read = nomos_settings.TIMEOUT
-        return connect + read + 1
+            wait = self._wait_timeout
+        else:
+            connect, read = nomos_settings.TIMEOUT
+            wait = connect + read + 1
+        # Never past the request's deadline: a waiter that runs out then tries the fetch
+        # itself, which the budget refuses at once (BudgetExhausted).
+        left = budget.remaining()
+        return wait if left is None else max(0.0, min(wait, left))

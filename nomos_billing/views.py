@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from functools import wraps
 from typing import Any, TypeGuard
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required, login_required
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
-from django.views.decorators.csrf import csrf_protect
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_http_methods
 
+from . import budget
 from .client import get_client
 from .conf import nomos_settings
 from .exceptions import (
@@ -40,6 +47,10 @@ logger = logging.getLogger("nomos_billing.views")
 #: Retry-After (seconds) of our 503 when Nomos did not say.
 DEFAULT_RETRY_AFTER = 30
 MAX_RETRY_AFTER = 3600
+
+_UNAVAILABLE_TEXT = gettext_lazy(
+    "The customer portal is not available right now. Please try again in a few minutes."
+)
 
 NO_CUSTOMER_TEMPLATE = "nomos_billing/no_customer.html"
 UNAVAILABLE_TEMPLATE = "nomos_billing/unavailable.html"
@@ -101,6 +112,11 @@ def _classify(exc: NomosError, user: Any) -> str:
             "nomos_billing cannot reach Nomos for customer %s: %s", customer_id, type(exc).__name__
         )
     return "unavailable"
+
+
+def click_budget() -> AbstractContextManager[None]:
+    """The time budget of a click: the user sees the portal or the 503 page within it."""
+    return budget.limit(nomos_settings.seconds("CLICK_BUDGET"))
 
 
 def _signup_context(request: HttpRequest) -> dict[str, Any]:
@@ -181,6 +197,32 @@ def _requested_next(request: HttpRequest) -> str | None:
 # -- the button ----------------------------------------------------------------------------
 
 
+def database_outage_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The 503 page instead of a 500 when the database is down (the session, the user or the
+    customer row cannot be read): for the user it is the same outage as Nomos being down."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except DatabaseError:
+            logger.exception("%s: the database is unavailable", request.path)
+            try:
+                return unavailable_page(request, NomosError("database unavailable"))
+            except DatabaseError:
+                # The page itself needed the database (a context processor, the site's base
+                # template): answer plain text rather than a 500.
+                response = HttpResponse(
+                    _UNAVAILABLE_TEXT, status=503, content_type="text/plain; charset=utf-8"
+                )
+                response["Retry-After"] = str(DEFAULT_RETRY_AFTER)
+                add_never_cache_headers(response)
+                return response
+
+    return wrapper
+
+
+@database_outage_page
 @never_cache
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -196,7 +238,8 @@ def portal(request: HttpRequest) -> HttpResponse:
             status=403, content_type="text/plain; charset=utf-8",
         )
     try:
-        link = mint_portal_link(request.user, next=_requested_next(request))
+        with click_budget():
+            link = mint_portal_link(request.user, next=_requested_next(request))
     except NomosError as exc:
         if _classify(exc, request.user) == "not_linked":
             return no_customer_page(request)
@@ -229,16 +272,49 @@ def _json_next(request: HttpRequest) -> str | None:
     return _requested_next(request)
 
 
-@login_not_required  # we answer 401 JSON ourselves; LoginRequiredMiddleware would redirect
+class _JsonCsrfCheck(CsrfViewMiddleware):
+    """Django's CSRF check, answering its refusal in JSON instead of the HTML 403 page."""
+
+    def _reject(self, request: HttpRequest, reason: str) -> HttpResponse:
+        logger.warning("portal/link/ refused: CSRF check failed (%s)", reason)
+        return _json_error(
+            403, "csrf_failed", _("Your session has expired. Please reload the page and try again.")
+        )
+
+
+_csrf_check = _JsonCsrfCheck(lambda request: HttpResponse())
+
+
+def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
+    _csrf_check.process_request(request)
+    return _csrf_check.process_view(request, _csrf_refusal, (), {})
+
+
+# Every answer is JSON, so the checks that would answer HTML are done inside: the method (405),
+# login (401, not a redirect), CSRF (403; csrf_exempt only hands the check to us) and a
+# database outage (503).
+@login_not_required
+@csrf_exempt
 @never_cache
-@require_POST
-@csrf_protect
 def portal_link(request: HttpRequest) -> JsonResponse:
     """``{"url": ...}`` for single-page and mobile apps (session auth, CSRF token required)."""
-    if not request.user.is_authenticated:
-        return _json_error(401, "not_authenticated", _("Please sign in first."))
+    if request.method != "POST":
+        response = _json_error(405, "method_not_allowed", _("Use POST."))
+        response["Allow"] = "POST"
+        return response
     try:
-        link = mint_portal_link(request.user, next=_json_next(request))
+        authenticated = request.user.is_authenticated
+    except DatabaseError:
+        logger.exception("portal/link/: the database is unavailable")
+        return _json_error(503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": "30"})
+    if not authenticated:
+        return _json_error(401, "not_authenticated", _("Please sign in first."))
+    refused = _csrf_refusal(request)
+    if refused is not None:
+        return refused  # type: ignore[return-value]
+    try:
+        with click_budget():
+            link = mint_portal_link(request.user, next=_json_next(request))
     except NomosError as exc:
         if _classify(exc, request.user) == "not_linked":
             return _json_error(
@@ -250,11 +326,11 @@ def portal_link(request: HttpRequest) -> JsonResponse:
                 "side; please try again later."
             ))
         return _json_error(
-            503,
-            "unavailable",
-            _("The customer portal is not available right now. Please try again in a few minutes."),
-            **{"Retry-After": str(_retry_after(exc))},
+            503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": str(_retry_after(exc))}
         )
+    except DatabaseError:
+        logger.exception("portal/link/: the database is unavailable")
+        return _json_error(503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": "30"})
     return JsonResponse({"url": link})
 
 
@@ -271,6 +347,7 @@ def is_business_error(exc: BaseException) -> TypeGuard[NomosAPIError]:
     )
 
 
+@database_outage_page
 @never_cache
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -290,7 +367,8 @@ def start(request: HttpRequest) -> HttpResponse:
         plan=plan, user=request.user, user_key=nomos_settings.METADATA_USER_KEY
     )
     try:
-        lead = get_client().create_lead(payload)
+        with click_budget():
+            lead = get_client().create_lead(payload)
     except NomosError as exc:
         if is_business_error(exc):
             # Something the user can fix (e.g. unserviceable_zip): not an outage.

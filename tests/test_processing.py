@@ -166,8 +166,8 @@ def test_force_never_takes_a_fresh_claim(nomos):
 
 @pytest.mark.parametrize(
     ("age", "claimed"),
-    [(processing.CLAIM_TIMEOUT - timedelta(seconds=5), False),
-     (processing.CLAIM_TIMEOUT + timedelta(seconds=5), True)],
+    [(processing.claim_timeout() - timedelta(seconds=5), False),
+     (processing.claim_timeout() + timedelta(seconds=5), True)],
 )
 def test_claim_is_taken_over_only_when_stale(age, claimed, nomos):
     event = stored(status="processing", claimed_at=timezone.now() - age)

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from nomos_billing import breaker
 from nomos_billing.client import NomosClient
 from nomos_billing.conf import nomos_settings
 from nomos_billing.exceptions import NomosError
@@ -18,6 +19,22 @@ from nomos_billing.exceptions import NomosError
 from ._errors import command_error, one_line
 
 WRITE_SCOPES = {"write:*"}
+
+
+def describe_breaker() -> str:
+    """The outage breaker's shared state in words (never raises: the check must run)."""
+    try:
+        state = breaker.state()
+    except Exception as exc:  # the cache itself may be what is down
+        return f"unknown (the cache cannot be read: {type(exc).__name__})"
+    if not state.enabled:
+        return "off (BREAKER_FAILURES is 0)"
+    if not state.open:
+        return f"closed ({state.failures} recent failures)"
+    if state.retry_in > 0:
+        return (f"OPEN after {state.failures} failures: calls fail at once; a probe in "
+                f"{state.retry_in:.0f} s")
+    return f"OPEN after {state.failures} failures: the next call is the probe"
 
 
 class Command(BaseCommand):
@@ -37,6 +54,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Nomos API:  {client.base_url} ({where}, API version "
                           f"{client.api_version})")
         self.stdout.write(f"Client id:  {client.client_id or '(not set)'}")
+        self.stdout.write(f"Breaker:    {describe_breaker()}")
         try:
             token = client.fetch_token()
         except NomosError as exc:

@@ -1,4 +1,7 @@
-"""``manage.py nomos_replay [--failed] [EVENT_ID ...]``: process webhook events again.
+"""``manage.py nomos_replay [--failed] [--stuck] [EVENT_ID ...]``: process webhook events again.
+
+``--stuck`` takes over events left ``processing`` by a worker that died (a claim older than
+``CLAIM_TIMEOUT``); ``--failed`` includes them, since they failed too, just without a record.
 
 For events that failed (Nomos was down, a bug was fixed) or that never arrived: an id we never
 stored is fetched with ``GET /events/{id}`` and recorded first. Processing fetches the current
@@ -16,12 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from nomos_billing import tasks
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosAPIError, NomosError
 from nomos_billing.models import WebhookEvent
-from nomos_billing.processing import InvalidEvent, process_event, record_event
+from nomos_billing.processing import InvalidEvent, process_event, record_event, stuck_events
 
 from ._errors import command_error, one_line
 
@@ -35,22 +39,37 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
         parser.add_argument(
-            "--failed", action="store_true", help="every event whose processing failed"
+            "--failed",
+            action="store_true",
+            help="every event whose processing failed, and every stuck one (see --stuck)",
+        )
+        parser.add_argument(
+            "--stuck",
+            action="store_true",
+            help="every event left 'processing' by a dead worker (claim older than "
+            "CLAIM_TIMEOUT)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ids: list[str] = list(dict.fromkeys(options["event_ids"]))
-        if not ids and not options["failed"]:
-            raise CommandError("Name event ids (evt_...) or pass --failed.")
-        if options["failed"]:
-            failed = WebhookEvent.objects.filter(status=WebhookEvent.Status.FAILED)
+        if not ids and not options["failed"] and not options["stuck"]:
+            raise CommandError("Name event ids (evt_...) or pass --failed or --stuck.")
+        if options["failed"] or options["stuck"]:
+            stuck = stuck_events()
+            now = timezone.now()
+            for event_id, claimed_at in stuck.values_list("event_id", "claimed_at"):
+                age = int((now - claimed_at).total_seconds())
+                self.stdout.write(f"{event_id}: stuck in processing for {age} s, taking over")
+            wanted = WebhookEvent.objects.filter(pk__in=stuck.values("pk"))
+            if options["failed"]:
+                wanted |= WebhookEvent.objects.filter(status=WebhookEvent.Status.FAILED)
             ids += [
                 i
-                for i in failed.order_by("received_at").values_list("event_id", flat=True)
+                for i in wanted.order_by("received_at").values_list("event_id", flat=True)
                 if i not in ids
             ]
         if not ids:
-            self.stdout.write("No failed events.")
+            self.stdout.write("No failed events." if options["failed"] else "No stuck events.")
             return
         counts = {"processed": 0, "ignored": 0, "failed": 0, "busy": 0, "queued": 0}
         for event_id in ids:

@@ -1,0 +1,102 @@
+"""The portal endpoints answer every failure in their own form: the JSON endpoint always in
+JSON (anonymous, CSRF, wrong method, outage), and a database outage as the 503 page, never
+Django's HTML error pages or a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import OperationalError
+from django.db.backends.utils import CursorWrapper
+from django.test import Client
+
+from nomos_billing.models import NomosCustomer
+from nomos_billing.sandbox import seed
+
+PORTAL = "/nomos/portal/"
+PORTAL_LINK = "/nomos/portal/link/"
+CSRF = "a" * 32
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+    return user
+
+
+def csrf_client(user: Any | None, *, cookie: bool = True) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    if user is not None:
+        client.force_login(user)
+    if cookie:
+        client.cookies["csrftoken"] = CSRF
+    return client
+
+
+def database_down() -> Any:
+    return mock.patch.object(
+        CursorWrapper, "execute", side_effect=OperationalError("server closed the connection")
+    )
+
+
+@pytest.mark.parametrize("cookie", [True, False], ids=["token-missing", "no-cookie-either"])
+def test_json_endpoint_csrf_failure_is_403_json(alice, nomos, cookie):
+    response = csrf_client(alice, cookie=cookie).post(PORTAL_LINK, {})
+    assert response.status_code == 403
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "csrf_failed"
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+def test_json_endpoint_anonymous_without_csrf_token_is_401_json(nomos):
+    response = csrf_client(None, cookie=False).post(PORTAL_LINK, {})
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"
+
+
+def test_json_endpoint_with_csrf_token_still_mints(alice, nomos):
+    response = csrf_client(alice).post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
+    assert response.status_code == 200
+    assert response.json()["url"].startswith(nomos.base_url)
+
+
+def test_json_endpoint_get_is_405_json(alice, nomos):
+    client = Client()
+    client.force_login(alice)
+    response = client.get(PORTAL_LINK)
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert response.json()["code"] == "method_not_allowed"
+
+
+def test_json_endpoint_during_a_nomos_outage_is_503_json(alice, nomos):
+    from nomos_billing.sandbox import Fault
+
+    nomos.add_fault("POST /admin/magic_link", Fault(status=500), times=None)
+    response = csrf_client(alice).post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
+    assert response.status_code == 503
+    assert response.json()["code"] == "unavailable"
+
+
+def test_portal_during_a_database_outage_is_the_503_page(alice, nomos):
+    client = Client()
+    client.force_login(alice)
+    with database_down():
+        response = client.get(PORTAL)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    assert b"not available right now" in response.content
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+def test_json_endpoint_during_a_database_outage_is_503_json(alice, nomos):
+    client = csrf_client(alice)
+    with database_down():
+        response = client.post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
+    assert response.status_code == 503
+    assert response.json()["code"] == "unavailable"
