@@ -1,0 +1,262 @@
+"""Reliability through a real server: gunicorn on loopback, started and stopped by each test,
+sharing the test database (PostgreSQL) and cache with the suite.
+
+- a chunked delivery (no Content-Length) is read and processed;
+- 429 with Retry-After 5 on the token and the fetch, under gunicorn's --timeout 30 and the
+  default budgets: Nomos gets our 503 (not gunicorn's), the event is failed, the next delivery
+  processes it;
+- a worker killed with SIGKILL mid-processing: the event is processed exactly once, by the next
+  delivery after the claim timeout, or by ``nomos_replay --stuck``;
+- an outage window with the breaker: every click is answered (503 page), and only the
+  breaker's few calls reach Nomos.
+
+Nothing here is timed: loops wait for states (with generous bounds), assertions are about
+answers, rows and the requests the sandbox counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+
+from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
+from nomos_billing.sandbox import Fault, seed
+from nomos_billing.testing import encode_event, make_event, signature_headers
+
+ROOT = Path(__file__).resolve().parent.parent
+SUB_GET = "GET /subscriptions/{id}"
+TOKEN = "POST /oauth/token"
+MAGIC = "POST /admin/magic_link"
+#: Production-like client settings (tests/settings.py shortens them for speed).
+DEFAULTS = {"TIMEOUT": [3.05, 10], "MAX_RETRY_WAIT": 5, "MAX_RETRIES": 3}
+
+#: The running servers' master processes, by URL.
+SERVERS: dict[str, subprocess.Popen[str]] = {}
+
+pytestmark = [pytest.mark.postgres, pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def _needs_postgres_and_gunicorn() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("a gunicorn server shares the test database only on PostgreSQL "
+                    "(DATABASE_URL=postgres://...; .ci/run does)")
+    pytest.importorskip("gunicorn", reason="gunicorn is in the test extra: pip install -e .[test]")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(sandbox_url: str, *, workers: int = 1, timeout: int = 30,
+             **settings: Any) -> Iterator[str]:
+    """A gunicorn with the suite's settings on a free loopback port; yields its base URL."""
+    db = connection.settings_dict
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.server_settings",
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:"
+                        f"{db['PORT'] or 5432}/{db['NAME']}",
+        "NOMOS_TEST_API_BASE_URL": sandbox_url,
+        "NOMOS_TEST_SETTINGS": json.dumps({**DEFAULTS, **settings}),
+    }
+    env.pop("PYTHONDEVMODE", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "tests.wsgi:application", "--bind",
+         f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", str(timeout),
+         "--graceful-timeout", "1", "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    SERVERS[url] = process
+    try:
+        _wait_until(lambda: _answers(url), what="gunicorn to listen", process=process)
+        yield url
+    finally:
+        SERVERS.pop(url, None)
+        process.terminate()
+        try:
+            out, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+        assert "Traceback" not in out, out
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url + "/nomos/webhook/", timeout=5)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def _wait_until(condition: Any, *, what: str, bound: float = 120,
+                process: subprocess.Popen[str] | None = None) -> None:
+    # A bound against hanging forever, not a performance threshold.
+    end = time.monotonic() + bound
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited while waiting for {what}: "
+                                 f"{process.stdout.read() if process.stdout else ''}")
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def deliver(url: str, event: dict[str, Any], **kwargs: Any) -> requests.Response:
+    body = encode_event(event)
+    headers = {"Content-Type": "application/json", **signature_headers(body)}
+    return requests.post(url + "/nomos/webhook/", data=body, headers=headers, timeout=60,
+                         **kwargs)
+
+
+def alice_event() -> dict[str, Any]:
+    return make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
+
+
+def status_of(event: dict[str, Any]) -> str | None:
+    row = WebhookEvent.objects.filter(event_id=event["id"]).first()
+    return row.status if row else None
+
+
+def test_chunked_delivery_is_read_and_processed(nomos):
+    event = alice_event()
+    body = encode_event(event)
+    headers = {"Content-Type": "application/json", **signature_headers(body)}
+    with gunicorn(nomos.base_url) as url:
+        # A generator body makes requests send Transfer-Encoding: chunked.
+        response = requests.post(url + "/nomos/webhook/", data=iter([body[:10], body[10:]]),
+                                 headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert status_of(event) == "processed"
+    assert NomosSubscription.objects.filter(subscription_id=seed.ALICE_SUBSCRIPTION).exists()
+
+
+def test_429_with_retry_after_5_on_token_and_fetch_gets_our_503_then_redelivery_works(nomos):
+    nomos.add_fault(TOKEN, Fault(status=429, retry_after=5))
+    nomos.add_fault(SUB_GET, Fault(status=429, retry_after=5))
+    event = alice_event()
+    with gunicorn(nomos.base_url, timeout=30) as url:
+        first = deliver(url, event)
+        assert first.status_code == 503, first.text
+        assert "redeliver" in first.text  # ours, not gunicorn's error page
+        assert status_of(event) == "failed"
+        second = deliver(url, event)
+    assert second.status_code == 200, second.text
+    assert status_of(event) == "processed"
+    assert nomos.count(SUB_GET) == 2
+
+
+@pytest.mark.parametrize("takeover", ["next delivery", "nomos_replay --stuck"])
+def test_worker_killed_mid_processing_is_processed_exactly_once(takeover, nomos, settings):
+    claim_timeout = 4
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "CLAIM_TIMEOUT": claim_timeout,
+                              "API_BASE_URL": nomos.base_url}
+    # The first fetch hangs (longer than any budget), so the worker is killed while it holds
+    # the claim; the second is served.
+    nomos.add_fault(SUB_GET, Fault(hang=60))
+    event = alice_event()
+    with gunicorn(nomos.base_url, CLAIM_TIMEOUT=claim_timeout, WEBHOOK_BUDGET=3) as url:
+        pool = ThreadPoolExecutor(1)
+        first = pool.submit(deliver, url, event)
+        _wait_until(lambda: status_of(event) == "processing" and nomos.count(SUB_GET) == 1,
+                    what="the first delivery to hold the claim")
+        for pid in _children(SERVERS[url].pid):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(requests.ConnectionError):
+            first.result(timeout=60)
+        pool.shutdown()
+        assert status_of(event) == "processing"  # left behind by the dead worker
+        stored = WebhookEvent.objects.get(event_id=event["id"])
+        if takeover == "next delivery":
+            # Nomos redelivers; until the claim is stale the answer is 202/409 and nothing is
+            # fetched again.
+            answers = []
+            while status_of(event) != "processed":
+                answers.append(deliver(url, event).status_code)
+                assert len(answers) < 200
+                time.sleep(0.2)
+            assert set(answers[:-1]) <= {202, 409} and answers[-1] == 200
+        else:
+            _wait_until(lambda: _stale(stored, claim_timeout), what="the claim to go stale")
+            out = StringIO()
+            call_command("nomos_replay", "--stuck", stdout=out)
+            assert "stuck in processing" in out.getvalue()
+    stored.refresh_from_db()
+    assert (stored.status, stored.attempts) == ("processed", 2)
+    assert nomos.count(SUB_GET) == 2  # the killed fetch and the one that completed
+
+
+def _stale(event: WebhookEvent, seconds: float) -> bool:
+    from django.utils import timezone
+
+    event.refresh_from_db()
+    return event.claimed_at is not None and (
+        timezone.now() - event.claimed_at).total_seconds() > seconds
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fp:
+        return int(fp.read().rsplit(")", 1)[1].split()[1])
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if _parent(int(entry)) == pid:
+                    children.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    assert children, "gunicorn has no worker"
+    return children
+
+
+def test_outage_window_with_the_breaker_answers_every_click(nomos, django_user_model):
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+    client = Client()
+    client.force_login(user)
+    cookies = {"sessionid": client.cookies["sessionid"].value}
+    with gunicorn(nomos.base_url, workers=3, CLICK_BUDGET=2, BREAKER_FAILURES=3,
+                  BREAKER_COOLDOWN=60) as url:
+        warm = requests.get(url + "/nomos/portal/", cookies=cookies, allow_redirects=False,
+                            timeout=30)
+        assert warm.status_code == 302  # token fetched, link minted: Nomos is up
+        nomos.reset_counts()
+        nomos.add_fault(MAGIC, Fault(hang=30), times=None)  # Nomos hangs
+
+        def click(_: int) -> int:
+            return requests.get(url + "/nomos/portal/", cookies=cookies, allow_redirects=False,
+                                timeout=60).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(click, range(30)))
+    assert statuses == [503] * 30
+    # Up to the threshold plus the calls already in flight when it opened; not one per click.
+    assert nomos.count(MAGIC) <= 3 + 6
