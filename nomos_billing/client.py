@@ -90,7 +90,8 @@ class NomosRetry(Retry):
             # The sleep and another attempt would not end before the request's deadline: give
             # up now. A response goes back to the client (NomosUnavailable with a Retry-After
             # of the wait we skipped); a connection error surfaces as itself.
-            if response is not None:
+            if response is not None and response.status == 429:
+                # A rate limit without Retry-After: the backoff we skipped is the honest hint.
                 response.nomos_retry_in = planned
             raise MaxRetryError(_pool, url, error)  # type: ignore[arg-type]
         return new

@@ -29,12 +29,22 @@ from django.core.cache import caches
 
 from . import budget
 from .conf import nomos_settings
+from .exceptions import NomosUnavailable
 
 logger = logging.getLogger("nomos_billing.tokens")
 
 #: How long a renewal may hold the lock; past this another worker may try.
 LOCK_TIMEOUT = 30
 POLL_INTERVAL = 0.05
+#: After a failed token fetch (Nomos down or timing out), other callers fail at once for this
+#: many seconds instead of trying again one after the other; then one of them tries again.
+FAILED_FETCH_TTL = 5
+
+
+def _share_failures() -> bool:
+    # Part of failing fast through an outage: off with the breaker (BREAKER_FAILURES = 0).
+    value = nomos_settings.get("BREAKER_FAILURES")
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,8 @@ class TokenStore:
     def _renew(self, current: AccessToken | None) -> AccessToken:
         lock_key = self.key + ":lock"
         deadline = time.monotonic() + self._wait_seconds()
+        if current is None or current.remaining() <= 1:
+            self._raise_if_just_failed()
         while True:
             owner = secrets.token_hex(8)
             if self.cache.add(lock_key, owner, LOCK_TIMEOUT):
@@ -141,11 +153,34 @@ class TokenStore:
             token = self.cached()
             if token is not None and token.remaining() > 1:
                 return token
+            self._raise_if_just_failed()
             if time.monotonic() >= deadline:
                 return self._fetch_and_store()
 
+    def _raise_if_just_failed(self) -> None:
+        """Share a renewer's failure: while Nomos just failed to give a token, the waiters and
+        the next callers fail at once instead of each waiting out its own timeout."""
+        if not _share_failures():
+            return
+        failed = self.cache.get(self.key + ":failed")
+        if isinstance(failed, dict):
+            raise NomosUnavailable(
+                "the Nomos token fetch failed moments ago in another worker "
+                f"({failed.get('reason', 'unavailable')})",
+                retry_after=FAILED_FETCH_TTL,
+            )
+
     def _fetch_and_store(self) -> AccessToken:
-        token = self._fetch()
+        try:
+            token = self._fetch()
+        except NomosUnavailable as exc:
+            if _share_failures():
+                # The exception's type only: the shared record stays short and secret-free.
+                reason = type(exc).__name__
+                self.cache.set(self.key + ":failed", {"reason": reason}, FAILED_FETCH_TTL)
+            raise
+        if _share_failures():
+            self.cache.delete(self.key + ":failed")
         # Keep it until it expires; renewal starts `margin` seconds before that.
         self.cache.set(self.key, token.as_cache_value(), max(1, int(token.remaining())))
         logger.info("Fetched a new Nomos access token (expires in %d s)", token.remaining())

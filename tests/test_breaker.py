@@ -170,13 +170,15 @@ def test_webhook_during_an_open_breaker_answers_503_at_once_and_keeps_the_event(
 def test_a_failed_token_fetch_counts(on, nomos):
     from django.core.cache import caches
 
-    caches["default"].clear()  # no token: every call must fetch one
-    breaker.reset()
+    store = get_client().tokens
     nomos.add_fault(TOKEN, Fault(status=503), times=None)
     for _ in range(5):
+        # No token anywhere, and the last failure's shared record has expired.
+        caches["default"].delete_many([store.key, store.key + ":failed"])
+        store._local = None
         with pytest.raises(NomosUnavailable):
             get_client().create_magic_link(seed.ALICE)
-    assert nomos.count(TOKEN) == 3
+    assert nomos.count(TOKEN) == 3  # then the breaker was open
     assert nomos.count(MAGIC) == 0
 
 
@@ -195,3 +197,27 @@ def test_check_credentials_shows_the_breaker_state(on, nomos):
         call_command("nomos_check_credentials", stdout=out, stderr=StringIO())
     assert "Breaker:    OPEN after 3 failures" in out.getvalue()
 
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("breaker_on", [True, False], ids=["shared", "breaker-off"])
+def test_a_failed_token_fetch_is_shared_so_the_next_caller_fails_at_once(breaker_on, on,
+                                                                         nomos, settings):
+    from django.core.cache import caches
+
+    if not breaker_on:
+        settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 0}
+    caches["default"].clear()
+    store = get_client().tokens
+    store._local = None
+    nomos.add_fault(TOKEN, Fault(status=503), times=1)
+    with pytest.raises(NomosUnavailable):
+        store.get()
+    if breaker_on:
+        # Another worker (no local copy) does not ask Nomos again while the failure is fresh.
+        with pytest.raises(NomosUnavailable, match="moments ago"):
+            store.get()
+        assert nomos.count(TOKEN) == 1
+        caches["default"].delete(store.key + ":failed")  # FAILED_FETCH_TTL has passed
+    assert store.get().value
+    assert nomos.count(TOKEN) == 2
