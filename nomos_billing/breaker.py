@@ -54,6 +54,13 @@ class State:
     #: Seconds until a probe may be sent (0 when closed or when a probe is due).
     retry_in: float
 
+    @property
+    def word(self) -> str:
+        """"off", "closed" or "open", for a status line or monitoring."""
+        if not self.enabled:
+            return "off"
+        return "open" if self.open else "closed"
+
 
 _local = threading.local()
 _lock = threading.Lock()
