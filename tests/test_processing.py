@@ -186,7 +186,7 @@ def test_claim_is_taken_over_only_when_stale(age, claimed, nomos):
 def test_concurrent_claims_of_one_event_have_exactly_one_winner(fields, force):
     """Eight workers reach the claim at the same moment (on SQLite too: a file in WAL mode)."""
     if fields.get("status") == "processing":
-        fields = {**fields, "claimed_at": timezone.now() - processing.CLAIM_TIMEOUT * 2}
+        fields = {**fields, "claimed_at": timezone.now() - processing.claim_timeout() * 2}
     event = stored(**fields)
     workers = 8
     barrier = threading.Barrier(workers)
