@@ -2,9 +2,9 @@
 
 gunicorn with 3 sync workers (the suite's settings, PostgreSQL + Redis), the sandbox on a
 loopback port. For each mode (breaker off: ``BREAKER_FAILURES = 0``; breaker on: the defaults)
-the sandbox hangs every API call for a 20 s window while 6 threads click the portal button and
-3 threads deliver webhooks; the table gives the median and p99 time of the answers (all 503)
-and how many calls reached the hanging Nomos.
+the sandbox hangs every API call for a 20 s window while some threads click the portal button
+and others deliver webhooks (``--clickers``, ``--deliverers``); the table gives the median and
+p99 time of the answers (all 503) and how many calls reached the hanging Nomos.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/nb_bench \\
     CACHE_URL=redis://127.0.0.1:6379/9 .venv/bin/python bench/bench_outage.py [--window 20]
@@ -68,7 +68,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def run_mode(name: str, sandbox: Any, settings: dict[str, Any], window: float,
+def run_mode(name: str, sandbox: Any, settings: dict[str, Any], args: argparse.Namespace,
              session_key: str) -> dict[str, Any]:
     import requests
 
@@ -100,7 +100,7 @@ def run_mode(name: str, sandbox: Any, settings: dict[str, Any], window: float,
             sandbox.add_fault(key, Fault(hang=60), times=None)
         clicks: list[tuple[int, float]] = []
         hooks: list[tuple[int, float]] = []
-        end = time.monotonic() + window
+        end = time.monotonic() + args.window
 
         def clicker() -> None:
             with requests.Session() as http:
@@ -123,8 +123,8 @@ def run_mode(name: str, sandbox: Any, settings: dict[str, Any], window: float,
                                        timeout=60).status_code
                     hooks.append((status, time.perf_counter() - start))
 
-        threads = [threading.Thread(target=clicker) for _ in range(6)]
-        threads += [threading.Thread(target=deliverer) for _ in range(3)]
+        threads = [threading.Thread(target=clicker) for _ in range(args.clickers)]
+        threads += [threading.Thread(target=deliverer) for _ in range(args.deliverers)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -151,6 +151,8 @@ def row(label: str, answers: list[tuple[int, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=20.0, help="outage seconds per mode")
+    parser.add_argument("--clickers", type=int, default=3, help="threads clicking the button")
+    parser.add_argument("--deliverers", type=int, default=1, help="threads posting webhooks")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("Set DATABASE_URL to a PostgreSQL database and CACHE_URL to Redis: the "
@@ -168,12 +170,13 @@ def main() -> None:
         production = {"TIMEOUT": [3.05, 10], "MAX_RETRY_WAIT": 5, "MAX_RETRIES": 3}
         results = [
             run_mode("breaker off", sandbox, {**production, "BREAKER_FAILURES": 0},
-                     args.window, session_key),
+                     args, session_key),
             run_mode("breaker on", sandbox, {**production, "BREAKER_FAILURES": 5,
-                                             "BREAKER_COOLDOWN": 10}, args.window, session_key),
+                                             "BREAKER_COOLDOWN": 10}, args, session_key),
         ]
-    print(f"\nNomos hangs for {args.window:g} s; gunicorn 3 sync workers; 6 clicking and 3 "
-          "delivering threads; CLICK_BUDGET 5 s, WEBHOOK_BUDGET 20 s\n")
+    print(f"\nNomos hangs for {args.window:g} s; gunicorn 3 sync workers; {args.clickers} "
+          f"clicking and {args.deliverers} delivering threads; CLICK_BUDGET 5 s, "
+          "WEBHOOK_BUDGET 20 s\n")
     for result in results:
         print(f"{result['name']}: {result['calls']} calls reached the hanging Nomos")
         print(row("clicks", result["clicks"]))

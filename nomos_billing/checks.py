@@ -39,11 +39,11 @@ W_HTTP_BASE_URL = "nomos_billing.W005"
 # Task backend ids start at 30, clear of the ones above as they grow.
 E_TASK_BACKEND = "nomos_billing.E030"
 W_TASK_BACKEND_ALIAS = "nomos_billing.W030"
-# Time budgets and the outage breaker start at 40.
-E_BUDGETS = "nomos_billing.E040"
-W_WEBHOOK_BUDGET = "nomos_billing.W040"
-W_CLAIM_TIMEOUT = "nomos_billing.W041"
-W_BUDGET_TIMEOUT = "nomos_billing.W042"
+# Time budgets start at 50.
+E_BUDGETS = "nomos_billing.E050"
+W_WEBHOOK_BUDGET = "nomos_billing.W050"
+W_CLAIM_TIMEOUT = "nomos_billing.W051"
+W_BUDGET_TIMEOUT = "nomos_billing.W052"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",

@@ -203,11 +203,11 @@ def _ids(settings: Any, **values: Any) -> set[str]:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"WEBHOOK_BUDGET": 30}, "nomos_billing.W040"),
-        ({"WEBHOOK_BUDGET": 20, "CLAIM_TIMEOUT": 20}, "nomos_billing.W041"),
-        ({"CLICK_BUDGET": 1, "TIMEOUT": (3.05, 10)}, "nomos_billing.W042"),
-        ({"CLICK_BUDGET": 0}, "nomos_billing.E040"),
-        ({"CLAIM_TIMEOUT": "a minute"}, "nomos_billing.E040"),
+        ({"WEBHOOK_BUDGET": 30}, "nomos_billing.W050"),
+        ({"WEBHOOK_BUDGET": 20, "CLAIM_TIMEOUT": 20}, "nomos_billing.W051"),
+        ({"CLICK_BUDGET": 1, "TIMEOUT": (3.05, 10)}, "nomos_billing.W052"),
+        ({"CLICK_BUDGET": 0}, "nomos_billing.E050"),
+        ({"CLAIM_TIMEOUT": "a minute"}, "nomos_billing.E050"),
     ],
 )
 def test_impossible_budget_combinations_are_named_by_a_check(values, expected, settings):
@@ -216,5 +216,5 @@ def test_impossible_budget_combinations_are_named_by_a_check(values, expected, s
 
 def test_default_budgets_pass_the_checks(settings):
     ids = _ids(settings, TIMEOUT=(3.05, 10))
-    assert not ids & {"nomos_billing.W040", "nomos_billing.W041", "nomos_billing.W042",
-                      "nomos_billing.E040"}
+    assert not ids & {"nomos_billing.W050", "nomos_billing.W051", "nomos_billing.W052",
+                      "nomos_billing.E050"}
