@@ -222,6 +222,8 @@ def test_nomos_failure_shows_503_and_stores_no_lead(
     expected = {429: "60", 403: None}.get(fault.status, "30")
     assert response.get("Retry-After") == expected
     assert not NomosLead.objects.exists()
+    # A POST is never retried where Nomos may have acted, nor through a long Retry-After.
+    assert nomos.count("POST /leads") == 1
     for token in nomos.issued_tokens():
         assert token not in response.content.decode()
 
