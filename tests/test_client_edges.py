@@ -217,3 +217,23 @@ def test_a_retry_after_over_the_limit_is_not(nomos, retry_sleeps, settings):
     with pytest.raises(NomosUnavailable):
         NomosClient().get_subscription("sub_sandbox_alice")
     assert retry_sleeps == []
+
+
+def test_an_error_keeps_nomos_code_message_and_request_id(api, client):
+    api.get(BASE + "/customers/cus_1", status=404, json={
+        "code": "NOT_FOUND", "message": "no such customer", "requestId": "req_m"})
+    with pytest.raises(NomosAPIError) as info:
+        client.get_customer("cus_1")
+    assert error_fields(info.value) == (404, "NOT_FOUND", "no such customer", "req_m", "GET",
+                                        "/customers/cus_1")
+    assert str(info.value) == ("GET /customers/cus_1 -> HTTP 404: NOT_FOUND: no such customer "
+                               "(requestId req_m)")
+
+
+def test_get_lead_asks_for_the_escaped_id_and_names_it_in_errors(api, client):
+    api.get(BASE + "/leads/lead%2F1", json={"id": "lead/1", "subscription": None})
+    api.get(BASE + "/leads/lead_gone", status=404, json={"code": "NOT_FOUND"})
+    assert client.get_lead("lead/1") == {"id": "lead/1", "subscription": None}
+    with pytest.raises(NomosAPIError) as info:
+        client.get_lead("lead_gone")
+    assert str(info.value) == "GET /leads/lead_gone -> HTTP 404: NOT_FOUND"
