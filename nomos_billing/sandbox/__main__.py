@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
+from typing import Any
 
 from . import seed
 from .forwarding import RETRIES, Forwarder
@@ -128,6 +130,10 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
     return sandbox, loaded
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     server = SandboxServer(sandbox, args.host, args.port, verbose=args.verbose).start()
     print(banner(sandbox, server, args, loaded), flush=True)
+    # Ctrl-C, and SIGTERM from a process manager, stop the server cleanly. SIGINT is set
+    # explicitly: a shell that starts us in the background hands it to us ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
