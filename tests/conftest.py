@@ -20,6 +20,9 @@ from django.core.cache import caches
 from nomos_billing.client import reset_client
 from nomos_billing.sandbox import Sandbox, SandboxServer
 
+# The webhook receiver fixture, shared by the sandbox, forwarding and envelope tests.
+from tests.receivers import receiver  # noqa: F401
+
 # The contract tests run whenever the provider's document is beside the checkout (../shared),
 # in `make test` too, not only where .ci/run points NOMOS_OPENAPI_SPEC at it.
 _SHARED_SPEC = (Path(__file__).resolve().parent.parent.parent / "shared" / "nomos"

@@ -28,7 +28,7 @@ from nomos_billing.sandbox.forwarding import Forwarder
 from nomos_billing.testing import make_event
 
 from .contract import load_spec, topic_schemas, validate_envelope
-from .test_sandbox_checkout import Receiver, receiver  # noqa: F401 - the fixture
+from .receivers import Receiver
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -56,7 +56,7 @@ def test_the_helper_refuses_an_envelope_that_breaks_its_topic(spec: Any) -> None
 
 
 def test_every_topic_the_sandbox_fires_and_forwards_validates(
-    spec: Any, topics: list[str], receiver: Receiver  # noqa: F811
+    spec: Any, topics: list[str], receiver: Receiver
 ) -> None:
     sb = Sandbox()
     sb.forwarder = Forwarder(sb, [receiver.url], "whsec_contract", retry_base=0.01)
@@ -112,7 +112,7 @@ def _trigger(rec: Receiver, topic: str, *args: str) -> dict[str, Any]:
 
 @pytest.mark.django_db
 def test_every_topic_nomos_trigger_posts_validates(
-    spec: Any, topics: list[str], receiver: Receiver  # noqa: F811
+    spec: Any, topics: list[str], receiver: Receiver
 ) -> None:
     for topic in topics:
         family = topic.split(".", 1)[0]
@@ -131,7 +131,7 @@ def test_every_topic_nomos_trigger_posts_validates(
 @pytest.mark.django_db
 @pytest.mark.parametrize("topic", ["invoice.paid", "meter_order.created"])
 def test_nomos_trigger_refuses_an_invoice_or_meter_order_without_its_subscription(
-    receiver: Receiver, topic: str  # noqa: F811
+    receiver: Receiver, topic: str
 ) -> None:
     family = topic.split(".", 1)[0]
     with pytest.raises(CommandError, match="subscription"):
@@ -142,7 +142,7 @@ def test_nomos_trigger_refuses_an_invoice_or_meter_order_without_its_subscriptio
 
 @pytest.mark.django_db
 def test_nomos_trigger_refuses_a_voided_invoice_without_its_voiding_invoice(
-    receiver: Receiver  # noqa: F811
+    receiver: Receiver
 ) -> None:
     with pytest.raises(CommandError, match="voiding_invoice"):
         call_command("nomos_trigger", "invoice.voided", "--url", receiver.url, "--subscription",

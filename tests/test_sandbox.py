@@ -8,11 +8,9 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +22,8 @@ import requests
 from nomos_billing.sandbox import Fault, Sandbox, SandboxServer
 from nomos_billing.sandbox import state as sandbox_state
 from nomos_billing.signatures import verify_signature
+
+from .receivers import Receiver
 
 pytestmark = pytest.mark.live
 
@@ -496,43 +496,8 @@ def test_reset_frees_every_record(sb: Sandbox, http: requests.Session) -> None:
 
 # -- webhooks -----------------------------------------------------------------------------------
 
-class _Receiver:
-    """A tiny webhook endpoint that records raw bodies and headers."""
-
-    def __init__(self, status: int = 200) -> None:
-        received: list[tuple[dict[str, str], bytes]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((dict(self.headers.items()), body))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/nomos/"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    rec = _Receiver()
-    yield rec
-    rec.close()
-
-
 def test_send_webhook_is_signed_over_the_raw_body(sb: Sandbox, http: requests.Session,
-                                                  receiver: _Receiver) -> None:
+                                                  receiver: Receiver) -> None:
     event = sb.send_webhook(receiver.url, "subscription.activated", secret="whsec_x",
                             context={"subscription": "sub_sandbox_alice"})
     assert re.fullmatch(r"evt_[a-z0-9]{24}", event["id"])
@@ -546,7 +511,7 @@ def test_send_webhook_is_signed_over_the_raw_body(sb: Sandbox, http: requests.Se
     assert fetched == event
 
 
-def test_webhook_duplicates_and_old_timestamps(sb: Sandbox, receiver: _Receiver) -> None:
+def test_webhook_duplicates_and_old_timestamps(sb: Sandbox, receiver: Receiver) -> None:
     old = int(time.time()) - 3600
     event = sb.send_webhook(receiver.url, "test.event", secret="whsec_x", event_id="evt_fixed",
                             timestamp=old, duplicate=3)
@@ -562,7 +527,7 @@ def test_webhook_duplicates_and_old_timestamps(sb: Sandbox, receiver: _Receiver)
 
 
 def test_webhook_delivery_failures_are_recorded(sb: Sandbox) -> None:
-    failing = _Receiver(status=500)
+    failing = Receiver(status=500)
     try:
         sb.send_webhook(failing.url, "test.event", secret="s")
     finally:
@@ -582,7 +547,7 @@ LEAD = {"plan": "pln_sandbox_home", "address": {"zip": "10115"},
 
 
 def test_lead_checkout_and_convert(sb: Sandbox, http: requests.Session,
-                                   receiver: _Receiver) -> None:
+                                   receiver: Receiver) -> None:
     lead = http.post(f"{sb.base_url}/leads", json=LEAD, headers=bearer(sb)).json()
     assert lead["object"] == "lead"
     assert lead["link"] == f"{sb.base_url}/checkout/pln_sandbox_home/?id={lead['id']}"
@@ -627,7 +592,7 @@ def test_invalid_leads_are_400(sb: Sandbox, http: requests.Session, change: dict
 
 # -- control API --------------------------------------------------------------------------------
 
-def test_control_api(sb: Sandbox, http: requests.Session, receiver: _Receiver) -> None:
+def test_control_api(sb: Sandbox, http: requests.Session, receiver: Receiver) -> None:
     control = f"{sb.base_url}/_sandbox"
     assert http.post(f"{control}/faults", json={"key": "GET /customers/{id}", "status": 429,
                                                 "retry_after": 2, "times": 1}).ok

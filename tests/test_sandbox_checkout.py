@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,54 +21,10 @@ from nomos_billing.sandbox import Sandbox, SandboxServer, seed
 from nomos_billing.sandbox.forwarding import Forwarder
 from nomos_billing.signatures import verify_signature
 
+from .receivers import Receiver
+
 SECRET = "whsec_forward"
 PLAN = "pln_sandbox_home"
-
-
-class Receiver:
-    """A webhook endpoint answering the statuses in ``script`` in turn (then 200)."""
-
-    def __init__(self, script: list[int] | None = None) -> None:
-        self.script = list(script or [])
-        self.bodies: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
-        lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with lock:
-                    outer.bodies.append(body)
-                    outer.headers.append(dict(self.headers.items()))
-                    status = outer.script.pop(0) if outer.script else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/nomos/webhook/"
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for b in self.bodies]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = Receiver()
-    yield rec
-    rec.close()
 
 
 def forwarding(sb: Sandbox, *urls: str, **options: Any) -> Forwarder:
