@@ -19,6 +19,7 @@ closes (the worker whose ``cache.add`` / ``cache.delete`` did it writes it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -81,7 +82,13 @@ def _cache() -> Any:
 
 
 def _key() -> str:
-    digest = hashlib.sha256(nomos_settings.API_BASE_URL.encode()).hexdigest()[:24]
+    return _key_for(nomos_settings.API_BASE_URL)
+
+
+@functools.lru_cache(maxsize=16)
+def _key_for(base_url: str) -> str:
+    # Cached: every API call asks at least twice (allow, then record_*).
+    digest = hashlib.sha256(base_url.encode()).hexdigest()[:24]
     return f"nomos_billing:breaker:{digest}"
 
 

@@ -29,7 +29,7 @@ logger = logging.getLogger("nomos_billing.portal")
 INVALID_LINK = "INVALID_LINK"
 
 __all__ = ["INVALID_LINK", "checkout_hosts", "get_customer", "is_allowed_link",
-           "is_checkout_link", "mint_portal_link", "portal_hosts", "with_next"]
+           "is_checkout_link", "link_kind", "mint_portal_link", "portal_hosts", "with_next"]
 
 
 def get_customer(user: Any) -> Any:
@@ -46,6 +46,40 @@ def get_customer(user: Any) -> Any:
         # Includes RelatedObjectDoesNotExist (a subclass of AttributeError) and user objects
         # that are not instances of the user model (e.g. a token-auth stand-in).
         return None
+
+
+#: Where ``customer_id_of`` keeps its answer on the user object, as ``ModelBackend`` keeps
+#: ``_perm_cache``: within a request, the button and the click ask once.
+_CUSTOMER_ID_ATTR = "_nomos_customer_id"
+_NONE = ""
+
+
+def customer_id_of(user: Any) -> str | None:
+    """The user's Nomos customer id, or ``None`` (anonymous, or no customer).
+
+    The row Django already holds for ``user`` (``get_customer`` ran in this request) is used as
+    it is; otherwise one query reads the id alone: a click needs nothing else, and loading the
+    whole row costs it more than the rest of our checks together. Asked again for the same user
+    object, it answers without a query.
+    """
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        # __class__, not type(): request.user is a SimpleLazyObject.
+        cached = user.__class__.nomos_customer.related.is_cached(user)
+    except AttributeError:  # not an instance of the user model (a token-auth stand-in)
+        return None
+    if cached:
+        customer = get_customer(user)
+        return customer.customer_id if customer is not None else None
+    known = getattr(user, _CUSTOMER_ID_ATTR, None)
+    if known is None:
+        from .models import NomosCustomer
+
+        ids = NomosCustomer.objects.filter(user_id=user.pk).values_list("customer_id", flat=True)
+        known = next(iter(ids[:1]), _NONE)
+        setattr(user, _CUSTOMER_ID_ATTR, known)
+    return known or None
 
 
 def _hosts(name: str, default: list[str]) -> list[str]:
@@ -100,27 +134,38 @@ def _on(host: str, patterns: list[str]) -> bool:
     return any(is_same_domain(host, pattern) for pattern in patterns)
 
 
+def link_kind(link: str) -> str | None:
+    """``"portal"`` or ``"checkout"`` for a link on a configured portal or checkout host (the
+    portal wins where both match), ``None`` for a link that is not allowed.
+
+    A minted link is checked once, here: the click pays for one parse of it.
+    """
+    host = _https_host(link)
+    if host is None:
+        return None
+    if nomos_settings.api_is_loopback and is_loopback(host):
+        # The sandbox serves both on one host: tell them apart by path, as it serves them.
+        return "checkout" if urlsplit(link).path.startswith("/checkout/") else "portal"
+    if _on(host, portal_hosts()):
+        return "portal"
+    return "checkout" if _on(host, checkout_hosts()) else None
+
+
 def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
     """True if ``link`` is https on a configured portal or checkout host (``hosts`` overrides
     both), or, against a loopback sandbox API only, http(s) on a loopback host."""
+    if hosts is None:
+        return link_kind(link) is not None
     host = _https_host(link)
     if host is None:
         return False
-    if nomos_settings.api_is_loopback and is_loopback(host):
-        return True
-    return _on(host, hosts if hosts is not None else [*portal_hosts(), *checkout_hosts()])
+    return (nomos_settings.api_is_loopback and is_loopback(host)) or _on(host, hosts)
 
 
 def is_checkout_link(link: str) -> bool:
     """True if ``link`` goes to the hosted checkout rather than the portal (Nomos' answer for a
     customer without a subscription); a portal page (``next``) means nothing there."""
-    host = _https_host(link)
-    if host is None:
-        return False
-    if nomos_settings.api_is_loopback and is_loopback(host):
-        # The sandbox serves both on one host: tell them apart by path, as it serves them.
-        return urlsplit(link).path.startswith("/checkout/")
-    return _on(host, checkout_hosts()) and not _on(host, portal_hosts())
+    return link_kind(link) == "checkout"
 
 
 def with_next(link: str, path: str) -> str:
@@ -146,16 +191,17 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
     ``INVALID_LINK`` when the link Nomos returned is not on an allowed portal host) or
     ``NomosUnavailable``.
     """
-    customer = get_customer(user)
-    if customer is None:
+    customer_id = customer_id_of(user)
+    if customer_id is None:
         raise NomosNotLinked("this user has no Nomos customer")
     deep_link = clean_next(next) if next else None
     if next and deep_link is None:
         logger.info(
-            "portal deep link dropped for customer %s: %s", customer.customer_id, preview(next)
+            "portal deep link dropped for customer %s: %s", customer_id, preview(next)
         )
-    link = get_client().create_magic_link(customer.customer_id)
-    if not is_allowed_link(link):
+    link = get_client().create_magic_link(customer_id)
+    kind = link_kind(link)
+    if kind is None:
         parts = urlsplit(link) if isinstance(link, str) else None
         where = repr(f"{parts.scheme}://{parts.hostname}") if parts else "?"
         logger.error(
@@ -163,7 +209,7 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
             "portal or checkout host (NOMOS_BILLING['PORTAL_HOSTS'] / ['CHECKOUT_HOSTS']); "
             "refusing it",
             where,
-            customer.customer_id,
+            customer_id,
         )
         raise NomosAPIError(
             200,
@@ -172,13 +218,13 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
             method="POST",
             path="/admin/magic_link",
         )
-    if is_checkout_link(link):
+    if kind == "checkout":
         # No subscription yet: Nomos sends the customer to the checkout, where `next` means
         # nothing (and the checkout's own query must stay as it is).
         logger.info("checkout link minted for customer %s (no subscription yet)",
-                    customer.customer_id)
+                    customer_id)
         return link
     if deep_link:
         link = with_next(link, deep_link)
-    logger.info("portal link minted for customer %s", customer.customer_id)
+    logger.info("portal link minted for customer %s", customer_id)
     return link

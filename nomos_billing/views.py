@@ -178,11 +178,34 @@ def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
     return response
 
 
+#: What ``never_cache`` writes. A click's answer is a single-use credential (or the page in its
+#: place), which no browser or proxy may keep.
+NEVER_CACHE = "max-age=0, no-cache, no-store, must-revalidate, private"
+
+
+def never_cached(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Django's ``never_cache`` for the click views, with the headers written at once instead of
+    parsed and patched: a tenth of its cost on the path measured against one HTTP call.
+    ``Expires: 0`` is the past for every cache (RFC 9111, 5.3)."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        response["Cache-Control"] = NEVER_CACHE
+        response["Expires"] = "0"
+        return response
+
+    return wrapper
+
+
 def is_prefetch(request: HttpRequest) -> bool:
     """A browser's speculative load (``Sec-Purpose: prefetch``, possibly with ``;prerender``;
     Chrome's legacy ``Purpose: prefetch``; Firefox's old ``X-Moz: prefetch``)."""
-    for header in ("Sec-Purpose", "Purpose", "X-Moz"):
-        value = request.headers.get(header, "")
+    # META, not request.headers: building HttpHeaders costs every click more than this check.
+    for header in ("HTTP_SEC_PURPOSE", "HTTP_PURPOSE", "HTTP_X_MOZ"):
+        value = request.META.get(header)
+        if not value or not isinstance(value, str):
+            continue
         tokens = {t.strip().lower() for t in value.replace(";", ",").split(",")}
         if "prefetch" in tokens or "prerender" in tokens:
             return True
@@ -223,7 +246,7 @@ def database_outage_page(view: Callable[..., HttpResponse]) -> Callable[..., Htt
 
 
 @database_outage_page
-@never_cache
+@never_cached
 @require_http_methods(["GET", "POST"])
 @csrf_protect
 @login_required
@@ -295,7 +318,7 @@ def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
 # database outage (503).
 @login_not_required
 @csrf_exempt
-@never_cache
+@never_cached
 def portal_link(request: HttpRequest) -> JsonResponse:
     """``{"url": ...}`` for single-page and mobile apps (session auth, CSRF token required)."""
     if request.method != "POST":

@@ -106,7 +106,9 @@ def test_linked_user_get_redirects_302_to_a_fresh_no_store_link(
 
     assert response.status_code == 302
     assert response["Location"].startswith(nomos.base_url + "/portal/auth/confirm?")
-    assert "no-store" in response["Cache-Control"]
+    directives = {d.strip() for d in response["Cache-Control"].split(",")}
+    assert {"no-store", "no-cache", "private", "max-age=0"} <= directives
+    assert response["Expires"] == "0"  # in the past for every cache (RFC 9111, 5.3)
     assert_no_token(nomos, response)
 
 
