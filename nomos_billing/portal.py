@@ -76,8 +76,8 @@ def customer_id_of(user: Any) -> str | None:
     if known is None:
         from .models import NomosCustomer
 
-        ids = NomosCustomer.objects.filter(user_id=user.pk).values_list("customer_id", flat=True)
-        known = next(iter(ids[:1]), _NONE)
+        ids = NomosCustomer.objects.filter(user_id=user.pk).order_by()  # one row: no ORDER BY
+        known = next(iter(ids.values_list("customer_id", flat=True)[:1]), _NONE)
         setattr(user, _CUSTOMER_ID_ATTR, known)
     return known or None
 

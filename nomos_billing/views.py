@@ -22,6 +22,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
@@ -135,7 +136,7 @@ DEFAULT_LAYOUT = "nomos_billing/layout.html"
 def home_url() -> str:
     """Where "back" leads: ``LOGIN_REDIRECT_URL`` when the site set it (Django's default,
     ``/accounts/profile/``, exists on few sites), else ``/``."""
-    if settings.is_overridden("LOGIN_REDIRECT_URL"):
+    if settings.is_overridden("LOGIN_REDIRECT_URL"):  # type: ignore[misc]  # not in the stubs
         return resolve_url(settings.LOGIN_REDIRECT_URL)
     return "/"
 
@@ -255,7 +256,7 @@ def portal(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" and is_prefetch(request):
         # A hover or a speculation rule is not a click: minting would spend an API call and a
         # single-use link the user never sees. Any non-2xx makes the browser drop the
-        # prefetch and load the page for real on the click; never_cache keeps it uncached.
+        # prefetch and load the page for real on the click; never_cached keeps it uncached.
         return HttpResponse(
             "Not prefetched: the portal link is made when you click.\n",
             status=403, content_type="text/plain; charset=utf-8",
@@ -276,7 +277,7 @@ def portal(request: HttpRequest) -> HttpResponse:
 # -- JSON for apps -------------------------------------------------------------------------
 
 
-def _json_error(status: int, code: str, message: str, **headers: str) -> JsonResponse:
+def _json_error(status: int, code: str, message: str | Promise, **headers: str) -> JsonResponse:
     response = JsonResponse({"error": message, "code": code}, status=status)
     for name, value in headers.items():
         response[name] = value
@@ -305,12 +306,17 @@ class _JsonCsrfCheck(CsrfViewMiddleware):
         )
 
 
-_csrf_check = _JsonCsrfCheck(lambda request: HttpResponse())
+def _checked_view(request: HttpRequest) -> HttpResponse:
+    # What the CSRF check is told it guards: a view that is not csrf_exempt.
+    return HttpResponse()
+
+
+_csrf_check = _JsonCsrfCheck(_checked_view)
 
 
 def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
     _csrf_check.process_request(request)
-    return _csrf_check.process_view(request, _csrf_refusal, (), {})
+    return _csrf_check.process_view(request, _checked_view, (), {})
 
 
 # Every answer is JSON, so the checks that would answer HTML are done inside: the method (405),
