@@ -74,13 +74,25 @@ class LatestStatusFilter(admin.SimpleListFilter):
 #: The topics Nomos documents (API-NOTES, webhooks-asyncapi), so that the filter needs no
 #: ``SELECT DISTINCT topic`` over the whole event log on every page load.
 TOPICS = (
-    "subscription.created", "subscription.confirmed", "subscription.activated",
-    "subscription.ended", "subscription.terminated",
-    "invoice.created", "invoice.paid", "invoice.payment_failed", "invoice.voided",
+    "subscription.created",
+    "subscription.confirmed",
+    "subscription.activated",
+    "subscription.ended",
+    "subscription.terminated",
+    "invoice.created",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.voided",
     "invoice.uncollectible",
-    "meter_order.created", "meter_order.placed", "meter_order.check_submitted",
-    "meter_order.check_reviewed", "meter_order.scheduled", "meter_order.installed",
-    "meter_order.activated", "meter_order.blocked", "meter_order.cancelled",
+    "meter_order.created",
+    "meter_order.placed",
+    "meter_order.check_submitted",
+    "meter_order.check_reviewed",
+    "meter_order.scheduled",
+    "meter_order.installed",
+    "meter_order.activated",
+    "meter_order.blocked",
+    "meter_order.cancelled",
     "test.event",
 )
 
@@ -350,8 +362,11 @@ class NomosSubscriptionAdmin(MirrorAdmin):
         # Ids alone, each on its own index (see NomosCustomerAdmin.get_search_results).
         term = search_term.strip()
         if " " not in term:
-            for prefix, lookup in (("sub_", "subscription_id"), ("cus_", "customer__customer_id"),
-                                   ("lead_", "lead_id")):
+            for prefix, lookup in (
+                ("sub_", "subscription_id"),
+                ("cus_", "customer__customer_id"),
+                ("lead_", "lead_id"),
+            ):
                 if term.startswith(prefix):
                     return queryset.filter(**{lookup: term}), False
         return super().get_search_results(request, queryset, search_term)
@@ -369,7 +384,13 @@ class NomosLeadAdmin(MirrorAdmin):
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(MirrorAdmin):
     list_display = [
-        "event_id", "topic", "status", "claim_age", "received_at", "attempts", "deliveries"
+        "event_id",
+        "topic",
+        "status",
+        "claim_age",
+        "received_at",
+        "attempts",
+        "deliveries",
     ]
     list_filter = ["status", StuckFilter, TopicFilter]
     search_fields = ["event_id__exact"]
@@ -384,8 +405,9 @@ class WebhookEventAdmin(MirrorAdmin):
         from django.urls import path
 
         return [
-            path("health/", self.admin_site.admin_view(self.health_view),
-                 name="nomos_billing_health"),
+            path(
+                "health/", self.admin_site.admin_view(self.health_view), name="nomos_billing_health"
+            ),
             *super().get_urls(),
         ]
 

@@ -57,7 +57,7 @@ class State:
 
     @property
     def word(self) -> str:
-        """"off", "closed" or "open", for a status line or monitoring."""
+        """ "off", "closed" or "open", for a status line or monitoring."""
         if not self.enabled:
             return "off"
         return "open" if self.open else "closed"
@@ -185,7 +185,9 @@ def record_failure(why: str) -> None:
         logger.warning(
             "Nomos outage breaker opened after %d failures in a row (last: %s): calls fail at "
             "once for %g s, then one probe decides",
-            failures, why, cooldown,
+            failures,
+            why,
+            cooldown,
         )
     elif probing:
         cache.set(key + ":open", until, None)
@@ -201,5 +203,6 @@ def state() -> State:
     open_until, failures = _read(_key(), fresh=True)
     if open_until is None:
         return State(enabled=True, open=False, failures=failures, retry_in=0.0)
-    return State(enabled=True, open=True, failures=failures,
-                 retry_in=max(0.0, open_until - time.time()))
+    return State(
+        enabled=True, open=True, failures=failures, retry_in=max(0.0, open_until - time.time())
+    )

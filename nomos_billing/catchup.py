@@ -39,8 +39,9 @@ def parse_since(value: str) -> datetime:
     """An ISO 8601 date-time with a timezone, or ``ValueError``."""
     parsed = parse_datetime(value)
     if parsed is None or timezone.is_naive(parsed):
-        raise ValueError(f"{value!r} is not an ISO 8601 date-time with a timezone "
-                         "(e.g. 2026-11-01T00:00:00Z)")
+        raise ValueError(
+            f"{value!r} is not an ISO 8601 date-time with a timezone (e.g. 2026-11-01T00:00:00Z)"
+        )
     return parsed
 
 
@@ -89,6 +90,4 @@ def complete(walk: Walk, count: int) -> bool:
 
 def fail(error: str) -> None:
     """Record why a walk stopped; the watermark stays."""
-    NomosSyncState.objects.update_or_create(
-        name=STATE_NAME, defaults={"last_error": error[:2000]}
-    )
+    NomosSyncState.objects.update_or_create(name=STATE_NAME, defaults={"last_error": error[:2000]})

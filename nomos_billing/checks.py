@@ -67,12 +67,14 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        return [Error(
-            f"{SETTING_NAME} must be a dict, not {type(raw).__name__}.",
-            hint=f'Write {SETTING_NAME} = {{"CLIENT_ID": ..., "CLIENT_SECRET": ..., '
-                 '"WEBHOOK_SECRETS": [...]}} in your settings.',
-            id=E_NOT_A_DICT,
-        )]
+        return [
+            Error(
+                f"{SETTING_NAME} must be a dict, not {type(raw).__name__}.",
+                hint=f'Write {SETTING_NAME} = {{"CLIENT_ID": ..., "CLIENT_SECRET": ..., '
+                '"WEBHOOK_SECRETS": [...]}} in your settings.',
+                id=E_NOT_A_DICT,
+            )
+        ]
     messages: list[CheckMessage] = []
     for check in _CHECKS:
         messages.extend(check(raw))
@@ -94,14 +96,16 @@ def _check_credentials(raw: dict[str, Any]) -> list[CheckMessage]:
     missing = [k for k in ("CLIENT_ID", "CLIENT_SECRET") if not raw.get(k)]
     if not missing:
         return []
-    return [Error(
-        f"{' and '.join(_key(k) for k in missing)} not set: nomos_billing cannot call the "
-        "Nomos API.",
-        hint="Create API credentials in the Nomos dashboard and set CLIENT_ID and CLIENT_SECRET "
-             "(e.g. from the environment). For local development, run the sandbox "
-             "(python -m nomos_billing.sandbox) and use the credentials it prints.",
-        id=E_CREDENTIALS,
-    )]
+    return [
+        Error(
+            f"{' and '.join(_key(k) for k in missing)} not set: nomos_billing cannot call the "
+            "Nomos API.",
+            hint="Create API credentials in the Nomos dashboard and set CLIENT_ID and "
+            "CLIENT_SECRET (e.g. from the environment). For local development, run the sandbox "
+            "(python -m nomos_billing.sandbox) and use the credentials it prints.",
+            id=E_CREDENTIALS,
+        )
+    ]
 
 
 def _check_webhook_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -115,33 +119,43 @@ def _check_webhook_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
     )
     if ok:
         return []
-    return [Error(
-        f"{_key('WEBHOOK_SECRETS')} must be a non-empty list of signing secrets (newest first); "
-        "without one every webhook delivery is rejected.",
-        hint="Copy the endpoint's signing secret from the Nomos dashboard: "
-             '"WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS"). During a rotation list '
-             "the new secret first and the old one after it.",
-        id=E_WEBHOOK_SECRETS,
-    )]
+    return [
+        Error(
+            f"{_key('WEBHOOK_SECRETS')} must be a non-empty list of signing secrets (newest "
+            "first); without one every webhook delivery is rejected.",
+            hint="Copy the endpoint's signing secret from the Nomos dashboard: "
+            '"WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS"). During a rotation list '
+            "the new secret first and the old one after it.",
+            id=E_WEBHOOK_SECRETS,
+        )
+    ]
 
 
 def _check_base_url(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("API_BASE_URL", DEFAULTS["API_BASE_URL"])
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        return [Error(
-            f"{_key('API_BASE_URL')} must be an http(s) URL, not {value!r}.",
-            hint='Use "https://api.nomos.energy", or the sandbox\'s URL in development.',
-            id=E_BASE_URL,
-        )]
+        return [
+            Error(
+                f"{_key('API_BASE_URL')} must be an http(s) URL, not {value!r}.",
+                hint='Use "https://api.nomos.energy", or the sandbox\'s URL in development.',
+                id=E_BASE_URL,
+            )
+        ]
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        hint = ("Use https: the client secret and access tokens would travel in clear text. "
-                "Plain http is only for a sandbox on loopback (127.0.0.1, localhost).")
+        hint = (
+            "Use https: the client secret and access tokens would travel in clear text. "
+            "Plain http is only for a sandbox on loopback (127.0.0.1, localhost)."
+        )
         if settings.DEBUG:
-            return [Warning(f"{_key('API_BASE_URL')} uses plain http.", hint=hint,
-                            id=W_HTTP_BASE_URL)]
-        return [Error(f"{_key('API_BASE_URL')} uses plain http outside DEBUG.", hint=hint,
-                      id=E_BASE_URL)]
+            return [
+                Warning(f"{_key('API_BASE_URL')} uses plain http.", hint=hint, id=W_HTTP_BASE_URL)
+            ]
+        return [
+            Error(
+                f"{_key('API_BASE_URL')} uses plain http outside DEBUG.", hint=hint, id=E_BASE_URL
+            )
+        ]
     return []
 
 
@@ -149,13 +163,15 @@ def _check_api_version(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("API_VERSION", API_VERSION)
     if value == API_VERSION:
         return []
-    return [Warning(
-        f"{_key('API_VERSION')} is {value!r}; this release of nomos_billing is built and tested "
-        f"against {API_VERSION!r}.",
-        hint=f'Remove the key or set it to "{API_VERSION}" unless you have tested the other '
-             "version.",
-        id=W_API_VERSION,
-    )]
+    return [
+        Warning(
+            f"{_key('API_VERSION')} is {value!r}; this release of nomos_billing is built and "
+            f"tested against {API_VERSION!r}.",
+            hint=f'Remove the key or set it to "{API_VERSION}" unless you have tested the other '
+            "version.",
+            id=W_API_VERSION,
+        )
+    ]
 
 
 def _check_timeout(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -168,26 +184,35 @@ def _check_timeout(raw: dict[str, Any]) -> list[CheckMessage]:
     except (TypeError, ValueError):
         connect = read = None
     if connect is None or read is None or not (0 < connect <= 30) or not (0 < read <= 60):
-        return [Error(
-            f"{_key('TIMEOUT')} is {value!r}; it must be (connect, read) seconds, each above 0, "
-            "connect at most 30 and read at most 60.",
-            hint='For example "TIMEOUT": (3.05, 10). A web worker waiting longer than that for '
-                 "Nomos is an outage of your site.",
-            id=E_TIMEOUT,
-        )]
+        return [
+            Error(
+                f"{_key('TIMEOUT')} is {value!r}; it must be (connect, read) seconds, each above "
+                "0, connect at most 30 and read at most 60.",
+                hint='For example "TIMEOUT": (3.05, 10). A web worker waiting longer than that for '
+                "Nomos is an outage of your site.",
+                id=E_TIMEOUT,
+            )
+        ]
     return []
 
 
-def _check_positive_int(name: str, check_id: str, low: int, high: int, hint: str
-                        ) -> Callable[[dict[str, Any]], list[CheckMessage]]:
+def _check_positive_int(
+    name: str, check_id: str, low: int, high: int, hint: str
+) -> Callable[[dict[str, Any]], list[CheckMessage]]:
     def check(raw: dict[str, Any]) -> list[CheckMessage]:
         if name not in raw:
             return []
         value = raw[name]
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return []
-        return [Error(f"{_key(name)} is {value!r}; it must be a whole number from {low} to "
-                      f"{high}.", hint=hint, id=check_id)]
+        return [
+            Error(
+                f"{_key(name)} is {value!r}; it must be a whole number from {low} to {high}.",
+                hint=hint,
+                id=check_id,
+            )
+        ]
+
     return check
 
 
@@ -195,55 +220,67 @@ def _check_token_cache(raw: dict[str, Any]) -> list[CheckMessage]:
     alias = raw.get("TOKEN_CACHE", DEFAULTS["TOKEN_CACHE"])
     caches = getattr(settings, "CACHES", {})
     if alias not in caches:
-        return [Error(
-            f"{_key('TOKEN_CACHE')} is {alias!r}, which is not an alias in CACHES.",
-            hint=f"Use one of: {', '.join(sorted(caches)) or '(no caches configured)'}.",
-            id=E_TOKEN_CACHE,
-        )]
+        return [
+            Error(
+                f"{_key('TOKEN_CACHE')} is {alias!r}, which is not an alias in CACHES.",
+                hint=f"Use one of: {', '.join(sorted(caches)) or '(no caches configured)'}.",
+                id=E_TOKEN_CACHE,
+            )
+        ]
     kind = _LOCAL_CACHE_BACKENDS.get(caches[alias].get("BACKEND", ""))
     if kind and not settings.DEBUG:
-        return [Warning(
-            f"The token cache {alias!r} is a {kind} backend: every worker process fetches its "
-            "own Nomos access token" + (" on every call." if kind == "dummy" else "."),
-            hint="Point TOKEN_CACHE at a cache shared by all workers (Redis, Memcached or the "
-                 "database cache) so that they share one token.",
-            id=W_TOKEN_CACHE_LOCAL,
-        )]
+        return [
+            Warning(
+                f"The token cache {alias!r} is a {kind} backend: every worker process fetches its "
+                "own Nomos access token" + (" on every call." if kind == "dummy" else "."),
+                hint="Point TOKEN_CACHE at a cache shared by all workers (Redis, Memcached or the "
+                "database cache) so that they share one token.",
+                id=W_TOKEN_CACHE_LOCAL,
+            )
+        ]
     return []
 
 
 def _check_resolvers(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("USER_RESOLVERS", DEFAULTS["USER_RESOLVERS"])
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        return [Error(f"{_key('USER_RESOLVERS')} must be a list of dotted paths.",
-                      hint='For example ["nomos_billing.linking.by_lead", '
-                           '"nomos_billing.linking.by_metadata"].',
-                      id=E_RESOLVERS)]
+        return [
+            Error(
+                f"{_key('USER_RESOLVERS')} must be a list of dotted paths.",
+                hint='For example ["nomos_billing.linking.by_lead", '
+                '"nomos_billing.linking.by_metadata"].',
+                id=E_RESOLVERS,
+            )
+        ]
     messages: list[CheckMessage] = []
     for path in value:
         try:
             import_string(path)
         except ImportError as exc:
-            messages.append(Error(
-                f"{_key('USER_RESOLVERS')} lists {path!r}, which cannot be imported ({exc}).",
-                hint="Each entry is the dotted path of a callable taking a "
-                     "nomos_billing.linking.LinkRequest and returning a user or None.",
-                id=E_RESOLVERS,
-            ))
+            messages.append(
+                Error(
+                    f"{_key('USER_RESOLVERS')} lists {path!r}, which cannot be imported ({exc}).",
+                    hint="Each entry is the dotted path of a callable taking a "
+                    "nomos_billing.linking.LinkRequest and returning a user or None.",
+                    id=E_RESOLVERS,
+                )
+            )
     return messages
 
 
 def _check_link_by_email(raw: dict[str, Any]) -> list[CheckMessage]:
     if not raw.get("LINK_BY_EMAIL"):
         return []
-    return [Warning(
-        f"{_key('LINK_BY_EMAIL')} is on: a Nomos customer is linked to the site user with the "
-        "same e-mail address. If your site does not verify e-mail addresses, anyone can sign up "
-        "with a customer's address and take over their portal access.",
-        hint="Only enable it when every account's e-mail address is verified; prefer the "
-             "metadata or lead resolvers. Silence this check once you have made sure.",
-        id=W_LINK_BY_EMAIL,
-    )]
+    return [
+        Warning(
+            f"{_key('LINK_BY_EMAIL')} is on: a Nomos customer is linked to the site user with the "
+            "same e-mail address. If your site does not verify e-mail addresses, anyone can sign "
+            "up with a customer's address and take over their portal access.",
+            hint="Only enable it when every account's e-mail address is verified; prefer the "
+            "metadata or lead resolvers. Silence this check once you have made sure.",
+            id=W_LINK_BY_EMAIL,
+        )
+    ]
 
 
 def _check_next_prefixes(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -254,33 +291,52 @@ def _check_next_prefixes(raw: dict[str, Any]) -> list[CheckMessage]:
         isinstance(p, str) and p.startswith("/") and not p.startswith("//") for p in value
     ):
         return []
-    return [Error(f"{_key('PORTAL_NEXT_PREFIXES')} must be None or a list of paths starting "
-                  "with one '/'.",
-                  hint='For example ["/invoices/", "/overview"].', id=E_NEXT_PREFIXES)]
+    return [
+        Error(
+            f"{_key('PORTAL_NEXT_PREFIXES')} must be None or a list of paths starting "
+            "with one '/'.",
+            hint='For example ["/invoices/", "/overview"].',
+            id=E_NEXT_PREFIXES,
+        )
+    ]
 
 
-def _host_list_errors(raw: dict[str, Any], name: str, example: str, id: str
-                      ) -> list[CheckMessage]:
+def _host_list_errors(raw: dict[str, Any], name: str, example: str, id: str) -> list[CheckMessage]:
     value = raw.get(name)
     if value is None:
         return []
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(h, str) and h and "/" not in h for h in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(h, str) and h and "/" not in h for h in value)
     ):
         return []
-    return [Error(f"{_key(name)} must be None or a non-empty list of host names "
-                  "(a leading '.' matches any subdomain).",
-                  hint=f"For example {example}.", id=id)]
+    return [
+        Error(
+            f"{_key(name)} must be None or a non-empty list of host names "
+            "(a leading '.' matches any subdomain).",
+            hint=f"For example {example}.",
+            id=id,
+        )
+    ]
 
 
 def _check_portal_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
-    return _host_list_errors(raw, "PORTAL_HOSTS", '["mybrand.customerportal.energy"] or '
-                             '[".customerportal.energy"]', E_PORTAL_HOSTS)
+    return _host_list_errors(
+        raw,
+        "PORTAL_HOSTS",
+        '["mybrand.customerportal.energy"] or [".customerportal.energy"]',
+        E_PORTAL_HOSTS,
+    )
 
 
 def _check_checkout_hosts(raw: dict[str, Any]) -> list[CheckMessage]:
-    return _host_list_errors(raw, "CHECKOUT_HOSTS", '["mybrand.checkout.energy"] or '
-                             '[".checkout.energy"]', E_CHECKOUT_HOSTS)
+    return _host_list_errors(
+        raw,
+        "CHECKOUT_HOSTS",
+        '["mybrand.checkout.energy"] or [".checkout.energy"]',
+        E_CHECKOUT_HOSTS,
+    )
 
 
 def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -288,26 +344,36 @@ def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
         return []
     alias = raw["TASK_BACKEND"]
     if not isinstance(alias, str) or not alias:
-        return [Error(f"{_key('TASK_BACKEND')} must be an alias of TASKS or None.",
-                      hint='For example "default"; None processes webhooks inline.',
-                      id=E_TASK_BACKEND)]
+        return [
+            Error(
+                f"{_key('TASK_BACKEND')} must be an alias of TASKS or None.",
+                hint='For example "default"; None processes webhooks inline.',
+                id=E_TASK_BACKEND,
+            )
+        ]
     from . import tasks
 
     if not tasks.framework_available():
-        return [Error(
-            f"{_key('TASK_BACKEND')} is set but Django's tasks framework is not installed.",
-            hint="Use Django 6.0+, or install nomos-billing[tasks] (the django-tasks backport) "
-                 "on Django 5.2 and add 'django_tasks' to INSTALLED_APPS.",
-            id=E_TASK_BACKEND)]
+        return [
+            Error(
+                f"{_key('TASK_BACKEND')} is set but Django's tasks framework is not installed.",
+                hint="Use Django 6.0+, or install nomos-billing[tasks] (the django-tasks backport) "
+                "on Django 5.2 and add 'django_tasks' to INSTALLED_APPS.",
+                id=E_TASK_BACKEND,
+            )
+        ]
     configured = getattr(settings, "TASKS", None)
     if not isinstance(configured, dict) or alias not in configured:
         known = ", ".join(sorted(configured)) if isinstance(configured, dict) else "none"
-        return [Warning(
-            f"{_key('TASK_BACKEND')} names the task backend {alias!r}, which TASKS lacks "
-            f"(aliases: {known}).",
-            hint="Add it to TASKS, or set TASK_BACKEND to one of the aliases there. Until then "
-                 "every webhook answers 503 and waits for Nomos to redeliver.",
-            id=W_TASK_BACKEND_ALIAS)]
+        return [
+            Warning(
+                f"{_key('TASK_BACKEND')} names the task backend {alias!r}, which TASKS lacks "
+                f"(aliases: {known}).",
+                hint="Add it to TASKS, or set TASK_BACKEND to one of the aliases there. Until then "
+                "every webhook answers 503 and waits for Nomos to redeliver.",
+                id=W_TASK_BACKEND_ALIAS,
+            )
+        ]
     return []
 
 
@@ -337,6 +403,7 @@ def _check_checkout_url(raw: dict[str, Any]) -> list[CheckMessage]:
         )
     ]
 
+
 #: Nomos stops waiting for a webhook's answer after this many seconds.
 NOMOS_WEBHOOK_WAIT = 30
 
@@ -345,29 +412,35 @@ def _check_budgets(raw: dict[str, Any]) -> list[CheckMessage]:
     names = ("WEBHOOK_BUDGET", "CLICK_BUDGET", "CLAIM_TIMEOUT")
     bad = [n for n in names if n in raw and not (_number(raw[n]) or 0) > 0]
     if bad:
-        return [Error(
-            f"{' and '.join(_key(n) for n in bad)} must be a number of seconds above 0.",
-            hint="The defaults are WEBHOOK_BUDGET 20, CLICK_BUDGET 5 and CLAIM_TIMEOUT 60.",
-            id=E_BUDGETS,
-        )]
+        return [
+            Error(
+                f"{' and '.join(_key(n) for n in bad)} must be a number of seconds above 0.",
+                hint="The defaults are WEBHOOK_BUDGET 20, CLICK_BUDGET 5 and CLAIM_TIMEOUT 60.",
+                id=E_BUDGETS,
+            )
+        ]
     webhook, click, claim = (float(raw.get(n, DEFAULTS[n])) for n in names)
     messages: list[CheckMessage] = []
     if webhook >= NOMOS_WEBHOOK_WAIT:
-        messages.append(Warning(
-            f"{_key('WEBHOOK_BUDGET')} is {webhook:g} s, but Nomos waits only "
-            f"{NOMOS_WEBHOOK_WAIT} s for an answer: a slow delivery is cut off by Nomos (or by "
-            "the server's worker timeout) before it can answer 503, and is left in progress.",
-            hint="Keep it safely under 30 (the default is 20) and under gunicorn's --timeout.",
-            id=W_WEBHOOK_BUDGET,
-        ))
+        messages.append(
+            Warning(
+                f"{_key('WEBHOOK_BUDGET')} is {webhook:g} s, but Nomos waits only "
+                f"{NOMOS_WEBHOOK_WAIT} s for an answer: a slow delivery is cut off by Nomos (or by "
+                "the server's worker timeout) before it can answer 503, and is left in progress.",
+                hint="Keep it safely under 30 (the default is 20) and under gunicorn's --timeout.",
+                id=W_WEBHOOK_BUDGET,
+            )
+        )
     if claim <= webhook:
-        messages.append(Warning(
-            f"{_key('CLAIM_TIMEOUT')} ({claim:g} s) is not above {_key('WEBHOOK_BUDGET')} "
-            f"({webhook:g} s): a delivery still working on an event can have it taken over by "
-            "the next one, and the event is processed twice.",
-            hint="Set CLAIM_TIMEOUT to about three times WEBHOOK_BUDGET (default 60 and 20).",
-            id=W_CLAIM_TIMEOUT,
-        ))
+        messages.append(
+            Warning(
+                f"{_key('CLAIM_TIMEOUT')} ({claim:g} s) is not above {_key('WEBHOOK_BUDGET')} "
+                f"({webhook:g} s): a delivery still working on an event can have it taken over by "
+                "the next one, and the event is processed twice.",
+                hint="Set CLAIM_TIMEOUT to about three times WEBHOOK_BUDGET (default 60 and 20).",
+                id=W_CLAIM_TIMEOUT,
+            )
+        )
     connect = _number(raw.get("TIMEOUT")) or None
     if connect is None:
         try:
@@ -376,14 +449,16 @@ def _check_budgets(raw: dict[str, Any]) -> list[CheckMessage]:
             connect = None
     if connect is not None and min(webhook, click) <= connect:
         name = "CLICK_BUDGET" if click <= webhook else "WEBHOOK_BUDGET"
-        messages.append(Warning(
-            f"{_key(name)} ({min(webhook, click):g} s) is not above the connect timeout of "
-            f"{_key('TIMEOUT')} ({connect:g} s): while Nomos cannot be reached, no call fits "
-            "the budget and every request gives up before it can connect.",
-            hint="Raise the budget or lower the connect timeout (default (3.05, 10) with "
-                 "CLICK_BUDGET 5).",
-            id=W_BUDGET_TIMEOUT,
-        ))
+        messages.append(
+            Warning(
+                f"{_key(name)} ({min(webhook, click):g} s) is not above the connect timeout of "
+                f"{_key('TIMEOUT')} ({connect:g} s): while Nomos cannot be reached, no call fits "
+                "the budget and every request gives up before it can connect.",
+                hint="Raise the budget or lower the connect timeout (default (3.05, 10) with "
+                "CLICK_BUDGET 5).",
+                id=W_BUDGET_TIMEOUT,
+            )
+        )
     return messages
 
 
@@ -395,29 +470,48 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_api_version,
     _check_timeout,
     _check_positive_int(
-        "WEBHOOK_TOLERANCE", E_TOLERANCE, 1, 3600,
+        "WEBHOOK_TOLERANCE",
+        E_TOLERANCE,
+        1,
+        3600,
         "Nomos signs with the send time; 300 (the default) accepts 5 minutes of clock skew. "
         "Zero would reject every delivery.",
     ),
     _check_token_cache,
     _check_positive_int(
-        "TOKEN_REFRESH_MARGIN", E_REFRESH_MARGIN, 0, 3000,
+        "TOKEN_REFRESH_MARGIN",
+        E_REFRESH_MARGIN,
+        0,
+        3000,
         "Tokens live 3600 s; the default 300 renews them 5 minutes before they expire.",
     ),
     _check_positive_int(
-        "WEBHOOK_MAX_BYTES", E_MAX_BYTES, 1024, 10 * 1024 * 1024,
+        "WEBHOOK_MAX_BYTES",
+        E_MAX_BYTES,
+        1024,
+        10 * 1024 * 1024,
         "Nomos events are small envelopes; the default is 262144 (256 KiB).",
     ),
     _check_positive_int(
-        "EVENT_RETENTION_DAYS", E_RETENTION, 3, 3650,
+        "EVENT_RETENTION_DAYS",
+        E_RETENTION,
+        3,
+        3650,
         "Nomos retries a delivery for about 3 days; event ids must be kept at least that long "
         "to recognise duplicates. The default is 30.",
     ),
     _check_positive_int(
-        "MAX_RETRIES", E_RETRIES, 0, 10, "The default is 3.",
+        "MAX_RETRIES",
+        E_RETRIES,
+        0,
+        10,
+        "The default is 3.",
     ),
     _check_positive_int(
-        "NOT_FOUND_RETRY_WINDOW", E_NOT_FOUND_WINDOW, 0, 3 * 24 * 3600,
+        "NOT_FOUND_RETRY_WINDOW",
+        E_NOT_FOUND_WINDOW,
+        0,
+        3 * 24 * 3600,
         "Seconds during which a 404 for a new subscription is retried (Nomos redelivers); "
         "the default 3600 covers a slow checkout, 0 turns it off. Nomos retries for about 3 "
         "days, so a longer window would never end.",
@@ -429,6 +523,5 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_checkout_hosts,
     _check_task_backend,
     _check_checkout_url,
-
     _check_budgets,
 ]

@@ -73,9 +73,15 @@ class NomosRetry(Retry):
             return bool(self.total) and status_code in UNSAFE_RETRY_STATUSES
         return super().is_retry(method, status_code, has_retry_after)
 
-    def increment(self, method: str | None = None, url: str | None = None,
-                  response: Any = None, error: Exception | None = None,
-                  _pool: Any = None, _stacktrace: Any = None) -> NomosRetry:
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> NomosRetry:
         if response is not None:
             wait = self.get_retry_after(response)
             if wait is not None and wait > self.max_wait:
@@ -120,7 +126,7 @@ class NomosRetry(Retry):
             if entry.status != 429:
                 break
             refused += 1
-        step = min(float(self.max_wait), 2.0 ** refused)
+        step = min(float(self.max_wait), 2.0**refused)
         return step / 2 + random.uniform(0, step / 2)
 
 
@@ -160,8 +166,13 @@ def _business_errors(body: Mapping[str, Any]) -> list[dict[str, str]]:
     errors = []
     for entry in raw[:50]:
         if isinstance(entry, Mapping):
-            errors.append({key: str(entry[key])[:500] for key in ("code", "field", "message")
-                           if isinstance(entry.get(key), (str, int))})
+            errors.append(
+                {
+                    key: str(entry[key])[:500]
+                    for key in ("code", "field", "message")
+                    if isinstance(entry.get(key), (str, int))
+                }
+            )
     return errors
 
 
@@ -217,11 +228,13 @@ class NomosClient:
         retries = nomos_settings.MAX_RETRIES if max_retries is None else max_retries
         wait = nomos_settings.MAX_RETRY_WAIT if max_retry_wait is None else max_retry_wait
         self.session = requests.Session()
-        self.session.headers.update({
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-            "X-API-Version": self.api_version,
-        })
+        self.session.headers.update(
+            {
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "X-API-Version": self.api_version,
+            }
+        )
         adapter = HTTPAdapter(
             max_retries=build_retry(int(retries), float(wait)), pool_maxsize=32, pool_block=False
         )
@@ -239,15 +252,22 @@ class NomosClient:
 
     def fetch_token(self) -> AccessToken:
         """Ask Nomos for a new client-credentials token (bypasses the shared cache)."""
-        missing = tuple(key for key, value in (("CLIENT_ID", self.client_id),
-                                               ("CLIENT_SECRET", self._client_secret))
-                        if not value)
+        missing = tuple(
+            key
+            for key, value in (
+                ("CLIENT_ID", self.client_id),
+                ("CLIENT_SECRET", self._client_secret),
+            )
+            if not value
+        )
         if missing:
-            raise _reported(NomosConfigurationError(
-                f"{SETTING_NAME}['CLIENT_ID'] and {SETTING_NAME}['CLIENT_SECRET'] must be set "
-                "to call the Nomos API.",
-                settings=missing,
-            ))
+            raise _reported(
+                NomosConfigurationError(
+                    f"{SETTING_NAME}['CLIENT_ID'] and {SETTING_NAME}['CLIENT_SECRET'] must be set "
+                    "to call the Nomos API.",
+                    settings=missing,
+                )
+            )
         try:
             response = self._token_request()
         except NomosAPIError as exc:
@@ -255,10 +275,16 @@ class NomosClient:
                 raise
             # Refused credentials stay refused until someone edits the settings: an operator
             # error (named, logged once per cool-down), not an outage to wait out.
-            raise _reported(NomosCredentialsRefused(
-                exc.status, exc.code, exc.message, exc.request_id, method="POST",
-                path="/oauth/token",
-            )) from None
+            raise _reported(
+                NomosCredentialsRefused(
+                    exc.status,
+                    exc.code,
+                    exc.message,
+                    exc.request_id,
+                    method="POST",
+                    path="/oauth/token",
+                )
+            ) from None
         data = response.json()
         try:
             return AccessToken(
@@ -267,10 +293,14 @@ class NomosClient:
                 scope=str(data.get("scope", "")),
             )
         except (KeyError, TypeError, ValueError):
-            raise NomosAPIError(response.status_code, "INVALID_RESPONSE",
-                                "token response without access_token",
-                                response.headers.get("X-Request-Id", ""),
-                                method="POST", path="/oauth/token") from None
+            raise NomosAPIError(
+                response.status_code,
+                "INVALID_RESPONSE",
+                "token response without access_token",
+                response.headers.get("X-Request-Id", ""),
+                method="POST",
+                path="/oauth/token",
+            ) from None
 
     def _token_request(self) -> requests.Response:
         """``POST /oauth/token``, form-encoded as RFC 6749 and the provider's guides show.
@@ -288,12 +318,18 @@ class NomosClient:
         except NomosAPIError as exc:
             if exc.status not in TOKEN_FORM_REFUSED or isinstance(exc, NomosServiceError):
                 raise
-            logger.warning("Nomos refused the form-encoded token request (HTTP %s); trying "
-                           "JSON as its OpenAPI document declares", exc.status)
+            logger.warning(
+                "Nomos refused the form-encoded token request (HTTP %s); trying "
+                "JSON as its OpenAPI document declares",
+                exc.status,
+            )
         response = self._send("POST", "/oauth/token", json=body, auth=auth)
         _TOKEN_AS_JSON.add(self.base_url)
-        logger.warning("Nomos at %s takes the token request as JSON only; using JSON from now "
-                       "on in this process", self.base_url)
+        logger.warning(
+            "Nomos at %s takes the token request as JSON only; using JSON from now "
+            "on in this process",
+            self.base_url,
+        )
         return response
 
     # -- plumbing -------------------------------------------------------------------------
@@ -339,34 +375,63 @@ class NomosClient:
         log = logger.error if status >= 500 else logger.warning
         log("Nomos %s %s -> %s %s (requestId %s)", method, path, status, code, request_id or "-")
         if status == 429 or status >= 500:
-            return NomosServiceError(status, code, message, request_id, method=method, path=path,
-                                     retry_after=_retry_after(response))
-        return NomosAPIError(status, code, message, request_id, method=method, path=path,
-                             errors=_business_errors(body))
+            return NomosServiceError(
+                status,
+                code,
+                message,
+                request_id,
+                method=method,
+                path=path,
+                retry_after=_retry_after(response),
+            )
+        return NomosAPIError(
+            status,
+            code,
+            message,
+            request_id,
+            method=method,
+            path=path,
+            errors=_business_errors(body),
+        )
 
-    def request(self, method: str, path: str, *, json: Any = None,
-                params: Mapping[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> Any:
         """An authenticated call; returns the decoded JSON body."""
         token = self.tokens.get()
         try:
-            response = self._send(method, path, json=json, params=params,
-                                  headers={"Authorization": f"Bearer {token.value}"})
+            response = self._send(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers={"Authorization": f"Bearer {token.value}"},
+            )
         except NomosAPIError as exc:
             if exc.status != 401:
                 raise
             # The token was revoked or expired early: drop it everywhere, retry once.
             self.tokens.invalidate(token)
             token = self.tokens.get()
-            response = self._send(method, path, json=json, params=params,
-                                  headers={"Authorization": f"Bearer {token.value}"})
+            response = self._send(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers={"Authorization": f"Bearer {token.value}"},
+            )
         try:
             # Cleaned here, once, so nothing fetched from Nomos can make a row unstorable.
             return clean(response.json())
         except (ValueError, RecursionError):
-            raise NomosAPIError(response.status_code, "INVALID_RESPONSE",
-                                "Nomos answered with a body that is not JSON",
-                                response.headers.get("X-Request-Id", ""),
-                                method=method, path=path) from None
+            raise NomosAPIError(
+                response.status_code,
+                "INVALID_RESPONSE",
+                "Nomos answered with a body that is not JSON",
+                response.headers.get("X-Request-Id", ""),
+                method=method,
+                path=path,
+            ) from None
 
     # -- the endpoints the app uses -------------------------------------------------------
 
@@ -375,8 +440,13 @@ class NomosClient:
         data = self.request("POST", "/admin/magic_link", json={"customerId": customer_id})
         link = data.get("link") if isinstance(data, dict) else None
         if not isinstance(link, str) or not link:
-            raise NomosAPIError(200, "INVALID_RESPONSE", "magic link response without link",
-                                method="POST", path="/admin/magic_link")
+            raise NomosAPIError(
+                200,
+                "INVALID_RESPONSE",
+                "magic link response without link",
+                method="POST",
+                path="/admin/magic_link",
+            )
         return link
 
     def get_subscription(self, subscription_id: str) -> dict[str, Any]:
@@ -395,8 +465,14 @@ class NomosClient:
         """``GET /leads/{id}``: ``subscription`` and ``subscribed_at`` once it converted."""
         return self.request("GET", f"/leads/{_segment(lead_id)}")
 
-    def list_page(self, path: str, *, cursor: str | None = None, limit: int = 100,
-                  filters: Sequence[ListFilter] = ()) -> dict[str, Any]:
+    def list_page(
+        self,
+        path: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        filters: Sequence[ListFilter] = (),
+    ) -> dict[str, Any]:
         """One page of a list endpoint, every item checked against ``filters``.
 
         Raises ``NomosFilterIgnored`` when an item does not match: Nomos answers a filter it
@@ -407,19 +483,22 @@ class NomosClient:
             params["cursor"] = cursor
         page = self.request("GET", path, params=params)
         if not isinstance(page, dict):
-            raise NomosAPIError(200, "INVALID_RESPONSE", "list answer is not an object",
-                                method="GET", path=path)
+            raise NomosAPIError(
+                200, "INVALID_RESPONSE", "list answer is not an object", method="GET", path=path
+            )
         items = page.get("items")
         if items is None:
             items = page["items"] = []
         if not isinstance(items, list):
-            raise NomosAPIError(200, "INVALID_RESPONSE", "list answer without items",
-                                method="GET", path=path)
+            raise NomosAPIError(
+                200, "INVALID_RESPONSE", "list answer without items", method="GET", path=path
+            )
         check_page(path, items, filters)
         return page
 
-    def iter_list(self, path: str, *, limit: int = 100,
-                  filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
+    def iter_list(
+        self, path: str, *, limit: int = 100, filters: Sequence[ListFilter] = ()
+    ) -> Iterator[dict[str, Any]]:
         """Every item of a list endpoint, one page fetched (and checked) at a time as the
         caller consumes them."""
         cursor: str | None = None
@@ -431,9 +510,12 @@ class NomosClient:
                 return
 
     @staticmethod
-    def subscription_filters(*, customer: str | None = None,
-                             updated_since: datetime | str | None = None,
-                             filters: Sequence[ListFilter] = ()) -> list[ListFilter]:
+    def subscription_filters(
+        *,
+        customer: str | None = None,
+        updated_since: datetime | str | None = None,
+        filters: Sequence[ListFilter] = (),
+    ) -> list[ListFilter]:
         found = list(filters)
         if customer:
             found.append(ListFilter("customer", "eq", customer))
@@ -441,28 +523,46 @@ class NomosClient:
             found.append(ListFilter("updated_at", "gte", updated_since))
         return found
 
-    def list_subscriptions(self, *, cursor: str | None = None, limit: int = 100,
-                           customer: str | None = None,
-                           updated_since: datetime | str | None = None,
-                           filters: Sequence[ListFilter] = ()) -> dict[str, Any]:
+    def list_subscriptions(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        customer: str | None = None,
+        updated_since: datetime | str | None = None,
+        filters: Sequence[ListFilter] = (),
+    ) -> dict[str, Any]:
         """One page of ``GET /subscriptions`` (checked against its filters)."""
-        return self.list_page("/subscriptions", cursor=cursor, limit=limit,
-                              filters=self.subscription_filters(
-                                  customer=customer, updated_since=updated_since,
-                                  filters=filters))
+        return self.list_page(
+            "/subscriptions",
+            cursor=cursor,
+            limit=limit,
+            filters=self.subscription_filters(
+                customer=customer, updated_since=updated_since, filters=filters
+            ),
+        )
 
-    def iter_subscriptions(self, *, limit: int = 100, customer: str | None = None,
-                           updated_since: datetime | str | None = None,
-                           filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
+    def iter_subscriptions(
+        self,
+        *,
+        limit: int = 100,
+        customer: str | None = None,
+        updated_since: datetime | str | None = None,
+        filters: Sequence[ListFilter] = (),
+    ) -> Iterator[dict[str, Any]]:
         """Every subscription (of ``customer``, changed since ``updated_since``, matching
         ``filters``), one page at a time; ``NomosFilterIgnored`` if Nomos ignored a filter."""
-        return self.iter_list("/subscriptions", limit=limit,
-                              filters=self.subscription_filters(
-                                  customer=customer, updated_since=updated_since,
-                                  filters=filters))
+        return self.iter_list(
+            "/subscriptions",
+            limit=limit,
+            filters=self.subscription_filters(
+                customer=customer, updated_since=updated_since, filters=filters
+            ),
+        )
 
-    def iter_customers(self, *, limit: int = 100,
-                       filters: Sequence[ListFilter] = ()) -> Iterator[dict[str, Any]]:
+    def iter_customers(
+        self, *, limit: int = 100, filters: Sequence[ListFilter] = ()
+    ) -> Iterator[dict[str, Any]]:
         """Every customer matching ``filters``, one page at a time."""
         return self.iter_list("/customers", limit=limit, filters=filters)
 

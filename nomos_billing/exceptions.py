@@ -116,8 +116,17 @@ class NomosServiceError(NomosAPIError, NomosUnavailable):
     (``except NomosUnavailable`` catches it, and it carries ``retry_after``).
     """
 
-    def __init__(self, status: int, code: str = "", message: str = "", request_id: str = "", *,
-                 method: str = "", path: str = "", retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str = "",
+        message: str = "",
+        request_id: str = "",
+        *,
+        method: str = "",
+        path: str = "",
+        retry_after: int | None = None,
+    ) -> None:
         NomosAPIError.__init__(self, status, code, message, request_id, method=method, path=path)
         self.retry_after = retry_after
 
@@ -132,10 +141,12 @@ class NomosFilterIgnored(NomosAPIError):
 
     def __init__(self, path: str, filter: str, item_id: str) -> None:
         super().__init__(
-            200, "FILTER_IGNORED",
+            200,
+            "FILTER_IGNORED",
             f"item {item_id or '?'} does not match {filter}; Nomos ignored the filter, "
             "so the list was refused",
-            method="GET", path=path,
+            method="GET",
+            path=path,
         )
         self.filter = filter
         self.item_id = item_id

@@ -19,8 +19,7 @@ from django.utils.dateparse import parse_datetime
 from .exceptions import NomosFilterIgnored
 
 #: Operators Nomos documents for strings (and enums) and for dates.
-STRING_OPERATORS = frozenset({"eq", "ne", "in", "is_null", "contains", "starts_with",
-                              "ends_with"})
+STRING_OPERATORS = frozenset({"eq", "ne", "in", "is_null", "contains", "starts_with", "ends_with"})
 DATE_OPERATORS = frozenset({"gte", "lte"})
 
 __all__ = ["ListFilter", "check_page", "query_params"]

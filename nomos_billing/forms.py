@@ -37,9 +37,13 @@ class LeadForm(forms.Form):
         regex=r"^[0-9]{5}\Z",
         strip=True,
         error_messages={"invalid": _("Enter a German postcode of 5 digits.")},
-        widget=forms.TextInput(attrs={
-            "inputmode": "numeric", "autocomplete": "postal-code", "maxlength": "5",
-        }),
+        widget=forms.TextInput(
+            attrs={
+                "inputmode": "numeric",
+                "autocomplete": "postal-code",
+                "maxlength": "5",
+            }
+        ),
     )
     estimated_usage = forms.IntegerField(
         label=_("Estimated yearly usage (kWh)"),

@@ -80,9 +80,7 @@ def _clean(data: Any) -> Any:
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, dict):
-        return {
-            (_clean_string(k) if isinstance(k, str) else k): _clean(v) for k, v in data.items()
-        }
+        return {(_clean_string(k) if isinstance(k, str) else k): _clean(v) for k, v in data.items()}
     if isinstance(data, list):
         return [_clean(v) for v in data]
     return data

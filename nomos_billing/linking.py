@@ -115,9 +115,7 @@ def resolve_reference(value: Any) -> Any:
     return _resolve(value)[0]
 
 
-def checkout_url(
-    user: Any, *, zip: str | None = None, usage: int | str | None = None
-) -> str:
+def checkout_url(user: Any, *, zip: str | None = None, usage: int | str | None = None) -> str:
     """The plan's hosted checkout (``CHECKOUT_URL``) pre-filled for ``user``.
 
     The signed reference goes into ``metadata.<METADATA_USER_KEY>``, which Nomos copies onto

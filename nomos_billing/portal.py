@@ -28,8 +28,17 @@ logger = logging.getLogger("nomos_billing.portal")
 
 INVALID_LINK = "INVALID_LINK"
 
-__all__ = ["INVALID_LINK", "checkout_hosts", "get_customer", "is_allowed_link",
-           "is_checkout_link", "link_kind", "mint_portal_link", "portal_hosts", "with_next"]
+__all__ = [
+    "INVALID_LINK",
+    "checkout_hosts",
+    "get_customer",
+    "is_allowed_link",
+    "is_checkout_link",
+    "link_kind",
+    "mint_portal_link",
+    "portal_hosts",
+    "with_next",
+]
 
 
 def get_customer(user: Any) -> Any:
@@ -196,9 +205,7 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
         raise NomosNotLinked("this user has no Nomos customer")
     deep_link = clean_next(next) if next else None
     if next and deep_link is None:
-        logger.info(
-            "portal deep link dropped for customer %s: %s", customer_id, preview(next)
-        )
+        logger.info("portal deep link dropped for customer %s: %s", customer_id, preview(next))
     link = get_client().create_magic_link(customer_id)
     kind = link_kind(link)
     if kind is None:
@@ -221,8 +228,7 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
     if kind == "checkout":
         # No subscription yet: Nomos sends the customer to the checkout, where `next` means
         # nothing (and the checkout's own query must stay as it is).
-        logger.info("checkout link minted for customer %s (no subscription yet)",
-                    customer_id)
+        logger.info("checkout link minted for customer %s (no subscription yet)", customer_id)
         return link
     if deep_link:
         link = with_next(link, deep_link)

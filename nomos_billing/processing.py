@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, router, transaction
 from django.db.models import F, Q, QuerySet
@@ -53,6 +53,7 @@ def stuck_events() -> QuerySet[WebhookEvent]:
     return WebhookEvent.objects.filter(
         status=Status.PROCESSING, claimed_at__lt=timezone.now() - claim_timeout()
     )
+
 
 MAX_ERROR_LENGTH = 2000
 
@@ -142,7 +143,7 @@ def record_delivery(
             # Nothing to do for this topic: stored finished, in the same one statement.
             new.status, new.processed_at, new.attempts = outcome, now, 1
         else:
-            new.status, new.claimed_at, new.attempts = Status.PROCESSING, now, 1
+            new.status, new.claimed_at, new.attempts = str(Status.PROCESSING), now, 1
     alias = router.db_for_write(WebhookEvent)
     if connections[alias].vendor in ("postgresql", "sqlite"):
         event = _upsert_counting_delivery(new, alias)
@@ -162,22 +163,27 @@ def _upsert_counting_delivery(new: WebhookEvent, alias: str) -> WebhookEvent:
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     # pre_save fills auto_now(_add); get_db_prep_save adapts JSON and datetimes per backend.
     values = [f.get_db_prep_save(f.pre_save(new, True), connection) for f in fields]
-    table, count = quote(meta.db_table), quote(meta.get_field("deliveries").column)
+    # Concrete fields always have a column; the stubs allow None (and relations) for any field.
+    column = {f.name: quote(cast(str, f.column)) for f in meta.concrete_fields}
+    table, count = quote(meta.db_table), column["deliveries"]
     # Only quoted names of our own model are formatted in; every value is a parameter.
     sql = (
-        f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"INSERT INTO {table} ({', '.join(column[f.name] for f in fields)}) "  # noqa: S608
         f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({quote(meta.get_field('event_id').column)}) "
+        f"ON CONFLICT ({column['event_id']}) "
         f"DO UPDATE SET {count} = {table}.{count} + 1 "
-        f"RETURNING {', '.join(quote(f.column) for f in meta.concrete_fields)}"
+        f"RETURNING {', '.join(column.values())}"
     )
     # raw() turns the returned row into a model instance with the fields' own converters.
     return next(iter(WebhookEvent.objects.db_manager(alias).raw(sql, values)))
 
 
 def _get_or_create_counting_delivery(new: WebhookEvent) -> tuple[WebhookEvent, bool]:
-    defaults = {f.name: getattr(new, f.name) for f in WebhookEvent._meta.concrete_fields
-                if not f.primary_key and f.name != "event_id"}
+    defaults = {
+        f.name: getattr(new, f.name)
+        for f in WebhookEvent._meta.concrete_fields
+        if not f.primary_key and f.name != "event_id"
+    }
     event, created = WebhookEvent.objects.get_or_create(event_id=new.event_id, defaults=defaults)
     if not created:
         WebhookEvent.objects.filter(pk=event.pk).update(deliveries=F("deliveries") + 1)
@@ -213,8 +219,7 @@ def sync_subscription(event: WebhookEvent) -> str:
     except NomosAPIError as exc:
         if exc.is_not_found and _inside_not_found_window(event):
             raise NotReadableYet(
-                f"Nomos does not find subscription {subscription_id} yet; waiting for a "
-                "redelivery"
+                f"Nomos does not find subscription {subscription_id} yet; waiting for a redelivery"
             ) from exc
         raise
     try:

@@ -100,9 +100,7 @@ def _insert(model: Any, lookup: dict[str, Any], fields: dict[str, Any]) -> Any |
         return None
 
 
-def upsert_customer(
-    data: dict[str, Any], *, latest_status: str = ""
-) -> tuple[NomosCustomer, bool]:
+def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[NomosCustomer, bool]:
     """Create or update the ``NomosCustomer`` for a Nomos customer object.
 
     One SELECT, then an INSERT for a new customer or an UPDATE of the changed columns only;
@@ -217,7 +215,10 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
         refresh_latest_status(customer.pk)
     return _link_and_announce(
         Upserted(customer, subscription, customer_created, created),
-        data, lead_id, previous, changed_status,
+        data,
+        lead_id,
+        previous,
+        changed_status,
     )
 
 
@@ -398,9 +399,11 @@ def check_open_leads(client: Any = None) -> tuple[int, int, int]:
         if not isinstance(subscription_id, str) or not subscription_id:
             continue
         converted += 1
-        existing = NomosSubscription.objects.select_related("customer").filter(
-            subscription_id=subscription_id
-        ).first()
+        existing = (
+            NomosSubscription.objects.select_related("customer")
+            .filter(subscription_id=subscription_id)
+            .first()
+        )
         if existing is None:
             data = client.get_subscription(subscription_id)
             linked += upsert_from_subscription(data, lead_id=lead_id).linked

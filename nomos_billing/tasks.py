@@ -196,9 +196,7 @@ def queue_depth() -> int | None:
         if path.startswith("django_tasks_rq."):
             import django_rq
 
-            return sum(
-                len(django_rq.get_queue(name)) for name in backend.queues
-            )
+            return sum(len(django_rq.get_queue(name)) for name in backend.queues)
     except Exception:  # a monitoring read must never take the page down
         logger.info("Could not read the queue depth of %s", path, exc_info=True)
     return None

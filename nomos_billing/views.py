@@ -141,14 +141,20 @@ def home_url() -> str:
     return "/"
 
 
-def page(request: HttpRequest, template: str, context: dict[str, Any] | None = None,
-         status: int = 200) -> HttpResponse:
+def page(
+    request: HttpRequest, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HttpResponse:
     """Render one of our pages inside the site's layout (``BASE_TEMPLATE``) or our own."""
-    return render(request, template, {
-        "nomos_billing_base_template": nomos_settings.BASE_TEMPLATE or DEFAULT_LAYOUT,
-        "nomos_billing_home_url": home_url(),
-        **(context or {}),
-    }, status=status)
+    return render(
+        request,
+        template,
+        {
+            "nomos_billing_base_template": nomos_settings.BASE_TEMPLATE or DEFAULT_LAYOUT,
+            "nomos_billing_home_url": home_url(),
+            **(context or {}),
+        },
+        status=status,
+    )
 
 
 def no_customer_page(request: HttpRequest) -> HttpResponse:
@@ -172,8 +178,7 @@ def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
         response = page(request, UNAVAILABLE_TEMPLATE, {"misconfigured": True}, status=503)
     else:
         retry_after = _retry_after(exc)
-        response = page(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after},
-                          status=503)
+        response = page(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after}, status=503)
         response["Retry-After"] = str(retry_after)
     add_never_cache_headers(response)
     return response
@@ -259,7 +264,8 @@ def portal(request: HttpRequest) -> HttpResponse:
         # prefetch and load the page for real on the click; never_cached keeps it uncached.
         return HttpResponse(
             "Not prefetched: the portal link is made when you click.\n",
-            status=403, content_type="text/plain; charset=utf-8",
+            status=403,
+            content_type="text/plain; charset=utf-8",
         )
     try:
         with click_budget():
@@ -350,10 +356,14 @@ def portal_link(request: HttpRequest) -> JsonResponse:
                 404, "not_linked", _("Your account is not linked to a customer account yet.")
             )
         if is_operator_error(exc):
-            return _json_error(503, "unavailable", _(
-                "The customer portal is not available right now. This is a problem on our "
-                "side; please try again later."
-            ))
+            return _json_error(
+                503,
+                "unavailable",
+                _(
+                    "The customer portal is not available right now. This is a problem on our "
+                    "side; please try again later."
+                ),
+            )
         return _json_error(
             503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": str(_retry_after(exc))}
         )

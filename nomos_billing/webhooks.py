@@ -116,14 +116,17 @@ class WebhookView(View):
         if not secrets:
             # Nothing can verify, and nothing is wrong with the sender: 503 so Nomos keeps
             # redelivering until the operator (told once per cool-down) sets the secret.
-            misconfiguration.report(NomosConfigurationError(
-                f"{SETTING_NAME}['WEBHOOK_SECRETS'] is empty, so no Nomos webhook can be "
-                "verified; every delivery is answered 503 and redelivered by Nomos. Copy the "
-                "endpoint's signing secret from the Nomos dashboard into that setting.",
-                settings=("WEBHOOK_SECRETS",),
-            ))
-            return _text(503, "webhook secrets are not configured on this site; "
-                              "please redeliver later")
+            misconfiguration.report(
+                NomosConfigurationError(
+                    f"{SETTING_NAME}['WEBHOOK_SECRETS'] is empty, so no Nomos webhook can be "
+                    "verified; every delivery is answered 503 and redelivered by Nomos. Copy the "
+                    "endpoint's signing secret from the Nomos dashboard into that setting.",
+                    settings=("WEBHOOK_SECRETS",),
+                )
+            )
+            return _text(
+                503, "webhook secrets are not configured on this site; please redeliver later"
+            )
         try:
             body = read_body(request, int(nomos_settings.WEBHOOK_MAX_BYTES))
         except BodyUnreadable:

@@ -12,7 +12,13 @@ import requests
 
 from nomos_billing.exceptions import NomosAPIError, NomosNotLinked
 from nomos_billing.models import NomosCustomer
-from nomos_billing.portal import INVALID_LINK, is_allowed_link, mint_portal_link, with_next
+from nomos_billing.portal import (
+    INVALID_LINK,
+    get_customer,
+    is_allowed_link,
+    mint_portal_link,
+    with_next,
+)
 from nomos_billing.sandbox import seed
 
 pytestmark = pytest.mark.django_db
@@ -54,6 +60,37 @@ def test_lookup_costs_one_query(nomos: Any, alice: Any, django_assert_num_querie
     with django_assert_num_queries(1):
         mint_portal_link(alice)
         mint_portal_link(alice)
+
+
+def test_the_button_and_the_click_share_one_lookup(
+    nomos: Any, alice: Any, django_assert_num_queries: Any
+) -> None:
+    # The template tag loads the row; the click then needs no query of its own.
+    with django_assert_num_queries(1):
+        assert get_customer(alice).customer_id == seed.ALICE
+        mint_portal_link(alice)
+
+
+def test_a_user_linked_after_a_refused_click_is_seen_on_the_same_object(
+    nomos: Any, bob: Any
+) -> None:
+    with pytest.raises(NomosNotLinked):
+        mint_portal_link(bob)
+
+    NomosCustomer.objects.create(user=bob, customer_id=seed.ALICE)
+
+    assert mint_portal_link(bob).startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert nomos.count("POST /admin/magic_link") == 1
+
+
+def test_a_user_stand_in_is_not_linked(nomos: Any) -> None:
+    class TokenUser:  # e.g. a token-auth stand-in, not the user model
+        is_authenticated = True
+        pk = 1
+
+    with pytest.raises(NomosNotLinked):
+        mint_portal_link(TokenUser())
+    assert nomos.calls == {}
 
 
 def test_every_call_mints_a_new_link(nomos: Any, alice: Any) -> None:

@@ -13,7 +13,8 @@ from .server import SandboxServer
 from .state import DEFAULT_PLAN, UNSERVICEABLE_ZIP, Sandbox
 
 #: The control API, in one place: ``--help``, the startup banner and the README's table say this.
-CONTROL_API = """\
+CONTROL_API = (
+    """\
 control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
   GET    /_sandbox/state                      customers, subscriptions, leads, events, sessions
   GET    /_sandbox/calls                      API calls counted per endpoint
@@ -42,9 +43,12 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
 pages:
   GET    /checkout/{plan}/?zip=&usage=&metadata.<key>=&id=lead_...   the hosted checkout
   GET    /portal/auth/confirm?token_hash=...                       the portal sign-in
-business errors: POST /leads and the checkout refuse postcode """ + UNSERVICEABLE_ZIP + """ \
+business errors: POST /leads and the checkout refuse postcode """
+    + UNSERVICEABLE_ZIP
+    + """ \
 (unserviceable_zip)
 """
+)
 
 
 def _return_url(value: str) -> tuple[str, str]:
@@ -58,50 +62,86 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m nomos_billing.sandbox",
         description="Run a local fake of the Nomos API, its hosted checkout and portal sign-in.",
-        epilog=CONTROL_API, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=CONTROL_API,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--client-id", default="sandbox-client")
     parser.add_argument("--client-secret", default="sandbox-secret")
-    parser.add_argument("--webhook-secret", default="sandbox-webhook-secret",
-                        help="signing secret for --forward-to and POST /_sandbox/webhooks")
+    parser.add_argument(
+        "--webhook-secret",
+        default="sandbox-webhook-secret",
+        help="signing secret for --forward-to and POST /_sandbox/webhooks",
+    )
     parser.add_argument("--scope", default="read:* write:*")
     parser.add_argument("--token-ttl", type=float, default=3600)
     parser.add_argument("--no-seed", action="store_true", help="start with no data")
-    parser.add_argument("--state", metavar="FILE",
-                        help="keep the data in FILE: loaded at start when it exists (instead "
-                             "of seeding), saved after every change")
-    parser.add_argument("--forward-to", metavar="URL", action="append", default=[],
-                        help="deliver the events the sandbox fires (checkout, status changes) "
-                             "signed to this webhook URL; repeatable")
-    parser.add_argument("--retry-base", type=float, default=0.5, metavar="SECONDS",
-                        help="first retry of a failed delivery after this long, doubling "
-                             f"each time, {RETRIES} retries (Nomos: 1 min ... 32 h)")
-    parser.add_argument("--duplicate", action="store_true",
-                        help="deliver every forwarded event twice")
-    parser.add_argument("--reorder", action="store_true",
-                        help="hold each forwarded event back until the next one has gone")
-    parser.add_argument("--return-url", metavar="[PLAN=]URL", action="append", default=[],
-                        help="where the checkout sends the browser after a sign-up (per plan, "
-                             "or for all); default: a sandbox confirmation page")
-    parser.add_argument("--unreadable-for", type=float, default=0, metavar="SECONDS",
-                        help="a new subscription answers 404 for its first SECONDS (fault)")
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        help="keep the data in FILE: loaded at start when it exists (instead "
+        "of seeding), saved after every change",
+    )
+    parser.add_argument(
+        "--forward-to",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="deliver the events the sandbox fires (checkout, status changes) "
+        "signed to this webhook URL; repeatable",
+    )
+    parser.add_argument(
+        "--retry-base",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="first retry of a failed delivery after this long, doubling "
+        f"each time, {RETRIES} retries (Nomos: 1 min ... 32 h)",
+    )
+    parser.add_argument(
+        "--duplicate", action="store_true", help="deliver every forwarded event twice"
+    )
+    parser.add_argument(
+        "--reorder",
+        action="store_true",
+        help="hold each forwarded event back until the next one has gone",
+    )
+    parser.add_argument(
+        "--return-url",
+        metavar="[PLAN=]URL",
+        action="append",
+        default=[],
+        help="where the checkout sends the browser after a sign-up (per plan, "
+        "or for all); default: a sandbox confirmation page",
+    )
+    parser.add_argument(
+        "--unreadable-for",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="a new subscription answers 404 for its first SECONDS (fault)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
 
-def banner(sandbox: Sandbox, server: SandboxServer, args: argparse.Namespace,
-           loaded: bool | None) -> str:
-    lines = [f"Nomos sandbox listening on {server.url}",
-             f"  client_id={args.client_id} client_secret={args.client_secret}",
-             f"  webhook signing secret={args.webhook_secret}"]
+def banner(
+    sandbox: Sandbox, server: SandboxServer, args: argparse.Namespace, loaded: bool | None
+) -> str:
+    lines = [
+        f"Nomos sandbox listening on {server.url}",
+        f"  client_id={args.client_id} client_secret={args.client_secret}",
+        f"  webhook signing secret={args.webhook_secret}",
+    ]
     if loaded is not None:
         lines.append(f"  state: {args.state} ({'loaded' if loaded else 'new file'})")
     if seed.ALICE in sandbox.customers:
-        lines.append(f"  seeded customers: {seed.ALICE} (subscription "
-                     f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
-                     f"{seed.CAROL} (no subscription)")
+        lines.append(
+            f"  seeded customers: {seed.ALICE} (subscription "
+            f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
+            f"{seed.CAROL} (no subscription)"
+        )
     lines.append(f"  checkout: {server.url}/checkout/{DEFAULT_PLAN}/")
     if sandbox.forwarder is not None:
         lines.append(f"  forwarding events to {sandbox.forwarder.describe()}")
@@ -116,16 +156,27 @@ def banner(sandbox: Sandbox, server: SandboxServer, args: argparse.Namespace,
 
 def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
     """A sandbox as the arguments ask; whether its data was loaded from ``--state``."""
-    sandbox = Sandbox(args.client_id, args.client_secret, args.token_ttl, not args.no_seed,
-                      scope=args.scope, webhook_secret=args.webhook_secret)
+    sandbox = Sandbox(
+        args.client_id,
+        args.client_secret,
+        args.token_ttl,
+        not args.no_seed,
+        scope=args.scope,
+        webhook_secret=args.webhook_secret,
+    )
     loaded = sandbox.use_state_file(args.state) if args.state else None
     for value in args.return_url:
         plan, url = _return_url(value)
         sandbox.return_urls[plan] = url
     if args.forward_to:
-        sandbox.forwarder = Forwarder(sandbox, args.forward_to, args.webhook_secret,
-                                      retry_base=args.retry_base, duplicate=args.duplicate,
-                                      reorder=args.reorder)
+        sandbox.forwarder = Forwarder(
+            sandbox,
+            args.forward_to,
+            args.webhook_secret,
+            retry_base=args.retry_base,
+            duplicate=args.duplicate,
+            reorder=args.reorder,
+        )
     sandbox.unreadable_for = max(0.0, args.unreadable_for)
     return sandbox, loaded
 

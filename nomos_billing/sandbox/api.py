@@ -20,8 +20,11 @@ _FILTER = re.compile(r"^filter\[(\w+)\]\[(\w+)\]$")
 
 
 def _invalid(field: str, message: str, code: str = "invalid_type") -> ApiError:
-    return ApiError(400, f"Invalid request: {field}: {message}",
-                    [{"code": code, "field": field, "message": message}])
+    return ApiError(
+        400,
+        f"Invalid request: {field}: {message}",
+        [{"code": code, "field": field, "message": message}],
+    )
 
 
 def base_url(sb: Sandbox, request: Request) -> str:
@@ -29,6 +32,7 @@ def base_url(sb: Sandbox, request: Request) -> str:
 
 
 # -- OAuth ------------------------------------------------------------------------------------
+
 
 def _basic_credentials(request: Request) -> tuple[str, str] | None:
     scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
@@ -58,16 +62,21 @@ def token(sb: Sandbox, request: Request) -> Response:
     if grant_type != "client_credentials":
         raise _invalid("grant_type", f"Unsupported grant type {grant_type!r}", "invalid_value")
     ttl = sb.token_ttl
-    return json_response(200, {
-        "access_token": sb.issue_token(),
-        "token_type": "Bearer",
-        "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
-        "refresh_token": sb.issue_refresh_token(),
-        "scope": sb.scope,
-    }, [("Cache-Control", "no-store")])
+    return json_response(
+        200,
+        {
+            "access_token": sb.issue_token(),
+            "token_type": "Bearer",
+            "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
+            "refresh_token": sb.issue_refresh_token(),
+            "scope": sb.scope,
+        },
+        [("Cache-Control", "no-store")],
+    )
 
 
 # -- portal -----------------------------------------------------------------------------------
+
 
 def magic_link(sb: Sandbox, request: Request) -> Response:
     payload = request.json()
@@ -82,6 +91,7 @@ def magic_link(sb: Sandbox, request: Request) -> Response:
 
 # -- lists ------------------------------------------------------------------------------------
 
+
 def _encode_cursor(item_id: str) -> str:
     return base64.urlsafe_b64encode(f"after:{item_id}".encode()).decode().rstrip("=")
 
@@ -93,12 +103,17 @@ def _decode_cursor(cursor: str) -> str:
         text = ""
     if not text.startswith("after:"):
         raise _invalid("cursor", "Invalid cursor", "invalid_value")
-    return text[len("after:"):]
+    return text[len("after:") :]
 
 
 #: What each list endpoint filters on, per the document's parameter descriptions.
-SUBSCRIPTION_FILTERS = {"status": "string", "customer": "string", "plan": "string",
-                        "created_at": "date", "updated_at": "date"}
+SUBSCRIPTION_FILTERS = {
+    "status": "string",
+    "customer": "string",
+    "plan": "string",
+    "created_at": "date",
+    "updated_at": "date",
+}
 CUSTOMER_FILTERS = {"email": "string", "type": "string", "created_at": "date"}
 _OPERATORS = {
     "string": frozenset({"eq", "ne", "in", "is_null", "contains", "starts_with", "ends_with"}),
@@ -143,8 +158,7 @@ def _date_test(operator: str, wanted: str) -> Callable[[Any], bool] | None:
     return lambda actual: (m := _moment(actual)) is not None and m <= moment
 
 
-def _filters(request: Request, fields: dict[str, str]
-             ) -> list[tuple[str, Callable[[Any], bool]]]:
+def _filters(request: Request, fields: dict[str, str]) -> list[tuple[str, Callable[[Any], bool]]]:
     """The filters of this request that Nomos would apply; like Nomos, anything else (an
     unknown field, a disallowed operator, a malformed name or date) is silently ignored."""
     found: list[tuple[str, Callable[[Any], bool]]] = []
@@ -158,15 +172,19 @@ def _filters(request: Request, fields: dict[str, str]
         kind = fields[field]
         if operator not in _OPERATORS[kind]:
             continue
-        test = (_string_test(operator, values[-1]) if kind == "string"
-                else _date_test(operator, values[-1]))
+        test = (
+            _string_test(operator, values[-1])
+            if kind == "string"
+            else _date_test(operator, values[-1])
+        )
         if test is not None:
             found.append((field, test))
     return found
 
 
-def _apply(items: list[dict[str, Any]], filters: list[tuple[str, Callable[[Any], bool]]]
-           ) -> list[dict[str, Any]]:
+def _apply(
+    items: list[dict[str, Any]], filters: list[tuple[str, Callable[[Any], bool]]]
+) -> list[dict[str, Any]]:
     return [i for i in items if all(test(i.get(field)) for field, test in filters)]
 
 
@@ -179,8 +197,9 @@ def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
         except ValueError:
             raise _invalid("limit", "Expected an integer") from None
         if not 1 <= limit <= 100:
-            raise _invalid("limit", "Must be between 1 and 100",
-                           "too_small" if limit < 1 else "too_big")
+            raise _invalid(
+                "limit", "Must be between 1 and 100", "too_small" if limit < 1 else "too_big"
+            )
     start = 0
     cursor = request.param("cursor")
     if cursor:
@@ -189,7 +208,7 @@ def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
         if after not in ids:
             raise _invalid("cursor", "Invalid cursor", "invalid_value")
         start = ids.index(after) + 1
-    page = items[start:start + limit]
+    page = items[start : start + limit]
     has_more = start + limit < len(items)
     return {
         "object": "list",
@@ -200,6 +219,7 @@ def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- resources --------------------------------------------------------------------------------
+
 
 def get_subscription(sb: Sandbox, request: Request, id: str) -> Response:
     if not sb.is_readable(id):
@@ -281,10 +301,17 @@ def _business_errors(sb: Sandbox, payload: dict[str, Any]) -> None:
     """Well-formed leads Nomos still refuses: a postcode its grid operators do not serve."""
     zip_code = payload["address"]["zip"]
     if zip_code in sb.unserviceable_zips:
-        raise ApiError(400, f"unserviceable_zip in 'address.zip': {zip_code}", [{
-            "code": "unserviceable_zip", "field": "address.zip",
-            "message": f"We cannot supply electricity to postcode {zip_code}.",
-        }])
+        raise ApiError(
+            400,
+            f"unserviceable_zip in 'address.zip': {zip_code}",
+            [
+                {
+                    "code": "unserviceable_zip",
+                    "field": "address.zip",
+                    "message": f"We cannot supply electricity to postcode {zip_code}.",
+                }
+            ],
+        )
 
 
 def create_lead(sb: Sandbox, request: Request) -> Response:

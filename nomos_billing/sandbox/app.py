@@ -30,11 +30,9 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 class SandboxApp:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.routes: list[Route] = [*api.ROUTES, *pages.ROUTES, *checkout.ROUTES,
-                                    *control.ROUTES]
+        self.routes: list[Route] = [*api.ROUTES, *pages.ROUTES, *checkout.ROUTES, *control.ROUTES]
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse
-                 ) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         response = self.handle(environ)
         start_response(response.status_line, response.headers)
         return [response.body]
@@ -42,8 +40,11 @@ class SandboxApp:
     def handle(self, environ: dict[str, Any]) -> Response:
         """Answer one request; raises ``DropConnectionError`` when a fault says to hang up."""
         response = self._handle(environ)
-        if (self.sandbox.state_path and environ.get("REQUEST_METHOD", "GET") not in _READS
-                and response.status < 400):
+        if (
+            self.sandbox.state_path
+            and environ.get("REQUEST_METHOD", "GET") not in _READS
+            and response.status < 400
+        ):
             # Tokens are not kept, so their requests change nothing worth a write.
             if environ.get("PATH_INFO") != "/oauth/token":
                 self.sandbox.save_state()
@@ -80,8 +81,15 @@ class SandboxApp:
         sb.log_exchange(_exchange(key, kind, request, request_id, response))
         return response
 
-    def _answer(self, fault: Fault | None, route: Route | None, same_path: list[Route],
-                request: Request, params: dict[str, str], request_id: str) -> Response:
+    def _answer(
+        self,
+        fault: Fault | None,
+        route: Route | None,
+        same_path: list[Route],
+        request: Request,
+        params: dict[str, str],
+        request_id: str,
+    ) -> Response:
         if fault is not None:
             fault.delay(request.environ.get(STOP_EVENT))
             if fault.drop_connection:
@@ -89,16 +97,20 @@ class SandboxApp:
             if fault.status is not None:
                 # A 429 says what the document's example says; the Retry-After header comes
                 # only when the fault names one (the document declares no response headers).
-                message = ("Wait 30 seconds before retrying." if fault.status == 429
-                           else f"Injected fault: HTTP {fault.status}")
+                message = (
+                    "Wait 30 seconds before retrying."
+                    if fault.status == 429
+                    else f"Injected fault: HTTP {fault.status}"
+                )
                 return _error(ApiError(fault.status, message), request_id)
             if fault.ignore_filters:
                 request.environ[IGNORE_FILTERS] = True
         if route is None:
             if same_path:
                 return _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
-            return _error(ApiError(404, f"No route for {request.method} {request.path}"),
-                          request_id)
+            return _error(
+                ApiError(404, f"No route for {request.method} {request.path}"), request_id
+            )
         if route.scope is not None:
             try:
                 self._authorize(request, route.scope)
@@ -117,8 +129,9 @@ class SandboxApp:
             raise ApiError(403, f"The access token lacks the {needed}:* scope")
 
 
-def _run(route: Route, sb: Sandbox, request: Request, params: dict[str, str],
-         request_id: str) -> Response:
+def _run(
+    route: Route, sb: Sandbox, request: Request, params: dict[str, str], request_id: str
+) -> Response:
     try:
         return route.handler(sb, request, **params)
     except ApiError as exc:
@@ -129,8 +142,9 @@ def _run(route: Route, sb: Sandbox, request: Request, params: dict[str, str],
 
 
 def _error(exc: ApiError, request_id: str) -> Response:
-    return json_response(exc.status, error_envelope(exc.status, exc.message, request_id,
-                                                    exc.errors))
+    return json_response(
+        exc.status, error_envelope(exc.status, exc.message, request_id, exc.errors)
+    )
 
 
 def _finalize(response: Response, extra: list[tuple[str, str]]) -> Response:
@@ -140,8 +154,9 @@ def _finalize(response: Response, extra: list[tuple[str, str]]) -> Response:
     return Response(response.status, response.body, headers)
 
 
-def _exchange(key: str, kind: str, request: Request, request_id: str,
-              response: Response | None) -> dict[str, Any]:
+def _exchange(
+    key: str, kind: str, request: Request, request_id: str, response: Response | None
+) -> dict[str, Any]:
     return {
         "key": key,
         "kind": kind,

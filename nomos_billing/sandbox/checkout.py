@@ -32,8 +32,11 @@ MAX_METADATA_BYTES = 10 * 1024
 
 
 def _metadata(values: dict[str, str]) -> dict[str, str]:
-    return {k[len(METADATA_PREFIX):]: v for k, v in values.items()
-            if k.startswith(METADATA_PREFIX) and len(k) > len(METADATA_PREFIX)}
+    return {
+        k[len(METADATA_PREFIX) :]: v
+        for k, v in values.items()
+        if k.startswith(METADATA_PREFIX) and len(k) > len(METADATA_PREFIX)
+    }
 
 
 def _prefill(sb: Sandbox, values: dict[str, str]) -> tuple[dict[str, str], str | None]:
@@ -67,30 +70,37 @@ def _prefill(sb: Sandbox, values: dict[str, str]) -> tuple[dict[str, str], str |
             known = {}
     for key, value in known.items():
         if value is not None and not form.get(key):
-            form[key] = str(int(value) if isinstance(value, float) and value.is_integer()
-                            else value)
+            form[key] = str(
+                int(value) if isinstance(value, float) and value.is_integer() else value
+            )
     return form, None
 
 
-def _field(name: str, label: str, values: dict[str, str], errors: dict[str, str],
-           **attrs: str) -> str:
+def _field(
+    name: str, label: str, values: dict[str, str], errors: dict[str, str], **attrs: str
+) -> str:
     extra = "".join(f' {k}="{escape(v)}"' for k, v in attrs.items())
-    error = (f'<span class="error" id="error-{name}">{escape(errors[name])}</span>'
-             if name in errors else "")
-    return (f'<p><label for="{name}">{escape(label)}</label> '
-            f'<input id="{name}" name="{name}" value="{escape(values.get(name, ""))}"{extra}>'
-            f"{error}</p>")
+    error = (
+        f'<span class="error" id="error-{name}">{escape(errors[name])}</span>'
+        if name in errors
+        else ""
+    )
+    return (
+        f'<p><label for="{name}">{escape(label)}</label> '
+        f'<input id="{name}" name="{name}" value="{escape(values.get(name, ""))}"{extra}>'
+        f"{error}</p>"
+    )
 
 
-def _form_page(plan: str, values: dict[str, str], errors: dict[str, str], status: int
-               ) -> Response:
+def _form_page(plan: str, values: dict[str, str], errors: dict[str, str], status: int) -> Response:
     hidden = "".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
         for k, v in values.items()
         if k in ("id", "token_hash") or k.startswith(METADATA_PREFIX)
     )
-    general = (f'<p class="error" id="error-form">{escape(errors["form"])}</p>'
-               if "form" in errors else "")
+    general = (
+        f'<p class="error" id="error-form">{escape(errors["form"])}</p>' if "form" in errors else ""
+    )
     action = f"/checkout/{quote(plan, safe='')}/"
     body = (
         f"<h1>{escape(TITLE)}</h1>\n"
@@ -157,9 +167,12 @@ def submit(sb: Sandbox, request: Request, plan: str) -> Response:
     person = {k: form.get(k, "").strip() for k in ("email", "first_name", "last_name")}
     try:
         sub = sb.complete_checkout(
-            plan, person=person, zip_code=form["zip"].strip(),
+            plan,
+            person=person,
+            zip_code=form["zip"].strip(),
             usage=int(usage) if usage.is_integer() else usage,
-            metadata=_metadata(form), lead_id=form.get("id") or None,
+            metadata=_metadata(form),
+            lead_id=form.get("id") or None,
             token_hash=form.get("token_hash") or None,
         )
     except ValueError as exc:
@@ -176,8 +189,10 @@ def done(sb: Sandbox, request: Request, plan: str) -> Response:
         known = sub_id in sb.subscriptions
     if not known:
         return _error_page(404, "Unknown sign-up")
-    body = (f"<h1>{escape(TITLE)}</h1>\n<p>Thank you, your sign-up is complete.</p>\n"
-            f'<p>Subscription <span id="subscription-id">{escape(sub_id)}</span></p>')
+    body = (
+        f"<h1>{escape(TITLE)}</h1>\n<p>Thank you, your sign-up is complete.</p>\n"
+        f'<p>Subscription <span id="subscription-id">{escape(sub_id)}</span></p>'
+    )
     return html_response(200, page(TITLE, body))
 
 

@@ -66,8 +66,9 @@ def state(sb: Sandbox, request: Request) -> Response:
 
 
 def send_webhook(sb: Sandbox, request: Request) -> Response:
-    payload = _kwargs(_body(request), ("url", "topic", "secret", "context", "event_id",
-                                       "timestamp", "duplicate"))
+    payload = _kwargs(
+        _body(request), ("url", "topic", "secret", "context", "event_id", "timestamp", "duplicate")
+    )
     if not payload.get("url") or not payload.get("topic"):
         raise ApiError(400, 'Give "url" and "topic"')
     try:
@@ -96,8 +97,9 @@ def convert_lead(sb: Sandbox, request: Request, id: str) -> Response:
 
 
 def add_customer(sb: Sandbox, request: Request) -> Response:
-    payload = _kwargs(_body(request), ("email", "first_name", "last_name", "type", "id",
-                                       "company_name"))
+    payload = _kwargs(
+        _body(request), ("email", "first_name", "last_name", "type", "id", "company_name")
+    )
     try:
         return json_response(200, sb.add_customer(**payload))
     except (TypeError, ValueError) as exc:
@@ -105,8 +107,10 @@ def add_customer(sb: Sandbox, request: Request) -> Response:
 
 
 def add_subscription(sb: Sandbox, request: Request) -> Response:
-    payload = _kwargs(_body(request), ("customer_id", "status", "plan", "type", "metadata",
-                                       "id", "estimated_usage"))
+    payload = _kwargs(
+        _body(request),
+        ("customer_id", "status", "plan", "type", "metadata", "id", "estimated_usage"),
+    )
     try:
         sub = sb.add_subscription(**payload)
     except KeyError as exc:
@@ -149,8 +153,20 @@ def fire_event(sb: Sandbox, request: Request) -> Response:
 def deliveries(sb: Sandbox, request: Request) -> Response:
     with sb.lock:
         records = [
-            {k: d.get(k) for k in ("event_id", "topic", "url", "status", "error", "attempt",
-                                   "duplicate", "forwarded", "sent_at")}
+            {
+                k: d.get(k)
+                for k in (
+                    "event_id",
+                    "topic",
+                    "url",
+                    "status",
+                    "error",
+                    "attempt",
+                    "duplicate",
+                    "forwarded",
+                    "sent_at",
+                )
+            }
             for d in sb.webhook_deliveries
         ]
     pending = sb.forwarder.pending() if sb.forwarder is not None else 0

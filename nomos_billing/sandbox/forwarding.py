@@ -73,8 +73,9 @@ class Forwarder:
         self._cond = threading.Condition()
         self._busy = 0
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="nomos-sandbox-forwarder",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="nomos-sandbox-forwarder", daemon=True
+        )
         self._thread.start()
 
     def describe(self) -> str:
@@ -168,8 +169,19 @@ class Forwarder:
         with self._cond:
             if not ok and job.attempt <= self.retries:
                 delay = self.retry_base * 2 ** (job.attempt - 1)
-                heapq.heappush(self._queue, _Job(time.monotonic() + delay, next(self._seq),
-                                                 job.event, job.url, job.attempt + 1, job.copy))
+                heapq.heappush(
+                    self._queue,
+                    _Job(
+                        time.monotonic() + delay,
+                        next(self._seq),
+                        job.event,
+                        job.url,
+                        job.attempt + 1,
+                        job.copy,
+                    ),
+                )
             elif ok and self.duplicate and not job.copy:
-                heapq.heappush(self._queue, _Job(time.monotonic(), next(self._seq), job.event,
-                                                 job.url, 1, copy=True))
+                heapq.heappush(
+                    self._queue,
+                    _Job(time.monotonic(), next(self._seq), job.event, job.url, 1, copy=True),
+                )

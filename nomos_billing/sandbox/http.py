@@ -33,8 +33,9 @@ class HeaderDict(dict):  # type: ignore[type-arg]
 class ApiError(Exception):
     """Answered as the Nomos error envelope with this status."""
 
-    def __init__(self, status: int, message: str, errors: list[dict[str, str]] | None = None
-                 ) -> None:
+    def __init__(
+        self, status: int, message: str, errors: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -132,8 +133,9 @@ class Response:
         return None
 
 
-def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None
-                  ) -> Response:
+def json_response(
+    status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+) -> Response:
     text = json.dumps(payload, ensure_ascii=False)
     try:
         body = text.encode("utf-8")

@@ -16,7 +16,7 @@ INVALID_LINK = "This link has already been used or is invalid"
 
 def page(title: str, body: str) -> str:
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title></head>\n<body>\n{body}\n</body></html>\n"
     )
 
@@ -32,8 +32,8 @@ def portal_confirm(sb: Sandbox, request: Request) -> Response:
     body = (
         "<h1>Nomos sandbox customer portal</h1>\n"
         f"<p>Signed in as {escape(customer['email'])} "
-        f"(<span id=\"customer-id\">{escape(customer['id'])}</span>)</p>\n"
-        f"<p>Page: <span id=\"next-page\">{escape(next_page)}</span></p>"
+        f'(<span id="customer-id">{escape(customer["id"])}</span>)</p>\n'
+        f'<p>Page: <span id="next-page">{escape(next_page)}</span></p>'
     )
     return html_response(200, page("Nomos sandbox portal", body))
 

@@ -25,8 +25,9 @@ WEBHOOK_SECRET = "whsec_sandbox"
 @pytest.fixture
 def nomos_sandbox() -> Iterator[Sandbox]:
     """A seeded Sandbox served on an ephemeral loopback port; ``.base_url`` is its URL."""
-    sandbox = Sandbox(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                      webhook_secret=WEBHOOK_SECRET)
+    sandbox = Sandbox(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET
+    )
     with SandboxServer(sandbox):
         yield sandbox
 

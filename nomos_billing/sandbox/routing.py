@@ -37,8 +37,9 @@ class Route:
         return found.groupdict() if found else None
 
 
-def resolve(routes: list[Route], method: str, path: str
-            ) -> tuple[Route | None, dict[str, str], list[Route]]:
+def resolve(
+    routes: list[Route], method: str, path: str
+) -> tuple[Route | None, dict[str, str], list[Route]]:
     """The route for method+path, its path params, and routes matching the path only (405)."""
     same_path: list[Route] = []
     for route in routes:
@@ -49,4 +50,3 @@ def resolve(routes: list[Route], method: str, path: str
             return route, params, same_path
         same_path.append(route)
     return None, {}, same_path
-

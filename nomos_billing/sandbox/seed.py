@@ -23,12 +23,32 @@ def seed(sb: Sandbox) -> None:
     # No seeded subscription names a user: a bare id in metadata would link whoever holds
     # that id on the site (often the first superuser). The demo links alice the way
     # production does, through a lead or a signed reference.
-    sb.add_subscription(ALICE, status="active", metadata={"campaign": "sandbox-seed"},
-                        id=ALICE_SUBSCRIPTION, created_at=_CREATED)
-    sb.add_customer("energy@acme.example.com", "Bob", "Builder", type="company", id=ACME,
-                    company_name="Acme Energie GmbH", created_at=_CREATED)
-    sb.add_subscription(ACME, status="active",
-                        id=ACME_CONSUMPTION, estimated_usage=42000, created_at=_CREATED)
-    sb.add_subscription(ACME, status="pending", type="feed_in", plan=FEED_IN_PLAN,
-                        id=ACME_FEED_IN, estimated_usage=9000, created_at=_CREATED)
+    sb.add_subscription(
+        ALICE,
+        status="active",
+        metadata={"campaign": "sandbox-seed"},
+        id=ALICE_SUBSCRIPTION,
+        created_at=_CREATED,
+    )
+    sb.add_customer(
+        "energy@acme.example.com",
+        "Bob",
+        "Builder",
+        type="company",
+        id=ACME,
+        company_name="Acme Energie GmbH",
+        created_at=_CREATED,
+    )
+    sb.add_subscription(
+        ACME, status="active", id=ACME_CONSUMPTION, estimated_usage=42000, created_at=_CREATED
+    )
+    sb.add_subscription(
+        ACME,
+        status="pending",
+        type="feed_in",
+        plan=FEED_IN_PLAN,
+        id=ACME_FEED_IN,
+        estimated_usage=9000,
+        created_at=_CREATED,
+    )
     sb.add_customer("carol@example.com", "Carol", "Example", id=CAROL, created_at=_CREATED)

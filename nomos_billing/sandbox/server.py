@@ -128,8 +128,9 @@ class SandboxServer:
     While running, ``sandbox.base_url`` is this server's URL, so minted links point here.
     """
 
-    def __init__(self, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0,
-                 *, verbose: bool = False) -> None:
+    def __init__(
+        self, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
+    ) -> None:
         self.sandbox = sandbox
         self.host = host
         self.port = port
@@ -149,8 +150,10 @@ class SandboxServer:
             return self
         self._server = _Server((self.host, self.port), self.sandbox, self.verbose)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"nomos-sandbox-{self._server.server_address[1]}", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"nomos-sandbox-{self._server.server_address[1]}",
+            daemon=True,
         )
         self._thread.start()
         self.sandbox.base_url = self.url
@@ -179,6 +182,10 @@ class SandboxServer:
     def __enter__(self) -> SandboxServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

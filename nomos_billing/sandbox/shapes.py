@@ -185,8 +185,9 @@ def list_subscription(sub: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def lead(*, id: str, link: str, metadata: dict[str, Any] | None, created_by: str | None
-         ) -> dict[str, Any]:
+def lead(
+    *, id: str, link: str, metadata: dict[str, Any] | None, created_by: str | None
+) -> dict[str, Any]:
     return {
         "object": "lead",
         "id": id,

@@ -79,8 +79,10 @@ class Sandbox:
         self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
         #: Bodies ``POST /oauth/token`` accepts (Nomos' guides send a form, its document
         #: declares JSON); remove one to make the sandbox refuse it with 415.
-        self.token_content_types: set[str] = {"application/x-www-form-urlencoded",
-                                              "application/json"}
+        self.token_content_types: set[str] = {
+            "application/x-www-form-urlencoded",
+            "application/json",
+        }
         #: Where the hosted checkout sends the browser after a sign-up, per plan id; plans
         #: without one show the sandbox's own confirmation page.
         self.return_urls: dict[str, str] = {}
@@ -137,8 +139,13 @@ class Sandbox:
         created_at: str | None = None,
     ) -> dict[str, Any]:
         data = shapes.customer(
-            id=id or shapes.new_id("cus"), email=email, first_name=first_name,
-            last_name=last_name, type=type, company_name=company_name, created_at=created_at,
+            id=id or shapes.new_id("cus"),
+            email=email,
+            first_name=first_name,
+            last_name=last_name,
+            type=type,
+            company_name=company_name,
+            created_at=created_at,
         )
         with self.lock:
             self.customers[data["id"]] = data
@@ -162,9 +169,15 @@ class Sandbox:
             if customer_id not in self.customers:
                 raise KeyError(f"unknown customer {customer_id!r}")
             data = shapes.subscription(
-                id=id or shapes.new_id("sub"), customer_id=customer_id, plan=plan,
-                status=status, type=type, metadata=metadata, estimated_usage=estimated_usage,
-                zip_code=zip_code, created_at=created_at,
+                id=id or shapes.new_id("sub"),
+                customer_id=customer_id,
+                plan=plan,
+                status=status,
+                type=type,
+                metadata=metadata,
+                estimated_usage=estimated_usage,
+                zip_code=zip_code,
+                created_at=created_at,
             )
             self.subscriptions[data["id"]] = data
             if self.unreadable_for > 0:
@@ -210,17 +223,19 @@ class Sandbox:
         lead_id = shapes.new_id("lead")
         # As Nomos: the plan's hosted checkout with the lead's id (``?id=lead_...``).
         data = shapes.lead(
-            id=lead_id, link=checkout_url(base_url, str(payload.get("plan") or DEFAULT_PLAN),
-                                          id=lead_id),
-            metadata=payload.get("metadata"), created_by=payload.get("created_by"),
+            id=lead_id,
+            link=checkout_url(base_url, str(payload.get("plan") or DEFAULT_PLAN), id=lead_id),
+            metadata=payload.get("metadata"),
+            created_by=payload.get("created_by"),
         )
         with self.lock:
             self.leads[lead_id] = data
             self._lead_requests[lead_id] = payload
         return data
 
-    def convert_lead(self, lead_id: str, status: str = "pending", type: str = "consumption"
-                     ) -> dict[str, Any]:
+    def convert_lead(
+        self, lead_id: str, status: str = "pending", type: str = "consumption"
+    ) -> dict[str, Any]:
         """Finish the lead's checkout: a new customer and subscription.
 
         The lead's metadata stays on the lead: Nomos documents no copy onto the subscription,
@@ -243,7 +258,10 @@ class Sandbox:
                 company_name=person.get("company_name"),
             )
             sub = self.add_subscription(
-                cus["id"], status=status, plan=request.get("plan") or DEFAULT_PLAN, type=type,
+                cus["id"],
+                status=status,
+                plan=request.get("plan") or DEFAULT_PLAN,
+                type=type,
                 estimated_usage=(request.get("meter") or {}).get("estimated_usage", 2500),
                 zip_code=(request.get("address") or {}).get("zip", "10115"),
                 lead_id=lead_id,
@@ -294,8 +312,13 @@ class Sandbox:
                         first_name=person.get("first_name") or "Checkout",
                         last_name=person.get("last_name") or "Customer",
                     )["id"]
-                sub = self.add_subscription(customer_id, plan=plan, metadata=dict(metadata) or None,
-                                            estimated_usage=usage, zip_code=zip_code)
+                sub = self.add_subscription(
+                    customer_id,
+                    plan=plan,
+                    metadata=dict(metadata) or None,
+                    estimated_usage=usage,
+                    zip_code=zip_code,
+                )
             self.announce("subscription.created", {"subscription": sub["id"]})
             return sub
 
@@ -345,8 +368,9 @@ class Sandbox:
 
     # -- events and webhooks --------------------------------------------------------------------
 
-    def build_event(self, topic: str, context: dict[str, Any] | None = None,
-                    event_id: str | None = None) -> dict[str, Any]:
+    def build_event(
+        self, topic: str, context: dict[str, Any] | None = None, event_id: str | None = None
+    ) -> dict[str, Any]:
         context = dict(context or {})
         # Nomos puts the lead on subscription.created when the checkout came from one.
         if topic == "subscription.created" and "lead" not in context:
@@ -388,8 +412,9 @@ class Sandbox:
         with self.lock:
             existing = self.events.get(event_id) if event_id else None
         event = existing or self.build_event(topic, context, event_id)
-        deliveries = deliver(url, event, secret, timestamp=timestamp, times=duplicate,
-                             timeout=timeout)
+        deliveries = deliver(
+            url, event, secret, timestamp=timestamp, times=duplicate, timeout=timeout
+        )
         with self.lock:
             self.webhook_deliveries.extend(deliveries)
         return event
@@ -443,20 +468,26 @@ class Sandbox:
             )
             self._forget_expired_links()
             self._magic_links[token_hash] = {
-                "customer_id": customer_id, "created": time.monotonic(), "used": False,
+                "customer_id": customer_id,
+                "created": time.monotonic(),
+                "used": False,
             }
         if not has_subscription:
             return checkout_url(base_url, DEFAULT_PLAN, token_hash=token_hash)
-        return (f"{base_url}/portal/auth/confirm?token_hash={token_hash}"
-                f"&type=magiclink&next=/overview")
+        return (
+            f"{base_url}/portal/auth/confirm?token_hash={token_hash}&type=magiclink&next=/overview"
+        )
 
     def checkout_customer(self, token_hash: str) -> dict[str, Any] | None:
         """The customer a checkout link minted by ``POST /admin/magic_link`` is for, while it
         is unused and fresh (it is used up by the sign-up, not by viewing the page)."""
         with self.lock:
             entry = self._magic_links.get(token_hash)
-            if (entry is None or entry["used"]
-                    or time.monotonic() - entry["created"] > self.magic_link_ttl):
+            if (
+                entry is None
+                or entry["used"]
+                or time.monotonic() - entry["created"] > self.magic_link_ttl
+            ):
                 return None
             return self.customers.get(entry["customer_id"])
 

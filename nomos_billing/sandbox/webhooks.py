@@ -32,15 +32,27 @@ def deliver(
         for _ in range(max(1, times)):
             signature = sign_payload(body, secret, timestamp)
             record: dict[str, Any] = {
-                "event_id": event["id"], "topic": event["topic"], "url": url,
-                "body": body, "signature": signature, "status": None, "error": None,
-                "response_body": b"", "sent_at": time.time(),
+                "event_id": event["id"],
+                "topic": event["topic"],
+                "url": url,
+                "body": body,
+                "signature": signature,
+                "status": None,
+                "error": None,
+                "response_body": b"",
+                "sent_at": time.time(),
             }
             try:
                 response = session.post(
-                    url, data=body, timeout=timeout, allow_redirects=False,
-                    headers={"Content-Type": "application/json", HEADER: signature,
-                             "User-Agent": "nomos-sandbox-webhooks"},
+                    url,
+                    data=body,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    headers={
+                        "Content-Type": "application/json",
+                        HEADER: signature,
+                        "User-Agent": "nomos-sandbox-webhooks",
+                    },
                 )
             except requests.RequestException as exc:
                 record["error"] = f"{type(exc).__name__}: {exc}"

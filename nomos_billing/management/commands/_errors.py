@@ -28,21 +28,27 @@ def command_error(exc: NomosError) -> CommandError:
     if isinstance(exc, NomosConfigurationError) and not isinstance(exc, NomosAPIError):
         return CommandError(one_line(exc))
     if isinstance(exc, NomosFilterIgnored):
-        return CommandError(one_line(
-            f"Nomos at {base} answered {exc.path} with {exc.item_id or 'an item'}, which does "
-            f"not match {exc.filter}: the filter was ignored, so that page was refused and "
-            "nothing from it was stored."
-        ))
+        return CommandError(
+            one_line(
+                f"Nomos at {base} answered {exc.path} with {exc.item_id or 'an item'}, which does "
+                f"not match {exc.filter}: the filter was ignored, so that page was refused and "
+                "nothing from it was stored."
+            )
+        )
     if isinstance(exc, NomosAPIError) and exc.is_auth_failure:
-        return CommandError(one_line(
-            f"Nomos at {base} rejected the credentials ({exc}); check "
-            f"{SETTING_NAME}['CLIENT_ID'] and {SETTING_NAME}['CLIENT_SECRET']."
-        ))
+        return CommandError(
+            one_line(
+                f"Nomos at {base} rejected the credentials ({exc}); check "
+                f"{SETTING_NAME}['CLIENT_ID'] and {SETTING_NAME}['CLIENT_SECRET']."
+            )
+        )
     if isinstance(exc, NomosServiceError):
         return CommandError(one_line(f"Nomos at {base} is failing ({exc}); try again later."))
     if isinstance(exc, NomosUnavailable):
-        return CommandError(one_line(
-            f"Nomos at {base} is not reachable ({exc}); check {SETTING_NAME}['API_BASE_URL'] "
-            "and that the service (or the sandbox) is running."
-        ))
+        return CommandError(
+            one_line(
+                f"Nomos at {base} is not reachable ({exc}); check {SETTING_NAME}['API_BASE_URL'] "
+                "and that the service (or the sandbox) is running."
+            )
+        )
     return CommandError(one_line(f"Nomos at {base}: {exc}"))

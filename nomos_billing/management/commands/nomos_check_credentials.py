@@ -32,18 +32,23 @@ def describe_breaker() -> str:
     if not state.open:
         return f"closed ({state.failures} recent failures)"
     if state.retry_in > 0:
-        return (f"OPEN after {state.failures} failures: calls fail at once; a probe in "
-                f"{state.retry_in:.0f} s")
+        return (
+            f"OPEN after {state.failures} failures: calls fail at once; a probe in "
+            f"{state.retry_in:.0f} s"
+        )
     return f"OPEN after {state.failures} failures: the next call is the probe"
 
 
 class Command(BaseCommand):
-    help = ("Fetch a Nomos access token with NOMOS_BILLING's credentials and report the granted "
-            "scope and whether portal links can be minted. Never prints the token.")
+    help = (
+        "Fetch a Nomos access token with NOMOS_BILLING's credentials and report the granted "
+        "scope and whether portal links can be minted. Never prints the token."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--read-only-ok", action="store_true",
+            "--read-only-ok",
+            action="store_true",
             help="exit 0 even when the scope cannot mint portal links (a webhook-only site)",
         )
 
@@ -51,8 +56,9 @@ class Command(BaseCommand):
         # A client of its own: the check must not reuse (or replace) the shared cached token.
         client = NomosClient()
         where = "local sandbox" if nomos_settings.api_is_loopback else "remote"
-        self.stdout.write(f"Nomos API:  {client.base_url} ({where}, API version "
-                          f"{client.api_version})")
+        self.stdout.write(
+            f"Nomos API:  {client.base_url} ({where}, API version {client.api_version})"
+        )
         self.stdout.write(f"Client id:  {client.client_id or '(not set)'}")
         self.stdout.write(f"Breaker:    {describe_breaker()}")
         try:
@@ -62,8 +68,7 @@ class Command(BaseCommand):
         finally:
             client.close()
         scopes = token.scopes
-        self.stdout.write(f"Token:      granted, valid for {int(token.remaining())} s "
-                          "(not shown)")
+        self.stdout.write(f"Token:      granted, valid for {int(token.remaining())} s (not shown)")
         self.stdout.write(f"Scope:      {token.scope or '(none given)'}")
         can_mint = bool(WRITE_SCOPES & set(scopes))
         if can_mint:

@@ -46,8 +46,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--stuck",
             action="store_true",
-            help="every event left 'processing' by a dead worker (claim older than "
-            "CLAIM_TIMEOUT)",
+            help="every event left 'processing' by a dead worker (claim older than CLAIM_TIMEOUT)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -58,7 +57,7 @@ class Command(BaseCommand):
             stuck = stuck_events()
             now = timezone.now()
             for event_id, claimed_at in stuck.values_list("event_id", "claimed_at"):
-                age = int((now - claimed_at).total_seconds())
+                age = int((now - claimed_at).total_seconds()) if claimed_at else 0
                 self.stdout.write(f"{event_id}: stuck in processing for {age} s, taking over")
             wanted = WebhookEvent.objects.filter(pk__in=stuck.values("pk"))
             if options["failed"]:
@@ -118,10 +117,12 @@ class Command(BaseCommand):
             try:
                 tasks.enqueue(event.event_id, force=True)
             except tasks.EnqueueError as exc:
-                raise CommandError(one_line(
-                    f"{event_id}: the task queue is unavailable ({exc}); stopped, run the "
-                    "command again later."
-                )) from None
+                raise CommandError(
+                    one_line(
+                        f"{event_id}: the task queue is unavailable ({exc}); stopped, run the "
+                        "command again later."
+                    )
+                ) from None
             self.stdout.write(f"{event_id} {event.topic}: queued")
             return "queued"
         try:

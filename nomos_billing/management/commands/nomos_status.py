@@ -31,29 +31,38 @@ def render_text(health: Health) -> str:
     ]
     for line in h.problem_events:
         flag = "stuck" if line.stuck else "failed"
-        lines.append(f"  {line.event_id} {line.topic} {flag} after {line.attempts} attempts: "
-                     f"{line.last_error or '-'}")
+        lines.append(
+            f"  {line.event_id} {line.topic} {flag} after {line.attempts} attempts: "
+            f"{line.last_error or '-'}"
+        )
     lines += [
         f"Unlinked customers: {h.unlinked_customers}",
         "Catch-up: "
-        + (f"last completed {h.catch_up_completed_at.isoformat()} ({h.catch_up_count} "
-           f"subscriptions), watermark {h.watermark.isoformat() if h.watermark else '-'}"
-           if h.catch_up_completed_at else "never completed")
+        + (
+            f"last completed {h.catch_up_completed_at.isoformat()} ({h.catch_up_count} "
+            f"subscriptions), watermark {h.watermark.isoformat() if h.watermark else '-'}"
+            if h.catch_up_completed_at
+            else "never completed"
+        )
         + (f"; last error: {h.catch_up_error}" if h.catch_up_error else ""),
         "Access token: "
         + (f"cached, expires in {h.token_expires_in} s" if h.token_cached else "not cached"),
         f"Outage breaker: {h.breaker or 'not available'}",
         "Task backend: "
-        + (f"{h.task_backend}, queue depth "
-           f"{'unknown' if h.queue_depth is None else h.queue_depth}"
-           if h.task_backend else "none (webhooks processed inline)"),
+        + (
+            f"{h.task_backend}, queue depth {'unknown' if h.queue_depth is None else h.queue_depth}"
+            if h.task_backend
+            else "none (webhooks processed inline)"
+        ),
     ]
     return "\n".join(lines)
 
 
 class Command(BaseCommand):
-    help = ("Show the Nomos integration's health: deliveries, failed and stuck events, unlinked "
-            "customers, catch-up, token (never the token itself), breaker, task queue.")
+    help = (
+        "Show the Nomos integration's health: deliveries, failed and stuck events, unlinked "
+        "customers, catch-up, token (never the token itself), breaker, task queue."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="one JSON object, for monitoring")

@@ -50,22 +50,39 @@ class _Rollback(Exception):
 
 
 class Command(BaseCommand):
-    help = ("Backfill Nomos customers and subscriptions from GET /subscriptions (all pages), "
-            "link customers to users with the configured resolvers, and print a summary.")
+    help = (
+        "Backfill Nomos customers and subscriptions from GET /subscriptions (all pages), "
+        "link customers to users with the configured resolvers, and print a summary."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--dry-run", action="store_true",
-                            help="compute the same summary but save nothing")
-        parser.add_argument("--page-size", type=int, default=100, metavar="N",
-                            help="subscriptions per API page, 1-100 (default 100)")
-        parser.add_argument("--customer", metavar="cus_...",
-                            help="only this customer's subscriptions")
-        parser.add_argument("--since", metavar="auto|ISO",
-                            help="catch-up: only subscriptions updated since the last complete "
-                                 "walk (auto) or since an ISO 8601 time")
-        parser.add_argument("--overlap", type=int, default=None, metavar="SECONDS",
-                            help="with --since auto: start this long before the watermark "
-                                 f"(default {int(catchup.DEFAULT_OVERLAP.total_seconds())})")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="compute the same summary but save nothing"
+        )
+        parser.add_argument(
+            "--page-size",
+            type=int,
+            default=100,
+            metavar="N",
+            help="subscriptions per API page, 1-100 (default 100)",
+        )
+        parser.add_argument(
+            "--customer", metavar="cus_...", help="only this customer's subscriptions"
+        )
+        parser.add_argument(
+            "--since",
+            metavar="auto|ISO",
+            help="catch-up: only subscriptions updated since the last complete "
+            "walk (auto) or since an ISO 8601 time",
+        )
+        parser.add_argument(
+            "--overlap",
+            type=int,
+            default=None,
+            metavar="SECONDS",
+            help="with --since auto: start this long before the watermark "
+            f"(default {int(catchup.DEFAULT_OVERLAP.total_seconds())})",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 1 <= options["page_size"] <= 100:
@@ -94,11 +111,14 @@ class Command(BaseCommand):
             error = command_error(exc)
             if self.walk is not None and not options["dry_run"]:
                 catchup.fail(str(error))
-            raise CommandError(one_line(
-                f"{error} (stopped after {self.counts['seen']} subscriptions; what was synced "
-                "before stays, run the command again to continue)"
-                if self.counts["seen"] and not options["dry_run"] else error
-            )) from None
+            raise CommandError(
+                one_line(
+                    f"{error} (stopped after {self.counts['seen']} subscriptions; what was synced "
+                    "before stays, run the command again to continue)"
+                    if self.counts["seen"] and not options["dry_run"]
+                    else error
+                )
+            ) from None
         self.moved = False
         if self.walk is not None and not options["dry_run"]:
             self.moved = catchup.complete(self.walk, self.counts["seen"])
@@ -111,8 +131,9 @@ class Command(BaseCommand):
                 raise CommandError("--overlap goes with --since.")
             return None
         if options["customer"]:
-            raise CommandError("--since walks every customer; it cannot be combined with "
-                               "--customer.")
+            raise CommandError(
+                "--since walks every customer; it cannot be combined with --customer."
+            )
         overlap = options["overlap"]
         if overlap is not None and overlap < 0:
             raise CommandError("--overlap must be 0 or more seconds.")
@@ -134,8 +155,9 @@ class Command(BaseCommand):
         self.fetched_one_by_one = 0
         self.new_customers: dict[str, dict[str, Any]] | None = None  # filled by a customer walk
         page: list[dict[str, Any]] = []
-        for data in self.client.iter_subscriptions(limit=self.page_size, customer=customer,
-                                                   updated_since=since):
+        for data in self.client.iter_subscriptions(
+            limit=self.page_size, customer=customer, updated_since=since
+        ):
             if not isinstance(data.get("id"), str) or not _customer_id(data):
                 self.counts["failed"] += 1
                 self.stderr.write(f"  skipped an item without id or customer: {str(data)[:60]}")
@@ -193,8 +215,11 @@ class Command(BaseCommand):
             if data is not None and isinstance(data.get("id"), str):
                 page.append({k: data.get(k) for k in CUSTOMER_KEYS})
             if len(page) == 100 or (data is None and page):
-                known = set(NomosCustomer.objects.filter(
-                    customer_id__in=[c["id"] for c in page]).values_list("customer_id", flat=True))
+                known = set(
+                    NomosCustomer.objects.filter(
+                        customer_id__in=[c["id"] for c in page]
+                    ).values_list("customer_id", flat=True)
+                )
                 new.update((c["id"], c) for c in page if c["id"] not in known)
                 page = []
         return new
@@ -202,9 +227,11 @@ class Command(BaseCommand):
     def _summary(self, dry_run: bool) -> None:
         c = self.counts
         prefix = "Dry run, nothing saved: would have synced" if dry_run else "Synced"
-        line = (f"{prefix} {_count(c['seen'], 'subscription')}: {c['created']} created, "
-                f"{c['updated']} updated, {_count(c['linked'], 'customer')} linked, "
-                f"{_count(getattr(self, 'unlinked', 0), 'customer')} unlinked")
+        line = (
+            f"{prefix} {_count(c['seen'], 'subscription')}: {c['created']} created, "
+            f"{c['updated']} updated, {_count(c['linked'], 'customer')} linked, "
+            f"{_count(getattr(self, 'unlinked', 0), 'customer')} unlinked"
+        )
         if c["failed"]:
             line += f", {c['failed']} skipped"
         if self.walk is not None:
@@ -264,4 +291,3 @@ def _customer_id(data: dict[str, Any]) -> str | None:
     if isinstance(customer, dict):
         customer = customer.get("id")
     return customer if isinstance(customer, str) and customer else None
-

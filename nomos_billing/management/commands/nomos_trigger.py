@@ -37,8 +37,7 @@ TOPIC_CONTEXT = {
 TOPIC_EXTRA = {"invoice.voided": ("voiding_invoice",)}
 
 
-def build_event(topic: str, context: dict[str, str], event_id: str | None = None
-                ) -> dict[str, Any]:
+def build_event(topic: str, context: dict[str, str], event_id: str | None = None) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     return {
         "id": event_id or f"evt_test_{secrets.token_hex(12)}",
@@ -49,28 +48,52 @@ def build_event(topic: str, context: dict[str, str], event_id: str | None = None
 
 
 class Command(BaseCommand):
-    help = ("Sign a Nomos test event with the newest NOMOS_BILLING['WEBHOOK_SECRETS'] entry and "
-            "POST it to the site's webhook URL; prints each response status.")
+    help = (
+        "Sign a Nomos test event with the newest NOMOS_BILLING['WEBHOOK_SECRETS'] entry and "
+        "POST it to the site's webhook URL; prints each response status."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("topic", help="e.g. test.event, subscription.created, invoice.paid")
-        parser.add_argument("--subscription", metavar="sub_...",
-                            help="context.subscription (needed by subscription.*, invoice.* and "
-                                 "meter_order.* topics)")
+        parser.add_argument(
+            "--subscription",
+            metavar="sub_...",
+            help="context.subscription (needed by subscription.*, invoice.* and "
+            "meter_order.* topics)",
+        )
         parser.add_argument("--lead", metavar="lead_...", help="context.lead")
-        parser.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
-                            help="any other context id, e.g. invoice=inv_...; repeatable")
-        parser.add_argument("--url", help=f"webhook URL (default: {DEFAULT_SITE} + the "
-                                          "nomos_billing:webhook path)")
+        parser.add_argument(
+            "--context",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any other context id, e.g. invoice=inv_...; repeatable",
+        )
+        parser.add_argument(
+            "--url", help=f"webhook URL (default: {DEFAULT_SITE} + the nomos_billing:webhook path)"
+        )
         parser.add_argument("--event-id", help="reuse an event id (default: a new evt_test_...)")
-        parser.add_argument("--duplicate", type=int, default=1, metavar="N",
-                            help="deliver the same event N times, re-signed each time")
-        parser.add_argument("--stale", action="store_true",
-                            help="sign with a timestamp outside WEBHOOK_TOLERANCE (expect 400)")
-        parser.add_argument("--bad-signature", action="store_true",
-                            help="sign with a wrong secret (expect 400)")
-        parser.add_argument("--timeout", type=float, default=30.0,
-                            help="seconds to wait for each response (Nomos waits 30)")
+        parser.add_argument(
+            "--duplicate",
+            type=int,
+            default=1,
+            metavar="N",
+            help="deliver the same event N times, re-signed each time",
+        )
+        parser.add_argument(
+            "--stale",
+            action="store_true",
+            help="sign with a timestamp outside WEBHOOK_TOLERANCE (expect 400)",
+        )
+        parser.add_argument(
+            "--bad-signature", action="store_true", help="sign with a wrong secret (expect 400)"
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=30.0,
+            help="seconds to wait for each response (Nomos waits 30)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         topic: str = options["topic"]
@@ -79,8 +102,9 @@ class Command(BaseCommand):
             raise CommandError("--duplicate must be 1 or more.")
         secrets_list = nomos_settings.WEBHOOK_SECRETS
         if not secrets_list and not options["bad_signature"]:
-            raise CommandError(f"{SETTING_NAME}['WEBHOOK_SECRETS'] is empty: there is no secret "
-                               "to sign with.")
+            raise CommandError(
+                f"{SETTING_NAME}['WEBHOOK_SECRETS'] is empty: there is no secret to sign with."
+            )
         secret = secrets_list[0] if secrets_list else ""
         if options["bad_signature"]:
             secret = "whsec_wrong_" + secrets.token_hex(16)
@@ -96,17 +120,26 @@ class Command(BaseCommand):
                 timestamp = int(time.time())
                 if options["stale"]:
                     timestamp -= int(nomos_settings.WEBHOOK_TOLERANCE) + 60
-                headers = {"Content-Type": "application/json",
-                           HEADER: sign_payload(body, secret, timestamp),
-                           "User-Agent": "nomos-billing nomos_trigger"}
+                headers = {
+                    "Content-Type": "application/json",
+                    HEADER: sign_payload(body, secret, timestamp),
+                    "User-Agent": "nomos-billing nomos_trigger",
+                }
                 try:
-                    response = session.post(url, data=body, headers=headers,
-                                            timeout=options["timeout"], allow_redirects=False)
+                    response = session.post(
+                        url,
+                        data=body,
+                        headers=headers,
+                        timeout=options["timeout"],
+                        allow_redirects=False,
+                    )
                 except requests.RequestException as exc:
-                    raise CommandError(one_line(
-                        f"could not POST to {url} ({type(exc).__name__}); is the site running "
-                        "there? Pass --url to choose another address."
-                    )) from None
+                    raise CommandError(
+                        one_line(
+                            f"could not POST to {url} ({type(exc).__name__}); is the site running "
+                            "there? Pass --url to choose another address."
+                        )
+                    ) from None
                 reply = one_line(response.text[:120])
                 self.stdout.write(f"  delivery {n}: HTTP {response.status_code} {reply}".rstrip())
                 statuses.append(response.status_code)
@@ -126,8 +159,10 @@ class Command(BaseCommand):
         needed = (*TOPIC_CONTEXT.get(topic.split(".", 1)[0], ()), *TOPIC_EXTRA.get(topic, ()))
         missing = [key for key in needed if key not in context]
         if missing:
-            hints = " and ".join("--subscription sub_..." if key == "subscription"
-                                 else f"--context {key}=..." for key in missing)
+            hints = " and ".join(
+                "--subscription sub_..." if key == "subscription" else f"--context {key}=..."
+                for key in missing
+            )
             ids = " and ".join(missing)
             raise CommandError(f"{topic} events carry a {ids} id: pass {hints}.")
         return context
@@ -136,16 +171,22 @@ class Command(BaseCommand):
         accepted = [s for s in statuses if 200 <= s < 300]
         if expect_rejection:
             if accepted:
-                raise CommandError(f"the site accepted a delivery it should have rejected "
-                                   f"(HTTP {accepted[0]}); check the webhook verification.")
+                raise CommandError(
+                    f"the site accepted a delivery it should have rejected "
+                    f"(HTTP {accepted[0]}); check the webhook verification."
+                )
             wrong = [s for s in statuses if not 400 <= s < 500]
             if wrong:
-                raise CommandError(f"the site answered HTTP {wrong[0]} instead of 400 to a "
-                                   "delivery it should reject. See the site's log.")
+                raise CommandError(
+                    f"the site answered HTTP {wrong[0]} instead of 400 to a "
+                    "delivery it should reject. See the site's log."
+                )
             self.stdout.write(self.style.SUCCESS("Rejected as expected."))
             return
         if len(accepted) != len(statuses):
             bad = next(s for s in statuses if not 200 <= s < 300)
-            raise CommandError(f"the site answered HTTP {bad}; Nomos would retry this delivery. "
-                               "See the site's log.")
+            raise CommandError(
+                f"the site answered HTTP {bad}; Nomos would retry this delivery. "
+                "See the site's log."
+            )
         self.stdout.write(self.style.SUCCESS(f"Accepted ({len(statuses)} of {len(statuses)})."))
