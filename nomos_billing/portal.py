@@ -9,9 +9,12 @@ never logged; the customer id is.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
 from django.utils.http import is_same_domain
 
 from .client import get_client
@@ -61,6 +64,18 @@ def get_customer(user: Any) -> Any:
 #: ``_perm_cache``: within a request, the button and the click ask once.
 _CUSTOMER_ID_ATTR = "_nomos_customer_id"
 _NONE = ""
+_RECENT_CHECKOUT_ATTR = "_nomos_recent_checkout"
+
+
+#: How far back a click looks for the user's own checkout (a lead this site created for them)
+#: when they are not linked yet: they came back from Nomos' checkout before its webhook did.
+RECENT_CHECKOUT = timedelta(days=1)
+
+
+def _descriptor(user: Any) -> Any:
+    """The reverse one-to-one of the site's user model; AttributeError for anything else (a
+    token-auth stand-in). ``__class__``, not ``type()``: request.user is a SimpleLazyObject."""
+    return user.__class__.nomos_customer
 
 
 def customer_id_of(user: Any) -> str | None:
@@ -74,9 +89,8 @@ def customer_id_of(user: Any) -> str | None:
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     try:
-        # __class__, not type(): request.user is a SimpleLazyObject.
-        cached = user.__class__.nomos_customer.related.is_cached(user)
-    except AttributeError:  # not an instance of the user model (a token-auth stand-in)
+        cached = _descriptor(user).related.is_cached(user)
+    except AttributeError:
         return None
     if cached:
         customer = get_customer(user)
@@ -89,6 +103,60 @@ def customer_id_of(user: Any) -> str | None:
         known = next(iter(ids.values_list("customer_id", flat=True)[:1]), _NONE)
         setattr(user, _CUSTOMER_ID_ATTR, known)
     return known or None
+
+
+def has_recent_checkout(user: Any) -> bool:
+    """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` that no stored
+    subscription names yet: they may have just signed up, so the button offers the portal
+    (whose view asks Nomos) rather than a second sign-up. One query, no Nomos call."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return False
+    try:
+        _descriptor(user)
+    except AttributeError:
+        return False
+    known = getattr(user, _RECENT_CHECKOUT_ATTR, None)
+    if known is None:
+        from .models import NomosLead, NomosSubscription
+
+        named = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
+        since = timezone.now() - RECENT_CHECKOUT
+        known = (
+            NomosLead.objects.filter(user_id=user.pk, created_at__gte=since)
+            .filter(~Exists(named))
+            .exists()
+        )
+        setattr(user, _RECENT_CHECKOUT_ATTR, known)
+    return bool(known)
+
+
+def link_recent_checkout(user: Any) -> str | None:
+    """The customer id of ``user`` once their recent checkout has been asked about.
+
+    For a signed-in user who is not linked: each lead this site created for them in the last
+    ``RECENT_CHECKOUT`` that no stored subscription names yet is looked up at Nomos
+    (``GET /leads/{id}``, as ``nomos_sync`` does); a converted one is stored and linked to them
+    (``by_lead``: our own database says whose lead it is). One query and no Nomos call for a
+    user without such a lead. Raises ``NomosError`` when Nomos cannot be asked.
+    """
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        related = _descriptor(user).related
+    except AttributeError:
+        return None
+    from .sync import check_open_leads
+
+    _, converted, _ = check_open_leads(user=user, since=timezone.now() - RECENT_CHECKOUT)
+    if not converted:
+        return None
+    # Linked (by us or by the webhook just now) through another object of this user: forget
+    # what this one remembers of "no customer".
+    if related.is_cached(user):
+        related.delete_cached_value(user)
+    if getattr(user, _CUSTOMER_ID_ATTR, None) is not None:
+        delattr(user, _CUSTOMER_ID_ATTR)
+    return customer_id_of(user)
 
 
 def _hosts(name: str, default: list[str]) -> list[str]:
@@ -196,11 +264,15 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
     ``next`` (e.g. ``"/invoices/inv_abc"``) picks the portal page when it is a safe path
     (``deeplinks.clean_next``); anything else is dropped and the portal shows its default page.
 
+    A user who is not linked yet but came back from a checkout this site started for them
+    (``link_recent_checkout``) is linked first, so the first click after the sign-up works
+    before its webhook has arrived.
+
     Raises ``NomosNotLinked`` (anonymous, or no customer), ``NomosAPIError`` (Nomos refused; code
     ``INVALID_LINK`` when the link Nomos returned is not on an allowed portal host) or
     ``NomosUnavailable``.
     """
-    customer_id = customer_id_of(user)
+    customer_id = customer_id_of(user) or link_recent_checkout(user)
     if customer_id is None:
         raise NomosNotLinked("this user has no Nomos customer")
     deep_link = clean_next(next) if next else None

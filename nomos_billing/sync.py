@@ -378,17 +378,25 @@ def refresh_customer(customer: NomosCustomer) -> int:
     return count
 
 
-def check_open_leads(client: Any = None) -> tuple[int, int, int]:
+def check_open_leads(
+    client: Any = None, *, user: Any = None, since: datetime | None = None
+) -> tuple[int, int, int]:
     """Ask Nomos about each lead we created that no subscription of ours names yet
     (``GET /leads/{id}``); store and link the subscription of each that converted.
 
     For a site whose webhooks were lost: the lead, not the subscription's metadata, tells whose
-    subscription it is. Returns ``(checked, converted, linked)``. Raises ``NomosError`` when Nomos
-    cannot be asked (what was stored before stays).
+    subscription it is. ``user`` and ``since`` narrow it to one user's leads created since then
+    (a click right after the checkout, before its webhook). Returns ``(checked, converted,
+    linked)``. Raises ``NomosError`` when Nomos cannot be asked (what was stored before stays).
     """
     client = client or get_client()
     known = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
-    open_leads = NomosLead.objects.filter(~Exists(known)).values_list("lead_id", flat=True)
+    open_leads = NomosLead.objects.filter(~Exists(known))
+    if user is not None:
+        open_leads = open_leads.filter(user_id=user.pk)
+    if since is not None:
+        open_leads = open_leads.filter(created_at__gte=since)
+    open_leads = open_leads.values_list("lead_id", flat=True)
     checked = converted = linked = 0
     # Ids only, read at once: a server-side cursor (iterator() on PostgreSQL) would hold a
     # transaction open across the GET /leads calls below.

@@ -5,12 +5,14 @@ so neither path can lean on metadata."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.test import Client
+from django.utils import timezone
 
 from nomos_billing.models import NomosCustomer, NomosLead, NomosSubscription
 from nomos_billing.testing import post_event
@@ -98,3 +100,78 @@ def test_open_lead_that_did_not_convert_links_nothing(nomos, bob, settings):
     out = sync()
     assert "0 of 1 open leads converted" in out
     assert not NomosCustomer.objects.filter(user=bob).exists()
+
+
+# -- the first click after the checkout, before its webhook ---------------------------------
+
+
+def click(user: Any) -> Any:
+    client = Client()
+    client.force_login(user)
+    return client.get("/nomos/portal/")
+
+
+def test_first_click_after_the_checkout_links_by_lead_and_opens_the_portal(
+    nomos, bob, converted
+):
+    response = click(bob)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(nomos.base_url + "/portal/auth/confirm?")
+    customer = NomosCustomer.objects.get(customer_id=converted["subscription"]["customer"]["id"])
+    assert (customer.user, customer.linked_by) == (bob, "by_lead")
+    assert nomos.count("GET /leads/{id}") == 1
+    assert nomos.count("POST /admin/magic_link") == 1
+    # Linked now: the next click asks Nomos about no lead.
+    nomos.reset_counts()
+    assert click(bob).status_code == 302
+    assert nomos.count("GET /leads/{id}") == 0
+
+
+def test_a_checkout_not_finished_yet_shows_the_not_linked_page(nomos, bob, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": PLAN}
+    client = Client()
+    client.force_login(bob)
+    form = {"zip_code": "10115", "estimated_usage": "2500"}
+    assert client.post("/nomos/portal/start/", form).status_code == 303
+    nomos.reset_counts()
+
+    response = client.get("/nomos/portal/")
+
+    assert response.status_code == 200
+    assert nomos.count("GET /leads/{id}") == 1
+    assert nomos.count("POST /admin/magic_link") == 0
+    assert not NomosCustomer.objects.filter(user=bob).exists()
+
+
+def test_a_lead_older_than_a_day_is_left_to_the_webhook_and_nomos_sync(nomos, bob, converted):
+    NomosLead.objects.filter(user=bob).update(created_at=timezone.now() - timedelta(days=2))
+
+    response = click(bob)
+
+    assert response.status_code == 200  # the not-linked page
+    assert nomos.calls == {}
+    assert not NomosCustomer.objects.filter(user=bob).exists()
+
+
+def test_another_users_converted_lead_links_nobody_on_my_click(
+    nomos, bob, converted, django_user_model
+):
+    carol = django_user_model.objects.create_user("carol", "carol@example.com", "pw")
+
+    response = click(carol)
+
+    assert response.status_code == 200
+    assert nomos.calls == {}
+    assert not NomosCustomer.objects.exclude(user=None).exists()
+
+
+def test_nomos_down_during_that_first_click_shows_the_unavailable_page(nomos, bob, converted):
+    from nomos_billing.sandbox import Fault
+
+    nomos.add_fault("GET /leads/{id}", Fault(status=503), times=None)
+
+    response = click(bob)
+
+    assert response.status_code == 503
+    assert not NomosCustomer.objects.exclude(user=None).exists()

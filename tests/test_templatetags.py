@@ -3,15 +3,16 @@ for anonymous, linked and unlinked users, in English and German, within one quer
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.template import Context, Template
 from django.test import RequestFactory
-from django.utils import translation
+from django.utils import timezone, translation
 
-from nomos_billing.models import NomosCustomer
+from nomos_billing.models import NomosCustomer, NomosLead
 from nomos_billing.sandbox import seed
 
 pytestmark = pytest.mark.django_db
@@ -124,15 +125,43 @@ def test_unlinked_user_gets_the_start_link_when_a_plan_is_set(bob: Any, settings
     )
 
 
+@pytest.mark.parametrize(
+    ("age", "variant"), [(timedelta(hours=1), "portal"), (timedelta(days=2), "start")]
+)
+def test_unlinked_user_back_from_a_recent_checkout_gets_the_portal_button(
+    django_user_model: Any, settings: Any, age: timedelta, variant: str
+) -> None:
+    # Back from Nomos' checkout before its webhook: the portal view links him (by his lead).
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": "pln_x"}
+    bob = django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+    NomosLead.objects.create(lead_id="lead_bob", user=bob)
+    NomosLead.objects.filter(user=bob).update(created_at=timezone.now() - age)
+
+    html = render("{% nomos_portal_button %}", django_user_model.objects.get(pk=bob.pk))
+
+    if variant == "portal":
+        assert html.startswith(
+            '<form class="nomos-portal-form" method="post" action="/nomos/portal/">'
+        )
+    else:
+        assert html == (
+            '<a class="nomos-portal-button" href="/nomos/portal/start/">'
+            "Switch to our electricity</a>"
+        )
+
+
 # -- cost ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("who", ["alice", "bob"])
-def test_several_buttons_on_one_page_cost_one_query(
-    request: pytest.FixtureRequest, who: str, django_assert_num_queries: Any
+@pytest.mark.parametrize(
+    ("who", "queries"),
+    [("alice", 1), ("bob", 2)],  # bob: his customer, then a recent checkout of his
+)
+def test_several_buttons_on_one_page_cost_what_one_costs(
+    request: pytest.FixtureRequest, who: str, queries: int, django_assert_num_queries: Any
 ) -> None:
     user = request.getfixturevalue(who)
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(queries):
         render(
             "{% nomos_portal_button %}{% nomos_portal_button method='get' %}"
             "{% nomos_portal_button next='/invoices' %}{% nomos_portal_url %}",
@@ -168,11 +197,14 @@ def test_portal_url(alice: Any, source: str, html: str) -> None:
     assert render(source, alice) == html
 
 
-@pytest.mark.parametrize("source", [
-    "{% nomos_portal_url %}",
-    "{% nomos_portal_url next='/invoices' %}",
-    "{% nomos_portal_url next='/invoices' as u %}{% if u %}<a href='{{ u }}'>x</a>{% endif %}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% nomos_portal_url %}",
+        "{% nomos_portal_url next='/invoices' %}",
+        "{% nomos_portal_url next='/invoices' as u %}{% if u %}<a href='{{ u }}'>x</a>{% endif %}",
+    ],
+)
 def test_portal_url_is_empty_for_anonymous_visitors(source: str) -> None:
     # Like the button: no link an anonymous visitor could only follow to a login page.
     assert render(source, AnonymousUser()) == ""

@@ -26,7 +26,7 @@ from django.utils.translation import gettext as _
 
 from ..conf import nomos_settings
 from ..linking import checkout_url
-from ..portal import get_customer
+from ..portal import get_customer, has_recent_checkout
 
 register = template.Library()
 
@@ -92,7 +92,7 @@ def nomos_portal_button(
         "csrf_token": context.get("csrf_token"),
         "request": context.get("request"),
     }
-    if get_customer(user) is not None:
+    if get_customer(user) is not None or has_recent_checkout(user):
         values.update(
             variant="portal",
             label=label or _("Open customer portal"),
