@@ -15,6 +15,7 @@ from nomos_billing.models import NomosCustomer
 from nomos_billing.portal import (
     INVALID_LINK,
     get_customer,
+    has_recent_checkout,
     is_allowed_link,
     mint_portal_link,
     with_next,
@@ -91,6 +92,8 @@ def test_a_user_stand_in_is_not_linked(nomos: Any) -> None:
     with pytest.raises(NomosNotLinked):
         mint_portal_link(TokenUser())
     assert nomos.calls == {}
+    # Its pk is no user of ours: no lead of user 1 makes it "back from a checkout".
+    assert has_recent_checkout(TokenUser()) is False
 
 
 def test_every_call_mints_a_new_link(nomos: Any, alice: Any) -> None:
@@ -191,7 +194,8 @@ def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
     assert info.value.code == INVALID_LINK
     assert "SECRETHASH" not in str(info.value)
     assert all("SECRETHASH" not in r.getMessage() for r in caplog.records)
-    assert any(seed.ALICE in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(seed.ALICE in m and "not an allowed portal or checkout host" in m for m in errors)
 
 
 @pytest.mark.parametrize(
@@ -223,6 +227,9 @@ def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
         (None, "https://checkout.energy.evil.com/", False),
         (None, "https://evilcheckout.energy/", False),
         (["portal.example.com"], "https://lumio.checkout.energy/", True),
+        # Plain http is refused outside a loopback sandbox API, even on a configured host.
+        (["localhost"], "http://localhost/x", False),
+        (["localhost"], "https://localhost/x", True),
     ],
 )
 def test_allowed_portal_hosts_against_the_production_api(
