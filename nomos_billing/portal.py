@@ -70,6 +70,9 @@ _RECENT_CHECKOUT_ATTR = "_nomos_recent_checkout"
 #: How far back a click looks for the user's own checkout (a lead this site created for them)
 #: when they are not linked yet: they came back from Nomos' checkout before its webhook did.
 RECENT_CHECKOUT = timedelta(days=1)
+#: ... and asks Nomos about this many of those leads at most, the newest first: each sign-up
+#: form sent makes a lead, and a click has a few seconds.
+RECENT_CHECKOUT_LEADS = 3
 
 
 def _descriptor(user: Any) -> Any:
@@ -134,7 +137,8 @@ def link_recent_checkout(user: Any) -> str | None:
     """The customer id of ``user`` once their recent checkout has been asked about.
 
     For a signed-in user who is not linked: each lead this site created for them in the last
-    ``RECENT_CHECKOUT`` that no stored subscription names yet is looked up at Nomos
+    ``RECENT_CHECKOUT`` that no stored subscription names yet (the newest
+    ``RECENT_CHECKOUT_LEADS``) is looked up at Nomos
     (``GET /leads/{id}``, as ``nomos_sync`` does); a converted one is stored and linked to them
     (``by_lead``: our own database says whose lead it is). One query and no Nomos call for a
     user without such a lead. Raises ``NomosError`` when Nomos cannot be asked.
@@ -147,7 +151,9 @@ def link_recent_checkout(user: Any) -> str | None:
         return None
     from .sync import check_open_leads
 
-    _, converted, _ = check_open_leads(user=user, since=timezone.now() - RECENT_CHECKOUT)
+    _, converted, _ = check_open_leads(
+        user=user, since=timezone.now() - RECENT_CHECKOUT, newest=RECENT_CHECKOUT_LEADS
+    )
     if not converted:
         return None
     # Linked (by us or by the webhook just now) through another object of this user: forget

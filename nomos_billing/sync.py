@@ -23,6 +23,7 @@ from django.utils.dateparse import parse_datetime
 
 from . import linking
 from .client import get_client
+from .exceptions import NomosAPIError
 from .models import NomosCustomer, NomosLead, NomosSubscription, SubscriptionStatus
 from .signals import subscription_status_changed
 
@@ -379,14 +380,19 @@ def refresh_customer(customer: NomosCustomer) -> int:
 
 
 def check_open_leads(
-    client: Any = None, *, user: Any = None, since: datetime | None = None
+    client: Any = None,
+    *,
+    user: Any = None,
+    since: datetime | None = None,
+    newest: int | None = None,
 ) -> tuple[int, int, int]:
     """Ask Nomos about each lead we created that no subscription of ours names yet
     (``GET /leads/{id}``); store and link the subscription of each that converted.
 
     For a site whose webhooks were lost: the lead, not the subscription's metadata, tells whose
-    subscription it is. ``user`` and ``since`` narrow it to one user's leads created since then
-    (a click right after the checkout, before its webhook). Returns ``(checked, converted,
+    subscription it is. ``user`` and ``since`` narrow it to one user's leads created since then,
+    ``newest`` to that many of the newest (a click right after the checkout, before its
+    webhook, asks about a few, not every form the user ever sent). Returns ``(checked, converted,
     linked)``. Raises ``NomosError`` when Nomos cannot be asked (what was stored before stays).
     """
     client = client or get_client()
@@ -396,13 +402,22 @@ def check_open_leads(
         open_leads = open_leads.filter(user_id=user.pk)
     if since is not None:
         open_leads = open_leads.filter(created_at__gte=since)
-    open_leads = open_leads.values_list("lead_id", flat=True)
+    open_leads = open_leads.order_by("-created_at", "-pk").values_list("lead_id", flat=True)
+    if newest is not None:
+        open_leads = open_leads[:newest]
     checked = converted = linked = 0
     # Ids only, read at once: a server-side cursor (iterator() on PostgreSQL) would hold a
     # transaction open across the GET /leads calls below.
     for lead_id in list(open_leads):
         checked += 1
-        lead = client.get_lead(lead_id)
+        try:
+            lead = client.get_lead(lead_id)
+        except NomosAPIError as exc:
+            if not exc.is_not_found:
+                raise
+            # Gone at Nomos (or never there): nothing will convert; the others still count.
+            logger.info("lead %s is unknown to Nomos (404); skipped", lead_id)
+            continue
         subscription_id = lead.get("subscription") if isinstance(lead, dict) else None
         if not isinstance(subscription_id, str) or not subscription_id:
             continue

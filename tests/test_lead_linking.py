@@ -175,3 +175,31 @@ def test_nomos_down_during_that_first_click_shows_the_unavailable_page(nomos, bo
 
     assert response.status_code == 503
     assert not NomosCustomer.objects.exclude(user=None).exists()
+
+
+def test_a_click_asks_about_the_three_newest_open_leads_only(nomos, bob, converted):
+    # Bob sent the sign-up form four more times without finishing; the checkout he did finish
+    # is now the oldest of five open leads: the click asks about three, the webhook does the rest.
+    for n in range(4):
+        NomosLead.objects.create(lead_id=f"lead_unfinished_{n}", user=bob)
+    NomosLead.objects.filter(lead_id=converted["lead_id"]).update(
+        created_at=timezone.now() - timedelta(hours=1)
+    )
+
+    response = click(bob)
+
+    assert response.status_code == 200  # not linked yet
+    assert nomos.count("GET /leads/{id}") == 3
+    asked = [e["path"] for e in nomos.request_log if e["key"] == "GET /leads/{id}"]
+    assert all("lead_unfinished_" in path for path in asked)
+
+
+def test_nomos_sync_skips_a_lead_nomos_does_not_know_and_links_the_rest(nomos, bob, converted):
+    NomosLead.objects.create(lead_id="lead_gone_at_nomos", user=bob)
+
+    out = sync()
+
+    customer = NomosCustomer.objects.get(customer_id=converted["subscription"]["customer"]["id"])
+    assert (customer.user, customer.linked_by) == (bob, "by_lead")
+    assert nomos.count("GET /leads/{id}") == 2
+    assert "1 of 2 open leads converted" in out
