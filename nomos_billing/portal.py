@@ -33,11 +33,15 @@ INVALID_LINK = "INVALID_LINK"
 
 __all__ = [
     "INVALID_LINK",
+    "RECENT_CHECKOUT",
     "checkout_hosts",
+    "customer_id_of",
     "get_customer",
+    "has_recent_checkout",
     "is_allowed_link",
     "is_checkout_link",
     "link_kind",
+    "link_recent_checkout",
     "mint_portal_link",
     "portal_hosts",
     "with_next",
