@@ -192,6 +192,7 @@ def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
         mint_portal_link(alice)
 
     assert info.value.code == INVALID_LINK
+    assert (info.value.method, info.value.path) == ("POST", "/admin/magic_link")
     assert "SECRETHASH" not in str(info.value)
     assert all("SECRETHASH" not in r.getMessage() for r in caplog.records)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
