@@ -197,6 +197,9 @@ def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
     assert all("SECRETHASH" not in r.getMessage() for r in caplog.records)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any(seed.ALICE in m and "not an allowed portal or checkout host" in m for m in errors)
+    # Where it pointed, scheme and host only: enough to fix PORTAL_HOSTS, nothing of the token.
+    parts = urlsplit(link)
+    assert any(f"'{parts.scheme}://{parts.hostname}'" in m for m in errors)
 
 
 @pytest.mark.parametrize(
