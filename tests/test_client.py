@@ -181,9 +181,11 @@ def test_a_hang_becomes_unavailable_within_the_read_timeout(client, nomos, retry
 @pytest.mark.parametrize("status", [500, 502, 504])
 def test_magic_link_post_is_not_retried_where_nomos_may_have_acted(client, nomos, status):
     nomos.add_fault(MINT, Fault(status=status), times=1)
-    with pytest.raises(NomosServiceError):
+    with pytest.raises(NomosServiceError) as excinfo:
         client.create_magic_link("cus_sandbox_alice")
     assert nomos.count(MINT) == 1
+    # Nomos' own words reach the error (and the log), as for any other status.
+    assert excinfo.value.message == f"Injected fault: HTTP {status}"
 
 
 @pytest.mark.parametrize("status", [429, 503])

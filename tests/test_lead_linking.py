@@ -15,6 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from nomos_billing.models import NomosCustomer, NomosLead, NomosSubscription
+from nomos_billing.portal import get_customer, mint_portal_link
 from nomos_billing.testing import post_event
 
 pytestmark = pytest.mark.django_db
@@ -203,3 +204,15 @@ def test_nomos_sync_skips_a_lead_nomos_does_not_know_and_links_the_rest(nomos, b
     assert (customer.user, customer.linked_by) == (bob, "by_lead")
     assert nomos.count("GET /leads/{id}") == 2
     assert "1 of 2 open leads converted" in out
+
+
+def test_a_user_object_that_already_looked_for_its_customer_is_linked_too(
+    nomos, bob, converted, django_user_model
+):
+    # A site view that asked get_customer() first (Django then remembers "no customer" on the
+    # object) and then mints: the link made by the lead is seen all the same.
+    user = django_user_model.objects.get(pk=bob.pk)
+    assert get_customer(user) is None
+
+    assert mint_portal_link(user).startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert get_customer(user).customer_id == converted["subscription"]["customer"]["id"]
