@@ -6,6 +6,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
@@ -14,226 +15,91 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name="NomosCustomer",
+            name='NomosCustomer',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "customer_id",
-                    models.CharField(max_length=64, unique=True, verbose_name="Nomos customer id"),
-                ),
-                ("email", models.EmailField(blank=True, max_length=254, verbose_name="e-mail")),
-                (
-                    "first_name",
-                    models.CharField(blank=True, max_length=100, verbose_name="first name"),
-                ),
-                (
-                    "last_name",
-                    models.CharField(blank=True, max_length=100, verbose_name="last name"),
-                ),
-                (
-                    "company_name",
-                    models.CharField(blank=True, max_length=100, verbose_name="company name"),
-                ),
-                (
-                    "type",
-                    models.CharField(
-                        choices=[("person", "Person"), ("company", "Company")],
-                        default="person",
-                        max_length=16,
-                        verbose_name="type",
-                    ),
-                ),
-                (
-                    "linked_by",
-                    models.CharField(blank=True, max_length=100, verbose_name="linked by"),
-                ),
-                (
-                    "linked_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="linked at"),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
-                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
-                (
-                    "user",
-                    models.OneToOneField(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="nomos_customer",
-                        to=settings.AUTH_USER_MODEL,
-                        verbose_name="user",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('customer_id', models.CharField(max_length=64, unique=True, verbose_name='Nomos customer id')),
+                ('email', models.EmailField(blank=True, max_length=254, verbose_name='e-mail')),
+                ('first_name', models.CharField(blank=True, max_length=100, verbose_name='first name')),
+                ('last_name', models.CharField(blank=True, max_length=100, verbose_name='last name')),
+                ('company_name', models.CharField(blank=True, max_length=100, verbose_name='company name')),
+                ('type', models.CharField(choices=[('person', 'Person'), ('company', 'Company')], default='person', max_length=16, verbose_name='type')),
+                ('linked_by', models.CharField(blank=True, max_length=100, verbose_name='linked by')),
+                ('linked_at', models.DateTimeField(blank=True, null=True, verbose_name='linked at')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
+                ('user', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='nomos_customer', to=settings.AUTH_USER_MODEL, verbose_name='user')),
             ],
             options={
-                "verbose_name": "Nomos customer",
-                "verbose_name_plural": "Nomos customers",
-                "ordering": ["-created_at"],
+                'verbose_name': 'Nomos customer',
+                'verbose_name_plural': 'Nomos customers',
+                'ordering': ['-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="NomosLead",
+            name='NomosLead',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "lead_id",
-                    models.CharField(max_length=64, unique=True, verbose_name="Nomos lead id"),
-                ),
-                ("plan", models.CharField(blank=True, max_length=64, verbose_name="plan")),
-                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
-                (
-                    "user",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="nomos_leads",
-                        to=settings.AUTH_USER_MODEL,
-                        verbose_name="user",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('lead_id', models.CharField(max_length=64, unique=True, verbose_name='Nomos lead id')),
+                ('plan', models.CharField(blank=True, max_length=64, verbose_name='plan')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='nomos_leads', to=settings.AUTH_USER_MODEL, verbose_name='user')),
             ],
             options={
-                "verbose_name": "Nomos lead",
-                "verbose_name_plural": "Nomos leads",
-                "ordering": ["-created_at"],
+                'verbose_name': 'Nomos lead',
+                'verbose_name_plural': 'Nomos leads',
+                'ordering': ['-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="WebhookEvent",
+            name='WebhookEvent',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("event_id", models.CharField(max_length=64, unique=True, verbose_name="event id")),
-                ("topic", models.CharField(db_index=True, max_length=64, verbose_name="topic")),
-                ("payload", models.JSONField(default=dict, verbose_name="payload")),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("received", "Received"),
-                            ("processing", "Processing"),
-                            ("processed", "Processed"),
-                            ("failed", "Failed"),
-                            ("ignored", "Ignored"),
-                        ],
-                        default="received",
-                        max_length=16,
-                        verbose_name="status",
-                    ),
-                ),
-                ("attempts", models.PositiveIntegerField(default=0, verbose_name="attempts")),
-                ("last_error", models.TextField(blank=True, verbose_name="last error")),
-                (
-                    "secret_index",
-                    models.PositiveSmallIntegerField(
-                        blank=True, null=True, verbose_name="secret index"
-                    ),
-                ),
-                ("deliveries", models.PositiveIntegerField(default=1, verbose_name="deliveries")),
-                (
-                    "received_at",
-                    models.DateTimeField(auto_now_add=True, db_index=True, verbose_name="received"),
-                ),
-                ("claimed_at", models.DateTimeField(blank=True, null=True, verbose_name="claimed")),
-                (
-                    "processed_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="processed"),
-                ),
-                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('event_id', models.CharField(max_length=64, unique=True, verbose_name='event id')),
+                ('topic', models.CharField(db_index=True, max_length=64, verbose_name='topic')),
+                ('payload', models.JSONField(default=dict, verbose_name='payload')),
+                ('status', models.CharField(choices=[('received', 'Received'), ('processing', 'Processing'), ('processed', 'Processed'), ('failed', 'Failed'), ('ignored', 'Ignored')], default='received', max_length=16, verbose_name='status')),
+                ('attempts', models.PositiveIntegerField(default=0, verbose_name='attempts')),
+                ('last_error', models.TextField(blank=True, verbose_name='last error')),
+                ('secret_index', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='secret index')),
+                ('deliveries', models.PositiveIntegerField(default=1, verbose_name='deliveries')),
+                ('received_at', models.DateTimeField(auto_now_add=True, db_index=True, verbose_name='received')),
+                ('claimed_at', models.DateTimeField(blank=True, null=True, verbose_name='claimed')),
+                ('processed_at', models.DateTimeField(blank=True, null=True, verbose_name='processed')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
             ],
             options={
-                "verbose_name": "webhook event",
-                "verbose_name_plural": "webhook events",
-                "ordering": ["-received_at"],
-                "indexes": [
-                    models.Index(fields=["status", "received_at"], name="nomos_evt_status_idx")
-                ],
+                'verbose_name': 'webhook event',
+                'verbose_name_plural': 'webhook events',
+                'ordering': ['-received_at'],
+                'indexes': [models.Index(fields=['status', 'received_at'], name='nomos_evt_status_idx')],
             },
         ),
         migrations.CreateModel(
-            name="NomosSubscription",
+            name='NomosSubscription',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "subscription_id",
-                    models.CharField(
-                        max_length=64, unique=True, verbose_name="Nomos subscription id"
-                    ),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        blank=True,
-                        choices=[("pending", "Pending"), ("active", "Active"), ("ended", "Ended")],
-                        max_length=16,
-                        verbose_name="status",
-                    ),
-                ),
-                ("plan", models.CharField(blank=True, max_length=64, verbose_name="plan")),
-                (
-                    "type",
-                    models.CharField(
-                        blank=True,
-                        choices=[("consumption", "Consumption"), ("feed_in", "Feed-in")],
-                        max_length=16,
-                        verbose_name="type",
-                    ),
-                ),
-                ("number", models.CharField(blank=True, max_length=64, verbose_name="number")),
-                (
-                    "start_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="delivery start"),
-                ),
-                ("end_at", models.DateTimeField(blank=True, null=True, verbose_name="end")),
-                (
-                    "terminated_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="terminated"),
-                ),
-                ("metadata", models.JSONField(blank=True, default=dict, verbose_name="metadata")),
-                ("lead_id", models.CharField(blank=True, max_length=64, verbose_name="lead id")),
-                (
-                    "nomos_created_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="created at Nomos"),
-                ),
-                (
-                    "nomos_updated_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="updated at Nomos"),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
-                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
-                (
-                    "customer",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="subscriptions",
-                        to="nomos_billing.nomoscustomer",
-                        verbose_name="customer",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('subscription_id', models.CharField(max_length=64, unique=True, verbose_name='Nomos subscription id')),
+                ('status', models.CharField(blank=True, choices=[('pending', 'Pending'), ('active', 'Active'), ('ended', 'Ended')], max_length=16, verbose_name='status')),
+                ('plan', models.CharField(blank=True, max_length=64, verbose_name='plan')),
+                ('type', models.CharField(blank=True, choices=[('consumption', 'Consumption'), ('feed_in', 'Feed-in')], max_length=16, verbose_name='type')),
+                ('number', models.CharField(blank=True, max_length=64, verbose_name='number')),
+                ('start_at', models.DateTimeField(blank=True, null=True, verbose_name='delivery start')),
+                ('end_at', models.DateTimeField(blank=True, null=True, verbose_name='end')),
+                ('terminated_at', models.DateTimeField(blank=True, null=True, verbose_name='terminated')),
+                ('metadata', models.JSONField(blank=True, default=dict, verbose_name='metadata')),
+                ('lead_id', models.CharField(blank=True, max_length=64, verbose_name='lead id')),
+                ('nomos_created_at', models.DateTimeField(blank=True, null=True, verbose_name='created at Nomos')),
+                ('nomos_updated_at', models.DateTimeField(blank=True, null=True, verbose_name='updated at Nomos')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
+                ('customer', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='subscriptions', to='nomos_billing.nomoscustomer', verbose_name='customer')),
             ],
             options={
-                "verbose_name": "Nomos subscription",
-                "verbose_name_plural": "Nomos subscriptions",
-                "ordering": ["-nomos_created_at", "-created_at"],
-                "indexes": [models.Index(fields=["status"], name="nomos_sub_status_idx")],
+                'verbose_name': 'Nomos subscription',
+                'verbose_name_plural': 'Nomos subscriptions',
+                'ordering': ['-nomos_created_at', '-created_at'],
+                'indexes': [models.Index(fields=['status'], name='nomos_sub_status_idx')],
             },
         ),
     ]

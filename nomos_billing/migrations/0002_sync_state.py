@@ -4,44 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("nomos_billing", "0001_initial"),
+        ('nomos_billing', '0001_initial'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="NomosSyncState",
+            name='NomosSyncState',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=32, unique=True, verbose_name="name")),
-                (
-                    "watermark",
-                    models.DateTimeField(blank=True, null=True, verbose_name="watermark"),
-                ),
-                (
-                    "last_started_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="last started"),
-                ),
-                (
-                    "last_completed_at",
-                    models.DateTimeField(blank=True, null=True, verbose_name="last completed"),
-                ),
-                (
-                    "last_count",
-                    models.PositiveIntegerField(
-                        default=0, verbose_name="subscriptions in the last walk"
-                    ),
-                ),
-                ("last_error", models.TextField(blank=True, verbose_name="last error")),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=32, unique=True, verbose_name='name')),
+                ('watermark', models.DateTimeField(blank=True, null=True, verbose_name='watermark')),
+                ('last_started_at', models.DateTimeField(blank=True, null=True, verbose_name='last started')),
+                ('last_completed_at', models.DateTimeField(blank=True, null=True, verbose_name='last completed')),
+                ('last_count', models.PositiveIntegerField(default=0, verbose_name='subscriptions in the last walk')),
+                ('last_error', models.TextField(blank=True, verbose_name='last error')),
             ],
             options={
-                "verbose_name": "Nomos sync state",
-                "verbose_name_plural": "Nomos sync states",
+                'verbose_name': 'Nomos sync state',
+                'verbose_name_plural': 'Nomos sync states',
             },
         ),
     ]

@@ -18,48 +18,37 @@ def fill_latest_status(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("nomos_billing", "0002_sync_state"),
+        ('nomos_billing', '0002_sync_state'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="nomoscustomer",
-            name="latest_status",
-            field=models.CharField(
-                blank=True,
-                choices=[("pending", "Pending"), ("active", "Active"), ("ended", "Ended")],
-                editable=False,
-                max_length=16,
-                verbose_name="latest subscription status",
-            ),
+            model_name='nomoscustomer',
+            name='latest_status',
+            field=models.CharField(blank=True, choices=[('pending', 'Pending'), ('active', 'Active'), ('ended', 'Ended')], editable=False, max_length=16, verbose_name='latest subscription status'),
         ),
         migrations.AddIndex(
-            model_name="nomoscustomer",
-            index=models.Index(fields=["-created_at"], name="nomos_cus_created_idx"),
+            model_name='nomoscustomer',
+            index=models.Index(fields=['-created_at'], name='nomos_cus_created_idx'),
         ),
         migrations.AddIndex(
-            model_name="nomoscustomer",
-            index=models.Index(
-                fields=["latest_status", "-created_at"], name="nomos_cus_latest_idx"
-            ),
+            model_name='nomoscustomer',
+            index=models.Index(fields=['latest_status', '-created_at'], name='nomos_cus_latest_idx'),
         ),
         migrations.AddIndex(
-            model_name="nomossubscription",
-            index=models.Index(
-                fields=["-nomos_created_at", "-created_at"], name="nomos_sub_order_idx"
-            ),
+            model_name='nomossubscription',
+            index=models.Index(fields=['-nomos_created_at', '-created_at'], name='nomos_sub_order_idx'),
         ),
         migrations.AddIndex(
-            model_name="nomossubscription",
-            index=models.Index(
-                fields=["customer", "-nomos_created_at", "-created_at"], name="nomos_sub_latest_idx"
-            ),
+            model_name='nomossubscription',
+            index=models.Index(fields=['customer', '-nomos_created_at', '-created_at'], name='nomos_sub_latest_idx'),
         ),
         migrations.AddIndex(
-            model_name="webhookevent",
-            index=models.Index(fields=["topic", "received_at"], name="nomos_evt_topic_idx"),
+            model_name='webhookevent',
+            index=models.Index(fields=['topic', 'received_at'], name='nomos_evt_topic_idx'),
         ),
         migrations.RunPython(fill_latest_status, migrations.RunPython.noop),
     ]
