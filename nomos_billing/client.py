@@ -184,6 +184,10 @@ def _timed_out(exc: requests.RequestException) -> bool:
     reason = exc.args[0] if exc.args else None
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
+    if isinstance(reason, urllib3_exceptions.NewConnectionError):
+        # urllib3 derives it from ConnectTimeoutError, but a refused or unreachable connection
+        # is "could not connect", not a timeout (requests draws the same line).
+        return False
     return isinstance(reason, (TimeoutError, urllib3_exceptions.TimeoutError))
 
 

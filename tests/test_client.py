@@ -220,6 +220,9 @@ def test_connection_refused_is_unavailable(settings):
     with pytest.raises(NomosUnavailable) as excinfo:
         get_client().get_subscription("sub_x")
     assert "sandbox-secret" not in str(excinfo.value)
+    # True words: nothing answered, so it says so, not "timed out".
+    assert "could not connect" in str(excinfo.value)
+    assert "time" not in str(excinfo.value)
 
 
 def test_wrong_credentials_are_an_api_error_without_the_secret(nomos, settings):
