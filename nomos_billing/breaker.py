@@ -35,7 +35,7 @@ from .exceptions import NomosUnavailable
 
 logger = logging.getLogger("nomos_billing.breaker")
 
-__all__ = ["CircuitOpen", "allow", "record_failure", "record_success", "state"]
+__all__ = ["CircuitOpen", "allow", "enabled", "record_failure", "record_success", "state"]
 
 #: How long a process trusts its last look at the shared state while nothing fails.
 REFRESH = 1.0
@@ -71,6 +71,12 @@ _snapshot: dict[str, tuple[float, float | None, int]] = {}  # key -> (read at, o
 def _threshold() -> int:
     value = nomos_settings.get("BREAKER_FAILURES")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def enabled() -> bool:
+    """False when ``BREAKER_FAILURES = 0`` switched failing fast off (breaker and shared token
+    failures alike)."""
+    return _threshold() > 0
 
 
 def _cooldown() -> float:

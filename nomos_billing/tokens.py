@@ -27,7 +27,9 @@ from typing import Any
 
 from django.core.cache import caches
 
-from . import budget
+from . import breaker, budget
+from .breaker import CircuitOpen
+from .budget import BudgetExhausted
 from .conf import nomos_settings
 from .exceptions import NomosUnavailable
 
@@ -39,12 +41,6 @@ POLL_INTERVAL = 0.05
 #: After a failed token fetch (Nomos down or timing out), other callers fail at once for this
 #: many seconds instead of trying again one after the other; then one of them tries again.
 FAILED_FETCH_TTL = 5
-
-
-def _share_failures() -> bool:
-    # Part of failing fast through an outage: off with the breaker (BREAKER_FAILURES = 0).
-    value = nomos_settings.get("BREAKER_FAILURES")
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,7 @@ class TokenStore:
     def _raise_if_just_failed(self) -> None:
         """Share a renewer's failure: while Nomos just failed to give a token, the waiters and
         the next callers fail at once instead of each waiting out its own timeout."""
-        if not _share_failures():
+        if not breaker.enabled():
             return
         failed = self.cache.get(self.key + ":failed")
         if isinstance(failed, dict):
@@ -173,13 +169,17 @@ class TokenStore:
     def _fetch_and_store(self) -> AccessToken:
         try:
             token = self._fetch()
+        except (BudgetExhausted, CircuitOpen):
+            # This request ran out of its own time, or the breaker refused the call: Nomos did
+            # not fail just now, so other workers must not be told it did.
+            raise
         except NomosUnavailable as exc:
-            if _share_failures():
+            if breaker.enabled():
                 # The exception's type only: the shared record stays short and secret-free.
                 reason = type(exc).__name__
                 self.cache.set(self.key + ":failed", {"reason": reason}, FAILED_FETCH_TTL)
             raise
-        if _share_failures():
+        if breaker.enabled():
             self.cache.delete(self.key + ":failed")
         # Keep it until it expires; renewal starts `margin` seconds before that.
         self.cache.set(self.key, token.as_cache_value(), max(1, int(token.remaining())))

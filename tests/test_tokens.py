@@ -16,7 +16,7 @@ import pytest
 from django.core.cache import caches
 
 from nomos_billing import client as client_module
-from nomos_billing import tokens
+from nomos_billing import budget, tokens
 from nomos_billing.client import NomosClient, get_client
 from nomos_billing.conf import nomos_settings
 from nomos_billing.exceptions import NomosUnavailable
@@ -165,6 +165,18 @@ def test_waiters_take_over_when_the_renewal_fails(nomos):
         t.join(30)
     assert results.count("sub_sandbox_alice") >= 4
     assert nomos.count(TOKEN) == 2  # the failed one and one good one, not five
+
+
+def test_a_request_out_of_time_does_not_fail_the_next_callers(nomos, settings):
+    # Failed token fetches are shared (with the breaker on) so that waiters fail at once; a
+    # request that merely ran out of its own budget is no such failure.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 5}
+    with budget.limit(0), pytest.raises(budget.BudgetExhausted):
+        get_client().get_subscription("sub_sandbox_alice")
+    assert nomos.count(TOKEN) == 0
+
+    assert get_client().get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    assert nomos.count(TOKEN) == 1
 
 
 def test_a_rejected_token_already_replaced_by_another_worker_is_kept(nomos):
