@@ -9,7 +9,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from nomos_billing import breaker
@@ -193,9 +193,11 @@ def test_check_credentials_shows_the_breaker_state(on, nomos):
         with pytest.raises(NomosUnavailable):
             get_client().create_magic_link(seed.ALICE)
     out = StringIO()
-    with pytest.raises(Exception):  # the token fetch is refused by the open breaker
+    nomos.reset_counts()
+    with pytest.raises(CommandError):  # the token fetch is refused by the open breaker
         call_command("nomos_check_credentials", stdout=out, stderr=StringIO())
     assert "Breaker:    OPEN after 3 failures" in out.getvalue()
+    assert nomos.count(TOKEN) == 0  # refused here, not sent
 
 
 

@@ -77,6 +77,7 @@ def test_nomos_sync_alone_links_the_leads_customer_when_every_webhook_was_lost(
 
 def test_nomos_sync_asks_again_only_for_leads_still_open(nomos, bob, converted):
     sync()
+    assert nomos.count("GET /leads/{id}") == 1
     nomos.reset_counts()
     sync()
     assert nomos.count("GET /leads/{id}") == 0

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from nomos_billing.linking import user_reference
 from nomos_billing.models import NomosCustomer, WebhookEvent
+from nomos_billing.sandbox import Fault
 from nomos_billing.testing import post_event
 
 pytestmark = pytest.mark.django_db
@@ -86,5 +87,8 @@ def test_window_is_a_setting_and_zero_turns_it_off(client, nomos, fresh, setting
 
 def test_a_404_for_a_non_subscription_topic_is_not_retried(client, nomos):
     # Only subscription.* events fetch a subscription; others are acknowledged as before.
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=404), times=None)
     response = post_event(client, nomos.build_event("invoice.created", {"subscription": "sub_x"}))
     assert response.status_code == 200
+    assert nomos.count("GET /subscriptions/{id}") == 0
+    assert WebhookEvent.objects.get().status == "processed"

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from nomos_billing.exceptions import NomosAPIError, NomosNotLinked
-from nomos_billing.models import NomosCustomer
+from nomos_billing.models import NomosCustomer, NomosLead
 from nomos_billing.portal import (
     INVALID_LINK,
     get_customer,
@@ -84,16 +84,19 @@ def test_a_user_linked_after_a_refused_click_is_seen_on_the_same_object(
     assert nomos.count("POST /admin/magic_link") == 1
 
 
-def test_a_user_stand_in_is_not_linked(nomos: Any) -> None:
-    class TokenUser:  # e.g. a token-auth stand-in, not the user model
+def test_a_user_stand_in_is_not_linked(nomos: Any, alice: Any) -> None:
+    # A token-auth stand-in that happens to carry a real user's pk: alice has a customer and a
+    # fresh lead, yet the stand-in is nobody's user object and gets neither.
+    NomosLead.objects.create(lead_id="lead_alice", user=alice)
+
+    class TokenUser:
         is_authenticated = True
-        pk = 1
+        pk = alice.pk
 
     with pytest.raises(NomosNotLinked):
         mint_portal_link(TokenUser())
-    assert nomos.calls == {}
-    # Its pk is no user of ours: no lead of user 1 makes it "back from a checkout".
     assert has_recent_checkout(TokenUser()) is False
+    assert nomos.calls == {}
 
 
 def test_every_call_mints_a_new_link(nomos: Any, alice: Any) -> None:
