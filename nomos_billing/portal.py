@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.http import is_same_domain
 
@@ -79,10 +78,16 @@ RECENT_CHECKOUT = timedelta(days=1)
 RECENT_CHECKOUT_LEADS = 3
 
 
-def _descriptor(user: Any) -> Any:
-    """The reverse one-to-one of the site's user model; AttributeError for anything else (a
-    token-auth stand-in). ``__class__``, not ``type()``: request.user is a SimpleLazyObject."""
-    return user.__class__.nomos_customer
+def _related(user: Any) -> Any:
+    """The reverse one-to-one (``nomos_customer``) of a signed-in user of the site's user model;
+    ``None`` for anonymous users and for stand-ins that are not that model (token auth).
+    ``__class__``, not ``type()``: request.user is a SimpleLazyObject."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        return user.__class__.nomos_customer.related
+    except AttributeError:
+        return None
 
 
 def customer_id_of(user: Any) -> str | None:
@@ -93,13 +98,10 @@ def customer_id_of(user: Any) -> str | None:
     whole row costs it more than the rest of our checks together. Asked again for the same user
     object, it answers without a query.
     """
-    if user is None or not getattr(user, "is_authenticated", False):
+    related = _related(user)
+    if related is None:
         return None
-    try:
-        cached = _descriptor(user).related.is_cached(user)
-    except AttributeError:
-        return None
-    if cached:
+    if related.is_cached(user):
         customer = get_customer(user)
         return customer.customer_id if customer is not None else None
     known = getattr(user, _CUSTOMER_ID_ATTR, None)
@@ -116,23 +118,13 @@ def has_recent_checkout(user: Any) -> bool:
     """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` that no stored
     subscription names yet: they may have just signed up, so the button offers the portal
     (whose view asks Nomos) rather than a second sign-up. One query, no Nomos call."""
-    if user is None or not getattr(user, "is_authenticated", False):
-        return False
-    try:
-        _descriptor(user)
-    except AttributeError:
+    if _related(user) is None:
         return False
     known = getattr(user, _RECENT_CHECKOUT_ATTR, None)
     if known is None:
-        from .models import NomosLead, NomosSubscription
+        from .sync import open_leads
 
-        named = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
-        since = timezone.now() - RECENT_CHECKOUT
-        known = (
-            NomosLead.objects.filter(user_id=user.pk, created_at__gte=since)
-            .filter(~Exists(named))
-            .exists()
-        )
+        known = open_leads(user=user, since=timezone.now() - RECENT_CHECKOUT).exists()
         setattr(user, _RECENT_CHECKOUT_ATTR, known)
     return bool(known)
 
@@ -147,11 +139,8 @@ def link_recent_checkout(user: Any) -> str | None:
     (``by_lead``: our own database says whose lead it is). One query and no Nomos call for a
     user without such a lead. Raises ``NomosError`` when Nomos cannot be asked.
     """
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    try:
-        related = _descriptor(user).related
-    except AttributeError:
+    related = _related(user)
+    if related is None:
         return None
     from .sync import check_open_leads
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
-from django.db.models import Exists, OuterRef, Q, Subquery, Value
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -379,6 +379,18 @@ def refresh_customer(customer: NomosCustomer) -> int:
     return count
 
 
+def open_leads(*, user: Any = None, since: datetime | None = None) -> QuerySet[NomosLead]:
+    """Leads we created that no stored subscription names yet, newest first; ``user`` and
+    ``since`` narrow them to one user's created since then."""
+    named = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
+    leads = NomosLead.objects.filter(~Exists(named))
+    if user is not None:
+        leads = leads.filter(user_id=user.pk)
+    if since is not None:
+        leads = leads.filter(created_at__gte=since)
+    return leads.order_by("-created_at", "-pk")
+
+
 def check_open_leads(
     client: Any = None,
     *,
@@ -396,19 +408,13 @@ def check_open_leads(
     linked)``. Raises ``NomosError`` when Nomos cannot be asked (what was stored before stays).
     """
     client = client or get_client()
-    known = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
-    open_leads = NomosLead.objects.filter(~Exists(known))
-    if user is not None:
-        open_leads = open_leads.filter(user_id=user.pk)
-    if since is not None:
-        open_leads = open_leads.filter(created_at__gte=since)
-    open_leads = open_leads.order_by("-created_at", "-pk").values_list("lead_id", flat=True)
+    lead_ids = open_leads(user=user, since=since).values_list("lead_id", flat=True)
     if newest is not None:
-        open_leads = open_leads[:newest]
+        lead_ids = lead_ids[:newest]
     checked = converted = linked = 0
     # Ids only, read at once: a server-side cursor (iterator() on PostgreSQL) would hold a
     # transaction open across the GET /leads calls below.
-    for lead_id in list(open_leads):
+    for lead_id in list(lead_ids):
         checked += 1
         try:
             lead = client.get_lead(lead_id)

@@ -41,7 +41,7 @@ from .exceptions import (
 )
 from .forms import LeadForm
 from .models import NomosLead
-from .portal import get_customer, is_allowed_link, mint_portal_link
+from .portal import customer_id_of, get_customer, is_allowed_link, mint_portal_link
 
 logger = logging.getLogger("nomos_billing.views")
 
@@ -69,8 +69,8 @@ def _retry_after(exc: BaseException) -> int:
 
 
 def _customer_id(user: Any) -> str:
-    customer = get_customer(user)
-    return customer.customer_id if customer is not None else "-"
+    # What the click already read (kept on the user object): no second query on its error path.
+    return customer_id_of(user) or "-"
 
 
 def _classify(exc: NomosError, user: Any) -> str:

@@ -26,7 +26,7 @@ from django.utils.translation import gettext as _
 
 from ..conf import nomos_settings
 from ..linking import checkout_url
-from ..portal import get_customer, has_recent_checkout
+from ..portal import customer_id_of, has_recent_checkout
 
 register = template.Library()
 
@@ -66,9 +66,7 @@ def nomos_checkout_url(
 ) -> str:
     """The hosted checkout for the current user, pre-filled; "" when there is none to give."""
     user = _user(context)
-    if user is None or not getattr(user, "is_authenticated", False):
-        return ""
-    if not nomos_settings.CHECKOUT_URL:
+    if not _is_signed_in(user) or not nomos_settings.CHECKOUT_URL:
         return ""
     return checkout_url(user, zip=zip or None, usage=usage or None)
 
@@ -92,7 +90,7 @@ def nomos_portal_button(
         "csrf_token": context.get("csrf_token"),
         "request": context.get("request"),
     }
-    if get_customer(user) is not None or has_recent_checkout(user):
+    if customer_id_of(user) is not None or has_recent_checkout(user):
         values.update(
             variant="portal",
             label=label or _("Open customer portal"),
