@@ -176,27 +176,28 @@ def _business_errors(body: Mapping[str, Any]) -> list[dict[str, str]]:
     return errors
 
 
+def _cause(exc: requests.RequestException) -> object:
+    """What urllib3 reported underneath requests' exception (unwrapped from MaxRetryError)."""
+    reason = exc.args[0] if exc.args else None
+    return reason.reason if isinstance(reason, MaxRetryError) else reason
+
+
 def _timed_out(exc: requests.RequestException) -> bool:
     """True for a timeout, also when urllib3 wrapped it: a read timeout with no retries left
     reaches us as ``ConnectionError(MaxRetryError(reason=ReadTimeoutError))``."""
     if isinstance(exc, requests.Timeout):
         return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    if isinstance(reason, urllib3_exceptions.NewConnectionError):
+    cause = _cause(exc)
+    if isinstance(cause, urllib3_exceptions.NewConnectionError):
         # urllib3 derives it from ConnectTimeoutError, but a refused or unreachable connection
         # is "could not connect", not a timeout (requests draws the same line).
         return False
-    return isinstance(reason, (TimeoutError, urllib3_exceptions.TimeoutError))
+    return isinstance(cause, (TimeoutError, urllib3_exceptions.TimeoutError))
 
 
 def _broke(exc: requests.RequestException) -> bool:
     """True when a connection was made but dropped (reset, closed without an answer)."""
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, urllib3_exceptions.ProtocolError)
+    return isinstance(_cause(exc), urllib3_exceptions.ProtocolError)
 
 
 def _retry_after(response: requests.Response) -> int | None:

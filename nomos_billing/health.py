@@ -20,7 +20,7 @@ from django.core.cache import caches
 from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
-from . import catchup, tasks
+from . import breaker, catchup, tasks
 from .conf import nomos_settings
 from .models import NomosCustomer, WebhookEvent
 from .tokens import AccessToken
@@ -92,21 +92,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def breaker_state() -> str | None:
-    """The outage breaker's state ("off", "closed", "open"), or None where there is none.
-
-    Hook for ``nomos_billing.breaker``: a module-level ``state()`` returning an object with a
-    ``word`` (or the word itself).
-    """
+    """The outage breaker's state ("off", "closed", "open"), or None when it cannot be read."""
     try:
-        from . import breaker  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    state = getattr(breaker, "state", None)
-    try:
-        if not callable(state):
-            return None
-        value = state()
-        return str(getattr(value, "word", value))
+        return breaker.state().word
     except Exception:  # a monitoring read must never take the page down
         logger.info("Could not read the outage breaker's state", exc_info=True)
         return None

@@ -15,7 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from nomos_billing.client import get_client
+from nomos_billing.exceptions import NomosUnavailable
 from nomos_billing.models import NomosCustomer, NomosSyncState, WebhookEvent
+from nomos_billing.sandbox import Fault, seed
 
 pytestmark = pytest.mark.django_db
 
@@ -135,15 +137,14 @@ def test_query_count_does_not_grow_with_100k_events_and_20k_customers(nomos, adm
     assert status_json()["failed"] == 600
 
 
-def test_the_outage_breaker_state_shows_where_a_breaker_module_exists(nomos, monkeypatch):
-    import sys
-    import types
+def test_the_outage_breaker_state_shows(nomos, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 2,
+                              "BREAKER_COOLDOWN": 60}
+    assert status_json()["breaker"] == "closed"
+    nomos.add_fault("POST /admin/magic_link", Fault(status=500), times=None)
+    for _ in range(2):
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
 
-    import nomos_billing
-
-    fake = types.ModuleType("nomos_billing.breaker")
-    fake.state = lambda: types.SimpleNamespace(word="open")  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "nomos_billing.breaker", fake)
-    monkeypatch.setattr(nomos_billing, "breaker", fake, raising=False)
     assert status_json()["breaker"] == "open"
     assert "Outage breaker: open" in status_text()

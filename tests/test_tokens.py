@@ -15,8 +15,8 @@ from unittest import mock
 import pytest
 from django.core.cache import caches
 
-from nomos_billing import client as client_module
 from nomos_billing import budget, tokens
+from nomos_billing import client as client_module
 from nomos_billing.client import NomosClient, get_client
 from nomos_billing.conf import nomos_settings
 from nomos_billing.exceptions import NomosUnavailable
