@@ -291,6 +291,13 @@ def _json_error(status: int, code: str, message: str | Promise, **headers: str) 
     return response
 
 
+def _json_unavailable(retry_after: int, *, database: bool = False) -> JsonResponse:
+    """The JSON 503 of an outage, Nomos' or (``database``, logged here) our database's."""
+    if database:
+        logger.exception("portal/link/: the database is unavailable")
+    return _json_error(503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": str(retry_after)})
+
+
 def _json_next(request: HttpRequest) -> str | None:
     if request.content_type == "application/json":
         try:
@@ -340,8 +347,7 @@ def portal_link(request: HttpRequest) -> JsonResponse:
     try:
         authenticated = request.user.is_authenticated
     except DatabaseError:
-        logger.exception("portal/link/: the database is unavailable")
-        return _json_error(503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": "30"})
+        return _json_unavailable(DEFAULT_RETRY_AFTER, database=True)
     if not authenticated:
         return _json_error(401, "not_authenticated", _("Please sign in first."))
     refused = _csrf_refusal(request)
@@ -364,12 +370,9 @@ def portal_link(request: HttpRequest) -> JsonResponse:
                     "side; please try again later."
                 ),
             )
-        return _json_error(
-            503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": str(_retry_after(exc))}
-        )
+        return _json_unavailable(_retry_after(exc))
     except DatabaseError:
-        logger.exception("portal/link/: the database is unavailable")
-        return _json_error(503, "unavailable", _UNAVAILABLE_TEXT, **{"Retry-After": "30"})
+        return _json_unavailable(DEFAULT_RETRY_AFTER, database=True)
     return JsonResponse({"url": link})
 
 
