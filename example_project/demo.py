@@ -91,6 +91,8 @@ def configure_environment(args: argparse.Namespace) -> dict[str, str]:
         "NOMOS_TASKS": args.tasks,
         # The sandbox's hosted checkout for the plan ({% nomos_checkout_url %}).
         "NOMOS_CHECKOUT_URL": f"http://{args.host}:{args.sandbox_port}/checkout/{PLAN_ID}/",
+        # Where a held link's confirmation mail (printed to the console) points.
+        "NOMOS_SITE_URL": f"http://{args.host}:{args.port}",
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(forced)

@@ -3,8 +3,11 @@
 The admin mirrors Nomos, it does not edit it: every field Nomos owns is read-only, nothing can
 be added here, and only webhook events can be deleted (pruning). The one thing we own, which
 user a customer belongs to, changes only through the explicit *Link to a user* and *Unlink*
-actions, each recorded in the admin history (``LogEntry``), in ``linked_by``, in the log and by
-a signal; a POST to the change form cannot move a customer, whatever it contains.
+actions and the *Confirm* / *Reject* actions on held links, each recorded in the admin history
+(``LogEntry``), in ``linked_by``, in the log and by a signal; a POST to the change form cannot
+move a customer, whatever it contains. Those actions need the ``link_customer`` permission of
+their own ("change" is not enough: a link opens a person's contract and bank details), and a
+POST naming one without it is answered 403.
 
 Every list costs the same number of queries however many rows it shows (foreign keys are
 ``list_select_related``), and the same time at 100k events as at 1k: searches match ids
@@ -24,6 +27,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -32,12 +36,42 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import health, linking, processing, sync, tasks
+from . import confirmation, health, linking, processing, sync, tasks
 from .exceptions import NomosError
-from .models import NomosCustomer, NomosLead, NomosSubscription, WebhookEvent
+from .models import NomosCustomer, NomosLead, NomosLinkClaim, NomosSubscription, WebhookEvent
 
 #: ``linked_by`` and the signals' ``resolver`` / ``unlinked_by`` for a link made by hand.
 ADMIN = "admin"
+#: The permission that makes, undoes and decides links by hand.
+LINK_PERMISSION = "nomos_billing.link_customer"
+
+
+class LinkPermissionMixin:
+    """Actions marked ``permissions=["link"]`` need ``nomos_billing.link_customer``.
+
+    Django leaves such an action out of the menu for others, but answers a POST naming it with
+    a redirect and a message; here that POST (the action, its intermediate form, its confirm
+    step) is refused with 403 before anything runs."""
+
+    def has_link_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.has_perm(LINK_PERMISSION))
+
+    def _link_actions(self) -> set[str]:
+        names = set()
+        for action in getattr(self, "actions", None) or []:
+            func = getattr(self, action, None) if isinstance(action, str) else action
+            if func is not None and "link" in getattr(func, "allowed_permissions", ()):
+                names.add(func.__name__)
+        return names
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if request.method == "POST":
+            named = set(request.POST.getlist("action"))
+            if named & self._link_actions() and not self.has_link_permission(request):
+                raise PermissionDenied
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
 
 
 class LinkedFilter(admin.SimpleListFilter):
@@ -191,7 +225,7 @@ class MirrorAdmin(admin.ModelAdmin):
 
 
 @admin.register(NomosCustomer)
-class NomosCustomerAdmin(MirrorAdmin):
+class NomosCustomerAdmin(LinkPermissionMixin, MirrorAdmin):
     list_display = ["customer_id", "user", "email", "latest_status", "linked"]
     list_filter = [LinkedFilter, LatestStatusFilter, "type"]
     list_select_related = ["user"]
@@ -253,7 +287,7 @@ class NomosCustomerAdmin(MirrorAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Link to a user…"), permissions=["change"])
+    @admin.action(description=_("Link to a user…"), permissions=["link"])
     def link_to_user(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
         unlinked = list(queryset.filter(user__isnull=True)[:2])
         if len(unlinked) != 1:
@@ -297,7 +331,7 @@ class NomosCustomerAdmin(MirrorAdmin):
         }
         return TemplateResponse(request, "nomos_billing/admin_link_customer.html", context)
 
-    @admin.action(description=_("Unlink from the user…"), permissions=["change"])
+    @admin.action(description=_("Unlink from the user…"), permissions=["link"])
     def unlink(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
         linked = list(queryset.filter(user__isnull=False).select_related("user"))
         if not linked:
@@ -333,6 +367,58 @@ class NomosCustomerAdmin(MirrorAdmin):
             messages.SUCCESS,
         )
         return None
+
+
+@admin.register(NomosLinkClaim)
+class NomosLinkClaimAdmin(LinkPermissionMixin, MirrorAdmin):
+    """Held links (``confirmation.py``): a lead or signed reference named a user whose address
+    is not the customer's. The customer's mailbox confirms; an operator may decide instead."""
+
+    list_display = ["customer", "user", "rule", "status", "created_at", "sent_at", "decided_by"]
+    list_filter = ["status", "rule"]
+    list_select_related = ["customer", "user"]
+    search_fields = ["customer__customer_id__exact"]
+    actions = ["confirm_claims", "reject_claims"]
+    show_full_result_count = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # The nonce is the confirmation link's secret half: never shown.
+        return [f.name for f in self.model._meta.fields if f.name != "nonce"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.get_readonly_fields(request, obj)
+
+    def _decided(self, request: HttpRequest, claim: NomosLinkClaim, what: str) -> None:
+        user = claim.user
+        self.log_change(request, claim, f"{what} by an admin (user {user.pk}).")
+        self.log_change(request, claim.customer, f"Held link to user {user.pk} {what.lower()}.")
+
+    @admin.action(description=_("Confirm: link the customer to this user"), permissions=["link"])
+    def confirm_claims(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        done = refused = 0
+        for claim in queryset.select_related("customer", "user"):
+            if confirmation.confirm_by_operator(claim, request.user) == "linked":
+                done += 1
+                self._decided(request, claim, "Confirmed")
+            else:
+                refused += 1
+        self.message_user(
+            request,
+            _("Confirmed %(done)d held links; %(refused)d could not be linked.")
+            % {"done": done, "refused": refused},
+            messages.ERROR if refused else messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Reject: link nobody"), permissions=["link"])
+    def reject_claims(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        done = 0
+        for claim in queryset.select_related("customer", "user"):
+            if confirmation.reject(claim, request.user):
+                done += 1
+                self._decided(request, claim, "Rejected")
+        self.message_user(
+            request, _("Rejected %(done)d held links.") % {"done": done}, messages.SUCCESS
+        )
 
 
 @admin.register(NomosSubscription)

@@ -11,4 +11,7 @@ class NomosBillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            confirmation,  # noqa: F401  (mails the customer of a held link)
+        )

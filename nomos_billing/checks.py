@@ -44,6 +44,11 @@ E_BUDGETS = "nomos_billing.E050"
 W_WEBHOOK_BUDGET = "nomos_billing.W050"
 W_CLAIM_TIMEOUT = "nomos_billing.W051"
 W_BUDGET_TIMEOUT = "nomos_billing.W052"
+# Linking and its confirmation mails start at 60.
+E_CONFIRMATION_DAYS = "nomos_billing.E060"
+E_SITE_URL = "nomos_billing.E061"
+W_UNBOUND_LINKS = "nomos_billing.W060"
+W_NO_SITE_URL = "nomos_billing.W061"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",
@@ -283,6 +288,49 @@ def _check_link_by_email(raw: dict[str, Any]) -> list[CheckMessage]:
     ]
 
 
+def _check_binding(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("BIND_LINKS_TO_EMAIL", True)
+    if value is True:
+        return []
+    return [
+        Warning(
+            f"{_key('BIND_LINKS_TO_EMAIL')} is {value!r}: a Nomos customer found by a lead or a "
+            "signed checkout link is linked to that link's user even when the customer's e-mail "
+            "address is someone else's. Whoever forwards their checkout link to another person "
+            "gets that person's contract, address and bank details in their portal.",
+            hint="Keep the default True unless your site verifies who signs each contract "
+            "itself; silence this check once you have made sure.",
+            id=W_UNBOUND_LINKS,
+        )
+    ]
+
+
+def _check_site_url(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("SITE_URL")
+    if value is None:
+        if "django.contrib.sites" in settings.INSTALLED_APPS:
+            return []
+        return [
+            Warning(
+                f"{_key('SITE_URL')} is not set and django.contrib.sites is not installed: "
+                "a held link's confirmation mail sent while processing a webhook has no "
+                "address of this site to link to, so it is not sent.",
+                hint='Set it to the address users reach your site at, e.g. "https://example.com".',
+                id=W_NO_SITE_URL,
+            )
+        ]
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return [
+            Error(
+                f"{_key('SITE_URL')} is {value!r}; it must be an http(s) address.",
+                hint='For example "https://example.com" (no path needed).',
+                id=E_SITE_URL,
+            )
+        ]
+    return []
+
+
 def _check_next_prefixes(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("PORTAL_NEXT_PREFIXES")
     if value is None:
@@ -516,8 +564,17 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
         "the default 3600 covers a slow checkout, 0 turns it off. Nomos retries for about 3 "
         "days, so a longer window would never end.",
     ),
+    _check_positive_int(
+        "LINK_CONFIRMATION_DAYS",
+        E_CONFIRMATION_DAYS,
+        1,
+        90,
+        "Days the link in a held link's confirmation mail works; the default is 7.",
+    ),
     _check_resolvers,
     _check_link_by_email,
+    _check_binding,
+    _check_site_url,
     _check_next_prefixes,
     _check_portal_hosts,
     _check_checkout_hosts,

@@ -47,6 +47,16 @@ DEFAULTS: dict[str, Any] = {
     ],
     "METADATA_USER_KEY": "django_user_id",
     "LINK_BY_EMAIL": False,
+    # A customer found by lead or signed reference is linked at once only when its Nomos
+    # e-mail address is the user's (addresses.same_address); otherwise the link is held until
+    # the customer's mailbox confirms it (confirmation.py). False trusts whoever handed out
+    # the checkout link: only for sites that verify identity themselves (W040).
+    "BIND_LINKS_TO_EMAIL": True,
+    # How long the link in a confirmation mail works.
+    "LINK_CONFIRMATION_DAYS": 7,
+    # The site's own address (e.g. "https://example.com") for links in mails sent outside a
+    # request (a webhook processed on a worker); None: django.contrib.sites' current site.
+    "SITE_URL": None,
     "PORTAL_NEXT_PREFIXES": None,
     "PORTAL_HOSTS": None,
     # Hosts of Nomos' hosted checkout, which a minted link points at for a customer without a

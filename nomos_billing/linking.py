@@ -10,11 +10,19 @@ dotted path. The built-in ones, in the default order, and what each trusts:
   reference* (``user_reference``). Subscription metadata can be written by anyone through the
   hosted checkout's URL, so a bare user id there proves nothing; only a value signed with our
   ``SECRET_KEY`` (or one in ``SECRET_KEY_FALLBACKS``) names a user.
-- ``by_email``: off unless ``LINK_BY_EMAIL``; trusts that the site verifies e-mail addresses.
+- ``by_email``: off unless ``LINK_BY_EMAIL``; trusts that the site verifies e-mail addresses,
+  and matches only the same plain ASCII address (``addresses.same_address``).
+
+A lead or a signed reference proves who *handed out* a checkout link, not who signed the
+contract: a link forwarded to someone else (phishing) would put that person's contract into the
+sender's account. So those two rules are bound to the address (``BIND_LINKS_TO_EMAIL``): the
+customer is linked at once only when its Nomos e-mail address is the user's; otherwise the link
+is *held* (``confirmation.hold``), nobody is linked, and the customer's own mailbox or an
+operator decides.
 
 ``link_customer`` never moves a customer that is already linked, and never gives a user a
-second customer. Only the admin's explicit Link / Unlink actions change a link by hand
-(``attach_user(..., "admin")`` / ``detach_user``).
+second customer. Only a confirmation and the admin's explicit actions (behind the
+``link_customer`` permission) change a link otherwise (``attach_user`` / ``detach_user``).
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from .addresses import normalized_address, same_address
 from .conf import nomos_settings
-from .signals import customer_linked, customer_unlinked
+from .signals import customer_link_held, customer_linked, customer_unlinked
 
 if TYPE_CHECKING:
     from .models import NomosCustomer
@@ -184,21 +194,41 @@ def by_lead(link: LinkRequest) -> Any:
     return lead.user
 
 
+#: How many accounts may share an address (ignoring case) before ``by_email`` gives up: more
+#: than a handful are look-alikes made on purpose, and a link must never be a guess.
+EMAIL_CANDIDATES = 10
+
+
 def by_email(link: LinkRequest) -> Any:
     """Off unless ``LINK_BY_EMAIL``: the one active user with the customer's e-mail address.
 
     Unverified addresses make this an account takeover (sign up with the victim's address,
-    get their portal); the W002 system check says so.
+    get their portal); the W002 system check says so. Only the same plain ASCII address
+    matches (``addresses.same_address``): the database narrows the candidates, Python decides,
+    so no database's Unicode case folding (dotless i = ``i``, Kelvin sign = ``k``) makes two
+    addresses one.
     """
-    if not nomos_settings.LINK_BY_EMAIL or not link.customer.email:
+    if not nomos_settings.LINK_BY_EMAIL:
+        return None
+    address = normalized_address(link.customer.email)
+    if address is None:
         return None
     User = get_user_model()  # noqa: N806
     field_name = User.get_email_field_name()
-    matches = list(
-        User._default_manager.filter(
-            **{f"{field_name}__iexact": link.customer.email, "is_active": True}
-        )[:2]
+    candidates = list(
+        User._default_manager.annotate(_nomos_address=Lower(field_name)).filter(
+            _nomos_address=address, is_active=True
+        )[: EMAIL_CANDIDATES + 1]
     )
+    if len(candidates) > EMAIL_CANDIDATES:
+        logger.warning(
+            "Nomos customer %s: more than %d accounts share its e-mail address apart from "
+            "case; not linked by e-mail",
+            link.customer.customer_id,
+            EMAIL_CANDIDATES,
+        )
+        return None
+    matches = [u for u in candidates if same_address(getattr(u, field_name, None), address)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -214,11 +244,33 @@ def resolve_user(link: LinkRequest) -> tuple[Any, str] | tuple[None, None]:
     return None, None
 
 
+#: The rules that name a user by something that user can hand to someone else (a checkout
+#: link): what they find is linked at once only under the address binding.
+BOUND_RULES = frozenset({"by_lead", "by_metadata"})
+
+
+def user_address(user: Any) -> str:
+    """The user's e-mail address as the user model names its field ('' when it has none)."""
+    try:
+        field_name = user.get_email_field_name()
+    except AttributeError:
+        field_name = "email"
+    value = getattr(user, field_name, "")
+    return value if isinstance(value, str) else ""
+
+
+def is_bound(rule: str) -> bool:
+    """True when what ``rule`` found must carry the user's own address to be linked at once."""
+    return rule in BOUND_RULES and nomos_settings.BIND_LINKS_TO_EMAIL is not False
+
+
 def link_customer(link: LinkRequest) -> bool:
     """Link ``link.customer`` to the user the resolvers find. Returns True if it was linked now.
 
-    An already linked customer stays with its user, and a user already holding another
-    customer is not given a second one (one-to-one); both are logged for an operator.
+    A find by a bound rule (lead, signed reference) whose customer has another address than
+    the user is held for confirmation instead (``confirmation.hold``) and returns False. An
+    already linked customer stays with its user, and a user already holding another customer
+    is not given a second one (one-to-one); both are logged for an operator.
     """
     customer = link.customer
     if customer.user_id is not None:
@@ -227,7 +279,50 @@ def link_customer(link: LinkRequest) -> bool:
     if user is None:
         logger.info("Nomos customer %s could not be linked to a user", customer.customer_id)
         return False
-    return attach_user(customer, user, resolver or "resolver")
+    rule = resolver or "resolver"
+    if is_bound(rule) and not same_address(customer.email, user_address(user)):
+        hold(customer, user, rule)
+        return False
+    return attach_user(customer, user, rule)
+
+
+def hold(customer: NomosCustomer, user: Any, rule: str) -> bool:
+    """Store a pending claim of ``customer`` for ``user`` and announce it
+    (``customer_link_held``; our receiver mails the customer, ``confirmation.py``). Returns True
+    when the claim is new: a claim is raised once per customer and user, whatever became of
+    it, so redeliveries and re-syncs neither mail again nor revive a rejected claim."""
+    from .models import NomosCustomer, NomosLinkClaim
+
+    if NomosCustomer.objects.filter(user=user).exists():
+        logger.warning(
+            "Nomos customer %s resolves (%s) to user %s, who is already linked to another "
+            "customer; not held",
+            customer.customer_id,
+            rule,
+            user.pk,
+        )
+        return False
+    try:
+        with transaction.atomic():
+            claim, created = NomosLinkClaim.objects.get_or_create(
+                customer=customer, user=user, defaults={"rule": rule}
+            )
+    except IntegrityError:
+        # A concurrent delivery raised the same claim first.
+        return False
+    if not created:
+        return False
+    logger.warning(
+        "Nomos customer %s found %s for user %s, whose e-mail address is not the customer's: "
+        "link held until the customer's mailbox or an operator confirms it",
+        customer.customer_id,
+        rule,
+        user.pk,
+    )
+    customer_link_held.send(
+        sender=NomosCustomer, customer=customer, user=user, rule=rule, claim=claim
+    )
+    return True
 
 
 def attach_user(customer: NomosCustomer, user: Any, linked_by: str) -> bool:

@@ -64,6 +64,11 @@ class NomosCustomer(models.Model):
             models.Index(fields=["-created_at"], name="nomos_cus_created_idx"),
             models.Index(fields=["latest_status", "-created_at"], name="nomos_cus_latest_idx"),
         ]
+        # A link grants access to a person's contract and bank details: "change" (which every
+        # support role tends to get) is not enough to make or undo one by hand.
+        permissions = [
+            ("link_customer", _("Can link, unlink, confirm or reject links of Nomos customers")),
+        ]
 
     def __str__(self) -> str:
         name = " ".join(p for p in (self.first_name, self.last_name) if p)
@@ -140,6 +145,67 @@ class NomosLead(models.Model):
 
     def __str__(self) -> str:
         return self.lead_id
+
+
+class ClaimStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    CONFIRMED = "confirmed", _("Confirmed")
+    REJECTED = "rejected", _("Rejected")
+
+
+class NomosLinkClaim(models.Model):
+    """A link the resolvers found but did not make: held until the customer's mailbox (or an
+    operator) confirms it.
+
+    Held when a lead or a signed reference names a user whose e-mail address is not the Nomos
+    customer's: the checkout link may have been handed to someone else (``linking``). One row
+    per customer and user, whatever its outcome, so that a rejected claim is not raised again
+    by the next delivery and a pending one is mailed once.
+    """
+
+    Status = ClaimStatus
+
+    customer = models.ForeignKey(
+        NomosCustomer,
+        on_delete=models.CASCADE,
+        related_name="link_claims",
+        verbose_name=_("customer"),
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="nomos_link_claims",
+        verbose_name=_("user"),
+    )
+    # The resolver that found the user (``by_lead``, ``by_metadata``...).
+    rule = models.CharField(_("rule"), max_length=100)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    # Changes with every confirmation mail, so that only the newest mail's link works.
+    nonce = models.CharField(max_length=32, blank=True, editable=False)
+    sent_to = models.EmailField(_("confirmation sent to"), blank=True)
+    sent_at = models.DateTimeField(_("confirmation sent"), null=True, blank=True)
+    sends = models.PositiveSmallIntegerField(_("confirmations sent"), default=0)
+    decided_at = models.DateTimeField(_("decided"), null=True, blank=True)
+    # "mailbox", or "admin:<pk>" for an operator.
+    decided_by = models.CharField(_("decided by"), max_length=100, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("held link")
+        verbose_name_plural = _("held links")
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "user"], name="nomos_claim_once"),
+        ]
+        indexes = [
+            models.Index(fields=["user", "status"], name="nomos_claim_user_idx"),
+            models.Index(fields=["status", "-created_at"], name="nomos_claim_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} -> {self.user_id} ({self.status})"
 
 
 class WebhookEvent(models.Model):

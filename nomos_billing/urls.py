@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views, webhooks
+from . import confirmation_views, views, webhooks
 
 app_name = "nomos_billing"
 
@@ -13,4 +13,6 @@ urlpatterns = [
     path("portal/", views.portal, name="portal"),
     path("portal/link/", views.portal_link, name="portal_link"),
     path("portal/start/", views.start, name="start"),
+    path("link/confirm/<str:token>/", confirmation_views.link_confirm, name="link_confirm"),
+    path("link/resend/", confirmation_views.link_resend, name="link_resend"),
 ]

@@ -29,7 +29,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from . import budget
+from . import budget, confirmation
 from .client import get_client
 from .conf import nomos_settings
 from .exceptions import (
@@ -158,7 +158,13 @@ def page(
 
 
 def no_customer_page(request: HttpRequest) -> HttpResponse:
-    response = page(request, NO_CUSTOMER_TEMPLATE, _signup_context(request), status=200)
+    claim = confirmation.pending_claim(request.user)
+    if claim is not None:
+        # A contract waits for its mailbox's confirmation: no second sign-up to offer.
+        context = {"held": confirmation.held_context(claim)}
+    else:
+        context = _signup_context(request)
+    response = page(request, NO_CUSTOMER_TEMPLATE, context, status=200)
     add_never_cache_headers(response)
     return response
 

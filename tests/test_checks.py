@@ -16,6 +16,7 @@ GOOD = {
     "CLIENT_ID": "id",
     "CLIENT_SECRET": "secret",
     "WEBHOOK_SECRETS": ["whsec_1"],
+    "SITE_URL": "https://example.com",
 }
 
 
@@ -64,10 +65,23 @@ def test_good_settings_pass(settings):
         ({**GOOD, "LINK_BY_EMAIL": True}, "nomos_billing.W002"),
         ({**GOOD, "CLIENT_SECERT": "typo"}, "nomos_billing.W003"),
         ({**GOOD, "API_VERSION": "2025-01-01.old"}, "nomos_billing.W004"),
+        ({**GOOD, "LINK_CONFIRMATION_DAYS": 0}, "nomos_billing.E060"),
+        ({**GOOD, "LINK_CONFIRMATION_DAYS": "7"}, "nomos_billing.E060"),
+        ({**GOOD, "SITE_URL": "example.com"}, "nomos_billing.E061"),
+        ({**GOOD, "SITE_URL": 42}, "nomos_billing.E061"),
+        ({**GOOD, "BIND_LINKS_TO_EMAIL": False}, "nomos_billing.W060"),
+        ({**GOOD, "BIND_LINKS_TO_EMAIL": "no"}, "nomos_billing.W060"),
     ],
 )
 def test_each_wrong_setting_has_its_check_id(settings, value, expected):
     assert expected in ids(settings, value)
+
+
+def test_no_site_address_for_confirmation_mails_warns_unless_sites_is_installed(settings):
+    without = {k: v for k, v in GOOD.items() if k != "SITE_URL"}
+    assert "nomos_billing.W061" in ids(settings, without)
+    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "django.contrib.sites"]
+    assert "nomos_billing.W061" not in ids(settings, without)
 
 
 def test_not_a_dict_is_E003(settings):

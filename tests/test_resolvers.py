@@ -170,9 +170,11 @@ def test_user_already_holding_a_customer_gets_no_second_one(nomos, client, user_
 
 def test_lead_created_for_a_user_links_the_converted_customer(nomos, client,
                                                               django_user_model):
-    user = django_user_model.objects.create(username="lead-user")
+    # The lead form sends the user's address, so the checkout's customer carries it.
+    user = django_user_model.objects.create(username="lead-user", email="lead@example.com")
     lead = nomos.create_lead({"plan": "pln_sandbox_home", "address": {"zip": "10115"},
-                              "meter": {"estimated_usage": 2000}}, nomos.base_url)
+                              "meter": {"estimated_usage": 2000},
+                              "customer": {"email": "lead@example.com"}}, nomos.base_url)
     NomosLead.objects.create(lead_id=lead["id"], user=user)
     sub = nomos.convert_lead(lead["id"])
     event = nomos.build_event("subscription.created", {"subscription": sub["id"]})

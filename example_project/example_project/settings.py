@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -116,7 +117,17 @@ NOMOS_BILLING = {
     "SIGNUP_URL": env.str("NOMOS_SIGNUP_URL", default="") or None,
     # The plan's hosted checkout ({% nomos_checkout_url %}), e.g. https://lumio.checkout.energy/
     "CHECKOUT_URL": env.str("NOMOS_CHECKOUT_URL", default="") or None,
+    # This site's address, for the link in a held link's confirmation mail.
+    "SITE_URL": env.str("NOMOS_SITE_URL", default="http://127.0.0.1:8000"),
 }
+
+# Confirmation mails of held links: printed to the console unless EMAIL_BACKEND names another
+# backend. Django 6.1 configures mail as MAILERS (EMAIL_BACKEND is deprecated there).
+_MAIL_BACKEND = env.str("EMAIL_BACKEND", default="") or "django.core.mail.backends.console.EmailBackend"
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": _MAIL_BACKEND}}
+else:
+    EMAIL_BACKEND = _MAIL_BACKEND
 
 # NOMOS_TASKS=db: webhooks are processed by `manage.py db_worker` (nomos-billing[tasks-db]);
 # NOMOS_TASKS=rq: by `manage.py rqworker default --job-class django_tasks_rq.Job` on Redis

@@ -6,7 +6,8 @@ or an empty string for anonymous visitors or without ``CHECKOUT_URL``.
 
 ``{% nomos_portal_button [label=...] [next=...] [css_class=...] [method="get"] %}`` renders
 ``nomos_billing/portal_button.html``: a small POST form (with the CSRF token) for a linked user,
-a link to the lead form / sign-up page for a user without a customer, nothing for anonymous
+a link to the lead form / sign-up page for a user without a customer, where a confirmation
+mail went and a "send again" button for a user whose link is held, nothing for anonymous
 visitors. ``{% nomos_portal_url [next=...] %}`` is the portal view's URL for a signed-in user
 and empty for anonymous visitors. The customer lookup is cached on the user object, so
 several buttons cost one query. No link is minted while rendering: that happens when the
@@ -25,6 +26,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 
 from ..conf import nomos_settings
+from ..confirmation import held_context, pending_claim
 from ..linking import checkout_url
 from ..portal import customer_id_of, has_recent_checkout
 
@@ -90,7 +92,11 @@ def nomos_portal_button(
         "csrf_token": context.get("csrf_token"),
         "request": context.get("request"),
     }
-    if customer_id_of(user) is not None or has_recent_checkout(user):
+    claim = None if customer_id_of(user) is not None else pending_claim(user)
+    if claim is not None:
+        # The contract waits for its mailbox: say where the mail went, offer to send it again.
+        values.update(variant="held", held=held_context(claim))
+    elif customer_id_of(user) is not None or has_recent_checkout(user):
         values.update(
             variant="portal",
             label=label or _("Open customer portal"),
