@@ -318,9 +318,11 @@ def pending_claim(user: Any) -> NomosLinkClaim | None:
 def held_context(claim: NomosLinkClaim) -> dict[str, Any]:
     """What the button and our pages show of a held link: where the mail went (masked) and
     whether it can be sent again."""
+    # Before the first mail left (it leaves when the transaction that held the link commits),
+    # the customer's address is where it goes.
     address = claim.sent_to or claim.customer.email
     return {
-        "sent_to": mask_address(address) if claim.sent_at else "",
+        "sent_to": mask_address(address),
         "can_resend": bool(address) and claim.sends < MAX_SENDS,
         "resend_url": reverse("nomos_billing:link_resend"),
     }

@@ -1,0 +1,186 @@
+"""Linking by hand needs a permission of its own, on every path, and leaves a trail.
+
+Each action that makes, undoes or decides a link (Link to a user, Unlink, Confirm and Reject on
+held links) is tried by a superuser, by staff with view only, with change only, with view and
+``nomos_billing.link_customer``, and by a non-staff user: the action itself, its intermediate
+form and its final POST. Only the permission's holders (and superusers) change anything, and
+each change is a ``LogEntry`` naming the staff member.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.urls import reverse
+
+from nomos_billing.models import NomosCustomer, NomosLinkClaim
+
+pytestmark = pytest.mark.django_db
+
+CUSTOMERS = reverse("admin:nomos_billing_nomoscustomer_changelist")
+CLAIMS = reverse("admin:nomos_billing_nomoslinkclaim_changelist")
+
+#: Role -> (is_staff, is_superuser, permission codenames).
+ROLES = {
+    "superuser": (True, True, []),
+    "staff-view": (True, False, ["view_nomoscustomer", "view_nomoslinkclaim"]),
+    "staff-change": (
+        True,
+        False,
+        ["view_nomoscustomer", "change_nomoscustomer", "view_nomoslinkclaim",
+         "change_nomoslinkclaim"],
+    ),
+    "staff-link": (True, False, ["view_nomoscustomer", "view_nomoslinkclaim", "link_customer"]),
+    "not-staff": (False, False, ["view_nomoscustomer", "link_customer"]),
+}
+ALLOWED = {"superuser", "staff-link"}
+
+
+@pytest.fixture(params=ROLES.keys())
+def role(request: Any, django_user_model: Any) -> tuple[str, Client, Any]:
+    name = request.param
+    staff, superuser, codenames = ROLES[name]
+    operator = django_user_model.objects.create_user(
+        f"op-{name}", f"{name}@example.com", "pw", is_staff=staff, is_superuser=superuser
+    )
+    operator.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="nomos_billing", codename__in=codenames)
+    )
+    client = Client()
+    client.force_login(operator)
+    return name, client, operator
+
+
+@pytest.fixture
+def customer_and_user(django_user_model: Any) -> tuple[NomosCustomer, Any]:
+    user = django_user_model.objects.create_user("target", "target@example.com", "pw")
+    return NomosCustomer.objects.create(customer_id="cus_hand", email="c@example.com"), user
+
+
+def refused(name: str, response: Any) -> None:
+    if name == "not-staff":
+        assert response.status_code == 302 and "/login/" in response["Location"]
+    else:
+        assert response.status_code == 403, (name, response.status_code)
+
+
+def logged(operator: Any, obj: Any) -> list[str]:
+    return [
+        e.change_message
+        for e in LogEntry.objects.filter(user=operator, object_id=str(obj.pk))
+    ]
+
+
+def test_link_to_user_action_its_form_and_its_post(role, customer_and_user):
+    name, client, operator = role
+    customer, user = customer_and_user
+    selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
+
+    form = client.post(CUSTOMERS, selected)
+    final = client.post(CUSTOMERS, {**selected, "apply": "1", "user": user.username})
+
+    customer.refresh_from_db()
+    if name in ALLOWED:
+        assert form.status_code == 200 and b'name="user"' in form.content
+        assert final.status_code == 302
+        assert (customer.user, customer.linked_by) == (user, "admin")
+        assert any("Linked to user" in m for m in logged(operator, customer))
+    else:
+        refused(name, form)
+        refused(name, final)
+        assert customer.user is None
+        assert not LogEntry.objects.exists()
+
+
+def test_unlink_action_and_its_confirmation(role, customer_and_user):
+    name, client, operator = role
+    customer, user = customer_and_user
+    NomosCustomer.objects.filter(pk=customer.pk).update(user=user, linked_by="by_lead")
+    selected = {"action": "unlink", "_selected_action": [customer.pk]}
+
+    ask = client.post(CUSTOMERS, selected)
+    final = client.post(CUSTOMERS, {**selected, "confirm": "yes"})
+
+    customer.refresh_from_db()
+    if name in ALLOWED:
+        assert ask.status_code == 200
+        assert final.status_code == 302
+        assert customer.user is None
+        assert any("Unlinked from user" in m for m in logged(operator, customer))
+    else:
+        refused(name, ask)
+        refused(name, final)
+        assert customer.user == user
+
+
+@pytest.mark.parametrize("action", ["confirm_claims", "reject_claims"])
+def test_deciding_a_held_link(role, customer_and_user, action):
+    name, client, operator = role
+    customer, user = customer_and_user
+    claim = NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
+
+    response = client.post(CLAIMS, {"action": action, "_selected_action": [claim.pk]})
+
+    claim.refresh_from_db()
+    customer.refresh_from_db()
+    if name in ALLOWED:
+        assert response.status_code == 302
+        if action == "confirm_claims":
+            assert claim.status == "confirmed"
+            assert (customer.user, customer.linked_by) == (user, "admin")
+        else:
+            assert claim.status == "rejected"
+            assert customer.user is None
+        assert claim.decided_by == f"admin:{operator.pk}"
+        assert logged(operator, claim) and logged(operator, customer)
+    else:
+        refused(name, response)
+        assert claim.status == "pending" and customer.user is None
+        assert not LogEntry.objects.exists()
+
+
+def test_the_action_menu_offers_linking_only_to_the_permissions_holders(role):
+    name, client, _ = role
+    NomosCustomer.objects.create(customer_id="cus_menu")
+    response = client.get(CUSTOMERS)
+    if name == "not-staff":
+        refused(name, response)
+        return
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert ('value="link_to_user"' in text) == (name in ALLOWED)
+    assert ('value="unlink"' in text) == (name in ALLOWED)
+
+
+def test_a_change_form_post_cannot_move_a_customer(role, customer_and_user):
+    name, client, _ = role
+    customer, user = customer_and_user
+    url = reverse("admin:nomos_billing_nomoscustomer_change", args=[customer.pk])
+    client.post(url, {"user": user.pk, "customer_id": "cus_hand", "linked_by": "admin"})
+    customer.refresh_from_db()
+    assert customer.user is None
+
+
+def test_rejected_claim_is_never_raised_again(customer_and_user, admin_client, nomos):
+    from nomos_billing import linking
+
+    customer, user = customer_and_user
+    NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead",
+                                  status="rejected")
+    assert linking.hold(customer, user, "by_lead") is False
+    assert NomosLinkClaim.objects.get().status == "rejected"
+
+
+def test_the_claim_page_never_shows_the_confirmation_secret(admin_client, customer_and_user):
+    customer, user = customer_and_user
+    claim = NomosLinkClaim.objects.create(
+        customer=customer, user=user, rule="by_lead", nonce="secret-nonce-value"
+    )
+    for url in (CLAIMS, reverse("admin:nomos_billing_nomoslinkclaim_change", args=[claim.pk])):
+        response = admin_client.get(url)
+        assert response.status_code == 200
+        assert b"secret-nonce-value" not in response.content
