@@ -3,13 +3,12 @@ DATABASE_URL / CACHE_URL are set (as .ci/run does)."""
 
 from __future__ import annotations
 
-import django
-
 import os
 import tempfile
 from importlib.util import find_spec
 from urllib.parse import urlsplit, urlunsplit
 
+import django
 import environ
 
 env = environ.Env()

@@ -157,7 +157,7 @@ def test_the_action_menu_offers_linking_only_to_the_permissions_holders(role):
 
 
 def test_a_change_form_post_cannot_move_a_customer(role, customer_and_user):
-    name, client, _ = role
+    _, client, _ = role
     customer, user = customer_and_user
     url = reverse("admin:nomos_billing_nomoscustomer_change", args=[customer.pk])
     client.post(url, {"user": user.pk, "customer_id": "cus_hand", "linked_by": "admin"})

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.core import mail, signing
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
@@ -176,9 +178,6 @@ def test_a_redelivery_and_a_resync_neither_mail_again_nor_raise_a_second_claim(
     subscription = finish_checkout(nomos, VICTIM, lead_id=lead_of(mallory))
     deliver(nomos, subscription, django_capture_on_commit_callbacks)
     deliver(nomos, subscription, django_capture_on_commit_callbacks)
-    from django.core.management import call_command
-    from io import StringIO
-
     with django_capture_on_commit_callbacks(execute=True):
         call_command("nomos_sync", stdout=StringIO(), stderr=StringIO())
 

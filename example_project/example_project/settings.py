@@ -123,7 +123,9 @@ NOMOS_BILLING = {
 
 # Confirmation mails of held links: printed to the console unless EMAIL_BACKEND names another
 # backend. Django 6.1 configures mail as MAILERS (EMAIL_BACKEND is deprecated there).
-_MAIL_BACKEND = env.str("EMAIL_BACKEND", default="") or "django.core.mail.backends.console.EmailBackend"
+_MAIL_BACKEND = (
+    env.str("EMAIL_BACKEND", default="") or "django.core.mail.backends.console.EmailBackend"
+)
 if django.VERSION >= (6, 1):
     MAILERS = {"default": {"BACKEND": _MAIL_BACKEND}}
 else:
