@@ -78,7 +78,6 @@ def link_resend(request: HttpRequest) -> HttpResponse:
         {
             "state": state,
             "held": confirmation.held_context(claim),
-            "retry_minutes": max(1, -(-retry_after // 60)),
         },
         status=status,
     )

@@ -469,3 +469,18 @@ def test_a_customer_without_address_is_held_for_an_operator(
     deliver(nomos, subscription, django_capture_on_commit_callbacks)
     assert NomosLinkClaim.objects.get().sent_at is None
     assert mail.outbox == []
+
+
+def test_the_confirmation_mail_speaks_german(
+    nomos, plan, mallory, settings, django_capture_on_commit_callbacks
+):
+    settings.LANGUAGE_CODE = "de"
+    from django.utils import translation
+
+    with translation.override("de"):
+        subscription = finish_checkout(nomos, VICTIM, lead_id=lead_of(mallory))
+        deliver(nomos, subscription, django_capture_on_commit_callbacks)
+    message = mail.outbox[0]
+    assert message.subject == "Bestätigen Sie, wer Ihren Stromvertrag sehen darf"
+    assert "jemand möchte Ihren Stromvertrag" in message.body
+    assert link_in(message).startswith("/nomos/link/confirm/")
