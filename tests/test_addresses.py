@@ -153,3 +153,15 @@ def test_a_signed_reference_of_a_look_alike_account_is_held_not_linked(
 
     assert customer.user is None
     assert NomosLinkClaim.objects.get().user == user
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgresql_iexact_would_have_matched_the_look_alikes(django_user_model: Any) -> None:
+    """Why ``by_email`` decides in Python: the database's own comparison folds them."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's UPPER() folding: runs on the PostgreSQL run (DATABASE_URL)")
+    django_user_model.objects.create_user("lookalike", LOOK_ALIKES["dotless-i"], "pw")
+    assert django_user_model.objects.filter(email__iexact=ALICE).exists()
