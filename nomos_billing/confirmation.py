@@ -25,6 +25,7 @@ from typing import Any, Literal
 from django.core import signing
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import F
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -130,11 +131,12 @@ def send_confirmation(claim: NomosLinkClaim, *, base_url: str | None = None) -> 
     nonce = secrets.token_urlsafe(16)
     # Conditional: a claim decided meanwhile gets no mail.
     updated = NomosLinkClaim.objects.filter(pk=claim.pk, status=ClaimStatus.PENDING).update(
-        nonce=nonce, sent_to=to[:254], sent_at=now, sends=claim.sends + 1
+        nonce=nonce, sent_to=to[:254], sent_at=now, sends=F("sends") + 1
     )
     if not updated:
         return False
-    claim.nonce, claim.sent_to, claim.sent_at, claim.sends = nonce, to[:254], now, claim.sends + 1
+    # Two clicks on "send again" at once both count.
+    claim.refresh_from_db(fields=["nonce", "sent_to", "sent_at", "sends"])
     context = {
         "url": confirmation_url(claim, base),
         "account": account_label(claim.user),
