@@ -30,7 +30,7 @@ from .conf import nomos_settings
 
 logger = logging.getLogger("nomos_billing.shared_cache")
 
-__all__ = ["SharedCache", "RETRY_AFTER", "WARN_EVERY", "reset", "token_cache"]
+__all__ = ["RETRY_AFTER", "WARN_EVERY", "SharedCache", "reset", "token_cache"]
 
 #: Seconds between two tries of a cache that failed.
 RETRY_AFTER = 10.0
@@ -44,7 +44,9 @@ class SharedCache:
     def __init__(self, alias: str) -> None:
         self.alias = alias
         # A name of our own: LocMemCache instances with one name share their storage.
-        self.local = LocMemCache(f"nomos_billing-stand-in-{alias}", {"OPTIONS": {"MAX_ENTRIES": 1000}})
+        self.local = LocMemCache(
+            f"nomos_billing-stand-in-{alias}", {"OPTIONS": {"MAX_ENTRIES": 1000}}
+        )
         self._lock = threading.Lock()
         self._retry_at: float | None = None  # monotonic; None while the cache answers
         self._warned_at: float | None = None
@@ -119,7 +121,9 @@ class SharedCache:
             self._retry_at = None
         # What this process learned alone must not outlive the outage (an open breaker).
         self.local.clear()
-        logger.info("The cache %r answers again: the token and breaker are shared again", self.alias)
+        logger.info(
+            "The cache %r answers again: the token and breaker are shared again", self.alias
+        )
 
 
 _lock = threading.Lock()
