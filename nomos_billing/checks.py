@@ -53,7 +53,6 @@ W_CLAIM_TIMEOUT = "nomos_billing.W051"
 W_BUDGET_TIMEOUT = "nomos_billing.W052"
 # Secrets and production (check --deploy) start at 70.
 E_WEAK_WEBHOOK_SECRET = "nomos_billing.E070"
-W_SHORT_WEBHOOK_SECRET = "nomos_billing.W070"
 E_DEPLOY_SANDBOX_URL = "nomos_billing.E071"
 E_DEPLOY_SANDBOX_CREDENTIALS = "nomos_billing.E072"
 E_DEPLOY_SANDBOX_SECRET = "nomos_billing.E073"
@@ -135,7 +134,8 @@ def _check_webhook_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
 
 
 def _weak_webhook_secrets(raw: dict[str, Any], entries: list[str]) -> list[CheckMessage]:
-    """One message per blank or short entry, by position: a secret is never printed."""
+    """One error per blank entry, and per short one unless the API is a sandbox on loopback
+    (whose own secret is ``whsec_sandbox``), by position: a secret is never printed."""
     base_url = raw.get("API_BASE_URL", DEFAULTS["API_BASE_URL"])
     sandbox = isinstance(base_url, str) and is_loopback(urlsplit(base_url).hostname)
     hint = (
@@ -154,17 +154,7 @@ def _weak_webhook_secrets(raw: dict[str, Any], entries: list[str]) -> list[Check
                     id=E_WEAK_WEBHOOK_SECRET,
                 )
             )
-        elif len(secret) < MIN_WEBHOOK_SECRET_LENGTH and sandbox:
-            messages.append(
-                Warning(
-                    f"{where} is shorter than {MIN_WEBHOOK_SECRET_LENGTH} characters. It is used "
-                    "because API_BASE_URL is a sandbox on loopback; against Nomos it would not be.",
-                    hint="Fine for the sandbox's whsec_sandbox; use the dashboard's secret in "
-                    "production.",
-                    id=W_SHORT_WEBHOOK_SECRET,
-                )
-            )
-        elif len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        elif len(secret) < MIN_WEBHOOK_SECRET_LENGTH and not sandbox:
             messages.append(
                 Error(
                     f"{where} is shorter than {MIN_WEBHOOK_SECRET_LENGTH} characters, too short "

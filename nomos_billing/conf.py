@@ -100,8 +100,9 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-#: Nomos signing secrets are long random strings; anything shorter is a paste gone wrong. The
-#: sandbox's own ``whsec_sandbox`` is shorter, so a loopback API only warns (checks.W070).
+#: Nomos signing secrets are long random strings; anything shorter is a paste gone wrong. Against
+#: a sandbox on loopback a short one is used without a word: the sandbox's own ``whsec_sandbox``
+#: is the documented development setup, and ``check --deploy`` refuses a loopback API.
 MIN_WEBHOOK_SECRET_LENGTH = 16
 
 
