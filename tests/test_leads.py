@@ -204,6 +204,8 @@ def test_start_post_without_csrf_token_is_refused(bob: Any, nomos: Any, with_pla
     client.force_login(bob)
     response = client.post(START, {"zip_code": "10115", "estimated_usage": "2500"})
     assert response.status_code == 403
+    assert b"CSRF verification failed" in response.content  # Django's own page
+    assert "no-store" in response["Cache-Control"]  # like every answer of the form
     assert nomos.calls == {}
 
 
