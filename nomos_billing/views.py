@@ -432,6 +432,8 @@ def start(request: HttpRequest) -> HttpResponse:
     if (
         not isinstance(lead_id, str)
         or not lead_id
+        # Longer than any id Nomos sends: NomosLead.lead_id could not hold it.
+        or len(lead_id) > 64
         or not isinstance(link, str)
         or not is_allowed_link(link)
     ):
