@@ -155,7 +155,8 @@ def test_long_or_multi_line_texts_are_cut_to_one_line(nomos):
     hostile = "NomosAPIError: sub_" + "x" * 5000 + "\n\x1b[2JFAKE: all fine\r\n"
     WebhookEvent.objects.create(event_id="evt_" + "a" * 60, topic="subscription.updated",
                                 status=Status.FAILED, attempts=1, last_error=hostile)
-    NomosSyncState.objects.create(name=catchup.STATE_NAME, last_error="line one\nline two " + "z" * 3000)
+    NomosSyncState.objects.create(name=catchup.STATE_NAME,
+                                  last_error="line one\nline two " + "z" * 3000)
 
     text = status_text()
     data = status_json()
