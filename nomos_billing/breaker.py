@@ -14,6 +14,7 @@ The state lives in the token cache (``TOKEN_CACHE``: the cache every worker shar
 the API URL. Each process reads it at most once per ``REFRESH`` seconds while nothing fails, so
 a click does not pay a cache read for it. One log line when the breaker opens, one when it
 closes (the worker whose ``cache.add`` / ``cache.delete`` did it writes it).
+While that cache fails, each process keeps its own breaker (``shared_cache``).
 ``BREAKER_FAILURES = 0`` switches the breaker off.
 """
 
@@ -28,8 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.cache import caches
-
+from . import shared_cache
 from .conf import nomos_settings
 from .exceptions import NomosUnavailable
 
@@ -84,7 +84,7 @@ def _cooldown() -> float:
 
 
 def _cache() -> Any:
-    return caches[nomos_settings.TOKEN_CACHE]
+    return shared_cache.token_cache()
 
 
 def _key() -> str:

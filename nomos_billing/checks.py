@@ -11,7 +11,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import API_VERSION, DEFAULTS, SETTING_NAME, is_loopback
+from .conf import (
+    API_VERSION,
+    DEFAULTS,
+    MIN_WEBHOOK_SECRET_LENGTH,
+    SETTING_NAME,
+    is_loopback,
+    webhook_secret_entries,
+)
 
 # Ids are stable: sites silence them with SILENCED_SYSTEM_CHECKS, so never reuse one.
 E_NOT_A_DICT = "nomos_billing.E003"
@@ -49,6 +56,17 @@ E_CONFIRMATION_DAYS = "nomos_billing.E060"
 E_SITE_URL = "nomos_billing.E061"
 W_UNBOUND_LINKS = "nomos_billing.W060"
 W_NO_SITE_URL = "nomos_billing.W061"
+# Secrets and production (check --deploy) start at 70.
+E_WEAK_WEBHOOK_SECRET = "nomos_billing.E070"
+E_DEPLOY_SANDBOX_URL = "nomos_billing.E071"
+E_DEPLOY_SANDBOX_CREDENTIALS = "nomos_billing.E072"
+E_DEPLOY_SANDBOX_SECRET = "nomos_billing.E073"
+
+#: What the sandbox publishes (``python -m nomos_billing.sandbox``, its pytest plugin, the
+#: README's development defaults): in production they mean the defaults were left in place.
+SANDBOX_CLIENT_ID = "sandbox-client"
+SANDBOX_CLIENT_SECRET = "sandbox-secret"
+SANDBOX_WEBHOOK_SECRET = "whsec_sandbox"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",
@@ -114,26 +132,54 @@ def _check_credentials(raw: dict[str, Any]) -> list[CheckMessage]:
 
 
 def _check_webhook_secrets(raw: dict[str, Any]) -> list[CheckMessage]:
-    value = raw.get("WEBHOOK_SECRETS")
-    if isinstance(value, str):
-        value = [value]
-    ok = (
-        isinstance(value, (list, tuple))
-        and len(value) > 0
-        and all(isinstance(s, str) and s for s in value)
+    entries = webhook_secret_entries(raw.get("WEBHOOK_SECRETS"))
+    if entries is None or not any(entries):
+        return [_no_webhook_secret(), *_weak_webhook_secrets(raw, entries or [])]
+    return _weak_webhook_secrets(raw, entries)
+
+
+def _weak_webhook_secrets(raw: dict[str, Any], entries: list[str]) -> list[CheckMessage]:
+    """One error per blank entry, and per short one unless the API is a sandbox on loopback
+    (whose own secret is ``whsec_sandbox``), by position: a secret is never printed."""
+    base_url = raw.get("API_BASE_URL", DEFAULTS["API_BASE_URL"])
+    sandbox = isinstance(base_url, str) and is_loopback(urlsplit(base_url).hostname)
+    hint = (
+        "Copy the endpoint's signing secret from the Nomos dashboard, without spaces. "
+        "Positions count the comma-separated parts: a trailing comma or a doubled one "
+        'adds a blank entry ("whsec_new,whsec_old" or ["whsec_new", "whsec_old"]).'
     )
-    if ok:
-        return []
-    return [
-        Error(
-            f"{_key('WEBHOOK_SECRETS')} must be a non-empty list of signing secrets (newest "
-            "first); without one every webhook delivery is rejected.",
-            hint="Copy the endpoint's signing secret from the Nomos dashboard: "
-            '"WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS"). During a rotation list '
-            "the new secret first and the old one after it.",
-            id=E_WEBHOOK_SECRETS,
-        )
-    ]
+    messages: list[CheckMessage] = []
+    for position, secret in enumerate(entries, start=1):
+        where = f"{_key('WEBHOOK_SECRETS')} entry {position}"
+        if not secret:
+            messages.append(
+                Error(
+                    f"{where} is empty or only whitespace; it is never used to verify.",
+                    hint=hint,
+                    id=E_WEAK_WEBHOOK_SECRET,
+                )
+            )
+        elif len(secret) < MIN_WEBHOOK_SECRET_LENGTH and not sandbox:
+            messages.append(
+                Error(
+                    f"{where} is shorter than {MIN_WEBHOOK_SECRET_LENGTH} characters, too short "
+                    "to be a Nomos signing secret; it is never used to verify.",
+                    hint=hint,
+                    id=E_WEAK_WEBHOOK_SECRET,
+                )
+            )
+    return messages
+
+
+def _no_webhook_secret() -> CheckMessage:
+    return Error(
+        f"{_key('WEBHOOK_SECRETS')} must be a non-empty list of signing secrets (newest "
+        "first); without one every webhook delivery is rejected.",
+        hint="Copy the endpoint's signing secret from the Nomos dashboard: "
+        '"WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS"). During a rotation list '
+        "the new secret first and the old one after it.",
+        id=E_WEBHOOK_SECRETS,
+    )
 
 
 def _check_base_url(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -582,3 +628,54 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_checkout_url,
     _check_budgets,
 ]
+
+
+@register(Tags.security, "nomos_billing", deploy=True)
+def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """``check --deploy`` with ``DEBUG = False``: the development defaults (the sandbox's URL,
+    credentials and webhook secret) left in a production settings file."""
+    raw = getattr(settings, SETTING_NAME, None)
+    if settings.DEBUG or not isinstance(raw, dict):
+        return []
+    messages: list[CheckMessage] = []
+    base_url = raw.get("API_BASE_URL", DEFAULTS["API_BASE_URL"])
+    if isinstance(base_url, str) and is_loopback(urlsplit(base_url).hostname):
+        messages.append(
+            Error(
+                f"{_key('API_BASE_URL')} is {base_url!r}, a sandbox on loopback, with DEBUG off.",
+                hint='Set it to "https://api.nomos.energy" in production (e.g. from '
+                "NOMOS_API_BASE_URL); a forgotten variable leaves the development default.",
+                id=E_DEPLOY_SANDBOX_URL,
+            )
+        )
+    sandbox_keys = [
+        name
+        for name, published in (
+            ("CLIENT_ID", SANDBOX_CLIENT_ID),
+            ("CLIENT_SECRET", SANDBOX_CLIENT_SECRET),
+        )
+        if raw.get(name) == published
+    ]
+    if sandbox_keys:
+        messages.append(
+            Error(
+                f"{' and '.join(_key(k) for k in sandbox_keys)}: the sandbox's published "
+                "credentials, with DEBUG off.",
+                hint="Use the API credentials from the Nomos dashboard (e.g. NOMOS_CLIENT_ID and "
+                "NOMOS_CLIENT_SECRET from the environment).",
+                id=E_DEPLOY_SANDBOX_CREDENTIALS,
+            )
+        )
+    entries = webhook_secret_entries(raw.get("WEBHOOK_SECRETS")) or []
+    for position, secret in enumerate(entries, start=1):
+        if secret == SANDBOX_WEBHOOK_SECRET:
+            messages.append(
+                Error(
+                    f"{_key('WEBHOOK_SECRETS')} entry {position} is the sandbox's published "
+                    "webhook secret, with DEBUG off: anyone can sign a delivery with it.",
+                    hint="Use the signing secret of the endpoint you registered in the Nomos "
+                    "dashboard (e.g. NOMOS_WEBHOOK_SECRETS from the environment).",
+                    id=E_DEPLOY_SANDBOX_SECRET,
+                )
+            )
+    return messages

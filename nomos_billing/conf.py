@@ -110,6 +110,26 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+#: Nomos signing secrets are long random strings; anything shorter is a paste gone wrong. Against
+#: a sandbox on loopback a short one is used without a word: the sandbox's own ``whsec_sandbox``
+#: is the documented development setup, and ``check --deploy`` refuses a loopback API.
+MIN_WEBHOOK_SECRET_LENGTH = 16
+
+
+def webhook_secret_entries(value: Any) -> list[str] | None:
+    """``WEBHOOK_SECRETS`` as written, split at commas and stripped, blanks kept so that the
+    checks can name them by position; None when it is not a string or a list of strings.
+
+    ``"whsec_new, whsec_old"`` (a comma string, or the README's ``os.environ[...].split(",")``)
+    gives ``["whsec_new", "whsec_old"]``; Nomos secrets never contain a comma or a space.
+    """
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return None
+    return [part.strip() for entry in value for part in entry.split(",")]
+
+
 class Settings:
     """``nomos_settings.CLIENT_ID`` etc.; unknown attributes raise ``AttributeError``."""
 
@@ -128,12 +148,12 @@ class Settings:
 
     @property
     def WEBHOOK_SECRETS(self) -> list[str]:  # noqa: N802 - mirrors the setting key
-        value = self.get("WEBHOOK_SECRETS")
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            return []
-        return [s for s in value if isinstance(s, str) and s]
+        """The secrets to verify with: stripped, comma-separated parts split, and never a blank
+        one or (outside a loopback sandbox) one shorter than ``MIN_WEBHOOK_SECRET_LENGTH``:
+        a secret anyone can guess would let anyone sign (the checks name each one dropped)."""
+        entries = webhook_secret_entries(self.get("WEBHOOK_SECRETS")) or []
+        least = 1 if self.api_is_loopback else MIN_WEBHOOK_SECRET_LENGTH
+        return [s for s in entries if len(s) >= least]
 
     @property
     def API_BASE_URL(self) -> str:  # noqa: N802

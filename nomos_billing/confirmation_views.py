@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from . import confirmation
@@ -36,7 +36,10 @@ def _confirm_page(request: HttpRequest, state: str, **context: object) -> HttpRe
     return page(request, CONFIRM_TEMPLATE, {"state": state, **context}, status=STATUS[state])
 
 
+# csrf_exempt hands the middleware's check to csrf_protect inside never_cached, so a CSRF 403
+# carries no-store like every other answer (as views.portal does).
 @database_outage_page
+@csrf_exempt
 @never_cached
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -54,6 +57,7 @@ def link_confirm(request: HttpRequest, token: str) -> HttpResponse:
 
 
 @database_outage_page
+@csrf_exempt
 @never_cached
 @require_POST
 @csrf_protect

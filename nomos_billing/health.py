@@ -32,6 +32,17 @@ Status = WebhookEvent.Status
 #: The failed and stuck events listed by name (the rest are counted).
 LISTED_EVENTS = 20
 WINDOW = timedelta(hours=24)
+#: Longer than any id Nomos sends (the models hold 64); free text (errors that may echo an id
+#: from an event or a Nomos message) is cut shorter than it is stored.
+ID_LENGTH = 64
+TEXT_LENGTH = 300
+
+
+def shown(value: str, limit: int) -> str:
+    """``value`` on one line (line breaks and control characters, a terminal's escapes too, as
+    spaces), cut to ``limit`` characters: one event stays one line of the page or the terminal."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass
@@ -147,12 +158,12 @@ def collect() -> Health:
     listed = [
         EventLine(
             pk=e.pk,
-            event_id=e.event_id,
-            topic=e.topic,
+            event_id=shown(e.event_id, ID_LENGTH),
+            topic=shown(e.topic, ID_LENGTH),
             status=e.status,
             received_at=e.received_at,
             attempts=e.attempts,
-            last_error=e.last_error[:300],
+            last_error=shown(e.last_error, TEXT_LENGTH),
             stuck=e.status == Status.PROCESSING,
         )
         for e in events.filter(problem)
@@ -175,7 +186,7 @@ def collect() -> Health:
         catch_up_started_at=state.last_started_at if state else None,
         catch_up_completed_at=state.last_completed_at if state else None,
         catch_up_count=state.last_count if state else 0,
-        catch_up_error=state.last_error if state else "",
+        catch_up_error=shown(state.last_error, TEXT_LENGTH) if state else "",
         watermark=state.watermark if state else None,
         token_cached=cached,
         token_expires_in=expires_in,

@@ -11,6 +11,9 @@ copy is inside the refresh margin. A click then costs one HTTP call and no cache
 workers still share one token, since a renewal (the only time a token is fetched) goes through
 the cache. A token revoked early is covered by the 401 path, which drops both copies.
 
+When the cache fails, ``shared_cache`` keeps the token (and the renewal lock) inside the
+process until it answers again: renewal is then single-flight per process.
+
 Renewal always asks for a new client-credentials token. The ``refresh_token`` Nomos returns is
 ignored: RFC 6749 4.4.3 says it is not meant for this grant, and two workers refreshing with the
 same refresh token would race.
@@ -25,9 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.cache import caches
-
-from . import breaker, budget
+from . import breaker, budget, shared_cache
 from .breaker import CircuitOpen
 from .budget import BudgetExhausted
 from .conf import nomos_settings
@@ -82,7 +83,8 @@ class TokenStore:
 
     @property
     def cache(self) -> Any:
-        return caches[nomos_settings.TOKEN_CACHE]
+        # Never the bare alias: an unreachable cache must not fail the click (shared_cache.py).
+        return shared_cache.token_cache()
 
     @property
     def key(self) -> str:

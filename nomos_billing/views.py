@@ -257,7 +257,10 @@ def database_outage_page(view: Callable[..., HttpResponse]) -> Callable[..., Htt
     return wrapper
 
 
+# csrf_exempt only moves the middleware's check inside never_cached (csrf_protect below), so a
+# CSRF 403 carries no-store like every other answer of this view.
 @database_outage_page
+@csrf_exempt
 @never_cached
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -396,6 +399,7 @@ def is_business_error(exc: BaseException) -> TypeGuard[NomosAPIError]:
 
 
 @database_outage_page
+@csrf_exempt  # the check is csrf_protect's below, inside never_cache (see portal)
 @never_cache
 @require_http_methods(["GET", "POST"])
 @csrf_protect
@@ -434,6 +438,8 @@ def start(request: HttpRequest) -> HttpResponse:
     if (
         not isinstance(lead_id, str)
         or not lead_id
+        # Longer than any id Nomos sends: NomosLead.lead_id could not hold it.
+        or len(lead_id) > 64
         or not isinstance(link, str)
         or not is_allowed_link(link)
     ):

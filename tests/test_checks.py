@@ -10,14 +10,16 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from nomos_billing import checks
-from nomos_billing.checks import check_settings
+from nomos_billing.checks import check_deploy, check_settings
+from nomos_billing.sandbox import pytest_plugin
 
 GOOD = {
     "CLIENT_ID": "id",
     "CLIENT_SECRET": "secret",
-    "WEBHOOK_SECRETS": ["whsec_1"],
+    "WEBHOOK_SECRETS": ["whsec_0123456789abcdef"],
     "SITE_URL": "https://example.com",
 }
+LONG = "whsec_0123456789abcdef"
 
 
 def ids(settings, value, **extra) -> set[str]:
@@ -124,3 +126,109 @@ def test_manage_py_check_on_a_project_without_credentials_lists_ids_with_hints(s
         assert check_id in text
     assert "HINT:" in text
     assert "CLIENT_SECRET" in text
+
+
+# -- webhook secrets, checked like passwords -------------------------------------------------
+
+
+def messages(settings, value, check=check_settings, **extra):
+    settings.NOMOS_BILLING = value
+    for key, v in extra.items():
+        setattr(settings, key, v)
+    return check()
+
+
+@pytest.mark.parametrize(
+    ("secrets", "position"),
+    [
+        ([" "], 1),
+        ([""], 1),
+        ([LONG, "  \t"], 2),
+        (["whsec_short"], 1),
+        ([LONG, "whsec_short"], 2),
+        (f"{LONG}, ", 2),  # the issue's "whsec_new, " from the environment
+        (f"{LONG},,{LONG}", 2),
+        ([f"{LONG}, "], 2),  # a comma string inside the list
+    ],
+    ids=["space", "empty", "tab", "short", "short-second", "comma-string-trailing",
+         "comma-string-doubled", "comma-in-list"],
+)
+def test_a_blank_or_short_webhook_secret_is_E070_by_position(settings, secrets, position):
+    found = [m for m in messages(settings, {**GOOD, "WEBHOOK_SECRETS": secrets})
+             if m.id == "nomos_billing.E070"]
+    assert [m.msg.split(" entry ")[1].split(" ")[0] for m in found] == [str(position)]
+    assert found[0].is_serious()
+    assert "whsec_short" not in found[0].msg + found[0].hint  # never printed
+
+
+def test_only_blank_secrets_are_E002_as_well(settings):
+    assert {"nomos_billing.E002", "nomos_billing.E070"} <= ids(
+        settings, {**GOOD, "WEBHOOK_SECRETS": " , "})
+
+
+def test_a_short_secret_for_a_loopback_sandbox_is_accepted(settings):
+    # The README's and the demo's development setup must pass `check` with no issues;
+    # check --deploy refuses the loopback API itself in production (E071).
+    value = {**GOOD, "API_BASE_URL": "http://127.0.0.1:8765", "WEBHOOK_SECRETS": "whsec_sandbox"}
+    assert not ids(settings, value) & {"nomos_billing.E002", "nomos_billing.E070"}
+    assert "nomos_billing.E070" in ids(settings, {**value, "WEBHOOK_SECRETS": "whsec_sandbox, "})
+
+
+def test_a_clean_comma_string_is_split_without_a_message(settings):
+    other = "whsec_fedcba9876543210"
+    value = {**GOOD, "WEBHOOK_SECRETS": f" {LONG} ,{other}"}
+    assert not ids(settings, value) & {"nomos_billing.E002", "nomos_billing.E070"}
+
+
+# -- check --deploy: the development defaults left in production -------------------------------
+
+SANDBOX_DEFAULTS = {  # the README's Install block with no environment set
+    "API_BASE_URL": "http://127.0.0.1:8765",
+    "CLIENT_ID": "sandbox-client",
+    "CLIENT_SECRET": "sandbox-secret",
+    "WEBHOOK_SECRETS": "whsec_sandbox".split(","),
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({**GOOD, "API_BASE_URL": "http://127.0.0.1:8765"}, "nomos_billing.E071"),
+        ({**GOOD, "API_BASE_URL": "http://localhost:8765/"}, "nomos_billing.E071"),
+        ({**GOOD, "CLIENT_ID": "sandbox-client"}, "nomos_billing.E072"),
+        ({**GOOD, "CLIENT_SECRET": "sandbox-secret"}, "nomos_billing.E072"),
+        ({**GOOD, "WEBHOOK_SECRETS": [LONG, "whsec_sandbox"]}, "nomos_billing.E073"),
+        ({**GOOD, "WEBHOOK_SECRETS": f"{LONG}, whsec_sandbox "}, "nomos_billing.E073"),
+    ],
+)
+def test_deploy_check_refuses_the_sandbox_outside_debug(settings, value, expected):
+    found = messages(settings, value, check_deploy, DEBUG=False)
+    assert [m.id for m in found] == [expected]
+    assert found[0].is_serious()
+    assert "sandbox-secret" not in found[0].msg and "whsec_sandbox" not in found[0].msg
+    assert messages(settings, value, check_deploy, DEBUG=True) == []
+
+
+def test_deploy_check_passes_production_settings(settings):
+    value = {**GOOD, "API_BASE_URL": "https://api.nomos.energy"}
+    assert messages(settings, value, check_deploy, DEBUG=False) == []
+
+
+@pytest.mark.django_db
+def test_manage_py_check_deploy_refuses_the_readme_defaults(settings):
+    settings.NOMOS_BILLING = SANDBOX_DEFAULTS
+    settings.DEBUG = False
+    call_command("check", stdout=StringIO(), stderr=StringIO())  # development: passes
+    with pytest.raises(SystemCheckError) as excinfo:
+        call_command("check", "--deploy", stdout=StringIO(), stderr=StringIO())
+    text = str(excinfo.value)
+    for check_id in ("nomos_billing.E071", "nomos_billing.E072", "nomos_billing.E073"):
+        assert check_id in text
+    assert "sandbox-secret" not in text
+
+
+def test_the_refused_values_are_the_ones_the_sandbox_publishes():
+    assert (checks.SANDBOX_CLIENT_ID, checks.SANDBOX_CLIENT_SECRET,
+            checks.SANDBOX_WEBHOOK_SECRET) == (pytest_plugin.CLIENT_ID,
+                                               pytest_plugin.CLIENT_SECRET,
+                                               pytest_plugin.WEBHOOK_SECRET)

@@ -431,7 +431,9 @@ def test_send_again_without_a_held_link_is_404(nomos, django_user_model):
 def test_send_again_needs_csrf_and_post(held, mallory):
     client = Client(enforce_csrf_checks=True)
     client.force_login(mallory)
-    assert client.post("/nomos/link/resend/").status_code == 403
+    refused = client.post("/nomos/link/resend/")
+    assert refused.status_code == 403
+    assert "no-store" in refused["Cache-Control"]
     assert signed_in(mallory).get("/nomos/link/resend/").status_code == 405
     assert len(mail.outbox) == 1
 
@@ -441,10 +443,13 @@ def test_confirming_needs_csrf(held, mallory):
     client.force_login(mallory)
     for kind, data in (
         ("application/x-www-form-urlencoded", ""),
+        ("multipart/form-data; boundary=BoUnDaRy", "--BoUnDaRy--\r\n"),
         ("application/json", "{}"),
         ("text/plain", "x"),
     ):
-        assert client.post(held["url"], data=data, content_type=kind).status_code == 403
+        refused = client.post(held["url"], data=data, content_type=kind)
+        assert refused.status_code == 403
+        assert "no-store" in refused["Cache-Control"]
     assert NomosCustomer.objects.get(pk=held["customer"].pk).user is None
 
 

@@ -14,6 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from nomos_billing import catchup
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosUnavailable
 from nomos_billing.models import NomosCustomer, NomosSyncState, WebhookEvent
@@ -148,3 +149,33 @@ def test_the_outage_breaker_state_shows(nomos, settings):
 
     assert status_json()["breaker"] == "open"
     assert "Outage breaker: open" in status_text()
+
+
+def test_long_or_multi_line_texts_are_cut_to_one_line(nomos):
+    hostile = "NomosAPIError: sub_" + "x" * 5000 + "\n\x1b[2JFAKE: all fine\r\n"
+    WebhookEvent.objects.create(event_id="evt_" + "a" * 60, topic="subscription.updated",
+                                status=Status.FAILED, attempts=1, last_error=hostile)
+    NomosSyncState.objects.create(name=catchup.STATE_NAME,
+                                  last_error="line one\nline two " + "z" * 3000)
+
+    text = status_text()
+    data = status_json()
+
+    [line] = [ln for ln in text.splitlines() if "evt_" in ln]
+    assert "\x1b" not in text and "\r" not in text
+    assert len(line) < 500 and line.endswith("\u2026")
+    assert len(data["problem_events"][0]["last_error"]) == 300
+    assert data["problem_events"][0]["event_id"] == "evt_" + "a" * 60  # a real id is whole
+    assert len(data["catch_up_error"]) == 300 and "\n" not in data["catch_up_error"]
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'",
+                    reason="only SQLite stores a value longer than the column")
+def test_an_id_longer_than_nomos_sends_is_cut(nomos, admin_client):
+    WebhookEvent.objects.create(event_id="evt_" + "b" * 500, topic="t" * 500,
+                                status=Status.FAILED, attempts=1)
+    data = status_json()
+    assert len(data["problem_events"][0]["event_id"]) == 64
+    assert len(data["problem_events"][0]["topic"]) == 64
+    page = admin_client.get(HEALTH_URL).content.decode()
+    assert "b" * 64 not in page and "evt_" + "b" * 59 in page

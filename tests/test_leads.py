@@ -204,6 +204,8 @@ def test_start_post_without_csrf_token_is_refused(bob: Any, nomos: Any, with_pla
     client.force_login(bob)
     response = client.post(START, {"zip_code": "10115", "estimated_usage": "2500"})
     assert response.status_code == 403
+    assert b"CSRF verification failed" in response.content  # Django's own page
+    assert "no-store" in response["Cache-Control"]  # like every answer of the form
     assert nomos.calls == {}
 
 
@@ -268,6 +270,19 @@ def test_https_checkout_link_is_followed(
     assert response.status_code == 303
     assert response["Location"] == answer["link"]
     assert NomosLead.objects.get().lead_id == "lead_y"
+
+
+def test_a_lead_id_longer_than_nomos_sends_is_not_followed(
+    as_bob: Client, with_plan: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": "https://api.nomos.energy"}
+    lead_id = "lead_" + "y" * 60  # 65 characters
+    answer = {"id": lead_id, "link": f"https://brand.customerportal.energy/start?lead={lead_id}"}
+    monkeypatch.setattr("nomos_billing.views.get_client", lambda: FakeClient(answer))
+    response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "2500"})
+    assert response.status_code == 503
+    assert "Location" not in response
+    assert not NomosLead.objects.exists()
 
 
 # -- business errors: something the user can fix, not an outage ---------------------------------

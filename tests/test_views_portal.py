@@ -128,6 +128,8 @@ def test_button_post_without_csrf_token_is_refused_and_mints_nothing(
 ) -> None:
     response = csrf_client(alice).post(PORTAL, {"next": "/invoices"})
     assert response.status_code == 403
+    assert b"CSRF verification failed" in response.content  # Django's own page
+    assert "no-store" in response["Cache-Control"]  # like every answer of this view
     assert nomos.count("POST /admin/magic_link") == 0
 
 
@@ -468,6 +470,7 @@ def test_json_endpoint_refuses_get_with_405(as_alice: Client, nomos: Any) -> Non
 def test_json_endpoint_without_csrf_token_is_403(alice: Any, nomos: Any) -> None:
     response = csrf_client(alice).post(PORTAL_LINK, {})
     assert response.status_code == 403
+    assert "no-store" in response["Cache-Control"]
     assert nomos.calls == {}
 
 
