@@ -44,8 +44,9 @@ def _confirm_page(request: HttpRequest, state: str, **context: object) -> HttpRe
 @require_http_methods(["GET", "POST"])
 @csrf_protect
 @login_required
-def link_confirm(request: HttpRequest, token: str) -> HttpResponse:
-    claim, problem = confirmation.read_token(token)
+def link_confirm(request: HttpRequest) -> HttpResponse:
+    token = request.GET.get("t", "")
+    claim, problem = confirmation.read_token(token) if token else (None, "invalid")
     if claim is None:
         return _confirm_page(request, problem or "invalid")
     if claim.user_id != request.user.pk:

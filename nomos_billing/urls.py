@@ -13,6 +13,6 @@ urlpatterns = [
     path("portal/", views.portal, name="portal"),
     path("portal/link/", views.portal_link, name="portal_link"),
     path("portal/start/", views.start, name="start"),
-    path("link/confirm/<str:token>/", confirmation_views.link_confirm, name="link_confirm"),
+    path("link/confirm/", confirmation_views.link_confirm, name="link_confirm"),
     path("link/resend/", confirmation_views.link_resend, name="link_resend"),
 ]

@@ -65,10 +65,17 @@ def test_the_same_ascii_address_in_any_ascii_case_matches(other: str) -> None:
 
 @pytest.mark.parametrize("value", [None, "", 42, "alice", "@example.com", "alice@", "a@.b",
                                    "a@b..c", "a\x00@b.c", "a\t@b.c",
-                                   " kiss@example.com", "kiss@example.com "])
+                                   " kiss@example.com", "kiss@example.com ", "a@b@c.d"])
 def test_what_is_not_an_address_matches_nothing(value: Any) -> None:
     assert normalized_address(value) is None
     assert not same_address(value, value)
+
+
+def test_a_login_name_that_is_an_address_is_masked_as_one() -> None:
+    from nomos_billing.addresses import mask_name
+
+    assert mask_name("alice@example.com") == mask_address("alice@example.com")
+    assert mask_name("alice") == "a\u2022\u2022\u2022\u2022"
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def customer_of(subscription: dict[str, Any]) -> NomosCustomer:
 
 
 def link_in(message: Any) -> str:
-    match = re.search(r"http://testserver(/nomos/link/confirm/[^/\s]+/)", message.body)
+    match = re.search(r"http://testserver(/nomos/link/confirm/\?t=\S+)", message.body)
     assert match, message.body
     return match.group(1)
 
@@ -350,21 +350,22 @@ def test_the_link_of_an_older_mail_stops_working_when_a_new_one_is_sent(held, ma
     "tamper",
     [
         lambda url: url[:-3] + ("A" if url[-3] != "A" else "B") + url[-2:],
-        lambda url: url.replace("/confirm/", "/confirm/x"),
-        lambda url: "/nomos/link/confirm/" + signing.dumps([1, "n"], salt="other") + "/",
-        lambda url: "/nomos/link/confirm/"
-        + signing.dumps("nope", salt=confirmation.SALT) + "/",
-        lambda url: "/nomos/link/confirm/"
-        + signing.dumps([999999, "n"], salt=confirmation.SALT) + "/",
-        lambda url: "/nomos/link/confirm/%00%ff/",
+        lambda url: url.replace("?t=", "?t=x"),
+        lambda url: "/nomos/link/confirm/?t=" + signing.dumps([1, "n"], salt="other"),
+        lambda url: "/nomos/link/confirm/?t=" + signing.dumps("nope", salt=confirmation.SALT),
+        lambda url: "/nomos/link/confirm/?t="
+        + signing.dumps([999999, "n"], salt=confirmation.SALT),
+        lambda url: "/nomos/link/confirm/?t=%00%ff",
+        lambda url: "/nomos/link/confirm/",
+        lambda url: "/nomos/link/confirm/?t=" + "A" * 5000,
     ],
-    ids=["signature", "prefix", "other-salt", "not-a-claim", "no-such-claim", "bytes"],
+    ids=["signature", "prefix", "other-salt", "not-a-claim", "no-such-claim", "bytes", "none",
+         "huge"],
 )
 def test_a_tampered_link_links_nobody_with_a_clear_page(held, mallory, tamper):
     response = signed_in(mallory).post(tamper(held["url"]))
-    assert response.status_code in (400, 404)
-    if response.status_code == 400:
-        assert "not valid" in response.content.decode()
+    assert response.status_code == 400
+    assert "not valid" in response.content.decode()
     assert NomosCustomer.objects.get(pk=held["customer"].pk).user is None
 
 
@@ -489,3 +490,91 @@ def test_the_confirmation_mail_speaks_german(
     assert message.subject == "Bestätigen Sie, wer Ihren Stromvertrag sehen darf"
     assert "jemand möchte Ihren Stromvertrag" in message.body
     assert link_in(message).startswith("/nomos/link/confirm/")
+
+
+# -- the decisions, one by one -------------------------------------------------------------
+
+
+def test_confirming_one_claim_supersedes_the_others_on_that_customer(django_user_model):
+    from nomos_billing import linking
+
+    customer = NomosCustomer.objects.create(customer_id="cus_two", email="c@example.com")
+    first, second = (
+        django_user_model.objects.create_user(n, f"{n}@example.com", "pw") for n in ("a1", "a2")
+    )
+    assert linking.hold(customer, first, "by_lead") is True
+    assert linking.hold(customer, first, "by_lead") is False
+    assert linking.hold(customer, second, "by_metadata") is True
+    claim = NomosLinkClaim.objects.get(user=first)
+
+    assert confirmation.confirm_by_mailbox(claim, first) == "linked"
+
+    other = NomosLinkClaim.objects.get(user=second)
+    assert (other.status, other.decided_by) == ("rejected", "superseded")
+    assert confirmation.confirm_by_mailbox(other, second) == "used"
+
+
+def test_a_refused_link_leaves_the_claim_pending_in_memory_too(django_user_model):
+    customer = NomosCustomer.objects.create(customer_id="cus_t", email="c@example.com")
+    user = django_user_model.objects.create_user("t", "t@example.com", "pw")
+    NomosCustomer.objects.create(customer_id="cus_own", email="t@example.com", user=user)
+    claim = NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+
+    assert confirmation.confirm_by_operator(claim, operator) == "taken"
+    assert (claim.status, claim.decided_by) == ("pending", "")
+
+
+def test_an_operator_cannot_confirm_for_an_inactive_user(django_user_model):
+    customer = NomosCustomer.objects.create(customer_id="cus_i", email="c@example.com")
+    user = django_user_model.objects.create_user("i", "i@example.com", "pw", is_active=False)
+    claim = NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+    assert confirmation.confirm_by_operator(claim, operator) == "wrong_user"
+    assert NomosCustomer.objects.get(pk=customer.pk).user is None
+
+
+def test_a_rejection_is_signalled_with_who_rejected(django_user_model):
+    from nomos_billing.signals import customer_link_rejected
+
+    customer = NomosCustomer.objects.create(customer_id="cus_r", email="c@example.com")
+    user = django_user_model.objects.create_user("r", "r@example.com", "pw")
+    claim = NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+    seen: list[dict[str, Any]] = []
+    customer_link_rejected.connect(lambda sender, **kw: seen.append(kw), weak=False,
+                                   dispatch_uid="test-reject")
+    try:
+        assert confirmation.reject(claim, operator) is True
+        assert confirmation.reject(claim, operator) is False
+    finally:
+        customer_link_rejected.disconnect(dispatch_uid="test-reject")
+    assert [(s["customer"], s["user"], s["rejected_by"]) for s in seen] == [
+        (customer, user, f"admin:{operator.pk}")
+    ]
+
+
+def test_another_accounts_visit_is_logged_without_the_link(held, victim_user,
+                                                          no_secrets_in_logs):
+    signed_in(victim_user).post(held["url"])
+    token = held["url"].split("?t=")[1]
+    lines = no_secrets_in_logs.lines
+    assert any("followed while signed in as another account" in line for line in lines)
+    assert not any(token in line for line in lines)
+
+
+def test_pending_claim_is_none_for_anything_but_a_signed_in_user():
+    from types import SimpleNamespace
+
+    assert confirmation.pending_claim(None) is None
+    assert confirmation.pending_claim(SimpleNamespace(pk=1)) is None
+    assert confirmation.pending_claim(SimpleNamespace(pk=None, is_authenticated=True)) is None
+
+
+def test_a_site_url_with_a_trailing_slash_makes_one_clean_link(
+    nomos, plan, mallory, settings, django_capture_on_commit_callbacks
+):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "SITE_URL": "http://testserver/"}
+    subscription = finish_checkout(nomos, VICTIM, lead_id=lead_of(mallory))
+    deliver(nomos, subscription, django_capture_on_commit_callbacks)
+    assert "http://testserver/nomos/link/confirm/?t=" in mail.outbox[0].body
