@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
     # Per signed-in user: at most this many requests per this many seconds in each scope
     # (ratelimit.py); a scope set to None is not limited, a scope left out keeps its default.
     "RATE_LIMITS": {
-        "portal": (10, 60),  # portal clicks and portal/link/ together
+        "portal": (20, 60),  # portal clicks and portal/link/ together
         "signup": (5, 600),  # sign-up forms sent (POST /leads)
         "recent_checkout": (5, 300),  # clicks asking Nomos about the user's recent leads
     },

@@ -168,7 +168,8 @@ def test_a_user_without_recent_leads_is_not_counted_for_lookups(
     limits(settings, portal=(1000, 60), recent_checkout=(1, 300))
     bob = django_user_model.objects.create_user("bob", "bob@example.com", "pw")
     old = NomosLead.objects.create(lead_id="lead_old", user=bob, plan=PLAN)
-    NomosLead.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(days=2))
+    two_days_ago = timezone.now() - timezone.timedelta(days=2)
+    NomosLead.objects.filter(pk=old.pk).update(created_at=two_days_ago)
     client = logged_in(bob)
     assert [client.get(PORTAL).status_code for _ in range(5)] == [200] * 5
     assert nomos.calls == {}
@@ -334,7 +335,8 @@ def test_rate_limit_setting_keeps_defaults_for_scopes_left_out_and_wrong_values(
     limits(settings, portal=[3, 30], signup="lots")
     assert nomos_settings.rate_limit("portal") == (3, 30)
     assert nomos_settings.rate_limit("signup") == DEFAULTS["RATE_LIMITS"]["signup"]
-    assert nomos_settings.rate_limit("recent_checkout") == DEFAULTS["RATE_LIMITS"]["recent_checkout"]
+    default = DEFAULTS["RATE_LIMITS"]["recent_checkout"]
+    assert nomos_settings.rate_limit("recent_checkout") == default
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "RATE_LIMITS": "none"}
     assert nomos_settings.rate_limit("portal") == DEFAULTS["RATE_LIMITS"]["portal"]
 
