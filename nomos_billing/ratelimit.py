@@ -14,9 +14,9 @@ counts one request of ``user`` in ``scope`` and raises ``RateLimited`` (``retry_
 The counter is a sliding window made of two fixed ones: the current window's count plus the
 previous window's, weighted by how much of it the sliding window still covers. Unlike a fixed
 window it never lets twice the limit through around a window's end, and unlike a log of
-timestamps it is two integers per user and scope. An allowed request costs one cache read and one
-increment; a refused one only the read, so a loop that keeps clicking does not push its own
-wait further out.
+timestamps it is two integers per user and scope. An allowed request costs one increment (plus a
+read of the previous window early in a window or close to the limit); a refused one is taken
+back, so a loop that keeps clicking does not push its own wait further out.
 
 The cache (``RATE_LIMIT_CACHE``) is an optimisation, never a dependency: when it fails, counting
 moves to this process's memory for ``CACHE_RETRY`` seconds (each worker then limits on its own:
@@ -114,22 +114,29 @@ def sliding_window(cache: BaseCache, ident: str, limit: int, window: int, now: f
     else the whole seconds until one more would fit (and nothing is counted)."""
     index, into = divmod(now, window)
     current = f"{KEY_PREFIX}{ident}:{int(index)}"
-    previous = f"{KEY_PREFIX}{ident}:{int(index) - 1}"
-    counts = cache.get_many([previous, current])
-    before = int(counts.get(previous, 0))
-    count = int(counts.get(current, 0))
-    share = before * (window - into) / window
-    if share + count + 1 > limit:
-        return retry_after(before, count, limit, window, into)
-    if current not in counts:
-        # Kept through the next window, where it is the previous one.
-        cache.add(current, 0, timeout=2 * window + 1)
-    count = cache.incr(current)
-    if share + count > limit:
-        # Other workers took the last places between the read and the increment.
-        cache.decr(current)
-        return retry_after(before, count - 1, limit, window, into)
-    return None
+    count = _increment(cache, current, timeout=2 * window + 1)
+    weight = (window - into) / window
+    # The previous window allowed at most ``limit``: while even that could not tip the count
+    # over, it is not read (most clicks, so a click costs the increment alone).
+    if count + limit * weight <= limit:
+        return None
+    before = int(cache.get(f"{KEY_PREFIX}{ident}:{int(index) - 1}", 0))
+    if before * weight + count <= limit:
+        return None
+    # Refused requests do not count: a loop that keeps clicking does not push its wait out.
+    cache.decr(current)
+    return retry_after(before, count - 1, limit, window, into)
+
+
+def _increment(cache: BaseCache, key: str, timeout: int) -> int:
+    try:
+        return cache.incr(key)
+    except ValueError:
+        # The first request of the window. Kept through the next window, where it is the
+        # previous one.
+        if cache.add(key, 1, timeout=timeout):
+            return 1
+        return cache.incr(key)  # another worker added it just now
 
 
 def retry_after(before: int, count: int, limit: int, window: int, into: float) -> int:
