@@ -175,7 +175,9 @@ def main() -> None:
         session_key = subprocess.run(
             [sys.executable, "-m", "django", "shell", "-c", SETUP], cwd=ROOT, env=env,
             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        production = {"TIMEOUT": [3.05, 10], "MAX_RETRY_WAIT": 5, "MAX_RETRIES": 3}
+        # One user clicks for the whole window: counted by RATE_LIMITS, never refused.
+        production = {"TIMEOUT": [3.05, 10], "MAX_RETRY_WAIT": 5, "MAX_RETRIES": 3,
+                      "RATE_LIMITS": {"portal": [100_000, 60]}}
         results = [
             run_mode("breaker off", sandbox, {**production, "BREAKER_FAILURES": 0},
                      args, session_key),

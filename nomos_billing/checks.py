@@ -14,9 +14,12 @@ from django.utils.module_loading import import_string
 from .conf import (
     API_VERSION,
     DEFAULTS,
+    MAX_RATE_REQUESTS,
+    MAX_RATE_WINDOW,
     MIN_WEBHOOK_SECRET_LENGTH,
     SETTING_NAME,
     is_loopback,
+    is_rate,
     webhook_secret_entries,
 )
 
@@ -67,6 +70,10 @@ E_DEPLOY_SANDBOX_SECRET = "nomos_billing.E073"
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_CLIENT_SECRET = "sandbox-secret"
 SANDBOX_WEBHOOK_SECRET = "whsec_sandbox"
+# Per-user rate limits start at 80.
+E_RATE_LIMITS = "nomos_billing.E080"
+E_RATE_LIMIT_CACHE = "nomos_billing.E081"
+W_RATE_LIMIT_CACHE_LOCAL = "nomos_billing.W080"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",
@@ -556,6 +563,58 @@ def _check_budgets(raw: dict[str, Any]) -> list[CheckMessage]:
     return messages
 
 
+def _check_rate_limits(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("RATE_LIMITS", {})
+    scopes = DEFAULTS["RATE_LIMITS"]
+    hint = (
+        "A dict of scope -> (requests, seconds), or None to switch a scope off; scopes: "
+        + ", ".join(scopes)
+        + f". Requests 1-{MAX_RATE_REQUESTS}, seconds 1-{MAX_RATE_WINDOW}. For example "
+        '{"portal": (10, 60), "signup": (5, 600)}.'
+    )
+    if not isinstance(value, dict):
+        return [
+            Error(
+                f"{_key('RATE_LIMITS')} must be a dict, not {value!r}.", hint=hint, id=E_RATE_LIMITS
+            )
+        ]
+    return [
+        Error(
+            f"{_key('RATE_LIMITS')}[{scope!r}] is {limit!r}"
+            + (": not a scope." if scope not in scopes else ", not (requests, seconds) or None."),
+            hint=hint,
+            id=E_RATE_LIMITS,
+        )
+        for scope, limit in value.items()
+        if scope not in scopes or not (limit is None or is_rate(limit))
+    ]
+
+
+def _check_rate_limit_cache(raw: dict[str, Any]) -> list[CheckMessage]:
+    alias = raw.get("RATE_LIMIT_CACHE", DEFAULTS["RATE_LIMIT_CACHE"])
+    caches = getattr(settings, "CACHES", {})
+    if not isinstance(alias, str) or alias not in caches:
+        return [
+            Error(
+                f"{_key('RATE_LIMIT_CACHE')} is {alias!r}, which is not an alias in CACHES.",
+                hint=f"Use one of: {', '.join(sorted(caches)) or '(no caches configured)'}.",
+                id=E_RATE_LIMIT_CACHE,
+            )
+        ]
+    kind = _LOCAL_CACHE_BACKENDS.get(caches[alias].get("BACKEND", ""))
+    if kind and not settings.DEBUG:
+        return [
+            Warning(
+                f"The rate-limit cache {alias!r} is a {kind} backend: each worker process "
+                "counts on its own, so a user gets RATE_LIMITS once per process.",
+                hint="Point RATE_LIMIT_CACHE at a cache shared by all workers (Redis or "
+                "Memcached).",
+                id=W_RATE_LIMIT_CACHE_LOCAL,
+            )
+        ]
+    return []
+
+
 _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_unknown_keys,
     _check_credentials,
@@ -627,6 +686,8 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_task_backend,
     _check_checkout_url,
     _check_budgets,
+    _check_rate_limits,
+    _check_rate_limit_cache,
 ]
 
 

@@ -89,6 +89,15 @@ DEFAULTS: dict[str, Any] = {
     # Seconds after we first received a subscription.* event during which a 404 for its
     # subscription is taken as "not readable yet" (503, Nomos redelivers), not as final.
     "NOT_FOUND_RETRY_WINDOW": 3600,
+    # Per signed-in user: at most this many requests per this many seconds in each scope
+    # (ratelimit.py); a scope set to None is not limited, a scope left out keeps its default.
+    "RATE_LIMITS": {
+        "portal": (20, 60),  # portal clicks and portal/link/ together
+        "signup": (5, 600),  # sign-up forms sent (POST /leads)
+        "recent_checkout": (5, 300),  # clicks asking Nomos about the user's recent leads
+    },
+    # The cache alias the counters live in; shared by all workers, or each worker counts alone.
+    "RATE_LIMIT_CACHE": "default",
 }
 
 #: Portal hosts accepted when ``PORTAL_HOSTS`` is not set: any brand under Nomos' portal domain.
@@ -128,6 +137,22 @@ def webhook_secret_entries(value: Any) -> list[str] | None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         return None
     return [part.strip() for entry in value for part in entry.split(",")]
+
+
+#: Bounds of a ``RATE_LIMITS`` entry: (requests, seconds).
+MAX_RATE_REQUESTS = 100_000
+MAX_RATE_WINDOW = 24 * 3600
+
+
+def is_rate(value: Any) -> bool:
+    """True for a (requests, seconds) pair of whole numbers within the bounds."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return False
+    requests, seconds = value
+    return all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high
+        for v, high in ((requests, MAX_RATE_REQUESTS), (seconds, MAX_RATE_WINDOW))
+    )
 
 
 class Settings:
@@ -178,6 +203,22 @@ class Settings:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             return float(DEFAULTS[name])
         return float(value)
+
+    def rate_limit(self, scope: str) -> tuple[int, int] | None:
+        """``RATE_LIMITS[scope]`` as (requests, seconds), or ``None`` when switched off; the
+        default for a scope left out or not such a pair (the checks explain it)."""
+        value = self.get("RATE_LIMITS")
+        limits = value if isinstance(value, dict) else {}
+        default = DEFAULTS["RATE_LIMITS"][scope]
+        pair = limits.get(scope, default)
+        if pair is None:
+            return None
+        return (int(pair[0]), int(pair[1])) if is_rate(pair) else default
+
+    @property
+    def RATE_LIMIT_CACHE(self) -> str:  # noqa: N802
+        value = self.get("RATE_LIMIT_CACHE")
+        return value if isinstance(value, str) and value else DEFAULTS["RATE_LIMIT_CACHE"]
 
     @property
     def api_is_loopback(self) -> bool:

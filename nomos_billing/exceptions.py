@@ -162,6 +162,21 @@ class NomosCredentialsRefused(NomosAPIError, NomosConfigurationError):
     settings = ("CLIENT_ID", "CLIENT_SECRET")
 
 
+class RateLimited(NomosUnavailable):
+    """The user made more requests of one kind (``scope``) than ``RATE_LIMITS`` allows, and no
+    Nomos call was made. ``retry_after`` is when the next one fits.
+
+    A ``NomosUnavailable``: to this user Nomos is unavailable until then, so a site's own view
+    that catches that shows its "try again later"; ours answer 429.
+    """
+
+    def __init__(self, scope: str, retry_after: int) -> None:
+        self.scope = scope
+        super().__init__(
+            f"rate limit for {scope!r} reached; retry in {retry_after} s", retry_after=retry_after
+        )
+
+
 class NomosNotLinked(NomosError):
     """The Django user has no ``NomosCustomer`` yet, so there is nothing to mint a link for."""
 

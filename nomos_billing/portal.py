@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from django.utils import timezone
 from django.utils.http import is_same_domain
 
+from . import ratelimit
 from .client import get_client
 from .conf import (
     DEFAULT_CHECKOUT_HOST_SUFFIX,
@@ -137,11 +138,16 @@ def link_recent_checkout(user: Any) -> str | None:
     ``RECENT_CHECKOUT_LEADS``) is looked up at Nomos
     (``GET /leads/{id}``, as ``nomos_sync`` does); a converted one is stored and linked to them
     (``by_lead``: our own database says whose lead it is). One query and no Nomos call for a
-    user without such a lead. Raises ``NomosError`` when Nomos cannot be asked.
+    user without such a lead. Raises ``NomosError`` when Nomos cannot be asked, and
+    ``RateLimited`` (no call made) past the user's ``RATE_LIMITS["recent_checkout"]``.
     """
     related = _related(user)
     if related is None:
         return None
+    if not has_recent_checkout(user):
+        return None
+    # Only clicks that would ask Nomos count: the page for a user without leads costs nothing.
+    ratelimit.hit(user, "recent_checkout")
     from .sync import check_open_leads
 
     _, converted, _ = check_open_leads(

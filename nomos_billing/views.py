@@ -29,7 +29,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from . import budget, confirmation
+from . import budget, confirmation, ratelimit
 from .client import get_client
 from .conf import nomos_settings
 from .exceptions import (
@@ -38,6 +38,7 @@ from .exceptions import (
     NomosError,
     NomosNotLinked,
     NomosUnavailable,
+    RateLimited,
 )
 from .forms import LeadForm
 from .models import NomosLead
@@ -56,6 +57,7 @@ _UNAVAILABLE_TEXT = gettext_lazy(
 NO_CUSTOMER_TEMPLATE = "nomos_billing/no_customer.html"
 UNAVAILABLE_TEMPLATE = "nomos_billing/unavailable.html"
 START_TEMPLATE = "nomos_billing/start.html"
+RATE_LIMITED_TEMPLATE = "nomos_billing/rate_limited.html"
 
 
 # -- shared --------------------------------------------------------------------------------
@@ -78,6 +80,8 @@ def _classify(exc: NomosError, user: Any) -> str:
     needs to know."""
     if isinstance(exc, NomosNotLinked):
         return "not_linked"
+    if isinstance(exc, RateLimited):
+        return "rate_limited"  # logged once per window by ratelimit
     if isinstance(exc, NomosConfigurationError):
         # Already logged at ERROR (once per cool-down) with the setting to fix, where raised.
         return "misconfigured"
@@ -180,12 +184,24 @@ def is_operator_error(exc: BaseException) -> bool:
 
 
 def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
+    if isinstance(exc, RateLimited):
+        return rate_limited_page(request, exc)
     if is_operator_error(exc):
         response = page(request, UNAVAILABLE_TEMPLATE, {"misconfigured": True}, status=503)
     else:
         retry_after = _retry_after(exc)
         response = page(request, UNAVAILABLE_TEMPLATE, {"retry_after": retry_after}, status=503)
         response["Retry-After"] = str(retry_after)
+    add_never_cache_headers(response)
+    return response
+
+
+def rate_limited_page(request: HttpRequest, exc: RateLimited) -> HttpResponse:
+    """429: this user made too many requests of one kind in a short time; nothing reached Nomos."""
+    retry_after = _retry_after(exc)
+    context = {"retry_after": retry_after, "retry_minutes": -(-retry_after // 60)}
+    response = page(request, RATE_LIMITED_TEMPLATE, context, status=429)
+    response["Retry-After"] = str(retry_after)
     add_never_cache_headers(response)
     return response
 
@@ -277,6 +293,7 @@ def portal(request: HttpRequest) -> HttpResponse:
             content_type="text/plain; charset=utf-8",
         )
     try:
+        ratelimit.hit(request.user, "portal")
         with click_budget():
             link = mint_portal_link(request.user, next=_requested_next(request))
     except NomosError as exc:
@@ -363,12 +380,21 @@ def portal_link(request: HttpRequest) -> JsonResponse:
     if refused is not None:
         return refused  # type: ignore[return-value]
     try:
+        ratelimit.hit(request.user, "portal")
         with click_budget():
             link = mint_portal_link(request.user, next=_json_next(request))
     except NomosError as exc:
-        if _classify(exc, request.user) == "not_linked":
+        kind = _classify(exc, request.user)
+        if kind == "not_linked":
             return _json_error(
                 404, "not_linked", _("Your account is not linked to a customer account yet.")
+            )
+        if kind == "rate_limited":
+            return _json_error(
+                429,
+                "rate_limited",
+                _("Too many requests. Please wait a moment and try again."),
+                **{"Retry-After": str(_retry_after(exc))},
             )
         if is_operator_error(exc):
             return _json_error(
@@ -419,6 +445,7 @@ def start(request: HttpRequest) -> HttpResponse:
         plan=plan, user=request.user, user_key=nomos_settings.METADATA_USER_KEY
     )
     try:
+        ratelimit.hit(request.user, "signup")
         with click_budget():
             lead = get_client().create_lead(payload)
     except NomosError as exc:

@@ -232,3 +232,38 @@ def test_the_refused_values_are_the_ones_the_sandbox_publishes():
             checks.SANDBOX_WEBHOOK_SECRET) == (pytest_plugin.CLIENT_ID,
                                                pytest_plugin.CLIENT_SECRET,
                                                pytest_plugin.WEBHOOK_SECRET)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10/m",
+        {"portal": (0, 60)},
+        {"portal": (10, 0)},
+        {"portal": (10.5, 60)},
+        {"portal": (True, 60)},
+        {"portal": 10},
+        {"portal": (10, 60, 1)},
+        {"clicks": (10, 60)},
+    ],
+)
+def test_wrong_rate_limits_are_E080(settings, value):
+    assert "nomos_billing.E080" in ids(settings, {**GOOD, "RATE_LIMITS": value})
+
+
+def test_rate_limits_accept_pairs_lists_and_none(settings):
+    value = {"portal": (20, 60), "signup": [3, 3600], "recent_checkout": None}
+    assert "nomos_billing.E080" not in ids(settings, {**GOOD, "RATE_LIMITS": value})
+
+
+def test_rate_limit_cache_not_in_caches_is_E081(settings):
+    assert "nomos_billing.E081" in ids(settings, {**GOOD, "RATE_LIMIT_CACHE": "nope"})
+
+
+def test_local_memory_rate_limit_cache_warns_W080_outside_debug_only(settings):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "t"},
+    }
+    value = {**GOOD, "TOKEN_CACHE": "shared"}
+    assert "nomos_billing.W080" in ids(settings, value, DEBUG=False)
+    assert "nomos_billing.W080" not in ids(settings, value, DEBUG=True)
+    assert "nomos_billing.W080" not in ids(settings, {**value, "RATE_LIMIT_CACHE": "shared"})

@@ -58,5 +58,7 @@ NOMOS_BILLING = {
     "WEBHOOK_SECRETS": ["whsec_bench"],
     "API_BASE_URL": env.str("BENCH_API_BASE_URL"),
     "TASK_BACKEND": os.environ.get("BENCH_TASK_BACKEND") or None,
+    # One user clicks hundreds of times a second: counted, never refused.
+    "RATE_LIMITS": {"portal": (100_000, 60)},
 }
 LOGGING_CONFIG = None
