@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from django.core.cache import caches
 
+from nomos_billing import takeover
 from nomos_billing.client import reset_client
 from nomos_billing.sandbox import Sandbox, SandboxServer
 
@@ -80,6 +81,7 @@ def retry_sleeps(monkeypatch) -> list[float]:
 @pytest.fixture(autouse=True)
 def _fresh_client_and_cache() -> Iterator[None]:
     reset_client()
+    takeover.reset()
     for alias in ("default",):
         caches[alias].clear()
     yield
