@@ -21,8 +21,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -70,27 +74,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def gunicorn(sandbox_url: str, *, workers: int = 1, timeout: int = 30,
-             **settings: Any) -> Iterator[str]:
-    """A gunicorn with the suite's settings on a free loopback port; yields its base URL."""
+def database_url(host: str | None = None, port: int | None = None, **options: Any) -> str:
+    """The test database's URL (django-environ), through ``host:port`` when given."""
     db = connection.settings_dict
+    url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{host or db['HOST']}:"
+           f"{port or db['PORT'] or 5432}/{db['NAME']}")
+    return url + ("?" + urlencode(options) if options else "")
+
+
+@contextmanager
+def gunicorn(sandbox_url: str, *, workers: int = 1, timeout: int = 30, database: str = "",
+             logged_outage: bool = False, **settings: Any) -> Iterator[str]:
+    """A gunicorn with the suite's settings on a free loopback port; yields its base URL.
+
+    Its output must hold no traceback, or with ``logged_outage`` (the click's database outage
+    is logged with its traceback) no 500 and no killed worker.
+    """
     port = _free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.server_settings",
         "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:"
-                        f"{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": database or database_url(),
         "NOMOS_TEST_API_BASE_URL": sandbox_url,
         "NOMOS_TEST_SETTINGS": json.dumps({**DEFAULTS, **settings}),
     }
     env.pop("PYTHONDEVMODE", None)
+    log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "tests.wsgi:application", "--bind",
          f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", str(timeout),
          "--graceful-timeout", "1", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # A file, not a pipe: a full pipe nobody reads would block the workers' logging.
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     SERVERS[url] = process
@@ -101,11 +117,18 @@ def gunicorn(sandbox_url: str, *, workers: int = 1, timeout: int = 30,
         SERVERS.pop(url, None)
         process.terminate()
         try:
-            out, _ = process.communicate(timeout=20)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-            out, _ = process.communicate()
-        assert "Traceback" not in out, out
+            process.wait()
+        log.seek(0)
+        out = log.read()
+        log.close()
+        assert "WORKER TIMEOUT" not in out, out
+        if logged_outage:
+            assert "Internal Server Error" not in out, out
+        else:
+            assert "Traceback" not in out, out
 
 
 def _answers(url: str) -> bool:
@@ -122,8 +145,7 @@ def _wait_until(condition: Any, *, what: str, bound: float = 120,
     end = time.monotonic() + bound
     while not condition():
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the server exited while waiting for {what}: "
-                                 f"{process.stdout.read() if process.stdout else ''}")
+            raise AssertionError(f"the server exited while waiting for {what}")
         if time.monotonic() > end:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.1)
@@ -299,3 +321,161 @@ def test_outage_window_with_the_breaker_answers_every_click(nomos, django_user_m
     assert statuses == [503] * 30
     # Up to the threshold plus the calls already in flight when it opened; not one per click.
     assert nomos.count(MAGIC) <= 3 + 6
+
+
+class DatabaseProxy:
+    """A TCP proxy on loopback in front of PostgreSQL that forwards, refuses connections
+    (nothing listens on its port), or swallows them: accepts, reads and never forwards nor
+    answers, like a black-holed network (connections it was forwarding go silent too)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = _free_port()
+        self.mode = "forward"
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> DatabaseProxy:
+        self._listen()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._close_listener()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+        for thread in self._threads:
+            thread.join(5)
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "refuse":
+            # A server that is down: nothing listens, and open connections are gone.
+            self._close_listener()
+            with self._lock:
+                for sock in self._sockets:
+                    sock.close()
+        elif self._listener is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        self._listener = listener
+        self._start(self._accept, listener)
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def _start(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> socket.socket:
+        sock.settimeout(0.1)
+        with self._lock:
+            self._sockets.append(sock)
+        return sock
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stop.is_set() and self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._track(client)
+            if self.mode == "refuse":  # accepted just before the listener closed
+                client.close()
+                continue
+            if self.mode == "swallow":
+                self._start(self._pump, client, None)
+                continue
+            upstream = self._track(socket.create_connection(self.target))
+            self._start(self._pump, client, upstream)
+            self._start(self._pump, upstream, client)
+
+    def _pump(self, source: socket.socket, sink: socket.socket | None) -> None:
+        while not self._stop.is_set():
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                break
+            if sink is None or self.mode != "forward":
+                continue  # swallowed
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        for sock in (source, sink):
+            if sock is not None:
+                sock.close()
+
+
+def _timed(call: Any) -> tuple[int, float, requests.Response]:
+    started = time.monotonic()
+    response = call()
+    return response.status_code, time.monotonic() - started, response
+
+
+def test_database_refusing_then_black_holed_answers_503_within_the_budgets(
+        nomos, django_user_model):
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+    client = Client()
+    client.force_login(user)
+    cookies = {"sessionid": client.cookies["sessionid"].value}
+    db = connection.settings_dict
+    click_budget, webhook_budget = 5, 20  # the defaults (conf.py)
+    with DatabaseProxy((db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))) as proxy, gunicorn(
+            nomos.base_url, workers=3, CLICK_BUDGET=click_budget, WEBHOOK_BUDGET=webhook_budget,
+            logged_outage=True,
+            # What the Production docs ask for: a connect timeout and a statement timeout.
+            database=database_url("127.0.0.1", proxy.port, connect_timeout=2,
+                                  options="-c statement_timeout=5000")) as url:
+        workers = set(_children(SERVERS[url].pid))
+
+        def click(_: object = None) -> tuple[int, float, requests.Response]:
+            return _timed(lambda: requests.get(url + "/nomos/portal/", cookies=cookies,
+                                               allow_redirects=False, timeout=60))
+
+        def webhook(event: dict[str, Any]) -> tuple[int, float, requests.Response]:
+            return _timed(lambda: deliver(url, event))
+
+        assert click()[0] == 302  # through the proxy
+        assert webhook(alice_event())[0] == 200
+        refused: list[dict[str, Any]] = []
+        for mode in ("refuse", "swallow"):
+            proxy.set_mode(mode)
+            events = [alice_event() for _ in range(6)]
+            refused += events
+            with ThreadPoolExecutor(3) as pool:  # one request per worker at a time
+                clicks = list(pool.map(click, range(6)))
+                hooks = list(pool.map(webhook, events))
+            assert [c[0] for c in clicks] == [503] * 6, (mode, clicks)
+            assert [h[0] for h in hooks] == [503] * 6, (mode, hooks)
+            assert all(h[2].headers.get("Retry-After") for h in hooks)
+            slowest = (max(c[1] for c in clicks), max(h[1] for h in hooks))
+            assert slowest[0] < click_budget and slowest[1] < webhook_budget, (mode, slowest)
+        proxy.set_mode("forward")
+        # Nomos redelivers: nothing was lost, and the site is back.
+        assert webhook(refused[-1])[0] == 200
+        assert click()[0] == 302
+        assert set(_children(SERVERS[url].pid)) == workers  # no worker was killed
+    assert status_of(refused[-1]) == "processed"
+    assert not WebhookEvent.objects.filter(event_id__in=[e["id"] for e in refused[:-1]])

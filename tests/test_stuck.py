@@ -1,5 +1,6 @@
 """Nothing stuck: an event a dead worker left ``processing`` is visible (admin, with its age)
-and taken over after CLAIM_TIMEOUT, by the next delivery or by ``nomos_replay``."""
+and taken over after CLAIM_TIMEOUT: by its redelivery, by a delivery of any other event
+(``takeover``), or by ``nomos_replay``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from django.utils import timezone
 
 from nomos_billing import takeover
 from nomos_billing.models import WebhookEvent
-from nomos_billing.signals import webhook_processed
 from nomos_billing.sandbox import seed
+from nomos_billing.signals import webhook_processed
 from nomos_billing.testing import make_event, post_event
 
 EVENTS = reverse("admin:nomos_billing_webhookevent_changelist")

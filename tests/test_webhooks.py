@@ -10,10 +10,12 @@ import threading
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connection, connections
+from django.db import InterfaceError, OperationalError, connection, connections
+from django.db.backends.utils import CursorWrapper
 from django.test import Client
 from django.utils import timezone
 
@@ -555,3 +557,21 @@ def test_empty_webhook_secrets_answer_503_and_tell_the_operator_once(
 
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "WEBHOOK_SECRETS": [SECRET]}
     assert post_raw(client, body, header).status_code == 200
+
+
+@pytest.mark.parametrize("error", [
+    OperationalError("connection failed: Connection refused"),
+    OperationalError("canceling statement due to statement timeout"),
+    InterfaceError("connection already closed"),
+], ids=["refused", "statement timeout", "dropped"])
+def test_database_outage_answers_503_so_nomos_redelivers(error, nomos, client, caplog):
+    event = alice_event()
+    with mock.patch.object(CursorWrapper, "execute", side_effect=error):
+        response = post_event(client, event)
+    assert (response.status_code, response["Retry-After"]) == (503, "30")
+    assert response.content == b"the database is unavailable; please redeliver\n"
+    assert "the database is unavailable" in caplog.text
+    assert nomos.count(SUB_GET) == 0
+    # The redelivery, with the database back, is processed.
+    assert post_event(client, event).status_code == 200
+    assert WebhookEvent.objects.get().status == "processed"
