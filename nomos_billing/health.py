@@ -20,7 +20,7 @@ from django.core.cache import caches
 from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
-from . import breaker, catchup, tasks
+from . import breaker, catchup, processing, tasks
 from .conf import nomos_settings
 from .models import NomosCustomer, WebhookEvent
 from .tokens import AccessToken
@@ -139,7 +139,7 @@ def collect() -> Health:
     """Everything on the health page, in a fixed number of queries."""
     now = timezone.now()
     since = now - WINDOW
-    stale = now - tasks.claim_timeout()
+    stuck = processing.stuck_condition(now)
     events = WebhookEvent.objects
     # Max on the indexed received_at: one index read.
     last = events.aggregate(last=Max("received_at"))["last"]
@@ -150,10 +150,10 @@ def collect() -> Health:
         failures=Count("pk", filter=Q(status=Status.FAILED)),
     )
     # Failed and in-progress events only, through the (status, received_at) index.
-    problem = Q(status=Status.FAILED) | Q(status=Status.PROCESSING, claimed_at__lt=stale)
+    problem = Q(status=Status.FAILED) | stuck
     counts = events.filter(status__in=[Status.FAILED, Status.PROCESSING]).aggregate(
         failed=Count("pk", filter=Q(status=Status.FAILED)),
-        stuck=Count("pk", filter=Q(status=Status.PROCESSING, claimed_at__lt=stale)),
+        stuck=Count("pk", filter=stuck),
     )
     listed = [
         EventLine(

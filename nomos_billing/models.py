@@ -208,6 +208,14 @@ class NomosLinkClaim(models.Model):
         return f"{self.customer_id} -> {self.user_id} ({self.status})"
 
 
+class WebhookEventQuerySet(models.QuerySet["WebhookEvent"]):
+    def stuck(self) -> WebhookEventQuerySet:
+        """Events left ``processing`` by a worker that died (``processing.stuck_condition``)."""
+        from .processing import stuck_condition
+
+        return self.filter(stuck_condition())
+
+
 class WebhookEvent(models.Model):
     class Status(models.TextChoices):
         RECEIVED = "received", _("Received")
@@ -235,6 +243,8 @@ class WebhookEvent(models.Model):
     claimed_at = models.DateTimeField(_("claimed"), null=True, blank=True)
     processed_at = models.DateTimeField(_("processed"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    objects = WebhookEventQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("webhook event")

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.db import connections, router, transaction
@@ -48,11 +48,16 @@ def claim_timeout() -> timedelta:
     return timedelta(seconds=nomos_settings.seconds("CLAIM_TIMEOUT"))
 
 
+def stuck_condition(now: datetime | None = None) -> Q:
+    """The one definition of "stuck": ``processing`` with a claim older than the claim timeout,
+    which only a worker that died leaves behind. ``WebhookEvent.objects.stuck()``, the claim,
+    the admin, the health page and the takeover (``takeover``) all read it from here."""
+    return Q(status=Status.PROCESSING, claimed_at__lt=(now or timezone.now()) - claim_timeout())
+
+
 def stuck_events() -> QuerySet[WebhookEvent]:
     """Events whose processing claim is older than the claim timeout (a dead worker's)."""
-    return WebhookEvent.objects.filter(
-        status=Status.PROCESSING, claimed_at__lt=timezone.now() - claim_timeout()
-    )
+    return WebhookEvent.objects.stuck()
 
 
 MAX_ERROR_LENGTH = 2000
@@ -273,17 +278,18 @@ def outcome_without_work(topic: str) -> str | None:
 # -- claiming and processing ----------------------------------------------------------------------
 
 
-def claim(event: WebhookEvent, *, force: bool = False) -> bool:
+def claim(event: WebhookEvent, *, force: bool = False, takeover: bool = False) -> bool:
     """Take the event for processing with one conditional UPDATE; True if this call won.
 
     Claimable: received (recorded, never processed), failed (a redelivery or replay), or a
     stale claim. ``force`` (replay, admin) also takes processed and ignored events, but never
-    one that is being processed right now.
+    one that is being processed right now. ``takeover`` takes a stale claim only: a failed
+    event waits for its redelivery or its planned retry, not for whoever happens to pass by.
     """
     now = timezone.now()
-    claimable = Q(status__in=[Status.RECEIVED, Status.FAILED]) | Q(
-        status=Status.PROCESSING, claimed_at__lt=now - claim_timeout()
-    )
+    claimable = stuck_condition(now)
+    if not takeover:
+        claimable |= Q(status__in=[Status.RECEIVED, Status.FAILED])
     if force:
         claimable |= Q(status__in=[Status.PROCESSED, Status.IGNORED])
     won = WebhookEvent.objects.filter(claimable, pk=event.pk).update(
@@ -317,7 +323,14 @@ def _finish(event: WebhookEvent, status: str, error: str = "") -> bool:
     return bool(updated)
 
 
-def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = False) -> Result:
+def process_event(
+    event: WebhookEvent,
+    *,
+    force: bool = False,
+    claimed: bool = False,
+    takeover: bool = False,
+    on_claim: Callable[[], None] | None = None,
+) -> Result:
     """Process a stored event unless it is done or being processed elsewhere.
 
     Outcomes are stored on the row: ``processed`` (and ``webhook_processed`` sent), ``ignored``
@@ -327,10 +340,14 @@ def process_event(event: WebhookEvent, *, force: bool = False, claimed: bool = F
 
     ``claimed``: the caller already holds the claim and ``event`` is the row as stored, i.e. a
     new event from ``record_delivery``; then no claim UPDATE and no read-back are needed.
+    ``takeover``: only a stuck event is claimed (``claim``). ``on_claim`` runs once this call
+    holds the claim, before any work (a task worker schedules its own watchdog there).
     """
-    if not claimed and not claim(event, force=force):
+    if not claimed and not claim(event, force=force, takeover=takeover):
         event.refresh_from_db()
         return Result(event, claimed=False)
+    if on_claim is not None:
+        on_claim()
     # After our own claim UPDATE (attempts + 1 in SQL) the instance is not the row any more.
     exact = claimed
     retry, retry_after, waiting = False, None, False

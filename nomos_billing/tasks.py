@@ -10,6 +10,14 @@ processes, workers, replays and redeliveries meet it.
 Only ids cross the queue (JSON, small, and the row stays the one truth). A worker that meets a
 Nomos outage re-enqueues the event with growing delays, a bounded number of times; after that the
 event stays ``failed`` for ``nomos_replay`` or the admin's "Process again".
+
+A worker that is killed mid-event (OOM, a deploy's SIGKILL) leaves it ``processing`` after the
+view already answered 202, so no redelivery will come. Hence every claim a worker takes is
+watched: before working, it enqueues a deferred copy of the job (``takeover=True``) to run just
+after the claim would go stale. If the worker finished, that copy finds the event done and ends;
+if it died, any worker that runs then takes the event over. It needs a backend that defers
+(``supports_defer``: the database backend; RQ with ``rqworker --with-scheduler``); the webhook
+view's sweep (``takeover``) covers the rest while deliveries come in.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ except ImportError:  # pragma: no cover - Django 5.2 with or without the backpor
 #: Seconds a worker waits before trying an event again after a Nomos outage; one entry per
 #: re-enqueue. About an hour in all, like the first part of Nomos' own 3-day redelivery.
 RETRY_DELAYS: tuple[int, ...] = (30, 120, 600, 1800)
+#: Seconds after a claim goes stale that its watchdog runs: a clock step or a worker's poll
+#: interval must not let the watchdog find the claim still fresh, and end without a takeover.
+WATCHDOG_MARGIN = 1.0
 
 
 class EnqueueError(Exception):
@@ -73,8 +84,11 @@ def get_backend() -> Any:
     return task_backends[alias]
 
 
-def _run(event_id: str, force: bool = False, retry: int = 0) -> str:
-    """What the worker does; a plain function so that tests and the immediate backend share it."""
+def _run(event_id: str, force: bool = False, retry: int = 0, takeover: bool = False) -> str:
+    """What the worker does; a plain function so that tests and the immediate backend share it.
+
+    ``takeover``: the watchdog copy of a job, which only takes over a stuck event.
+    """
     from .processing import process_event
 
     event = WebhookEvent.objects.filter(event_id=event_id).first()
@@ -82,10 +96,34 @@ def _run(event_id: str, force: bool = False, retry: int = 0) -> str:
         # Pruned (nomos_prune_events) between enqueue and run: nothing left to do.
         logger.warning("Webhook event %s is gone; nothing to process", event_id)
         return "missing"
-    result = process_event(event, force=force)
+    result = process_event(
+        event, force=force, takeover=takeover, on_claim=lambda: _claimed(event_id, retry, takeover)
+    )
     if result.claimed and result.retry:
         _retry_later(event_id, retry, result.retry_after)
     return str(result.status) if result.claimed else "busy"
+
+
+def _claimed(event_id: str, retry: int, takeover: bool) -> None:
+    """Enqueue the watchdog of the claim just taken: a deferred takeover just after it would go
+    stale (``CLAIM_TIMEOUT``), for when this worker dies holding it."""
+    if takeover:
+        logger.warning(
+            "Took over webhook event %s, left processing by a worker that stopped", event_id
+        )
+    backend = get_backend()
+    if backend is None or not getattr(backend, "supports_defer", False):
+        return
+    try:
+        enqueue(
+            event_id,
+            retry=retry,
+            takeover=True,
+            delay=claim_timeout().total_seconds() + WATCHDOG_MARGIN,
+        )
+    except EnqueueError as exc:
+        # The webhook view's sweep still takes the event over if this worker dies.
+        logger.warning("Could not enqueue the watchdog of webhook event %s: %s", event_id, exc)
 
 
 def _retry_later(event_id: str, retry: int, retry_after: int | None) -> None:
@@ -119,9 +157,9 @@ def _definition_alias() -> str:
     return alias if alias and isinstance(configured, dict) and alias in configured else "default"
 
 
-def _process(event_id: str, force: bool = False, retry: int = 0) -> str:
+def _process(event_id: str, force: bool = False, retry: int = 0, takeover: bool = False) -> str:
     """Process a recorded webhook event by its Nomos id (``evt_...``)."""
-    return _run(event_id, force=force, retry=retry)
+    return _run(event_id, force=force, retry=retry, takeover=takeover)
 
 
 # The module path a Task records is its function's: make it name the attribute below.
@@ -156,7 +194,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def enqueue(event_id: str, *, force: bool = False, retry: int = 0, delay: int = 0) -> Any:
+def enqueue(
+    event_id: str, *, force: bool = False, retry: int = 0, delay: float = 0, takeover: bool = False
+) -> Any:
     """Put the event on ``TASK_BACKEND``'s queue; ``EnqueueError`` when the queue refuses.
 
     Misconfiguration (no framework, unknown alias) raises ``ImproperlyConfigured`` instead:
@@ -173,8 +213,10 @@ def enqueue(event_id: str, *, force: bool = False, retry: int = 0, delay: int = 
         raise ImproperlyConfigured(f"{SETTING_NAME}['TASK_BACKEND'] = {alias!r}: {exc}") from exc
     if delay:
         configured = configured.using(run_after=timezone.now() + timedelta(seconds=delay))
+    # Only a watchdog names ``takeover``: jobs queued before it existed still run.
+    extra = {"takeover": True} if takeover else {}
     try:
-        return configured.enqueue(event_id, force=force, retry=retry)
+        return configured.enqueue(event_id, force=force, retry=retry, **extra)
     except ImproperlyConfigured:
         raise
     except Exception as exc:

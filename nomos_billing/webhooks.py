@@ -10,47 +10,52 @@ verified. Answers are short plain text for whoever reads the Nomos delivery log:
 - 413: body over ``WEBHOOK_MAX_BYTES``;
 - 200: processed, ignored topic, duplicate of a finished event, or failed in a way no
   redelivery can fix (the event is kept as ``failed`` for ``nomos_replay``);
-- 202 / 409: the event is being processed by another delivery (see ``_busy``);
 - 202 with ``TASK_BACKEND``: recorded and queued for a worker (``tasks``), Nomos not called;
+- 409 with ``Retry-After``: another worker holds the event's claim (see ``_busy``);
 - 503: Nomos was unavailable while processing, or the task queue refused the event; the event
   is ``failed`` and Nomos redelivers; also when ``WEBHOOK_SECRETS`` is empty (our
   misconfiguration, not the sender's: nothing is stored, the operator is told once per
-  cool-down, and Nomos redelivers once it is set);
+  cool-down, and Nomos redelivers once it is set), and when the database refuses or times out
+  (nothing, or only the claim, is stored; the redelivery finds the claim and takes it over);
 - 500: an unexpected error (say, in a site's signal receiver); it is recorded on the event as
   ``failed`` first, so the redelivery after a fix processes it.
+
+After a delivery is recorded, the view gives ``takeover`` the chance to take over events that a
+dead worker left ``processing``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+import math
+import time
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIRequest
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from . import misconfiguration, tasks
+from . import misconfiguration, takeover, tasks
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import NomosConfigurationError, WebhookError, WebhookSignatureMismatch
 from .jsonsafe import problem
 from .models import WebhookEvent
-from .processing import InvalidEvent, Result, process_event, record_delivery
+from .processing import InvalidEvent, Result, claim_timeout, process_event, record_delivery
 from .signatures import META_KEY, verify_signature
 
 logger = logging.getLogger("nomos_billing.webhooks")
 
 Status = WebhookEvent.Status
 
-#: Nomos waits 30 s for an answer; a claim younger than this still has its delivery open.
-SENDER_WINDOW = timedelta(seconds=25)
+#: Seconds a sender should wait before redelivering after a 503 for a database outage.
+DATABASE_RETRY_AFTER = 30
 
 
 def _text(status: int, message: str, **headers: str) -> HttpResponse:
@@ -110,8 +115,32 @@ class WebhookView(View):
     failure record each commit on their own, so a failure survives the error response."""
 
     http_method_names = ["post"]
+    #: Set once the delivery is stored: the database answers, and the sender is Nomos.
+    recorded = False
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        started = time.monotonic()
+        try:
+            response = self.receive(request)
+        except (OperationalError, InterfaceError) as exc:
+            # Refused, timed out (connect_timeout, statement_timeout) or dropped: an outage on
+            # our side that a redelivery outlives, not a bug (a 500 would page someone for it).
+            logger.warning(
+                "Answered a Nomos webhook 503: the database is unavailable (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            return _text(
+                503,
+                "the database is unavailable; please redeliver",
+                **{"Retry-After": str(DATABASE_RETRY_AFTER)},
+            )
+        if self.recorded:
+            takeover.after_delivery(started + nomos_settings.seconds("WEBHOOK_BUDGET"))
+        return response
+
+    def receive(self, request: HttpRequest) -> HttpResponse:
+        """Verify, record and process (or enqueue) one delivery."""
         secrets = nomos_settings.WEBHOOK_SECRETS
         if not secrets:
             # Nothing can verify, and nothing is wrong with the sender: 503 so Nomos keeps
@@ -177,6 +206,7 @@ class WebhookView(View):
         except InvalidEvent as exc:
             logger.warning("Rejected a signed Nomos webhook: %s", exc)
             return _text(400, str(exc))
+        self.recorded = True
         if not created and event.status in (Status.PROCESSED, Status.IGNORED):
             return _text(200, "already processed")
         if queued:
@@ -188,6 +218,8 @@ class WebhookView(View):
     def _enqueue(self, event: WebhookEvent, created: bool) -> HttpResponse:
         """Hand the event to a worker and acknowledge at once (``TASK_BACKEND`` set)."""
         if not created and not tasks.needs_enqueue(event):
+            if event.status == Status.PROCESSING:
+                return self._busy(event)  # in a worker's hands, not merely queued
             return _text(202, "queued")
         try:
             tasks.enqueue(event.event_id)
@@ -220,19 +252,21 @@ class WebhookView(View):
         )
 
     def _busy(self, event: WebhookEvent) -> HttpResponse:
-        """Another delivery of this event holds the claim.
+        """Another worker holds the event's claim: 409, never a 2xx.
 
-        While the claim is younger than the sender's 30 s timeout, that first delivery will
-        still answer Nomos itself, with a 5xx if processing fails, and Nomos redelivers; so this
-        duplicate is acknowledged (202) instead of piling up retries. An older claim means the
-        first delivery has already timed out from Nomos' side: its answer is lost, so we answer
-        409 (not 5xx: nothing is wrong here) and Nomos tries again later, by which time the
-        event is processed (200), failed (reprocessed) or its claim stale (taken over).
+        A 2xx would tell Nomos the event is delivered, yet the worker holding the claim may die
+        before it finishes, and whether its own delivery ever gets an answer is not ours to
+        know. So Nomos keeps redelivering until one answer says processed; by then the event is
+        processed (200), failed (reprocessed) or its claim stale (taken over). 409, not 5xx:
+        nothing is broken. ``Retry-After`` is when the claim would go stale.
         """
-        claimed_at = event.claimed_at
-        if claimed_at is not None and timezone.now() - claimed_at < SENDER_WINDOW:
-            return _text(202, "in progress")
-        return _text(409, "in progress for a while; please redeliver later")
+        claimed_at = event.claimed_at or timezone.now()
+        left = (claimed_at + claim_timeout() - timezone.now()).total_seconds()
+        return _text(
+            409,
+            "in progress elsewhere; please redeliver later",
+            **{"Retry-After": str(max(1, math.ceil(left)))},
+        )
 
     def _log_rejection(self, exc: WebhookError) -> None:
         # The hint to re-copy the secret only where a secret is really at stake: a valid

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from django.core.cache import caches
 
-from nomos_billing import shared_cache
+from nomos_billing import shared_cache, takeover
 from nomos_billing.client import reset_client
 from nomos_billing.sandbox import Sandbox, SandboxServer
 
@@ -82,6 +82,7 @@ def retry_sleeps(monkeypatch) -> list[float]:
 def _fresh_client_and_cache() -> Iterator[None]:
     reset_client()
     shared_cache.reset()
+    takeover.reset()
     for alias in ("default",):
         caches[alias].clear()
     yield

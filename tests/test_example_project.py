@@ -89,6 +89,23 @@ def test_real_credentials_and_database_come_from_the_environment(tmp_path: Path)
     assert dump["conn"] == [0, True]
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [({}, {"connect_timeout": 3, "options": "-c statement_timeout=5000"}),
+     ({"DB_CONNECT_TIMEOUT": "2", "DB_STATEMENT_TIMEOUT_MS": "0"},
+      {"connect_timeout": 2, "options": "-c statement_timeout=0"})],
+    ids=["defaults", "from the environment"],
+)
+def test_postgresql_gets_a_connect_and_a_statement_timeout(extra, expected) -> None:
+    # A hanging database answers 503 in seconds (tests/test_reliability.py shows it).
+    code = ("import json; from django.conf import settings as s; "
+            "print(json.dumps(s.DATABASES['default']['OPTIONS']))")
+    env = clean_env(DATABASE_URL="postgres://site@127.0.0.1:5432/site", **extra)
+    result = manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
 def test_env_example_explains_every_variable_the_settings_read() -> None:
     settings_text = (EXAMPLE / "example_project" / "settings.py").read_text()
     read = set(re.findall(r'env\.\w+\("([A-Z_]+)"', settings_text))

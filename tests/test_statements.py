@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from nomos_billing import processing, signals
+from nomos_billing import processing, signals, takeover
 from nomos_billing.linking import user_reference
 from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
 from nomos_billing.testing import make_event, post_event
@@ -52,6 +52,22 @@ def _table(sql: str) -> str:
         if f'"{table}"' in sql.split(" WHERE ")[0]:
             return table
     return "other"
+
+
+@pytest.fixture(autouse=True)
+def _looked_for_stuck_events_lately(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The look for stuck events (takeover.py) is one per process every quarter CLAIM_TIMEOUT,
+    # not one per delivery; its own cost is pinned below.
+    monkeypatch.setattr(takeover, "_next_look", float("inf"))
+
+
+def test_a_look_for_stuck_events_is_one_select(client, monkeypatch):
+    monkeypatch.setattr(takeover, "_next_look", 0.0)
+    response, counted = deliver(client, make_event("test.event"))
+    assert response.status_code == 200
+    assert counted.kinds() == [f"INSERT {EVENTS}", f"SELECT {EVENTS}"]
+    # The next delivery of this process does not look again.
+    assert deliver(client, make_event("test.event"))[1].kinds() == [f"INSERT {EVENTS}"]
 
 
 def deliver(client: Any, event: dict[str, Any]) -> tuple[Any, Counted]:

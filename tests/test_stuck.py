@@ -1,8 +1,10 @@
 """Nothing stuck: an event a dead worker left ``processing`` is visible (admin, with its age)
-and taken over after CLAIM_TIMEOUT, by the next delivery or by ``nomos_replay``."""
+and taken over after CLAIM_TIMEOUT: by its redelivery, by a delivery of any other event
+(``takeover``), or by ``nomos_replay``."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -12,8 +14,10 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
+from nomos_billing import takeover
 from nomos_billing.models import WebhookEvent
 from nomos_billing.sandbox import seed
+from nomos_billing.signals import webhook_processed
 from nomos_billing.testing import make_event, post_event
 
 EVENTS = reverse("admin:nomos_billing_webhookevent_changelist")
@@ -103,3 +107,108 @@ def test_admin_process_again_takes_over_a_stuck_event(nomos, admin_client):
     admin_client.post(EVENTS, {"action": "process_again", "_selected_action": [stuck.pk]})
     stuck.refresh_from_db()
     assert stuck.status == "processed"
+
+
+# -- taken over by the next delivery of any event (takeover.py) -----------------------------------
+
+
+def other_delivery(client: Any) -> int:
+    """Traffic: a delivery of some other event (no Nomos call of its own)."""
+    return post_event(client, make_event("invoice.paid", {"invoice": "inv_1"})).status_code
+
+
+def test_next_delivery_of_another_event_takes_a_stuck_one_over(nomos, client, caplog):
+    stuck = claimed(timedelta(seconds=70))
+
+    assert other_delivery(client) == 200
+
+    stuck.refresh_from_db()
+    assert (stuck.status, stuck.attempts, stuck.claimed_at) == ("processed", 2, None)
+    assert nomos.count(SUB_GET) == 1
+    assert f"Took over webhook event {stuck.event_id}" in caplog.text
+
+
+def test_live_claims_and_failed_events_are_left_to_their_owners(nomos, client):
+    working = claimed(timedelta(seconds=10))
+    failed = claimed(timedelta(seconds=70))
+    WebhookEvent.objects.filter(pk=failed.pk).update(status="failed", claimed_at=None)
+
+    assert other_delivery(client) == 200
+
+    working.refresh_from_db()
+    failed.refresh_from_db()
+    assert (working.status, working.attempts) == ("processing", 1)
+    # A failed event waits for Nomos' redelivery (it had a non-2xx answer) or its retry.
+    assert (failed.status, failed.attempts) == ("failed", 1)
+    assert nomos.count(SUB_GET) == 0
+
+
+def test_one_event_per_delivery_and_the_next_delivery_looks_again_at_once(nomos, client):
+    first = claimed(timedelta(seconds=90))
+    second = claimed(timedelta(seconds=70))
+
+    other_delivery(client)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == ("processed", "processing")  # the oldest first
+    other_delivery(client)
+    second.refresh_from_db()
+    assert second.status == "processed"
+    assert nomos.count(SUB_GET) == 2
+
+
+def test_a_process_looks_at_most_once_per_quarter_claim_timeout(nomos, client, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("nomos_billing.takeover.time.monotonic", lambda: clock[0])
+    other_delivery(client)  # looked, found nothing
+    stuck = claimed(timedelta(seconds=70))
+
+    clock[0] += 14.9  # CLAIM_TIMEOUT 60 s: one look per 15 s
+    other_delivery(client)
+    stuck.refresh_from_db()
+    assert stuck.status == "processing"
+
+    clock[0] += 0.2
+    other_delivery(client)
+    stuck.refresh_from_db()
+    assert stuck.status == "processed"
+
+
+def test_no_takeover_when_the_delivery_used_most_of_its_budget(nomos, client):
+    # The delivery's answer must still reach Nomos in time: a takeover needs half the budget
+    # (WEBHOOK_BUDGET 20 s) left.
+    stuck = claimed(timedelta(seconds=70))
+    takeover.after_delivery(time.monotonic() + 9)
+    stuck.refresh_from_db()
+    assert stuck.status == "processing"
+    assert nomos.count(SUB_GET) == 0
+
+    other_delivery(client)  # looks again at once: the last look had found one
+    stuck.refresh_from_db()
+    assert stuck.status == "processed"
+
+
+def test_a_rejected_delivery_takes_nothing_over(nomos, client):
+    stuck = claimed(timedelta(seconds=70))
+    event = make_event("invoice.paid", {"invoice": "inv_1"})
+    assert post_event(client, event, secret="whsec_wrong").status_code == 400
+    stuck.refresh_from_db()
+    assert stuck.status == "processing"
+
+
+def test_a_failing_takeover_leaves_the_delivery_answered(nomos, client, caplog):
+    stuck = claimed(timedelta(seconds=70))
+
+    def receiver(event: WebhookEvent, **kwargs: Any) -> None:
+        if event.event_id == stuck.event_id:
+            raise RuntimeError("a bug in the site's receiver")
+
+    webhook_processed.connect(receiver, dispatch_uid="test-stuck-receiver")
+    try:
+        assert other_delivery(client) == 200
+    finally:
+        webhook_processed.disconnect(dispatch_uid="test-stuck-receiver")
+    stuck.refresh_from_db()
+    assert (stuck.status, stuck.attempts) == ("failed", 2)
+    assert "RuntimeError: a bug in the site's receiver" in stuck.last_error
+    assert "Taking over a stuck webhook event failed" in caplog.text

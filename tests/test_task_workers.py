@@ -8,9 +8,12 @@ prove that no request called Nomos, and the test ends when the queue is empty, n
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from django.test import Client
 
 from nomos_billing import tasks
 from nomos_billing.models import NomosSubscription, WebhookEvent
-from nomos_billing.sandbox import seed
+from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,10 +67,9 @@ def backend(request, nomos, settings) -> str:
     return alias
 
 
-def run_workers(alias: str, sandbox_url: str, count: int = 2) -> list[str]:
-    """Start ``count`` worker processes at once, each draining the queue and exiting."""
+def _worker_env(alias: str, sandbox_url: str, **settings: Any) -> dict[str, str]:
     db = connection.settings_dict
-    env = {
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
         "PYTHONPATH": str(ROOT),
@@ -75,7 +77,13 @@ def run_workers(alias: str, sandbox_url: str, count: int = 2) -> list[str]:
                         f"{db['PORT'] or 5432}/{db['NAME']}",
         "NOMOS_TEST_API_BASE_URL": sandbox_url,
         "NOMOS_TEST_TASK_BACKEND": alias,
+        "NOMOS_TEST_SETTINGS": json.dumps(settings),
     }
+
+
+def run_workers(alias: str, sandbox_url: str, count: int = 2) -> list[str]:
+    """Start ``count`` worker processes at once, each draining the queue and exiting."""
+    env = _worker_env(alias, sandbox_url)
     if alias == "db":
         command = ["db_worker", "--batch", "--backend", "db", "--no-startup-delay",
                    "--interval", "0.1"]
@@ -150,3 +158,96 @@ def test_queue_down_answers_503_and_the_redelivery_is_processed(backend, nomos, 
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.deliveries) == ("processed", 2)
     assert nomos.count(SUB_GET) == 1
+
+
+def start_worker(alias: str, sandbox_url: str, *, scheduler: bool = True,
+                 **settings: Any) -> subprocess.Popen[str]:
+    """A long-running worker, as a supervisor runs it, in its own process group. ``scheduler``:
+    RQ runs deferred jobs only in a worker started ``--with-scheduler``."""
+    if alias == "db":
+        command = ["db_worker", "--backend", "db", "--no-startup-delay", "--interval", "0.1"]
+    else:
+        command = ["rqworker", "default", "--job-class", "django_tasks_rq.Job"]
+        command += ["--with-scheduler"] if scheduler else []
+    return subprocess.Popen([sys.executable, "-m", "django", *command], cwd=ROOT,
+                            env=_worker_env(alias, sandbox_url, **settings),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fp:
+                    if int(fp.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the worker and the work horse it forked (RQ's has a session of its own)."""
+    for pid in [*_children(process.pid), process.pid]:
+        os.kill(pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+    return out
+
+
+def wait_until(condition: Any, what: str, bound: float = 60) -> None:
+    # A bound against hanging forever, not a performance threshold.
+    end = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_event_is_taken_over_without_a_redelivery(backend, nomos, settings):
+    claim_timeout = 6
+    claims = {"CLAIM_TIMEOUT": claim_timeout, "WEBHOOK_BUDGET": 5}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **claims}
+    # Nomos is slow for the first fetch: the worker is killed while it holds the claim.
+    nomos.add_fault(SUB_GET, Fault(hang=60))
+    event = make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
+
+    def status() -> str:
+        return WebhookEvent.objects.get().status
+
+    assert post_event(Client(), event).status_code == 202
+    # Without a scheduler, so that the successor's is not locked out by the dead worker's.
+    victim = start_worker(backend, nomos.base_url, scheduler=False, **claims)
+    successor = None
+    try:
+        wait_until(lambda: status() == "processing" and nomos.count(SUB_GET) == 1,
+                   "the worker to hold the claim")
+        # A redelivery meanwhile: not a 2xx, so a sender would try again.
+        during = post_event(Client(), event)
+        assert during.status_code == 409, during.content
+        assert 1 <= int(during["Retry-After"]) <= claim_timeout
+        kill(victim)
+        killed = time.monotonic()
+        assert status() == "processing"  # left behind, and Nomos had its 202
+        successor = start_worker(backend, nomos.base_url, **claims)  # the supervisor's restart
+        wait_until(lambda: status() == "processed", "the takeover", bound=4 * claim_timeout)
+        took = time.monotonic() - killed
+    finally:
+        for process in (victim, successor):
+            if process is not None:
+                stop(process)
+    assert took < 2 * claim_timeout, took
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.attempts, stored.deliveries) == ("processed", 2, 2)
+    assert nomos.count(SUB_GET) == 2  # the killed fetch and the one that completed
+    assert NomosSubscription.objects.filter(subscription_id=seed.ALICE_SUBSCRIPTION).exists()

@@ -69,14 +69,26 @@ def enqueued(backend: DummyBackend) -> list[tuple[Any, ...]]:
     return [(r.task.name, tuple(r.args), r.kwargs) for r in backend.results]
 
 
+def jobs(backend: DummyBackend) -> list[Any]:
+    """What was queued, without the watchdogs (``watchdogs``)."""
+    return [r for r in backend.results if not r.kwargs.get("takeover")]
+
+
+def watchdogs(backend: DummyBackend) -> list[Any]:
+    """The deferred takeovers a worker queues for each claim it takes."""
+    return [r for r in backend.results if r.kwargs.get("takeover")]
+
+
 def work(backend: DummyBackend) -> list[str]:
-    """Play the worker: run what is queued (and what that queues) in order, once each."""
+    """Play the worker: run what is queued (and what that queues) in order, once each. Not the
+    watchdogs: they wait out CLAIM_TIMEOUT, and their tests run them on purpose."""
     outcomes = []
     done = 0
     while done < len(backend.results):
         result = backend.results[done]
         done += 1
-        outcomes.append(result.task.call(*result.args, **result.kwargs))
+        if not result.kwargs.get("takeover"):
+            outcomes.append(result.task.call(*result.args, **result.kwargs))
     return outcomes
 
 
@@ -110,11 +122,11 @@ def test_duplicate_deliveries_of_a_queued_event_enqueue_once(queued, nomos, clie
     event = alice_event()
     answers = [post_event(client, event).status_code for _ in range(5)]
     assert answers == [202] * 5
-    assert len(queued.results) == 1
+    assert len(jobs(queued)) == 1
     assert WebhookEvent.objects.get().deliveries == 5
     work(queued)
     assert post_event(client, event).status_code == 200
-    assert len(queued.results) == 1
+    assert len(jobs(queued)) == 1
     assert nomos.count(SUB_GET) == 1
 
 
@@ -123,7 +135,7 @@ def test_a_received_event_whose_job_was_lost_is_enqueued_again(queued, client):
     post_event(client, event)
     WebhookEvent.objects.update(updated_at=timezone.now() - timedelta(hours=1))
     assert post_event(client, event).status_code == 202
-    assert len(queued.results) == 2
+    assert len(jobs(queued)) == 2
 
 
 def test_queue_down_answers_503_keeps_the_event_and_a_redelivery_enqueues_it(
@@ -186,18 +198,18 @@ def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_fai
     post_event(client, event)
     outcomes = work(queued)
     # The first job and one re-enqueue per delay, then no more.
-    assert len(queued.results) == 1 + len(tasks.RETRY_DELAYS)
-    assert outcomes == ["failed"] * len(queued.results)
-    assert [r.kwargs for r in queued.results] == [
-        {"force": False, "retry": n} for n in range(len(queued.results))]
-    delays = [(r.task.run_after - r.enqueued_at).total_seconds() for r in queued.results[1:]]
+    assert len(jobs(queued)) == 1 + len(tasks.RETRY_DELAYS)
+    assert outcomes == ["failed"] * len(jobs(queued))
+    assert [r.kwargs for r in jobs(queued)] == [
+        {"force": False, "retry": n} for n in range(len(jobs(queued)))]
+    delays = [(r.task.run_after - r.enqueued_at).total_seconds() for r in jobs(queued)[1:]]
     assert [round(d) for d in delays] == list(tasks.RETRY_DELAYS)
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts) == ("failed", 1 + len(tasks.RETRY_DELAYS))
     # Nomos is back: the event is still replayable.
     nomos.clear_faults()
     call_command("nomos_replay", event["id"], stdout=_Sink())
-    assert len(queued.results) == 2 + len(tasks.RETRY_DELAYS)
+    assert len(jobs(queued)) == 2 + len(tasks.RETRY_DELAYS)
     assert work(queued)[-1] == "processed"
     assert WebhookEvent.objects.get().status == "processed"
 
@@ -208,7 +220,7 @@ def test_a_bad_event_is_not_retried(queued, nomos, client, settings):
     event = make_event("subscription.updated", {"subscription": "sub_unknown"})
     post_event(client, event)
     assert work(queued) == ["failed"]
-    assert len(queued.results) == 1
+    assert len(jobs(queued)) == 1
     assert nomos.count(SUB_GET) == 1
 
 
@@ -260,3 +272,95 @@ def test_admin_process_again_enqueues_when_a_backend_is_set(queued, nomos, admin
     assert enqueued(queued) == [("process_webhook_event", (event["id"],),
                                 {"force": True, "retry": 0})]
     assert nomos.count(SUB_GET) == 0
+
+
+# -- a worker killed mid-event: watchdogs and the view's takeover ---------------------------------
+
+
+def stuck_in_a_worker(age: timedelta = timedelta(seconds=70)) -> dict[str, Any]:
+    """An event a worker claimed ``age`` ago (after the view answered 202), then died."""
+    event = alice_event()
+    WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event,
+                                status="processing", attempts=1,
+                                claimed_at=timezone.now() - age)
+    return event
+
+
+def run(result: Any) -> str:
+    return result.task.call(*result.args, **result.kwargs)
+
+
+def test_each_claim_a_worker_takes_queues_its_watchdog_past_the_claim_timeout(
+        queued, nomos, client):
+    event = alice_event()
+    post_event(client, event)
+    assert work(queued) == ["processed"]
+    [watchdog] = watchdogs(queued)
+    assert (watchdog.args, watchdog.kwargs) == (
+        [event["id"]], {"force": False, "retry": 0, "takeover": True})
+    delay = (watchdog.task.run_after - watchdog.enqueued_at).total_seconds()
+    assert round(delay) == 60 + tasks.WATCHDOG_MARGIN  # CLAIM_TIMEOUT 60 s
+    # The worker finished: its watchdog finds the event done and calls nobody.
+    assert run(watchdog) == "busy"
+    assert nomos.count(SUB_GET) == 1
+    assert len(watchdogs(queued)) == 1
+
+
+def test_the_watchdog_of_a_worker_that_died_takes_the_event_over(queued, nomos, caplog):
+    event = stuck_in_a_worker()
+    result = tasks.enqueue(event["id"], takeover=True, delay=61)
+    assert run(result) == "processed"
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.attempts) == ("processed", 2)
+    assert nomos.count(SUB_GET) == 1
+    assert f"Took over webhook event {event['id']}" in caplog.text
+    # Its own claim is watched in turn.
+    assert len(watchdogs(queued)) == 2
+
+
+@pytest.mark.parametrize(("status", "age"), [("failed", None), ("processing", 10)],
+                         ids=["failed: its retry is planned", "a live claim"])
+def test_a_watchdog_takes_over_stuck_claims_only(status, age, queued, nomos):
+    event = stuck_in_a_worker()
+    WebhookEvent.objects.update(
+        status=status, claimed_at=timezone.now() - timedelta(seconds=age) if age else None)
+    assert run(tasks.enqueue(event["id"], takeover=True)) == "busy"
+    assert WebhookEvent.objects.get().status == status
+    assert nomos.count(SUB_GET) == 0
+
+
+def test_redelivery_during_a_workers_claim_is_409_and_enqueues_nothing(queued, client):
+    event = stuck_in_a_worker(timedelta(seconds=5))
+    response = post_event(client, event)
+    assert (response.status_code, response["Retry-After"]) == (409, "55")
+    assert queued.results == []
+
+
+def test_a_delivery_puts_a_stuck_event_back_in_the_queue_once(queued, nomos, client, caplog):
+    event = stuck_in_a_worker()
+    other = make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
+    assert post_event(client, other).status_code == 202
+    stored = WebhookEvent.objects.get(event_id=event["id"])
+    assert (stored.status, stored.claimed_at) == ("received", None)
+    assert [r.args for r in jobs(queued)] == [[other["id"]], [event["id"]]]
+    assert f"Put webhook event {event['id']} back in the queue" in caplog.text
+    # Another process looking now finds nothing stuck: no second copy.
+    from nomos_billing import takeover
+
+    takeover.reset()
+    post_event(client, make_event("invoice.paid", {"invoice": "inv_1"}))
+    assert [r.args for r in jobs(queued)].count([event["id"]]) == 1
+    assert work(queued) == ["processed"] * 3
+    assert WebhookEvent.objects.get(event_id=event["id"]).attempts == 2
+
+
+def test_a_stuck_event_the_queue_refuses_stays_stuck_for_the_next_look(
+        queued, nomos, client, settings):
+    event = stuck_in_a_worker()
+    claimed_at = WebhookEvent.objects.get().claimed_at
+    settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    # The queue refuses this delivery too (503, Nomos redelivers it); the look still runs.
+    assert post_event(client, make_event("invoice.paid", {"invoice": "inv_1"})).status_code == 503
+    stored = WebhookEvent.objects.get(event_id=event["id"])
+    # Not failed: Nomos had its 202 and will not redeliver.
+    assert (stored.status, stored.claimed_at) == ("processing", claimed_at)

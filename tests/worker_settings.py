@@ -1,8 +1,10 @@
 """Settings of the task worker processes that test_task_workers.py starts: the suite's own,
-plus the sandbox URL and the task backend the test chose (environment variables)."""
+plus the sandbox URL, the task backend and the claim settings the test chose (environment
+variables)."""
 
 from __future__ import annotations
 
+import json
 import os
 from importlib.util import find_spec
 
@@ -19,4 +21,5 @@ NOMOS_BILLING = {
     **NOMOS_BILLING,
     "API_BASE_URL": os.environ["NOMOS_TEST_API_BASE_URL"],
     "TASK_BACKEND": os.environ["NOMOS_TEST_TASK_BACKEND"],
+    **json.loads(os.environ.get("NOMOS_TEST_SETTINGS", "{}")),
 }

@@ -80,6 +80,15 @@ DATABASES = {
 # idle timeout) instead of failing the request that finds it dead.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=600))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that hangs must cost a request seconds, not gunicorn's 30 s and a killed
+    # worker: a connect timeout (libpq counts whole seconds, at least 2) and a statement
+    # timeout (ms), so a click shows the 503 page and a webhook answers 503 (Nomos redelivers).
+    # Run a long migration with DB_STATEMENT_TIMEOUT_MS=0.
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
+    _statement_timeout = env.int("DB_STATEMENT_TIMEOUT_MS", default=5000)
+    _options.setdefault("options", f"-c statement_timeout={_statement_timeout}")
 CACHES = {
     # The Nomos access token lives here; use Redis (redis://...) with several workers.
     "default": env.cache("CACHE_URL", default="locmemcache://example-project"),

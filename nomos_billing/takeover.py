@@ -1,0 +1,143 @@
+"""Stuck events taken over while deliveries come in: no redelivery and no operator needed.
+
+A web worker killed mid-event (SIGKILL, the OOM killer, gunicorn's timeout) leaves its event
+``processing`` (``processing.stuck_condition``), and Nomos may never redeliver it in time, or at
+all when a task worker died after the view answered 202. After each delivery it recorded, the
+webhook view calls ``after_delivery``; at most once per ``interval()`` in each process (one query
+on the status index) it looks for stuck events and:
+
+- inline (no ``TASK_BACKEND``): processes the oldest one, inside what is left of this request's
+  ``WEBHOOK_BUDGET``, so Nomos still gets its answer in time; while more are stuck, the next
+  delivery looks again at once;
+- queued: puts up to ``QUEUED_BATCH`` back in the queue (``received``) for a live worker.
+
+Task workers also watch their own claims (``tasks``), which covers a site without deliveries.
+The claim stays the one arbiter: whoever takes an event over does so with the conditional UPDATE
+of ``processing.claim``, so it is processed once however many processes look at the same time.
+An event whose claim went stale is thus taken over within ``interval()`` (plus the gap to the
+next delivery), well inside 2 x ``CLAIM_TIMEOUT`` of the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
+from django.utils import timezone
+
+from . import budget, tasks
+from .conf import nomos_settings
+from .models import WebhookEvent
+from .processing import claim_timeout, process_event, stuck_condition
+
+logger = logging.getLogger("nomos_billing.takeover")
+
+Status = WebhookEvent.Status
+
+#: Stuck events put back in the queue per look: enough for every worker a crash can kill at
+#: once, bounded so one delivery never pays for a long list.
+QUEUED_BATCH = 20
+
+_lock = threading.Lock()
+#: ``time.monotonic()`` before which this process does not look again.
+_next_look = 0.0
+
+
+def interval() -> float:
+    """Seconds between two looks of one process: a quarter of ``CLAIM_TIMEOUT``."""
+    return claim_timeout().total_seconds() / 4
+
+
+def reset() -> None:
+    """Look at the next delivery (tests, and after a look that left work behind)."""
+    global _next_look
+    with _lock:
+        _next_look = 0.0
+
+
+def _due() -> bool:
+    global _next_look
+    now = time.monotonic()
+    with _lock:
+        if now < _next_look:
+            return False
+        _next_look = now + interval()
+        return True
+
+
+def after_delivery(deadline: float) -> None:
+    """Take over stuck events if this process has not looked lately; ``deadline`` (a
+    ``time.monotonic()`` value) is when the current request's ``WEBHOOK_BUDGET`` ends.
+
+    Never raises: the delivery that carries this look has its answer already.
+    """
+    if not _due():
+        return
+    try:
+        more = _requeue() if tasks.backend_alias() is not None else _process_one(deadline)
+    except DatabaseError as exc:
+        logger.warning("Could not look for stuck webhook events: %s: %s", type(exc).__name__, exc)
+        return
+    except Exception:
+        # A bug in a handler or a site's receiver: recorded on the event (failed) by
+        # process_event; it must not turn this delivery's answer into a 500.
+        logger.exception("Taking over a stuck webhook event failed")
+        return
+    if more:
+        reset()
+
+
+def _process_one(deadline: float) -> bool:
+    """Process the oldest stuck event within the time left; True when one was found."""
+    event = WebhookEvent.objects.stuck().order_by("claimed_at").first()
+    if event is None:
+        return False
+    left = deadline - time.monotonic()
+    if left < nomos_settings.seconds("WEBHOOK_BUDGET") / 2:
+        return True  # this request used most of its budget; the next delivery takes it over
+    with budget.limit(left):
+        result = process_event(event, takeover=True)
+    if result.claimed:
+        logger.warning(
+            "Took over webhook event %s (%s), left processing by a worker that stopped: %s",
+            event.event_id,
+            event.topic,
+            result.status,
+        )
+    return True
+
+
+def _requeue() -> bool:
+    """Put stuck events back in the queue; True when there may be more."""
+    stuck = list(
+        WebhookEvent.objects.stuck()
+        .order_by("claimed_at")
+        .values_list("pk", "event_id", "claimed_at")[:QUEUED_BATCH]
+    )
+    for pk, event_id, claimed_at in stuck:
+        # The same conditional UPDATE as a claim: one process puts the event back, once.
+        back = WebhookEvent.objects.filter(stuck_condition(), pk=pk).update(
+            status=Status.RECEIVED, claimed_at=None, updated_at=timezone.now()
+        )
+        if not back:
+            continue
+        try:
+            tasks.enqueue(event_id)
+        except (tasks.EnqueueError, ImproperlyConfigured) as exc:
+            # Stuck again rather than failed: Nomos had its 202 and will not redeliver, so the
+            # next look must find it.
+            WebhookEvent.objects.filter(pk=pk, status=Status.RECEIVED).update(
+                status=Status.PROCESSING, claimed_at=claimed_at
+            )
+            logger.warning(
+                "Could not put stuck webhook event %s back in the queue: %s", event_id, exc
+            )
+            return False
+        logger.warning(
+            "Put webhook event %s back in the queue, left processing by a worker that stopped",
+            event_id,
+        )
+    return len(stuck) == QUEUED_BATCH
