@@ -224,7 +224,9 @@ def test_worker_killed_mid_processing_is_processed_exactly_once(takeover, nomos,
                 answers.append(deliver(url, event).status_code)
                 assert len(answers) < 200
                 time.sleep(0.2)
-            assert set(answers[:-1]) <= {409} and answers[-1] == 200
+            # The last answer is 200 when that delivery took the stale claim itself, or 409
+            # when the takeover after recording it (takeover.py) processed the event.
+            assert set(answers[:-1]) <= {409} and answers[-1] in (200, 409)
         else:
             _wait_until(lambda: _stale(stored, claim_timeout), what="the claim to go stale")
             out = StringIO()
