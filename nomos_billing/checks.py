@@ -274,29 +274,41 @@ def _check_positive_int(
     return check
 
 
-def _check_token_cache(raw: dict[str, Any]) -> list[CheckMessage]:
-    alias = raw.get("TOKEN_CACHE", DEFAULTS["TOKEN_CACHE"])
+def _check_cache_alias(
+    raw: dict[str, Any], name: str, error_id: str, warning_id: str, local: str, hint: str
+) -> list[CheckMessage]:
+    """``name`` must be an alias in ``CACHES``; outside ``DEBUG``, a per-process one is worth a
+    warning (``local`` says what it costs, ``{kind}`` naming the backend)."""
+    alias = raw.get(name, DEFAULTS[name])
     caches = getattr(settings, "CACHES", {})
-    if alias not in caches:
+    if not isinstance(alias, str) or alias not in caches:
         return [
             Error(
-                f"{_key('TOKEN_CACHE')} is {alias!r}, which is not an alias in CACHES.",
+                f"{_key(name)} is {alias!r}, which is not an alias in CACHES.",
                 hint=f"Use one of: {', '.join(sorted(caches)) or '(no caches configured)'}.",
-                id=E_TOKEN_CACHE,
+                id=error_id,
             )
         ]
     kind = _LOCAL_CACHE_BACKENDS.get(caches[alias].get("BACKEND", ""))
     if kind and not settings.DEBUG:
-        return [
-            Warning(
-                f"The token cache {alias!r} is a {kind} backend: every worker process fetches its "
-                "own Nomos access token" + (" on every call." if kind == "dummy" else "."),
-                hint="Point TOKEN_CACHE at a cache shared by all workers (Redis, Memcached or the "
-                "database cache) so that they share one token.",
-                id=W_TOKEN_CACHE_LOCAL,
-            )
-        ]
+        return [Warning(local.format(alias=alias, kind=kind), hint=hint, id=warning_id)]
     return []
+
+
+def _check_token_cache(raw: dict[str, Any]) -> list[CheckMessage]:
+    alias = raw.get("TOKEN_CACHE", DEFAULTS["TOKEN_CACHE"])
+    backend = getattr(settings, "CACHES", {}).get(alias, {}) if isinstance(alias, str) else {}
+    dummy = _LOCAL_CACHE_BACKENDS.get(backend.get("BACKEND", "")) == "dummy"
+    return _check_cache_alias(
+        raw,
+        "TOKEN_CACHE",
+        E_TOKEN_CACHE,
+        W_TOKEN_CACHE_LOCAL,
+        "The token cache {alias!r} is a {kind} backend: every worker process fetches its own "
+        "Nomos access token" + (" on every call." if dummy else "."),
+        "Point TOKEN_CACHE at a cache shared by all workers (Redis, Memcached or the database "
+        "cache) so that they share one token.",
+    )
 
 
 def _check_resolvers(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -591,28 +603,15 @@ def _check_rate_limits(raw: dict[str, Any]) -> list[CheckMessage]:
 
 
 def _check_rate_limit_cache(raw: dict[str, Any]) -> list[CheckMessage]:
-    alias = raw.get("RATE_LIMIT_CACHE", DEFAULTS["RATE_LIMIT_CACHE"])
-    caches = getattr(settings, "CACHES", {})
-    if not isinstance(alias, str) or alias not in caches:
-        return [
-            Error(
-                f"{_key('RATE_LIMIT_CACHE')} is {alias!r}, which is not an alias in CACHES.",
-                hint=f"Use one of: {', '.join(sorted(caches)) or '(no caches configured)'}.",
-                id=E_RATE_LIMIT_CACHE,
-            )
-        ]
-    kind = _LOCAL_CACHE_BACKENDS.get(caches[alias].get("BACKEND", ""))
-    if kind and not settings.DEBUG:
-        return [
-            Warning(
-                f"The rate-limit cache {alias!r} is a {kind} backend: each worker process "
-                "counts on its own, so a user gets RATE_LIMITS once per process.",
-                hint="Point RATE_LIMIT_CACHE at a cache shared by all workers (Redis or "
-                "Memcached).",
-                id=W_RATE_LIMIT_CACHE_LOCAL,
-            )
-        ]
-    return []
+    return _check_cache_alias(
+        raw,
+        "RATE_LIMIT_CACHE",
+        E_RATE_LIMIT_CACHE,
+        W_RATE_LIMIT_CACHE_LOCAL,
+        "The rate-limit cache {alias!r} is a {kind} backend: each worker process counts on its "
+        "own, so a user gets RATE_LIMITS once per process.",
+        "Point RATE_LIMIT_CACHE at a cache shared by all workers (Redis or Memcached).",
+    )
 
 
 _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [

@@ -8,14 +8,11 @@ refusal is a plain page that says nothing was connected; none is a 500.
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_http_methods, require_POST
 
 from . import confirmation
-from .views import database_outage_page, never_cached, page
+from .views import page, signed_in_page
 
 CONFIRM_TEMPLATE = "nomos_billing/link_confirm.html"
 HELD_TEMPLATE = "nomos_billing/link_held.html"
@@ -36,14 +33,7 @@ def _confirm_page(request: HttpRequest, state: str, **context: object) -> HttpRe
     return page(request, CONFIRM_TEMPLATE, {"state": state, **context}, status=STATUS[state])
 
 
-# csrf_exempt hands the middleware's check to csrf_protect inside never_cached, so a CSRF 403
-# carries no-store like every other answer (as views.portal does).
-@database_outage_page
-@csrf_exempt
-@never_cached
-@require_http_methods(["GET", "POST"])
-@csrf_protect
-@login_required
+@signed_in_page("GET", "POST")
 def link_confirm(request: HttpRequest) -> HttpResponse:
     token = request.GET.get("t", "")
     claim, problem = confirmation.read_token(token) if token else (None, "invalid")
@@ -57,12 +47,7 @@ def link_confirm(request: HttpRequest) -> HttpResponse:
     return _confirm_page(request, outcome, portal_url=reverse("nomos_billing:portal"))
 
 
-@database_outage_page
-@csrf_exempt
-@never_cached
-@require_POST
-@csrf_protect
-@login_required
+@signed_in_page("POST")
 def link_resend(request: HttpRequest) -> HttpResponse:
     claim = confirmation.pending_claim(request.user)
     if claim is None:
