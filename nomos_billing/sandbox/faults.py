@@ -15,7 +15,8 @@ class Fault:
     is served before all that (its answer thrown away): Nomos failed after acting."""
 
     status: int | None = None
-    retry_after: int | None = None
+    #: Seconds, or an HTTP-date (``Retry-After`` takes both forms).
+    retry_after: int | str | None = None
     latency: float = 0.0
     hang: float | None = None
     drop_connection: bool = False
