@@ -613,9 +613,7 @@ class NomosClient:
             ),
         )
 
-    def iter_customers(
-        self, *, limit: int = 100, filters: Sequence[ListFilter] = ()
-    ) -> ListWalk:
+    def iter_customers(self, *, limit: int = 100, filters: Sequence[ListFilter] = ()) -> ListWalk:
         """Every customer matching ``filters``, one page at a time."""
         return self.iter_list("/customers", limit=limit, filters=filters)
 

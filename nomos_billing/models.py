@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-
 #: Room for a subscription status Nomos adds later, stored as sent (``sync``).
 STATUS_LENGTH = 64
 

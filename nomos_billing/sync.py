@@ -147,7 +147,7 @@ def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     ids = [_text(item.get("id"), 64) for item in items]
     rows = {c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=ids)}
     changed = 0
-    for customer_id, item in zip(ids, items):
+    for customer_id, item in zip(ids, items, strict=True):
         row = rows.get(customer_id)
         if row is None:
             continue
