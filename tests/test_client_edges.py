@@ -71,6 +71,15 @@ def test_a_malformed_list_answer_is_an_invalid_response(api, client, body, messa
     assert str(info.value) == f"GET /subscriptions -> HTTP 200: INVALID_RESPONSE: {message}"
 
 
+def test_a_list_answer_that_is_not_json_names_the_request(api, client):
+    api.get(BASE + "/customers", body="<html>maintenance</html>", status=200)
+    with pytest.raises(NomosAPIError) as info:
+        list(client.iter_customers())
+    assert error_fields(info.value) == (200, "INVALID_RESPONSE",
+                                        "Nomos answered with a body that is not JSON", "", "GET",
+                                        "/customers")
+
+
 def test_a_list_answer_without_items_is_an_empty_page(api, client):
     api.get(BASE + "/customers", json={"has_more": False})
     page = client.list_page("/customers")

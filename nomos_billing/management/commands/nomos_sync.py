@@ -35,7 +35,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from nomos_billing import catchup
-from nomos_billing.client import get_client
+from nomos_billing.client import ListWalk, get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.models import NomosCustomer
 
@@ -199,7 +199,7 @@ class Command(BaseCommand):
         # Unlinked customers overall (one query, no per-customer bookkeeping in memory).
         self.unlinked = NomosCustomer.objects.filter(user__isnull=True).count()
 
-    def _check_walk(self, listing: Any) -> None:
+    def _check_walk(self, listing: ListWalk) -> None:
         """What decides whether the watermark may move: Nomos' clock, and a complete walk."""
         assert self.walk is not None
         self.walk.nomos_time = listing.server_time
