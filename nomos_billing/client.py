@@ -4,9 +4,14 @@ One ``requests.Session`` per process (connection pooling and keep-alive), shared
 Retries are urllib3's ``Retry`` mounted on the session's adapter:
 
 - connection failures (nothing reached Nomos) are retried for every method;
-- 429 and 5xx are retried for GETs, with exponential backoff, jitter and ``Retry-After``;
-- POSTs (magic links, leads, tokens) are retried on 429/503 only, where Nomos says it did not act;
-- read timeouts are never retried: the caller gets ``NomosUnavailable`` within one timeout;
+- 429 and 5xx are retried for GETs, with exponential backoff, jitter and ``Retry-After`` (in
+  seconds or as an HTTP-date);
+- a POST that Nomos may have acted on (any 5xx: it may fail after acting) is retried only when
+  a repetition leaves nothing behind (``REPEATABLE_POSTS``: tokens, magic links); the document
+  gives no POST an idempotency mechanism, so ``POST /leads`` is retried on 429 only (refused
+  before anything happened), never where a retry could make a second lead;
+- read timeouts and connections broken after sending are never retried: the caller gets
+  ``NomosUnavailable`` within one timeout;
 - a ``Retry-After`` longer than ``MAX_RETRY_WAIT`` is not slept through inside a web request;
   it becomes ``NomosUnavailable`` at once;
 - 401 drops the shared token, fetches a new one and retries once (client code, not urllib3).
@@ -23,6 +28,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.core.signals import setting_changed
@@ -43,6 +49,7 @@ from .exceptions import (
     NomosUnavailable,
 )
 from .filters import ListFilter, check_page, query_params
+from .httpdates import parse_http_date, retry_after_seconds
 from .jsonsafe import clean
 from .tokens import AccessToken, TokenStore
 
@@ -54,12 +61,25 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TOKEN_FORM_REFUSED = frozenset({400, 415})
 # API base URLs that refused the form-encoded token request and took JSON: per process.
 _TOKEN_AS_JSON: set[str] = set()
-# A POST that got one of these was refused before Nomos acted on it.
-UNSAFE_RETRY_STATUSES = frozenset({429, 503})
+#: POSTs sent again after an answer that does not say Nomos did not act (a 5xx), and why a
+#: second one is harmless. The OpenAPI document gives no operation an idempotency mechanism
+#: (no idempotency key, no de-duplication), so every other POST is retried only where nothing
+#: was done: a connection never made, a 429.
+REPEATABLE_POSTS = {
+    "/oauth/token": "a second token is one more valid token, nothing else",
+    "/admin/magic_link": "a second single-use link; the first, never handed out, expires unused",
+}
+#: The rate limit refuses a request before acting on it.
+NOT_ACTED_STATUSES = frozenset({429})
+
+
+def is_repeatable_post(url: str | None) -> bool:
+    """True for the ``REPEATABLE_POSTS`` (``url``: the request's path, or its full URL)."""
+    return urlsplit(url or "").path.endswith(tuple(REPEATABLE_POSTS))
 
 
 class NomosRetry(Retry):
-    """urllib3's ``Retry`` with two Nomos rules: POSTs only on 429/503, and no long sleeps."""
+    """urllib3's ``Retry`` with two Nomos rules: POSTs only where safe, and no long sleeps."""
 
     max_wait: float = 5.0
 
@@ -70,8 +90,13 @@ class NomosRetry(Retry):
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if method.upper() == "POST":
-            return bool(self.total) and status_code in UNSAFE_RETRY_STATUSES
+            # Which POST it is shows only in ``increment`` (the URL): it refuses the rest.
+            return bool(self.total) and status_code in RETRY_STATUSES
         return super().is_retry(method, status_code, has_retry_after)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        # Both forms, a date measured against Nomos' own Date; junk is no hint (urllib3 raises).
+        return retry_after_seconds(response.headers)
 
     def increment(
         self,
@@ -82,6 +107,14 @@ class NomosRetry(Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> NomosRetry:
+        if (
+            response is not None
+            and str(method).upper() == "POST"
+            and response.status not in NOT_ACTED_STATUSES
+            and not is_repeatable_post(url)
+        ):
+            # Nomos may have acted (a lead made, then a 5xx): the answer goes back as it is.
+            raise MaxRetryError(_pool, url, None)  # type: ignore[arg-type]
         if response is not None:
             wait = self.get_retry_after(response)
             if wait is not None and wait > self.max_wait:
@@ -201,9 +234,9 @@ def _broke(exc: requests.RequestException) -> bool:
 
 
 def _retry_after(response: requests.Response) -> int | None:
-    value = response.headers.get("Retry-After", "")
-    if value.isdigit():
-        return int(value)
+    seconds = retry_after_seconds(response.headers)
+    if seconds is not None:
+        return math.ceil(seconds)
     # No header: the backoff we gave up on is the honest hint (see NomosRetry.increment).
     skipped = getattr(response.raw, "nomos_retry_in", None)
     return max(1, math.ceil(skipped)) if isinstance(skipped, (int, float)) else None
@@ -403,6 +436,11 @@ class NomosClient:
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> Any:
         """An authenticated call; returns the decoded JSON body."""
+        return self._decode(self._authorized(method, path, json=json, params=params), method, path)
+
+    def _authorized(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> requests.Response:
         token = self.tokens.get()
         try:
             response = self._send(
@@ -425,6 +463,10 @@ class NomosClient:
                 params=params,
                 headers={"Authorization": f"Bearer {token.value}"},
             )
+        return response
+
+    @staticmethod
+    def _decode(response: requests.Response, method: str, path: str) -> Any:
         try:
             # Cleaned here, once, so nothing fetched from Nomos can make a row unstorable.
             return clean(response.json())
@@ -483,10 +525,22 @@ class NomosClient:
         Raises ``NomosFilterIgnored`` when an item does not match: Nomos answers a filter it
         ignores with the unfiltered list.
         """
+        return self._list_page(path, cursor=cursor, limit=limit, filters=filters)[0]
+
+    def _list_page(
+        self,
+        path: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        filters: Sequence[ListFilter] = (),
+    ) -> tuple[dict[str, Any], Mapping[str, str]]:
+        """``list_page`` and the answer's headers."""
         params: dict[str, Any] = {"limit": limit, **query_params(filters)}
         if cursor:
             params["cursor"] = cursor
-        page = self.request("GET", path, params=params)
+        response = self._authorized("GET", path, params=params)
+        page = self._decode(response, "GET", path)
         if not isinstance(page, dict):
             raise NomosAPIError(
                 200, "INVALID_RESPONSE", "list answer is not an object", method="GET", path=path
@@ -499,20 +553,14 @@ class NomosClient:
                 200, "INVALID_RESPONSE", "list answer without items", method="GET", path=path
             )
         check_page(path, items, filters)
-        return page
+        return page, response.headers
 
     def iter_list(
         self, path: str, *, limit: int = 100, filters: Sequence[ListFilter] = ()
-    ) -> Iterator[dict[str, Any]]:
+    ) -> ListWalk:
         """Every item of a list endpoint, one page fetched (and checked) at a time as the
-        caller consumes them."""
-        cursor: str | None = None
-        while True:
-            page = self.list_page(path, cursor=cursor, limit=limit, filters=filters)
-            yield from page["items"]
-            cursor = page.get("next_page")
-            if not page.get("has_more") or not cursor:
-                return
+        caller consumes them; the walk says afterwards whether it reached the last page."""
+        return ListWalk(self, path, limit=limit, filters=filters)
 
     @staticmethod
     def subscription_filters(
@@ -554,7 +602,7 @@ class NomosClient:
         customer: str | None = None,
         updated_since: datetime | str | None = None,
         filters: Sequence[ListFilter] = (),
-    ) -> Iterator[dict[str, Any]]:
+    ) -> ListWalk:
         """Every subscription (of ``customer``, changed since ``updated_since``, matching
         ``filters``), one page at a time; ``NomosFilterIgnored`` if Nomos ignored a filter."""
         return self.iter_list(
@@ -565,11 +613,58 @@ class NomosClient:
             ),
         )
 
-    def iter_customers(
-        self, *, limit: int = 100, filters: Sequence[ListFilter] = ()
-    ) -> Iterator[dict[str, Any]]:
+    def iter_customers(self, *, limit: int = 100, filters: Sequence[ListFilter] = ()) -> ListWalk:
         """Every customer matching ``filters``, one page at a time."""
         return self.iter_list("/customers", limit=limit, filters=filters)
+
+
+class ListWalk(Iterator[dict[str, Any]]):
+    """The items of one walk over a list endpoint, fetched a page at a time as they are
+    consumed, and what the walk learnt once it ended:
+
+    - ``complete``: the last page came (``has_more: false``); False while walking, after an
+      error, or when a page said ``has_more`` without a ``next_page`` to go on with
+      (``incomplete`` says so);
+    - ``server_time``: Nomos' clock (its ``Date``) when it answered the first page: a bound a
+      catch-up may take, where our own clock would be off by the skew between us.
+    """
+
+    def __init__(
+        self, client: NomosClient, path: str, *, limit: int, filters: Sequence[ListFilter]
+    ) -> None:
+        self.path = path
+        self.complete = False
+        self.incomplete = ""
+        self.pages = 0
+        self.server_time: datetime | None = None
+        self._items = self._walk(client, limit, tuple(filters))
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._items)
+
+    def _walk(
+        self, client: NomosClient, limit: int, filters: Sequence[ListFilter]
+    ) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            page, headers = client._list_page(
+                self.path, cursor=cursor, limit=limit, filters=filters
+            )
+            if not self.pages:
+                self.server_time = parse_http_date(headers.get("Date"))
+            self.pages += 1
+            yield from page["items"]
+            cursor = page.get("next_page")
+            if not page.get("has_more"):
+                self.complete = True
+                return
+            if not cursor:
+                self.incomplete = (
+                    f"Nomos answered page {self.pages} of GET {self.path} with has_more "
+                    "but no next_page cursor"
+                )
+                logger.warning("%s; the walk ends there, incomplete", self.incomplete)
+                return
 
 
 def _reported(exc: NomosConfigurationError) -> NomosConfigurationError:

@@ -25,6 +25,10 @@ NOMOS_ERROR_MESSAGES = {
 }
 GENERIC_FIELD_ERROR = _("Please check this value.")
 GENERIC_FORM_ERROR = _("Your details could not be accepted. Please check them and try again.")
+TRY_AGAIN_ERROR = _(
+    "We could not prepare your switch just now. Your details are kept below: please send "
+    "the form again in a moment."
+)
 
 
 class LeadForm(forms.Form):
@@ -68,6 +72,10 @@ class LeadForm(forms.Form):
                 self.add_error(field, text)
         if not shown:
             self.add_error(None, GENERIC_FORM_ERROR)
+
+    def add_try_again(self) -> None:
+        """Say that sending the form again may work (an outage, not the user's input)."""
+        self.add_error(None, TRY_AGAIN_ERROR)
 
     def lead_payload(self, *, plan: str, user: Any, user_key: str) -> dict[str, Any]:
         """The ``POST /leads`` body (the ``InsertLead`` schema) for this form and ``user``."""

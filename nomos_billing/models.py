@@ -12,6 +12,9 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+#: Room for a subscription status Nomos adds later, stored as sent (``sync``).
+STATUS_LENGTH = 64
+
 
 class SubscriptionStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
@@ -47,7 +50,7 @@ class NomosCustomer(models.Model):
     # instead of running a subquery per customer. Empty: no subscription.
     latest_status = models.CharField(
         _("latest subscription status"),
-        max_length=16,
+        max_length=STATUS_LENGTH,
         choices=SubscriptionStatus.choices,
         blank=True,
         editable=False,
@@ -93,7 +96,10 @@ class NomosSubscription(models.Model):
         verbose_name=_("customer"),
     )
     subscription_id = models.CharField(_("Nomos subscription id"), max_length=64, unique=True)
-    status = models.CharField(_("status"), max_length=16, choices=Status.choices, blank=True)
+    # The choices are the statuses we know; one Nomos adds later is stored as sent.
+    status = models.CharField(
+        _("status"), max_length=STATUS_LENGTH, choices=Status.choices, blank=True
+    )
     plan = models.CharField(_("plan"), max_length=64, blank=True)
     type = models.CharField(_("type"), max_length=16, choices=Type.choices, blank=True)
     number = models.CharField(_("number"), max_length=64, blank=True)
@@ -268,8 +274,8 @@ class NomosSyncState(models.Model):
     """
 
     name = models.CharField(_("name"), max_length=32, unique=True)
-    # Our clock when the last complete walk started; the next walk asks Nomos for everything
-    # updated since then, minus an overlap for clock skew.
+    # Nomos' clock (its Date header) when the last complete walk started; the next walk asks
+    # Nomos for everything updated since then, minus an overlap.
     watermark = models.DateTimeField(_("watermark"), null=True, blank=True)
     last_started_at = models.DateTimeField(_("last started"), null=True, blank=True)
     last_completed_at = models.DateTimeField(_("last completed"), null=True, blank=True)

@@ -24,7 +24,13 @@ from django.utils.dateparse import parse_datetime
 from . import linking
 from .client import get_client
 from .exceptions import NomosAPIError
-from .models import NomosCustomer, NomosLead, NomosSubscription, SubscriptionStatus
+from .models import (
+    STATUS_LENGTH,
+    NomosCustomer,
+    NomosLead,
+    NomosSubscription,
+    SubscriptionStatus,
+)
 from .signals import subscription_status_changed
 
 logger = logging.getLogger("nomos_billing.sync")
@@ -46,6 +52,12 @@ def _text(value: Any, max_length: int) -> str:
 
 def _choice(value: Any, choices: Any) -> str:
     return value if value in choices.values else ""
+
+
+def _status(value: Any) -> str:
+    # A status Nomos added after this code was written is kept as sent (the admin shows it,
+    # a later read replaces it) rather than blanked; it announces no change (``_announce``).
+    return _text(value, STATUS_LENGTH) if isinstance(value, str) else ""
 
 
 def _datetime(value: Any) -> datetime | None:
@@ -72,7 +84,7 @@ def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Our ``NomosSubscription`` columns from a Nomos subscription object."""
     metadata = data.get("metadata")
     return {
-        "status": _choice(data.get("status"), NomosSubscription.Status),
+        "status": _status(data.get("status")),
         "plan": _text(data.get("plan"), 64),
         "type": _choice(data.get("type"), NomosSubscription.Type),
         "number": _text(data.get("number"), 64),
@@ -126,6 +138,26 @@ def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[N
             setattr(customer, name, value)
         customer.save(update_fields=[*changed, "updated_at"])
     return customer, False
+
+
+def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
+    """Update our rows of the customers in ``items`` (Nomos customer objects) whose fields
+    Nomos changed: one SELECT for them all, one UPDATE of the changed columns per changed
+    customer. Returns the ids we have rows for and how many rows changed."""
+    ids = [_text(item.get("id"), 64) for item in items]
+    rows = {c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=ids)}
+    changed = 0
+    for customer_id, item in zip(ids, items, strict=True):
+        row = rows.get(customer_id)
+        if row is None:
+            continue
+        fields = _changes(row, customer_fields(item))
+        if fields:
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.save(update_fields=[*fields, "updated_at"])
+            changed += 1
+    return set(rows), changed
 
 
 def _customer_for(data: dict[str, Any], status: str) -> tuple[NomosCustomer, bool]:
@@ -236,7 +268,9 @@ def _link_and_announce(
             )
         )
         result = result._replace(linked=linked)
-    if changed:
+    if changed and subscription.status in SubscriptionStatus.values:
+        # Receivers act on the statuses they know: one Nomos added later is stored, not
+        # announced (its meaning is unknown to them).
         subscription_status_changed.send(
             sender=NomosSubscription,
             subscription=subscription,
@@ -274,7 +308,7 @@ def upsert_subscriptions(
         newest: dict[str, tuple[str, str]] = {}
         for item in items:
             cid = _customer_id_of(item)
-            status = _choice(item.get("status"), SubscriptionStatus)
+            status = _status(item.get("status"))
             key = (str(item.get("created_at") or ""), status)
             newest[cid] = max(newest.get(cid, key), key)
         rows = [

@@ -182,6 +182,17 @@ def is_operator_error(exc: BaseException) -> bool:
     return isinstance(exc, NomosAPIError) and exc.is_auth_failure
 
 
+def lead_try_again_page(request: HttpRequest, form: LeadForm, exc: BaseException) -> HttpResponse:
+    """The lead form again, as typed, with "try again": Nomos failed or did not answer. The
+    lead was sent once (the client never repeats a ``POST /leads`` Nomos may have acted on),
+    so sending the form again is the user's choice, not a retry behind their back."""
+    form.add_try_again()
+    retry_after = _retry_after(exc)
+    response = page(request, START_TEMPLATE, {"form": form}, status=503)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
 def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
     if isinstance(exc, RateLimited):
         return rate_limited_page(request, exc)
@@ -466,6 +477,8 @@ def start(request: HttpRequest) -> HttpResponse:
             form.add_nomos_errors(exc.errors)
             return page(request, START_TEMPLATE, {"form": form})
         _classify(exc, request.user)
+        if isinstance(exc, NomosUnavailable) and not is_operator_error(exc):
+            return lead_try_again_page(request, form, exc)
         return unavailable_page(request, exc)
     lead_id = lead.get("id") if isinstance(lead, dict) else None
     link = lead.get("link") if isinstance(lead, dict) else None

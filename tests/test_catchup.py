@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from nomos_billing import catchup
-from nomos_billing.models import NomosSubscription, NomosSyncState, WebhookEvent
+from nomos_billing.models import NomosCustomer, NomosSubscription, NomosSyncState, WebhookEvent
 from nomos_billing.sandbox import Fault
 
 pytestmark = pytest.mark.django_db
@@ -83,7 +83,8 @@ def test_all_webhooks_lost_1000_changes_land_on_the_next_catch_up(nomos):
               if s["updated_at"] >= (mark - catchup.DEFAULT_OVERLAP).isoformat()[:19]]
     assert f"Synced {len(recent)} subscriptions" in second
     assert nomos.count(LIST) == -(-len(recent) // 100)  # pages of 100
-    assert watermark() > mark
+    # Nomos' Date has whole seconds: two walks within one second leave it where it was.
+    assert watermark() >= mark
 
 
 def test_a_sandbox_ignoring_the_filter_makes_the_walk_refuse_and_keeps_the_watermark(nomos):
@@ -100,6 +101,7 @@ def test_a_sandbox_ignoring_the_filter_makes_the_walk_refuse_and_keeps_the_water
     # Nothing from the unfiltered page was stored: the old rows are untouched.
     assert NomosSubscription.objects.get(subscription_id=ids[0]).status == "pending"
     nomos.clear_faults()
+    nomos.clock_skew += 2  # Nomos' Date has whole seconds: let one pass, without sleeping
     sync("--since", "auto")
     assert NomosSubscription.objects.get(subscription_id=ids[0]).status == "active"
     assert watermark() > mark
@@ -141,6 +143,7 @@ def test_since_iso_walks_from_that_time_and_moves_the_watermark_only_without_a_g
     assert "watermark now" not in out
     assert watermark() == mark
     earlier = (mark - timedelta(hours=1)).isoformat()
+    nomos.clock_skew += 2  # Nomos' Date has whole seconds: let one pass, without sleeping
     out = sync("--since", earlier)
     assert "watermark now" in out
     assert watermark() > mark
@@ -176,3 +179,179 @@ def test_catch_up_task_runs_the_command(nomos, settings):
     assert summary.startswith("Synced")
     assert watermark() is not None
     assert timezone.now() - watermark() < timedelta(minutes=5)
+
+
+# -- Nomos' clock ---------------------------------------------------------------------------------
+
+
+def stored_status() -> dict[str, str]:
+    return dict(NomosSubscription.objects.values_list("subscription_id", "status"))
+
+
+def left_behind(nomos) -> list[str]:
+    """Changes at Nomos we have not stored that the next ``--since auto`` walk would not ask
+    for: any is a change lost for good (webhooks aside)."""
+    mark = watermark()
+    bound = None if mark is None else mark - catchup.DEFAULT_OVERLAP
+    stored = stored_status()
+    lost = []
+    for sub_id, sub in nomos.subscriptions.items():
+        updated = datetime.fromisoformat(sub["updated_at"].replace("Z", "+00:00"))
+        if stored.get(sub_id) != sub["status"] and bound is not None and updated < bound:
+            lost.append(sub_id)
+    return lost
+
+
+@pytest.mark.parametrize("skew_minutes", [-15, 15])
+def test_with_nomos_clock_15_minutes_off_no_change_is_missed(nomos, skew_minutes):
+    nomos.clock_skew = skew_minutes * 60
+    ids = add_subscriptions(nomos, customers=5, per_customer=2)
+    sync("--since", "auto")
+    # The watermark is Nomos' time (its Date header), not ours.
+    assert abs(watermark() - nomos.now()) < timedelta(seconds=5)
+    assert abs(watermark() - timezone.now()) > timedelta(minutes=14)
+    missed = 0
+    for round_ in range(5):
+        # Changes at Nomos between two walks, every webhook lost.
+        for sub_id in ids[2 * round_: 2 * round_ + 2]:
+            nomos.set_subscription_status(sub_id, "active")
+        sync("--since", "auto")
+        stored = stored_status()
+        missed += sum(stored[i] != nomos.subscriptions[i]["status"] for i in ids)
+        assert left_behind(nomos) == []
+    assert missed == 0
+    assert set(stored_status().values()) >= {"active"}
+    assert all(stored_status()[i] == "active" for i in ids)
+
+
+def test_our_clock_never_bounds_the_walk(nomos):
+    """With Nomos 15 minutes behind, a bound from our clock (minus the 10-minute overlap) would
+    be after every change Nomos stamps: the filter each walk sends is Nomos' time."""
+    nomos.clock_skew = -15 * 60
+    add_subscriptions(nomos, customers=1, per_customer=1)
+    sync("--since", "auto")
+    mark = watermark()
+    nomos.request_log.clear()
+    sync("--since", "auto")
+    (asked,) = set(updated_since_asked(nomos))
+    bound = datetime.fromisoformat(asked.replace("Z", "+00:00"))
+    assert bound == mark - catchup.DEFAULT_OVERLAP
+    assert bound < timezone.now() - timedelta(minutes=20)
+
+
+def test_a_page_with_more_but_no_cursor_keeps_the_watermark_and_says_why(nomos):
+    ids = add_subscriptions(nomos, customers=3, per_customer=50)
+    sync("--since", "auto")
+    mark = watermark()
+    for sub_id in ids:
+        nomos.set_subscription_status(sub_id, "active")
+    # The first page says more follow but gives no cursor: the walk cannot go on.
+    nomos.add_fault(LIST, Fault(drop_cursor=True), times=1)
+    with pytest.raises(CommandError, match="has_more but no next_page") as excinfo:
+        sync("--since", "auto", "--page-size", "100")
+    assert "watermark kept at " + mark.isoformat() in str(excinfo.value)
+    assert watermark() == mark
+    state = NomosSyncState.objects.get()
+    assert "has_more but no next_page" in state.last_error
+    # What the page carried was stored; nothing the walk did not reach is behind the mark.
+    active = sum(status == "active" for status in stored_status().values())
+    assert 90 <= active < 150
+    assert left_behind(nomos) == []
+    # The next complete walk brings every change.
+    sync("--since", "auto", "--page-size", "100")
+    assert all(stored_status()[i] == "active" for i in ids)
+    assert NomosSyncState.objects.get().last_error == ""
+    assert left_behind(nomos) == []
+
+
+def test_an_error_on_the_last_page_leaves_nothing_behind_the_watermark(nomos):
+    ids = add_subscriptions(nomos, customers=3, per_customer=50)
+    sync("--since", "auto")
+    mark = watermark()
+    for sub_id in ids:
+        nomos.set_subscription_status(sub_id, "active")
+    nomos.add_fault(LIST, Fault(), times=1)
+    nomos.add_fault(LIST, Fault(status=500), times=None)
+    with pytest.raises(CommandError):
+        sync("--since", "auto", "--page-size", "100")
+    assert watermark() == mark
+    assert left_behind(nomos) == []
+    nomos.clear_faults()
+    sync("--since", "auto")
+    assert all(stored_status()[i] == "active" for i in ids)
+    assert left_behind(nomos) == []
+
+
+def test_an_item_we_could_not_store_keeps_the_watermark_until_it_can_be(nomos):
+    ids = add_subscriptions(nomos, customers=2, per_customer=2)
+    sync("--since", "auto")
+    mark = watermark()
+    nomos.set_subscription_status(ids[0], "active")
+    nomos.set_subscription_status(ids[1], "ended")
+    customer = nomos.subscriptions[ids[1]]["customer"]
+    nomos.subscriptions[ids[1]]["customer"] = None
+    with pytest.raises(CommandError, match="1 item without id or customer not stored"):
+        sync("--since", "auto")
+    assert watermark() == mark
+    assert stored_status()[ids[0]] == "active"
+    assert left_behind(nomos) == []
+    # Nomos serves it whole again: the next walk stores it and moves on.
+    nomos.subscriptions[ids[1]]["customer"] = customer
+    nomos.clock_skew += 2  # Nomos' Date has whole seconds: let one pass, without sleeping
+    out = sync("--since", "auto")
+    assert stored_status()[ids[1]] == "ended"
+    assert "watermark now" in out
+    assert watermark() > mark
+
+
+def test_without_a_date_the_mark_is_the_latest_change_the_walk_saw():
+    walk = catchup.Walk(updated_since=None, started_at=timezone.now())
+    assert walk.mark is None
+    for stamp in ("2026-05-27T10:00:00.000Z", "2026-05-27T12:00:00.000Z", "not a date",
+                  "2026-05-27T11:00:00.000Z", None, "2026-05-27T13:00:00"):
+        walk.saw({"updated_at": stamp})
+    assert walk.mark == datetime(2026, 5, 27, 12, tzinfo=dt_timezone.utc)
+    walk.nomos_time = datetime(2026, 5, 27, 9, tzinfo=dt_timezone.utc)
+    assert walk.mark == walk.nomos_time
+
+
+def test_a_walk_with_no_clock_and_no_change_leaves_the_watermark(nomos):
+    sync("--since", "auto")
+    mark = watermark()
+    walk = catchup.begin("auto")
+    assert catchup.complete(walk, 0) is False
+    assert watermark() == mark
+    assert NomosSyncState.objects.get().last_error == ""
+
+
+def test_the_watermark_never_moves_back(nomos):
+    sync("--since", "auto")
+    mark = watermark()
+    nomos.clock_skew = -3600  # Nomos' clock jumps an hour back
+    sync("--since", "auto")
+    assert watermark() == mark
+
+
+# -- customers Nomos changed ----------------------------------------------------------------------
+
+
+def test_the_catch_up_refreshes_known_customers_nomos_changed(nomos):
+    ids = add_subscriptions(nomos, customers=3, per_customer=1)
+    sync("--since", "auto")
+    customer_id = nomos.subscriptions[ids[0]]["customer"]
+    nomos.customers[customer_id].update(
+        {"email": "renamed@example.com", "first_name": "Renée", "last_name": "Neu"})
+    before = NomosCustomer.objects.exclude(customer_id=customer_id).values_list(
+        "customer_id", "updated_at")
+    before = dict(before)
+    nomos.reset_counts()
+    out = sync("--since", "auto")
+    row = NomosCustomer.objects.get(customer_id=customer_id)
+    assert (row.email, row.first_name, row.last_name) == ("renamed@example.com", "Renée", "Neu")
+    assert "1 known customer updated" in out
+    # The others were read, not written.
+    assert dict(NomosCustomer.objects.exclude(customer_id=customer_id).values_list(
+        "customer_id", "updated_at")) == before
+    # One call per 100 customers, none one by one.
+    assert nomos.count("GET /customers") == 1
+    assert nomos.count("GET /customers/{id}") == 0

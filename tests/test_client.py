@@ -178,21 +178,79 @@ def test_a_hang_becomes_unavailable_within_the_read_timeout(client, nomos, retry
     assert retry_sleeps == []
 
 
-@pytest.mark.parametrize("status", [500, 502, 504])
-def test_magic_link_post_is_not_retried_where_nomos_may_have_acted(client, nomos, status):
-    nomos.add_fault(MINT, Fault(status=status), times=1)
-    with pytest.raises(NomosServiceError) as excinfo:
-        client.create_magic_link("cus_sandbox_alice")
-    assert nomos.count(MINT) == 1
-    # Nomos' own words reach the error (and the log), as for any other status.
-    assert excinfo.value.message == f"Injected fault: HTTP {status}"
-
-
-@pytest.mark.parametrize("status", [429, 503])
-def test_magic_link_post_is_retried_where_nomos_did_not_act(client, nomos, status):
-    nomos.add_fault(MINT, Fault(status=status, retry_after=0), times=1)
-    assert client.create_magic_link("cus_sandbox_alice").startswith(nomos.base_url)
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_magic_link_post_is_repeated_since_a_second_single_use_link_is_harmless(
+        client, nomos, status):
+    # Nomos minted the first link and then failed: the user gets the second one, and the
+    # first, never handed out, expires unused.
+    nomos.add_fault(MINT, Fault(status=status, retry_after=0, act_first=status != 429),
+                    times=1)
+    link = client.create_magic_link("cus_sandbox_alice")
+    assert link.startswith(nomos.base_url)
     assert nomos.count(MINT) == 2
+    assert [e["status"] for e in nomos.request_log if e["key"] == MINT] == [status, 200]
+
+
+LEAD = "POST /leads"
+LEAD_BODY = {"plan": "pln_sandbox_home", "address": {"zip": "10115"},
+             "meter": {"estimated_usage": 2500}}
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_lead_post_nomos_may_have_acted_on_is_sent_once(client, nomos, status):
+    # Nomos made the lead and then failed: a second POST would make a second one.
+    nomos.add_fault(LEAD, Fault(status=status, retry_after=0, act_first=True), times=1)
+    with pytest.raises(NomosServiceError) as excinfo:
+        client.create_lead(LEAD_BODY)
+    assert excinfo.value.status == status
+    assert nomos.count(LEAD) == 1
+    assert len(nomos.leads) == 1
+
+
+def test_a_lead_post_refused_by_the_rate_limit_is_retried(client, nomos, retry_sleeps):
+    nomos.add_fault(LEAD, Fault(status=429, retry_after=1), times=1)
+    lead = client.create_lead(LEAD_BODY)
+    assert nomos.count(LEAD) == 2
+    assert list(nomos.leads) == [lead["id"]]
+    assert retry_sleeps == [1.0]
+
+
+def test_a_lead_post_whose_answer_never_came_is_not_sent_again(nomos, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TIMEOUT": (2, 0.3)}
+    nomos.add_fault(LEAD, Fault(hang=1.5, act_first=True), times=1)
+    with pytest.raises(NomosUnavailable, match="did not answer POST /leads in time"):
+        get_client().create_lead(LEAD_BODY)
+    assert nomos.count(LEAD) == 1
+    assert len(nomos.leads) == 1
+
+
+def test_a_lead_post_whose_connection_broke_after_sending_is_not_sent_again(client, nomos):
+    nomos.add_fault(LEAD, Fault(drop_connection=True, act_first=True), times=1)
+    with pytest.raises(NomosUnavailable, match="broke"):
+        client.create_lead(LEAD_BODY)
+    assert nomos.count(LEAD) == 1
+    assert len(nomos.leads) == 1
+
+
+def test_a_lead_post_that_could_not_connect_is_retried(settings, retry_sleeps, caplog):
+    from nomos_billing.sandbox import Sandbox, SandboxServer
+
+    sandbox = Sandbox()
+    server = SandboxServer(sandbox).start()
+    try:
+        client = NomosClient(base_url=server.url, client_secret="sandbox-secret",
+                             client_id="sandbox-client", max_retries=2)
+        client.tokens.get()  # the token is in hand; then Nomos goes away
+    finally:
+        server.stop()
+    with pytest.raises(NomosUnavailable, match="could not connect"):
+        client.create_lead(LEAD_BODY)
+    # Nothing was sent, so the connection was tried again, twice.
+    refused = [r for r in caplog.records
+               if r.name == "urllib3.connectionpool" and r.getMessage().startswith("Retrying")
+               and "Connection refused" in r.getMessage()]
+    assert len(refused) == 2
+    assert sandbox.count(LEAD) == 0
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 409, 422])

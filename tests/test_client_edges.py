@@ -5,6 +5,8 @@ for Nomos here; the live sandbox covers the well-formed answers (test_client.py)
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -12,8 +14,14 @@ import pytest
 import responses
 
 from nomos_billing.client import NomosClient
-from nomos_billing.exceptions import NomosAPIError, NomosFilterIgnored, NomosUnavailable
+from nomos_billing.exceptions import (
+    NomosAPIError,
+    NomosFilterIgnored,
+    NomosServiceError,
+    NomosUnavailable,
+)
 from nomos_billing.filters import ListFilter
+from nomos_billing.httpdates import parse_http_date, retry_after_seconds
 from nomos_billing.sandbox import Fault
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -63,6 +71,15 @@ def test_a_malformed_list_answer_is_an_invalid_response(api, client, body, messa
     assert str(info.value) == f"GET /subscriptions -> HTTP 200: INVALID_RESPONSE: {message}"
 
 
+def test_a_list_answer_that_is_not_json_names_the_request(api, client):
+    api.get(BASE + "/customers", body="<html>maintenance</html>", status=200)
+    with pytest.raises(NomosAPIError) as info:
+        list(client.iter_customers())
+    assert error_fields(info.value) == (200, "INVALID_RESPONSE",
+                                        "Nomos answered with a body that is not JSON", "", "GET",
+                                        "/customers")
+
+
 def test_a_list_answer_without_items_is_an_empty_page(api, client):
     api.get(BASE + "/customers", json={"has_more": False})
     page = client.list_page("/customers")
@@ -81,15 +98,49 @@ def test_list_defaults_ask_for_the_largest_page_without_a_cursor(api, client):
 def test_a_walk_stops_when_nomos_says_there_is_no_more_whatever_the_cursor(api, client):
     api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": False,
                                        "next_page": "c2"})
-    assert [c["id"] for c in client.iter_customers(limit=5)] == ["cus_1"]
+    walk = client.iter_customers(limit=5)
+    assert [c["id"] for c in walk] == ["cus_1"]
+    assert (walk.complete, walk.incomplete) == (True, "")
     assert len(api_calls(api)) == 1
 
 
-def test_a_walk_stops_without_a_cursor_even_if_nomos_says_there_is_more(api, client):
+def test_a_walk_stops_without_a_cursor_even_if_nomos_says_there_is_more(api, client, caplog):
     api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": True,
                                        "next_page": None})
-    assert [c["id"] for c in client.iter_customers(limit=5)] == ["cus_1"]
-    assert len(api_calls(api)) == 1
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_2"}], "has_more": True,
+                                       "next_page": ""})
+    for _ in range(2):
+        walk = client.iter_customers(limit=5)
+        assert len(list(walk)) == 1
+        # It ended, but not on Nomos' last page: a caller that needs every item knows.
+        assert walk.complete is False
+        assert walk.incomplete == ("Nomos answered page 1 of GET /customers with has_more but "
+                                   "no next_page cursor")
+    assert len(api_calls(api)) == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "nomos_billing.client"] == [
+        walk.incomplete + "; the walk ends there, incomplete"] * 2
+
+
+def test_a_walk_knows_nomos_clock_from_its_first_page(api, client):
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_1"}], "has_more": True,
+                                       "next_page": "c2"},
+            headers={"Date": "Wed, 27 May 2026 07:28:00 GMT"})
+    api.get(BASE + "/customers", json={"items": [{"id": "cus_2"}], "has_more": False},
+            headers={"Date": "Wed, 27 May 2026 07:29:00 GMT"})
+    walk = client.iter_customers(limit=1)
+    assert (walk.complete, walk.server_time, walk.pages) == (False, None, 0)
+    assert next(walk)["id"] == "cus_1"
+    assert walk.server_time == datetime(2026, 5, 27, 7, 28, tzinfo=timezone.utc)
+    assert [c["id"] for c in walk] == ["cus_2"]
+    assert (walk.complete, walk.incomplete, walk.pages) == (True, "", 2)
+    assert walk.server_time == datetime(2026, 5, 27, 7, 28, tzinfo=timezone.utc)
+
+
+def test_a_walk_without_a_date_has_no_clock(api, client):
+    api.get(BASE + "/customers", json={"items": [], "has_more": False})
+    walk = client.iter_customers()
+    assert list(walk) == []
+    assert (walk.complete, walk.server_time) == (True, None)
 
 
 def test_a_walk_follows_the_cursor(api, client):
@@ -217,6 +268,54 @@ def test_a_retry_after_over_the_limit_is_not(nomos, retry_sleeps, settings):
     with pytest.raises(NomosUnavailable):
         NomosClient().get_subscription("sub_sandbox_alice")
     assert retry_sleeps == []
+
+
+def http_date(moment: datetime) -> str:
+    return format_datetime(moment.astimezone(timezone.utc), usegmt=True)
+
+
+def test_a_retry_after_date_is_measured_against_nomos_clock(nomos, retry_sleeps, settings):
+    # Nomos an hour behind us: against our clock its date is long past (no wait at all).
+    nomos.clock_skew = -3600
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRY_WAIT": 5}
+    when = http_date(nomos.now() + timedelta(seconds=3))
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=when), times=1)
+    assert NomosClient().get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    (slept,) = retry_sleeps
+    assert 2 <= slept <= 4
+
+
+def test_a_long_retry_after_date_reaches_the_error_without_a_wait(nomos, retry_sleeps, settings):
+    nomos.clock_skew = 900
+    when = http_date(nomos.now() + timedelta(seconds=120))
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=503, retry_after=when), times=1)
+    with pytest.raises(NomosServiceError) as info:
+        NomosClient().get_subscription("sub_sandbox_alice")
+    assert 119 <= info.value.retry_after <= 121
+    assert retry_sleeps == []
+
+
+@pytest.mark.parametrize("value", ["soon", "²", "Mon, 99 Foo 2026 00:00:00 GMT"])
+def test_a_retry_after_that_is_neither_form_is_no_hint(nomos, retry_sleeps, value):
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=503, retry_after=value), times=1)
+    assert NomosClient().get_subscription("sub_sandbox_alice")["id"] == "sub_sandbox_alice"
+    # urllib3's own backoff instead (its first retry is immediate).
+    assert retry_sleeps == []
+
+
+def test_retry_after_forms():
+    assert retry_after_seconds({"Retry-After": "30"}) == 30
+    assert retry_after_seconds({}) is None
+    assert retry_after_seconds({"Retry-After": " "}) is None
+    base = datetime(2026, 5, 27, 7, 28, tzinfo=timezone.utc)
+    headers = {"Date": http_date(base), "Retry-After": http_date(base + timedelta(seconds=90))}
+    assert retry_after_seconds(headers) == 90
+    assert retry_after_seconds({**headers, "Retry-After": http_date(base - timedelta(hours=1))}) \
+        == 0
+    # "-0000" is GMT too.
+    assert parse_http_date("Wed, 27 May 2026 07:28:00 -0000") == base
+    assert parse_http_date(None) is None
+    assert parse_http_date("") is None
 
 
 def test_an_error_keeps_nomos_code_message_and_request_id(api, client):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -198,6 +199,20 @@ def test_check_credentials_with_read_only_scope_fails_unless_allowed(nomos) -> N
     assert "lacks write:*" in command_error("nomos_check_credentials")
     out = run("nomos_check_credentials", "--read-only-ok")
     assert "cannot be minted" in out
+
+
+@pytest.mark.parametrize("answer", [{"access_token": "at_x", "expires_in": 3600},
+                                    {"access_token": "at_x", "expires_in": 3600, "scope": ""}])
+def test_check_credentials_without_a_scope_in_the_answer_does_not_fail(settings, answer) -> None:
+    base = "https://nomos.test"
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": base}
+    with responses.RequestsMock() as api:
+        # The provider's guides show token answers without "scope".
+        api.post(base + "/oauth/token", json=answer)
+        out = run("nomos_check_credentials")
+    assert "Scope:      (none given)" in out
+    assert "Portal links: unknown (Nomos named no scope)" in out
+    assert "at_x" not in out
 
 
 def test_check_credentials_with_a_wrong_secret_names_the_settings(nomos, settings) -> None:

@@ -230,6 +230,49 @@ def test_nomos_failure_shows_503_and_stores_no_lead(
         assert token not in response.content.decode()
 
 
+TRY_AGAIN = {
+    "en": "We could not prepare your switch just now. Your details are kept below: please send "
+          "the form again in a moment.",
+    "de": "Wir konnten Ihren Wechsel gerade nicht vorbereiten. Ihre Angaben stehen weiterhin "
+          "unten: Bitte senden Sie das Formular gleich noch einmal ab.",
+}
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(status=503, act_first=True), Fault(status=500, act_first=True),
+     Fault(status=503), Fault(hang=1.5, act_first=True), Fault(drop_connection=True)],
+    ids=["503-after-acting", "500-after-acting", "503", "timeout-after-acting", "dropped"],
+)
+def test_a_lead_nomos_may_have_made_is_sent_once_and_the_form_says_try_again(
+    as_bob: Client, nomos: Any, with_plan: None, settings: Any, fault: Fault, language: str
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TIMEOUT": (2, 0.3)}
+    nomos.add_fault("POST /leads", fault, times=1)
+    response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "3200"},
+                           headers={"Accept-Language": language})
+
+    # Exactly one POST /leads, so at most one lead at Nomos, and none of ours.
+    assert nomos.count("POST /leads") == 1
+    assert len(nomos.leads) == (1 if fault.act_first else 0)
+    assert not NomosLead.objects.exists()
+    # The form again, with what the user typed and a clear "try again".
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    assert "no-store" in response["Cache-Control"]
+    html = response.content.decode()
+    assert TRY_AGAIN[language] in html
+    assert 'name="zip_code" value="10115"' in html
+    assert 'name="estimated_usage" value="3200"' in html
+    assert response.context["form"].non_field_errors() == [TRY_AGAIN[language]]
+    # Sent again by the user, it works: one more lead, ours this time.
+    response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "3200"})
+    assert response.status_code == 303
+    assert nomos.count("POST /leads") == 2
+    assert NomosLead.objects.get().lead_id in nomos.leads
+
+
 class FakeClient:
     def __init__(self, answer: Any) -> None:
         self.answer = answer

@@ -11,6 +11,8 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
@@ -721,3 +723,85 @@ def test_unreadable_control_refuses_bad_input(sb: Sandbox, http: requests.Sessio
                                               body: dict[str, Any]) -> None:
     answer = http.post(f"{sb.base_url}/_sandbox/subscriptions/unreadable", json=body)
     assert answer.status_code == 400
+
+
+# -- Nomos' clock (--clock-skew) ------------------------------------------------------------------
+
+
+def _stamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _off_by(moment: datetime, seconds: float) -> bool:
+    """True when ``moment`` is ``seconds`` from our clock now, give or take a few seconds."""
+    return abs((moment - datetime.now(timezone.utc)).total_seconds() - seconds) < 5
+
+
+@pytest.mark.parametrize("skew", [-900, 900])
+def test_clock_skew_shifts_every_timestamp_nomos_writes(http: requests.Session,
+                                                        skew: int) -> None:
+    sandbox = Sandbox(clock_skew=skew)
+    with SandboxServer(sandbox):
+        base = sandbox.base_url
+        customer = http.post(f"{base}/_sandbox/customers", json={"email": "c@example.com"}).json()
+        sub = http.post(f"{base}/_sandbox/subscriptions",
+                        json={"customer_id": customer["id"]}).json()
+        changed = http.post(f"{base}/_sandbox/subscriptions/{sub['id']}/status",
+                            json={"status": "active"}).json()
+        event = http.post(f"{base}/_sandbox/events",
+                          json={"topic": "subscription.activated", "subscription": sub["id"]})
+        lead = http.post(f"{base}/leads", headers=bearer(sandbox),
+                         json={"plan": "pln_sandbox_home", "address": {"zip": "10115"},
+                               "meter": {"estimated_usage": 2500}})
+        for stamp in (customer["created_at"], sub["created_at"], changed["updated_at"],
+                      changed["start_at"], event.json()["timestamp"], lead.json()["created_at"]):
+            assert _off_by(_stamp(stamp), skew), stamp
+        # The Date header, once per answer, API and control alike.
+        for response in (lead, event):
+            assert len(response.raw.headers.getlist("Date")) == 1
+            assert _off_by(parsedate_to_datetime(response.headers["Date"]), skew)
+
+
+def test_clock_control_api(sb: Sandbox, http: requests.Session) -> None:
+    assert http.get(f"{sb.base_url}/_sandbox/clock").json()["clock_skew"] == 0
+    answer = http.post(f"{sb.base_url}/_sandbox/clock", json={"skew": -900}).json()
+    assert answer["clock_skew"] == -900
+    assert _off_by(_stamp(answer["now"]), -900)
+    assert sb.clock_skew == -900
+    assert _off_by(sb.now(), -900)
+    date = http.get(f"{sb.base_url}/customers/x").headers["Date"]
+    assert _off_by(parsedate_to_datetime(date), -900)
+
+
+@pytest.mark.parametrize("body", [{}, {"skew": "60"}, {"skew": True}, {"skew": float("nan")},
+                                  {"skew": 60, "other": 1}])
+def test_clock_control_refuses_bad_input(sb: Sandbox, http: requests.Session,
+                                         body: dict[str, Any]) -> None:
+    answer = http.post(f"{sb.base_url}/_sandbox/clock", data=json.dumps(body),
+                       headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert sb.clock_skew == 0
+
+
+def test_clock_skew_on_the_command_line() -> None:
+    from nomos_billing.sandbox.__main__ import banner, build_parser, configure
+
+    args = build_parser().parse_args(["--clock-skew", "-900"])
+    sandbox, _ = configure(args)
+    assert sandbox.clock_skew == -900
+    server = SimpleNamespace(url="http://127.0.0.1:1")
+    assert "Nomos' clock: -900 s from ours" in banner(sandbox, server, args, None)
+    assert "s from ours" not in banner(configure(build_parser().parse_args([]))[0], server,
+                                       args, None)
+
+
+def test_a_dropped_cursor_says_more_without_naming_where(sb: Sandbox,
+                                                         http: requests.Session) -> None:
+    sb.add_fault("GET /customers", Fault(drop_cursor=True), times=1)
+    page = http.get(f"{sb.base_url}/customers", params={"limit": 100}, headers=bearer(sb)).json()
+    assert (page["has_more"], page["next_page"]) == (True, None)
+    assert len(page["items"]) == len(sb.customers)
+    # Not a list: answered as it is.
+    sb.add_fault("GET /customers/{id}", Fault(drop_cursor=True), times=1)
+    one = http.get(f"{sb.base_url}/customers/cus_sandbox_alice", headers=bearer(sb)).json()
+    assert "has_more" not in one

@@ -113,10 +113,46 @@ def test_nulls_unknown_values_and_long_strings_are_stored_safely(sandbox):
     data["customer"].update({"first_name": "F" * 300, "type": "alien", "email": None})
     result = upsert_from_subscription(data)
     sub, customer = result.subscription, result.customer
+    # A status Nomos added after this code was written is kept as sent, not blanked.
     assert (sub.number, sub.metadata, sub.status, sub.type, sub.start_at) == (
-        "", {}, "", "", None)
+        "", {}, "paused", "", None)
     assert len(sub.plan) == 64
     assert (len(customer.first_name), customer.type, customer.email) == (100, "person", "")
+    assert NomosCustomer.objects.get().latest_status == "paused"
+
+
+def test_an_unknown_status_is_stored_as_sent_and_announces_no_change(sandbox, status_changes):
+    upsert_from_subscription(alice(sandbox))
+    data = alice(sandbox)
+    data.update({"status": "suspended_pending_grid_operator_review", "updated_at":
+                 "2030-01-01T00:00:00.000Z"})
+    upsert_from_subscription(data)
+    sub = NomosSubscription.objects.get()
+    assert sub.status == "suspended_pending_grid_operator_review"
+    assert sub.get_status_display() == "suspended_pending_grid_operator_review"
+    assert NomosCustomer.objects.get().latest_status == sub.status
+    # Receivers heard of the known status only; the unknown one changed nothing for them.
+    assert status_changes == [(seed.ALICE_SUBSCRIPTION, None, "active")]
+    # Back to a status they know: announced, with what was stored before.
+    data.update({"status": "ended", "updated_at": "2030-01-02T00:00:00.000Z"})
+    upsert_from_subscription(data)
+    assert status_changes[-1] == (
+        seed.ALICE_SUBSCRIPTION, "suspended_pending_grid_operator_review", "ended")
+
+
+def test_a_status_longer_than_the_column_is_cut_to_it(sandbox):
+    data = alice(sandbox)
+    data["status"] = "x" * 100
+    upsert_from_subscription(data)
+    assert NomosSubscription.objects.get().status == "x" * 64
+
+
+def test_a_status_that_is_not_a_string_is_stored_empty(sandbox, status_changes):
+    data = alice(sandbox)
+    data["status"] = {"nested": "active"}
+    upsert_from_subscription(data)
+    assert NomosSubscription.objects.get().status == ""
+    assert status_changes == []
 
 
 @pytest.mark.parametrize(

@@ -268,14 +268,16 @@ def test_customer_unknown_at_nomos_shows_the_friendly_page_and_logs_the_request_
 @pytest.mark.parametrize(
     ("fault", "retry_after", "posts", "waits"),
     [
-        # A POST is retried only where Nomos says it did not act (429/503), 3 times here.
-        (Fault(status=500), "30", 1, []),
-        (Fault(status=502), "30", 1, []),
+        # Minting is retried after any 5xx, 3 times here: a second single-use link is
+        # harmless (the first, never handed out, expires unused).
+        (Fault(status=500, retry_after=1), "1", 4, [1, 1, 1]),
+        (Fault(status=502, retry_after=1), "1", 4, [1, 1, 1]),
         (Fault(status=429, retry_after=120), "120", 1, []),
         (Fault(status=503, retry_after=1), "1", 4, [1, 1, 1]),
         (Fault(drop_connection=True), "30", 1, []),
     ],
-    ids=["500", "502", "429-long-retry-after", "503-retried", "dropped-connection"],
+    ids=["500-retried", "502-retried", "429-long-retry-after", "503-retried",
+         "dropped-connection"],
 )
 def test_outage_shows_the_503_page_with_retry_after(
     as_alice: Client, nomos: Any, retry_sleeps: list[float], fault: Fault, retry_after: str,

@@ -23,7 +23,8 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
   POST   /_sandbox/faults                     arm one: {"key": "GET /subscriptions/{id}" | "*",
                                               "status": 429, "retry_after": null, "latency": 0,
                                               "hang": null, "drop_connection": false,
-                                              "ignore_filters": false, "times": 1}
+                                              "ignore_filters": false,
+                                              "drop_cursor": false, "times": 1}
   DELETE /_sandbox/faults                     disarm all
   POST   /_sandbox/customers                  add a customer {"email", "first_name", ...}
   POST   /_sandbox/subscriptions              add a subscription {"customer_id", "status", ...}
@@ -38,6 +39,9 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
                                               "subscription"}: ids filled in) to --forward-to
   GET    /_sandbox/deliveries                 what --forward-to delivered (status, attempt)
   POST   /_sandbox/webhooks                   send one signed event to {"url", "topic", ...}
+  GET    /_sandbox/clock                      Nomos' clock: {"clock_skew", "now"}
+  POST   /_sandbox/clock                      {"skew": SECONDS}: Nomos' clock ahead (or,
+                                              negative, behind) ours (--clock-skew)
   POST   /_sandbox/tokens                     a valid access token
   POST   /_sandbox/tokens/expire              expire every issued token
 pages:
@@ -122,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a new subscription answers 404 for its first SECONDS (fault)",
     )
+    parser.add_argument(
+        "--clock-skew",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="Nomos' clock runs this far ahead of ours (negative: behind): "
+        "created_at, updated_at, event timestamps and the Date header",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -143,6 +155,8 @@ def banner(
             f"{seed.CAROL} (no subscription)"
         )
     lines.append(f"  checkout: {server.url}/checkout/{DEFAULT_PLAN}/")
+    if sandbox.clock_skew:
+        lines.append(f"  Nomos' clock: {sandbox.clock_skew:+g} s from ours")
     if sandbox.forwarder is not None:
         lines.append(f"  forwarding events to {sandbox.forwarder.describe()}")
     else:
@@ -163,6 +177,7 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
         not args.no_seed,
         scope=args.scope,
         webhook_secret=args.webhook_secret,
+        clock_skew=args.clock_skew,
     )
     loaded = sandbox.use_state_file(args.state) if args.state else None
     for value in args.return_url:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from . import api, checkout, control, pages
@@ -55,7 +57,8 @@ class SandboxApp:
         request = Request.from_environ(environ)
         route, params, same_path = resolve(self.routes, request.method, request.path)
         request_id = "req_" + secrets.token_hex(12)
-        extra = [("X-Request-Id", request_id)]
+        # Nomos' clock (``--clock-skew``), which a catch-up may take its watermark from.
+        extra = [("Date", format_datetime(sb.now(), usegmt=True)), ("X-Request-Id", request_id)]
         if route is not None and route.kind == "control":
             return _finalize(_run(route, sb, request, params, request_id), extra)
         if route is None and same_path and same_path[0].kind == "control":
@@ -90,7 +93,11 @@ class SandboxApp:
         params: dict[str, str],
         request_id: str,
     ) -> Response:
+        acted: Response | None = None
         if fault is not None:
+            if fault.act_first and route is not None:
+                # A lead made, a link minted, then the failure: what a retry must not repeat.
+                acted = self._serve(route, request, params, request_id)
             fault.delay(request.environ.get(STOP_EVENT))
             if fault.drop_connection:
                 raise DropConnectionError()
@@ -105,12 +112,21 @@ class SandboxApp:
                 return _error(ApiError(fault.status, message), request_id)
             if fault.ignore_filters:
                 request.environ[IGNORE_FILTERS] = True
+            if fault.drop_cursor and route is not None:
+                return _without_cursor(acted or self._serve(route, request, params, request_id))
+        if acted is not None:
+            return acted
         if route is None:
             if same_path:
                 return _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
             return _error(
                 ApiError(404, f"No route for {request.method} {request.path}"), request_id
             )
+        return self._serve(route, request, params, request_id)
+
+    def _serve(
+        self, route: Route, request: Request, params: dict[str, str], request_id: str
+    ) -> Response:
         if route.scope is not None:
             try:
                 self._authorize(request, route.scope)
@@ -139,6 +155,17 @@ def _run(
     except Exception as exc:  # a sandbox bug should look like a Nomos 500, and be visible
         traceback.print_exc(file=sys.stderr)
         return _error(ApiError(500, f"Sandbox error: {type(exc).__name__}: {exc}"), request_id)
+
+
+def _without_cursor(response: Response) -> Response:
+    """A list page that says more items follow but names no cursor to fetch them with."""
+    try:
+        page = json.loads(response.body)
+    except ValueError:
+        return response
+    if response.status != 200 or not isinstance(page, dict) or "next_page" not in page:
+        return response
+    return json_response(200, {**page, "has_more": True, "next_page": None})
 
 
 def _error(exc: ApiError, request_id: str) -> Response:

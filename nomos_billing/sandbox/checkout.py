@@ -16,7 +16,6 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from . import shapes
 from .http import Request, Response, html_response
 from .pages import page
 from .routing import Route
@@ -51,7 +50,7 @@ def _prefill(sb: Sandbox, values: dict[str, str]) -> tuple[dict[str, str], str |
                 return form, "Unknown checkout link"
             if lead["subscription"]:
                 return form, "This sign-up is complete; the link cannot be used again"
-            lead["last_visited_at"] = shapes.now_iso()
+            lead["last_visited_at"] = sb.now_iso()
             request = sb._lead_requests.get(lead_id, {})
             person = request.get("customer") or {}
             known = {

@@ -190,6 +190,24 @@ def make_readable(sb: Sandbox, request: Request, id: str) -> Response:
     return json_response(200, sb.subscription_view(id))
 
 
+def _clock(sb: Sandbox) -> Response:
+    return json_response(200, {"clock_skew": sb.clock_skew, "now": sb.now_iso()})
+
+
+def clock(sb: Sandbox, request: Request) -> Response:
+    return _clock(sb)
+
+
+def set_clock(sb: Sandbox, request: Request) -> Response:
+    """``{"skew": SECONDS}``: Nomos' clock runs that far ahead of ours (negative: behind)."""
+    skew = _kwargs(_body(request), ("skew",)).get("skew")
+    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or skew != skew:
+        raise ApiError(400, 'Give "skew", a number of seconds (negative: Nomos is behind)')
+    with sb.lock:
+        sb.clock_skew = float(skew)
+    return _clock(sb)
+
+
 def issue_token(sb: Sandbox, request: Request) -> Response:
     return json_response(200, {"access_token": sb.issue_token()})
 
@@ -219,6 +237,8 @@ ROUTES = [
     _control("POST", "/events", fire_event),
     _control("GET", "/deliveries", deliveries),
     _control("POST", "/subscriptions/{id}/readable", make_readable),
+    _control("GET", "/clock", clock),
+    _control("POST", "/clock", set_clock),
     _control("POST", "/tokens", issue_token),
     _control("POST", "/tokens/expire", expire_tokens),
 ]

@@ -11,16 +11,22 @@ from dataclasses import asdict, dataclass
 @dataclass
 class Fault:
     """One misbehaviour. Delays happen first, then the connection is dropped, an error status is
-    answered, or (with neither) the request is served normally."""
+    answered, or (with neither) the request is served normally. With ``act_first`` the request
+    is served before all that (its answer thrown away): Nomos failed after acting."""
 
     status: int | None = None
-    retry_after: int | None = None
+    #: Seconds, or an HTTP-date (``Retry-After`` takes both forms).
+    retry_after: int | str | None = None
     latency: float = 0.0
     hang: float | None = None
     drop_connection: bool = False
     # Serve a list as if every filter were unknown (Nomos' answer to a filter it ignores): the
     # unfiltered list. For testing that list walks check what comes back.
     ignore_filters: bool = False
+    # Answer a list page with ``has_more: true`` and ``next_page: null``: a walk that cannot
+    # go on, which must not count as complete.
+    drop_cursor: bool = False
+    act_first: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

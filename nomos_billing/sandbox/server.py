@@ -114,6 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client gave up (e.g. its read timeout during a hang)
             self.close_connection = True
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # As http.server's, without its Date: the app sends Nomos' (``Sandbox.now``).
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Server", self.version_string())
+
     # http.server dispatches on these exact names.
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
 

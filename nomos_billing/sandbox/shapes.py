@@ -38,8 +38,13 @@ def new_id(prefix: str) -> str:
     return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
 
+def iso(moment: datetime) -> str:
+    """Nomos' timestamp form: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return iso(datetime.now(timezone.utc))
 
 
 def error_code(status: int) -> str:
@@ -186,7 +191,12 @@ def list_subscription(sub: dict[str, Any]) -> dict[str, Any]:
 
 
 def lead(
-    *, id: str, link: str, metadata: dict[str, Any] | None, created_by: str | None
+    *,
+    id: str,
+    link: str,
+    metadata: dict[str, Any] | None,
+    created_by: str | None,
+    created_at: str | None = None,
 ) -> dict[str, Any]:
     return {
         "object": "lead",
@@ -194,7 +204,7 @@ def lead(
         "subscription": None,
         "subscribed_at": None,
         "link": link,
-        "created_at": now_iso(),
+        "created_at": created_at or now_iso(),
         "created_by": created_by,
         "last_visited_at": None,
         "metadata": metadata,

@@ -6,6 +6,7 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import shapes
@@ -66,6 +67,7 @@ class Sandbox:
         scope: str = DEFAULT_SCOPE,
         webhook_secret: str | None = None,
         magic_link_ttl: float = 600,
+        clock_skew: float = 0.0,
     ) -> None:
         from .app import SandboxApp  # the app module needs this class; import late to avoid a cycle
 
@@ -75,6 +77,10 @@ class Sandbox:
         self.scope = scope
         self.webhook_secret = webhook_secret
         self.magic_link_ttl = magic_link_ttl
+        #: Seconds Nomos' clock runs ahead of ours (negative: behind), ``--clock-skew``: every
+        #: timestamp the sandbox writes (``created_at``, ``updated_at``, event timestamps, the
+        #: ``Date`` header) comes from ``now()``.
+        self.clock_skew = float(clock_skew)
         #: Postcodes ``POST /leads`` and the checkout refuse (``unserviceable_zip``).
         self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
         #: Bodies ``POST /oauth/token`` accepts (Nomos' guides send a form, its document
@@ -125,6 +131,15 @@ class Sandbox:
 
             seed_data(self)
 
+    # -- clock --------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Nomos' clock: ours shifted by ``clock_skew`` seconds."""
+        return datetime.now(timezone.utc) + timedelta(seconds=self.clock_skew)
+
+    def now_iso(self) -> str:
+        return shapes.iso(self.now())
+
     # -- data ---------------------------------------------------------------------------------
 
     def add_customer(
@@ -145,7 +160,7 @@ class Sandbox:
             last_name=last_name,
             type=type,
             company_name=company_name,
-            created_at=created_at,
+            created_at=created_at or self.now_iso(),
         )
         with self.lock:
             self.customers[data["id"]] = data
@@ -177,7 +192,7 @@ class Sandbox:
                 metadata=metadata,
                 estimated_usage=estimated_usage,
                 zip_code=zip_code,
-                created_at=created_at,
+                created_at=created_at or self.now_iso(),
             )
             self.subscriptions[data["id"]] = data
             if self.unreadable_for > 0:
@@ -189,7 +204,7 @@ class Sandbox:
     def set_subscription_status(self, sub_id: str, status: str) -> dict[str, Any]:
         with self.lock:
             sub = self.subscriptions[sub_id]
-            shapes.apply_status(sub, status)
+            shapes.apply_status(sub, status, self.now_iso())
             return sub
 
     def is_readable(self, sub_id: str) -> bool:
@@ -227,6 +242,7 @@ class Sandbox:
             link=checkout_url(base_url, str(payload.get("plan") or DEFAULT_PLAN), id=lead_id),
             metadata=payload.get("metadata"),
             created_by=payload.get("created_by"),
+            created_at=self.now_iso(),
         )
         with self.lock:
             self.leads[lead_id] = data
@@ -379,7 +395,7 @@ class Sandbox:
                 context["lead"] = lead_id
         event = {
             "id": event_id or shapes.new_id("evt"),
-            "timestamp": shapes.now_iso(),
+            "timestamp": self.now_iso(),
             "topic": topic,
             "context": context,
         }

@@ -15,7 +15,10 @@ Then each lead this site created that no stored subscription names yet is looked
 
 ``--since auto|<ISO 8601>`` is the catch-up (``catchup``): only subscriptions updated since the
 last complete walk (or the given time), every item checked against that filter by the client,
-and the watermark stored only after the walk finished. Schedule ``--since auto`` every 15
+and the watermark (Nomos' clock) stored only after a complete walk; an incomplete one stores
+what it saw, keeps the watermark and fails with the reason. Customers have no ``updated_at``
+to filter on, so the catch-up also walks ``GET /customers`` (100 per call) and updates the
+customers we know whose e-mail or names Nomos changed. Schedule ``--since auto`` every 15
 minutes (cron, or a scheduling task backend) and lost webhooks heal themselves.
 """
 
@@ -32,7 +35,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from nomos_billing import catchup
-from nomos_billing.client import get_client
+from nomos_billing.client import ListWalk, get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.models import NomosCustomer
 
@@ -123,6 +126,14 @@ class Command(BaseCommand):
         if self.walk is not None and not options["dry_run"]:
             self.moved = catchup.complete(self.walk, self.counts["seen"])
         self._summary(options["dry_run"])
+        if self.walk is not None and self.walk.problems:
+            state = catchup.get_state()
+            raise CommandError(
+                one_line(
+                    catchup.incomplete_message(self.walk, state.watermark if state else None)
+                    + " (what was synced stays; the next walk repeats this stretch)"
+                )
+            )
 
     def _plan(self, options: dict[str, Any]) -> catchup.Walk | None:
         since = options["since"]
@@ -154,15 +165,23 @@ class Command(BaseCommand):
         since = self.walk.updated_since if self.walk is not None else None
         self.fetched_one_by_one = 0
         self.new_customers: dict[str, dict[str, Any]] | None = None  # filled by a customer walk
+        self.customers_refreshed = 0
+        if self.walk is not None:
+            # Customers carry no updated_at to filter on: a change to a known one's e-mail
+            # or name shows only by reading them all.
+            self.new_customers = self._walk_customers(refresh_known=True)
         page: list[dict[str, Any]] = []
-        for data in self.client.iter_subscriptions(
+        listing = self.client.iter_subscriptions(
             limit=self.page_size, customer=customer, updated_since=since
-        ):
+        )
+        for data in listing:
             if not isinstance(data.get("id"), str) or not _customer_id(data):
                 self.counts["failed"] += 1
                 self.stderr.write(f"  skipped an item without id or customer: {str(data)[:60]}")
             else:
                 page.append(data)
+                if self.walk is not None:
+                    self.walk.saw(data)
             self.counts["seen"] += 1
             if self.counts["seen"] % self.page_size == 0:
                 self._store(upsert_subscriptions, page)
@@ -171,10 +190,25 @@ class Command(BaseCommand):
                     self.stdout.write(f"  {self.counts['seen']} subscriptions...")
         self._store(upsert_subscriptions, page)
         self.new_customers = None
+        if not listing.complete:
+            self.stderr.write(f"  the walk ended early: {listing.incomplete}")
+        if self.walk is not None:
+            self._check_walk(listing)
         if customer is None:
             self._check_leads()
         # Unlinked customers overall (one query, no per-customer bookkeeping in memory).
         self.unlinked = NomosCustomer.objects.filter(user__isnull=True).count()
+
+    def _check_walk(self, listing: ListWalk) -> None:
+        """What decides whether the watermark may move: Nomos' clock, and a complete walk."""
+        assert self.walk is not None
+        self.walk.nomos_time = listing.server_time
+        if not listing.complete:
+            self.walk.problems.append(listing.incomplete)
+        if self.counts["failed"]:
+            self.walk.problems.append(
+                f"{_count(self.counts['failed'], 'item')} without id or customer not stored"
+            )
 
     def _store(self, upsert: Any, page: list[dict[str, Any]]) -> None:
         # The webhook's rules (sync.py), a page at a time: a few statements per page.
@@ -207,21 +241,33 @@ class Command(BaseCommand):
             found[customer_id] = data
         return found
 
-    def _walk_customers(self) -> dict[str, dict[str, Any]]:
+    def _walk_customers(self, *, refresh_known: bool = False) -> dict[str, dict[str, Any]]:
+        """The Nomos customers we have no row for; with ``refresh_known`` the rows of those we
+        have are updated where Nomos changed them (``sync.refresh_customers``)."""
+        from nomos_billing.sync import refresh_customers
+
         new: dict[str, dict[str, Any]] = {}
         page: list[dict[str, Any]] = []
+        listing = self.client.iter_customers(limit=100)
         # A None after the last item flushes the last page (the walk is never held whole).
-        for data in chain(self.client.iter_customers(limit=100), [None]):
+        for data in chain(listing, [None]):
             if data is not None and isinstance(data.get("id"), str):
                 page.append({k: data.get(k) for k in CUSTOMER_KEYS})
             if len(page) == 100 or (data is None and page):
-                known = set(
-                    NomosCustomer.objects.filter(
-                        customer_id__in=[c["id"] for c in page]
-                    ).values_list("customer_id", flat=True)
-                )
+                if refresh_known:
+                    known, changed = refresh_customers(page)
+                    self.customers_refreshed += changed
+                else:
+                    known = set(
+                        NomosCustomer.objects.filter(
+                            customer_id__in=[c["id"] for c in page]
+                        ).values_list("customer_id", flat=True)
+                    )
                 new.update((c["id"], c) for c in page if c["id"] not in known)
                 page = []
+        if not listing.complete:
+            # New customers missing here are fetched one by one; known ones wait a walk.
+            self.stderr.write(f"  the customer walk ended early: {listing.incomplete}")
         return new
 
     def _summary(self, dry_run: bool) -> None:
@@ -237,8 +283,12 @@ class Command(BaseCommand):
         if self.walk is not None:
             since = self.walk.updated_since
             line += f"; updated since {since.isoformat() if since else 'the beginning'}"
-            if getattr(self, "moved", False):
-                line += f"; watermark now {self.walk.started_at.isoformat()}"
+            refreshed = getattr(self, "customers_refreshed", 0)
+            if refreshed:
+                line += f"; {_count(refreshed, 'known customer')} updated"
+            mark = self.walk.mark
+            if getattr(self, "moved", False) and mark is not None:
+                line += f"; watermark now {mark.isoformat()} (Nomos' clock)"
         if getattr(self, "leads_checked", 0):
             line += f"; {self.leads_converted} of {self.leads_checked} open leads converted"
         self.stdout.write(self.style.SUCCESS(line + "."))
