@@ -191,7 +191,7 @@ def test_magic_link_post_is_not_retried_where_nomos_may_have_acted(client, nomos
 @pytest.mark.parametrize("status", [429, 503])
 def test_magic_link_post_is_retried_where_nomos_did_not_act(client, nomos, status):
     nomos.add_fault(MINT, Fault(status=status, retry_after=0), times=1)
-    assert client.create_magic_link("cus_sandbox_alice").startswith(nomos.base_url)
+    assert client.create_magic_link("cus_sandbox_alice").startswith(nomos.portal_origin)
     assert nomos.count(MINT) == 2
 
 

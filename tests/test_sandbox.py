@@ -305,8 +305,9 @@ def test_magic_link_is_single_use(sb: Sandbox, http: requests.Session) -> None:
     link = body["link"]
     parts = urlsplit(link)
     query = parse_qs(parts.query)
-    assert f"{parts.scheme}://{parts.netloc}" == sb.base_url
-    assert parts.path == "/portal/auth/confirm"
+    assert f"{parts.scheme}://{parts.netloc}" == sb.portal_origin
+    assert parts.netloc == f"sandbox.customerportal.localhost:{urlsplit(sb.base_url).port}"
+    assert parts.path == "/auth/confirm"
     assert query["type"] == ["magiclink"] and query["next"] == ["/overview"]
 
     first = http.get(link)
@@ -321,7 +322,7 @@ def test_magic_link_is_single_use(sb: Sandbox, http: requests.Session) -> None:
     assert second.status_code == 403
     assert "This link has already been used or is invalid" in second.text
     assert len(sb.portal_sessions) == 1
-    assert sb.count("GET /portal/auth/confirm") == 2
+    assert sb.count("GET portal:/auth/confirm") == 2
     assert sb.count("POST /admin/magic_link") == 1
 
 
@@ -345,7 +346,7 @@ def test_customer_without_subscription_gets_a_checkout_link(sb: Sandbox,
     link = mint(sb, http, "cus_sandbox_carol").json()["link"]
     parts = urlsplit(link)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
-        f"{sb.base_url}/checkout/pln_sandbox_home/")
+        f"{sb.checkout_origin()}/")
     assert list(parse_qs(parts.query)) == ["token_hash"]
     page = http.get(link)
     assert page.status_code == 200 and 'value="carol@example.com"' in page.text
@@ -355,7 +356,7 @@ def test_magic_link_errors(sb: Sandbox, http: requests.Session) -> None:
     assert_envelope(mint(sb, http, "cus_unknown"), 404, "NOT_FOUND")
     response = http.post(f"{sb.base_url}/admin/magic_link", json={}, headers=bearer(sb))
     assert_envelope(response, 400, "BAD_REQUEST")
-    assert http.get(f"{sb.base_url}/portal/auth/confirm?token_hash=nope&type=magiclink"
+    assert http.get(f"{sb.portal_origin}/auth/confirm?token_hash=nope&type=magiclink"
                     ).status_code == 403
 
 
@@ -385,7 +386,7 @@ def test_wildcard_fault_forever_until_cleared(sb: Sandbox, http: requests.Sessio
     for path in ("/customers/cus_sandbox_alice", "/events/evt_x"):
         assert http.get(f"{sb.base_url}{path}", headers=bearer(sb)).status_code == 503
     # The wildcard is for API traffic; the portal page is not hit by it.
-    assert http.get(f"{sb.base_url}/portal/auth/confirm").status_code == 403
+    assert http.get(f"{sb.portal_origin}/auth/confirm").status_code == 403
     sb.clear_faults()
     assert http.get(f"{sb.base_url}/customers/cus_sandbox_alice", headers=bearer(sb)).ok
 
@@ -550,7 +551,7 @@ def test_lead_checkout_and_convert(sb: Sandbox, http: requests.Session,
                                    receiver: Receiver) -> None:
     lead = http.post(f"{sb.base_url}/leads", json=LEAD, headers=bearer(sb)).json()
     assert lead["object"] == "lead"
-    assert lead["link"] == f"{sb.base_url}/checkout/pln_sandbox_home/?id={lead['id']}"
+    assert lead["link"] == f"{sb.checkout_origin()}/?id={lead['id']}"
     assert lead["metadata"] == {"django_user_id": "42"}
     assert sb.leads[lead["id"]]["subscription"] is None
     page = http.get(lead["link"])
@@ -645,7 +646,7 @@ def test_wsgi_app_in_process_without_a_server() -> None:
     chunks = sandbox.wsgi_app(environ, start_response)
     assert captured["status"] == "200 OK"
     link = json.loads(b"".join(chunks))["link"]
-    assert link.startswith("http://nomos.test/portal/auth/confirm?token_hash=")
+    assert link.startswith("http://sandbox.customerportal.localhost/auth/confirm?token_hash=")
     assert sandbox.base_url is None
     assert sandbox.connections == 0
 

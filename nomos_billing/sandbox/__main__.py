@@ -9,6 +9,7 @@ from typing import Any
 
 from . import seed
 from .forwarding import RETRIES, Forwarder
+from .hosts import checkout_origin
 from .server import SandboxServer
 from .state import DEFAULT_PLAN, UNSERVICEABLE_ZIP, Sandbox
 
@@ -40,9 +41,12 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
   POST   /_sandbox/webhooks                   send one signed event to {"url", "topic", ...}
   POST   /_sandbox/tokens                     a valid access token
   POST   /_sandbox/tokens/expire              expire every issued token
-pages:
-  GET    /checkout/{plan}/?zip=&usage=&metadata.<key>=&id=lead_...   the hosted checkout
-  GET    /portal/auth/confirm?token_hash=...                       the portal sign-in
+pages, on their own hosts under .localhost (browsers resolve them to loopback; a site accepts
+them with NOMOS_BILLING PORTAL_HOSTS [".customerportal.localhost"] and CHECKOUT_HOSTS
+[".checkout.localhost"]), on this port:
+  GET    <plan-slug>.checkout.localhost/?zip=&usage=&metadata.<key>=&id=lead_...
+                                              the plan's hosted checkout (pln_x: pln-x)
+  GET    sandbox.customerportal.localhost/auth/confirm?token_hash=...   the portal sign-in
 business errors: POST /leads and the checkout refuse postcode """
     + UNSERVICEABLE_ZIP
     + """ \
@@ -142,7 +146,7 @@ def banner(
             f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
             f"{seed.CAROL} (no subscription)"
         )
-    lines.append(f"  checkout: {server.url}/checkout/{DEFAULT_PLAN}/")
+    lines.append(f"  checkout: {checkout_origin(server.url, DEFAULT_PLAN)}/")
     if sandbox.forwarder is not None:
         lines.append(f"  forwarding events to {sandbox.forwarder.describe()}")
     else:

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import api, checkout, control, pages
+from . import api, checkout, control, hosts, pages
 from .faults import DropConnectionError, Fault
 from .http import ApiError, HeaderDict, Request, Response, json_response
 from .routing import Route, resolve
@@ -53,7 +53,12 @@ class SandboxApp:
     def _handle(self, environ: dict[str, Any]) -> Response:
         sb = self.sandbox
         request = Request.from_environ(environ)
-        route, params, same_path = resolve(self.routes, request.method, request.path)
+        # One server, three sites told apart by Host, as Nomos' API, portal and checkout are.
+        site, label = hosts.site_of(request.headers.get("Host") or "")
+        routes = [r for r in self.routes if (r.site == site)]
+        route, params, same_path = resolve(routes, request.method, request.path)
+        if site == "checkout" and route is not None:
+            params = {**params, "plan": hosts.plan_of_slug(label)}
         request_id = "req_" + secrets.token_hex(12)
         extra = [("X-Request-Id", request_id)]
         if route is not None and route.kind == "control":
@@ -62,8 +67,8 @@ class SandboxApp:
             return _finalize(_error(ApiError(405, "Method not allowed"), request_id), extra)
 
         template = route or (same_path[0] if same_path else None)
-        key = f"{request.method} {template.template if template else request.path}"
-        kind = template.kind if template else "api"
+        key = f"{request.method} {template.label if template else request.path}"
+        kind = template.kind if template else ("api" if site == "api" else "page")
         sb.note_call(key)
         if kind == "api":
             extra.append(("X-API-Version", request.headers.get("X-API-Version") or API_VERSION))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import shapes
 from .faults import Fault, FaultTable
+from .hosts import checkout_origin, portal_origin
 
 if TYPE_CHECKING:
     from .forwarding import Forwarder
@@ -21,11 +22,12 @@ UNSERVICEABLE_ZIP = "00000"
 
 
 def checkout_url(base_url: str, plan: str, **params: str) -> str:
-    """The sandbox's stand-in for ``https://{plan.slug}.checkout.energy/?...``."""
-    from urllib.parse import quote, urlencode
+    """The sandbox's stand-in for ``https://{plan.slug}.checkout.energy/?...``: the plan's own
+    host under ``.checkout.localhost`` on the sandbox's port (``hosts.py``)."""
+    from urllib.parse import urlencode
 
     query = urlencode(params)
-    return f"{base_url}/checkout/{quote(plan, safe='')}/" + (f"?{query}" if query else "")
+    return checkout_origin(base_url, plan) + "/" + (f"?{query}" if query else "")
 
 
 #: How many exchanges ``request_log`` keeps (each holds its bodies).
@@ -124,6 +126,17 @@ class Sandbox:
             from .seed import seed as seed_data
 
             seed_data(self)
+
+    # -- where its pages are -------------------------------------------------------------------
+
+    @property
+    def portal_origin(self) -> str:
+        """``http://sandbox.customerportal.localhost:<port>`` while it is served."""
+        return portal_origin(self.base_url or "http://127.0.0.1")
+
+    def checkout_origin(self, plan: str = DEFAULT_PLAN) -> str:
+        """``http://<plan-slug>.checkout.localhost:<port>`` while it is served."""
+        return checkout_origin(self.base_url or "http://127.0.0.1", plan)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -474,8 +487,10 @@ class Sandbox:
             }
         if not has_subscription:
             return checkout_url(base_url, DEFAULT_PLAN, token_hash=token_hash)
+        # As Nomos' example spells it (``next`` unescaped).
         return (
-            f"{base_url}/portal/auth/confirm?token_hash={token_hash}&type=magiclink&next=/overview"
+            f"{portal_origin(base_url)}/auth/confirm?token_hash={token_hash}"
+            "&type=magiclink&next=/overview"
         )
 
     def checkout_customer(self, token_hash: str) -> dict[str, Any] | None:
