@@ -148,7 +148,11 @@ def test_api_version_is_echoed_and_request_ids_are_unique(sb: Sandbox,
     other = http.get(url, headers={**bearer(sb), "X-API-Version": "2025-01-01.test"})
     assert default.headers["X-API-Version"] == "2026-05-27.curie"
     assert pinned.headers["X-API-Version"] == "2026-05-27.curie"
-    assert other.headers["X-API-Version"] == "2025-01-01.test"
+    # An unknown version is refused, as the document's error codes say.
+    assert_envelope(other, 400, "BAD_REQUEST")
+    assert other.json()["errors"] == [{
+        "code": "upgrade_api_version", "field": "X-API-Version",
+        "message": "Unknown API version '2025-01-01.test'; use 2026-05-27.curie"}]
     ids = {r.headers["X-Request-Id"] for r in (default, pinned, other)}
     assert len(ids) == 3
 
@@ -222,7 +226,10 @@ def test_pagination_walks_every_page(http: requests.Session) -> None:
                 assert body["next_page"] is None
                 break
             params["cursor"] = body["next_page"]
-        assert seen == expected
+        # Newest first by created_at (ties, within one millisecond, by id).
+        newest_first = sorted(expected, reverse=True,
+                              key=lambda i: (sandbox.subscriptions[i]["created_at"], i))
+        assert seen == newest_first
         assert pages == 3
         everything = http.get(f"{server.url}/subscriptions", headers=headers).json()
         assert len(everything["items"]) == 10 and not everything["has_more"]

@@ -11,7 +11,7 @@ from . import seed
 from .forwarding import RETRIES, Forwarder
 from .hosts import checkout_origin
 from .server import SandboxServer
-from .state import DEFAULT_PLAN, UNSERVICEABLE_ZIP, Sandbox
+from .state import DEFAULT_PLAN, TOKEN_BODIES, UNSERVICEABLE_ZIP, Sandbox
 
 #: The control API, in one place: ``--help``, the startup banner and the README's table say this.
 CONTROL_API = (
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scope", default="read:* write:*")
     parser.add_argument("--token-ttl", type=float, default=3600)
+    parser.add_argument(
+        "--token-body",
+        choices=sorted(TOKEN_BODIES),
+        default="both",
+        help="which bodies POST /oauth/token takes (Nomos' guides: form; its document: "
+        "json); the other is refused with 415",
+    )
     parser.add_argument("--no-seed", action="store_true", help="start with no data")
     parser.add_argument(
         "--state",
@@ -167,6 +174,7 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
         not args.no_seed,
         scope=args.scope,
         webhook_secret=args.webhook_secret,
+        token_body=args.token_body,
     )
     loaded = sandbox.use_state_file(args.state) if args.state else None
     for value in args.return_url:

@@ -71,7 +71,8 @@ class SandboxApp:
         kind = template.kind if template else ("api" if site == "api" else "page")
         sb.note_call(key)
         if kind == "api":
-            extra.append(("X-API-Version", request.headers.get("X-API-Version") or API_VERSION))
+            # The version it answered with: the one it knows (an unknown one is refused).
+            extra.append(("X-API-Version", API_VERSION))
 
         # "*" is meant for API traffic; the HTML pages get faults only by their own key.
         fault = sb.take_fault(key, wildcard=kind == "api")
@@ -116,6 +117,10 @@ class SandboxApp:
             return _error(
                 ApiError(404, f"No route for {request.method} {request.path}"), request_id
             )
+        if route.kind == "api":
+            refused = _version_refused(request)
+            if refused is not None:
+                return _error(refused, request_id)
         if route.scope is not None:
             try:
                 self._authorize(request, route.scope)
@@ -132,6 +137,24 @@ class SandboxApp:
             raise ApiError(401, "Invalid or expired access token")
         if f"{needed}:*" not in scope.split():
             raise ApiError(403, f"The access token lacks the {needed}:* scope")
+
+
+#: The API versions this sandbox answers; a request pinning another is refused.
+KNOWN_VERSIONS = frozenset({API_VERSION})
+
+
+def _version_refused(request: Request) -> ApiError | None:
+    """A pinned version this sandbox does not know, refused as the document's error codes
+    describe (``upgrade_api_version`` on a 400); no header: the account's default version."""
+    pinned = request.headers.get("X-API-Version")
+    if pinned is None or pinned.strip() in KNOWN_VERSIONS:
+        return None
+    message = f"Unknown API version {pinned!r}; use {API_VERSION}"
+    return ApiError(
+        400,
+        f"upgrade_api_version in 'X-API-Version': {message}",
+        [{"code": "upgrade_api_version", "field": "X-API-Version", "message": message}],
+    )
 
 
 def _run(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import shapes
 from .faults import Fault, FaultTable
 from .hosts import checkout_origin, portal_origin
+from .listing import Ordered
 
 if TYPE_CHECKING:
     from .forwarding import Forwarder
@@ -29,6 +30,17 @@ def checkout_url(base_url: str, plan: str, **params: str) -> str:
     query = urlencode(params)
     return checkout_origin(base_url, plan) + "/" + (f"?{query}" if query else "")
 
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+#: ``--token-body``: which bodies ``POST /oauth/token`` takes. Nomos' guides send a form, its
+#: document declares JSON; which one production refuses is not documented, so the client's
+#: fallback is tested against each.
+TOKEN_BODIES: dict[str, frozenset[str]] = {
+    "both": frozenset({FORM, JSON}),
+    "form": frozenset({FORM}),
+    "json": frozenset({JSON}),
+}
 
 #: How many exchanges ``request_log`` keeps (each holds its bodies).
 REQUEST_LOG_SIZE = 5_000
@@ -68,6 +80,7 @@ class Sandbox:
         scope: str = DEFAULT_SCOPE,
         webhook_secret: str | None = None,
         magic_link_ttl: float = 600,
+        token_body: str = "both",
     ) -> None:
         from .app import SandboxApp  # the app module needs this class; import late to avoid a cycle
 
@@ -79,12 +92,9 @@ class Sandbox:
         self.magic_link_ttl = magic_link_ttl
         #: Postcodes ``POST /leads`` and the checkout refuse (``unserviceable_zip``).
         self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
-        #: Bodies ``POST /oauth/token`` accepts (Nomos' guides send a form, its document
-        #: declares JSON); remove one to make the sandbox refuse it with 415.
-        self.token_content_types: set[str] = {
-            "application/x-www-form-urlencoded",
-            "application/json",
-        }
+        #: Bodies ``POST /oauth/token`` accepts (``token_body``: a name of ``TOKEN_BODIES``);
+        #: any other is refused with 415.
+        self.token_content_types: set[str] = set(TOKEN_BODIES[token_body])
         #: Where the hosted checkout sends the browser after a sign-up, per plan id; plans
         #: without one show the sandbox's own confirmation page.
         self.return_urls: dict[str, str] = {}
@@ -99,6 +109,8 @@ class Sandbox:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.leads: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
+        #: Each list's items in ``created_at`` order, for cursors that survive changes.
+        self.orders = {name: Ordered() for name in ("customers", "subscriptions", "leads")}
         self.calls: Counter[str] = Counter()
         # Rings: a long-running sandbox (a 100k-request benchmark, a demo left on for days)
         # keeps the newest records, not every one.
