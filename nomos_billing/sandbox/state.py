@@ -80,7 +80,7 @@ class Sandbox:
         scope: str = DEFAULT_SCOPE,
         webhook_secret: str | None = None,
         magic_link_ttl: float = 600,
-        token_body: str = "both",
+        token_body: str = "both",  # noqa: S107 - a body format, not a secret
     ) -> None:
         from .app import SandboxApp  # the app module needs this class; import late to avoid a cycle
 
