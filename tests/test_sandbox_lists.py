@@ -170,3 +170,27 @@ def test_a_whole_walk_is_linear_in_the_items(sb: Sandbox, http: requests.Session
     seconds(2000)  # warm up
     small, large = min(seconds(2000) for _ in range(3)), min(seconds(8000) for _ in range(3))
     assert large / small < 9, (small, large)
+
+
+def test_the_forwarder_waits_30_seconds_for_the_sites_answer_as_nomos_does(
+    monkeypatch: pytest.MonkeyPatch, receiver: Any
+) -> None:
+    from nomos_billing.sandbox import forwarding
+
+    waited: list[float] = []
+    real = forwarding.deliver
+
+    def deliver(*args: Any, timeout: float, **kwargs: Any) -> Any:
+        waited.append(timeout)
+        return real(*args, timeout=timeout, **kwargs)  # the real delivery, to a real receiver
+
+    monkeypatch.setattr(forwarding, "deliver", deliver)
+    sandbox = Sandbox()
+    sandbox.forwarder = forwarding.Forwarder(sandbox, [receiver.url], "whsec_x")
+    try:
+        sandbox.announce("test.event", {})
+        assert sandbox.forwarder.wait_idle()
+    finally:
+        sandbox.forwarder.stop()
+    assert waited == [30.0]
+    assert [d["status"] for d in sandbox.webhook_deliveries] == [receiver.status]

@@ -82,7 +82,7 @@ def token(sb: Sandbox, request: Request) -> Response:
 def magic_link(sb: Sandbox, request: Request) -> Response:
     payload = request.json()
     customer_id = payload.get("customerId") if isinstance(payload, dict) else None
-    if not isinstance(customer_id, str) or not customer_id:
+    if not isinstance(customer_id, str):
         raise _invalid("customerId", "Required")
     if customer_id not in sb.customers:
         raise ApiError(404, f"Customer {customer_id} not found")
@@ -249,10 +249,10 @@ def _validate_lead(payload: Any) -> dict[str, Any]:
     customer = payload.get("customer")
     if customer is not None and not isinstance(customer, dict):
         bad("customer", "Expected an object")
-    metadata = payload.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
-    ):
+    if not isinstance(payload.get("created_by", ""), (str, type(None))):
+        bad("created_by", "Expected a string")
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         bad("metadata", "Expected an object of strings")
     if errors:
         raise ApiError(400, "Invalid lead", errors)

@@ -113,7 +113,12 @@ class SandboxApp:
                 request.environ[IGNORE_FILTERS] = True
         if route is None:
             if same_path:
-                return _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
+                refusal = _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
+                # RFC 9110: a 405 names the methods the resource has.
+                allowed = ", ".join(sorted({r.method for r in same_path}))
+                return Response(
+                    refusal.status, refusal.body, [*refusal.headers, ("Allow", allowed)]
+                )
             return _error(
                 ApiError(404, f"No route for {request.method} {request.path}"), request_id
             )

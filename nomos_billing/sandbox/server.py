@@ -117,6 +117,13 @@ class _Handler(BaseHTTPRequestHandler):
     # http.server dispatches on these exact names.
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) is the app's to answer (405 on a known path),
+        # not http.server's bare 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
 
 def _unquote_latin1(path: str) -> str:
     return unquote_to_bytes(path).decode("latin-1")
