@@ -47,6 +47,9 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("POST /leads", "positive_data_acceptance"): "InsertLead's customer is an anyOf whose "
     "branches constrain no type, so the document lets any JSON through; the sandbox wants an "
     "object (or null), as the provider's guides describe",
+    ("POST /oauth/token", "negative_data_rejection"): "the sandbox reads grant_type alone; the "
+    "other fields belong to grants it does not offer (client_id, code, code_verifier, scope, "
+    "refresh_token) and are ignored whatever their type",
     ("POST /oauth/token", "positive_data_acceptance"): "the sandbox grants client_credentials "
     "only, the integration's grant; authorization_code and refresh_token answer 400",
     ("POST /leads", "negative_data_rejection"): "the sandbox validates the fields the "
@@ -102,6 +105,10 @@ def test_the_sandbox_answers_as_the_document_says(case: Any, nomos_live: Sandbox
     excused = [check for check in CHECKS
                if (key, check.__name__) in KNOWN_DIFFERENCES
                or ("*", check.__name__) in KNOWN_DIFFERENCES]
+    if case.headers:
+        # The transport writes Content-Length; a generated one that lies about the body only
+        # measures how long a server waits for bytes that never come.
+        case.headers = {k: v for k, v in case.headers.items() if k.lower() != "content-length"}
     response = case.call(base_url=nomos_live.base_url, headers=headers, timeout=10)
     case.validate_response(response, checks=[c for c in CHECKS if c not in excused],
                            headers=headers)

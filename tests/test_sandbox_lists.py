@@ -194,3 +194,14 @@ def test_the_forwarder_waits_30_seconds_for_the_sites_answer_as_nomos_does(
         sandbox.forwarder.stop()
     assert waited == [30.0]
     assert [d["status"] for d in sandbox.webhook_deliveries] == [receiver.status]
+
+
+def test_a_malformed_content_length_is_a_400_not_a_dropped_connection(sb: Sandbox) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    port = urlsplit(sb.base_url).port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"GET /customers HTTP/1.1\r\nHost: x\r\nContent-Length: :\r\n\r\n")
+        answer = conn.recv(1024)
+    assert answer.startswith(b"HTTP/1.1 400 ")
