@@ -410,3 +410,13 @@ def test_sandbox_checkout_link_for_a_customer_without_subscription_never_gets_ne
     # The link works where a browser would take it: the checkout for carol.
     page = requests.get(link, timeout=5)
     assert page.status_code == 200 and 'value="carol@example.com"' in page.text
+
+
+@pytest.mark.parametrize(("link", "allowed"), [
+    ("https://a.example.com/x", True),
+    ("http://a.example.com/x", False),
+    ("https://brand.customerportal.energy/", False),
+])
+def test_hosts_given_replace_both_lists(settings, link: str, allowed: bool) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION}
+    assert is_allowed_link(link, hosts=[".example.com"]) is allowed
