@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nomos_billing.sandbox.hosts import CHECKOUT_HOSTS, PORTAL_HOSTS, checkout_origin
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -89,8 +91,12 @@ def configure_environment(args: argparse.Namespace) -> dict[str, str]:
         # Users without a customer get the sign-up form, which creates a lead in the sandbox.
         "NOMOS_PLAN_ID": PLAN_ID,
         "NOMOS_TASKS": args.tasks,
-        # The sandbox's hosted checkout for the plan ({% nomos_checkout_url %}).
-        "NOMOS_CHECKOUT_URL": f"http://{args.host}:{args.sandbox_port}/checkout/{PLAN_ID}/",
+        # The sandbox's hosted checkout for the plan ({% nomos_checkout_url %}), on the plan's
+        # own host as Nomos serves it; the sandbox's portal and checkout hosts are accepted.
+        "NOMOS_CHECKOUT_URL": checkout_origin(f"http://{args.host}:{args.sandbox_port}", PLAN_ID)
+        + "/",
+        "NOMOS_PORTAL_HOSTS": ",".join(PORTAL_HOSTS),
+        "NOMOS_CHECKOUT_HOSTS": ",".join(CHECKOUT_HOSTS),
         # Where a held link's confirmation mail (printed to the console) points.
         "NOMOS_SITE_URL": f"http://{args.host}:{args.port}",
         "PYTHONUNBUFFERED": "1",
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                          there brings him back here, linked by the forwarded
                          subscription.created (context.lead)
 
-  sandbox checkout:  {server.url}/checkout/{PLAN_ID}/  (returns to {site_url}/)
+  sandbox checkout:  {checkout_origin(server.url, PLAN_ID)}/  (returns to {site_url}/)
   events forwarded:  {sandbox.forwarder.describe()}
   sandbox state:     {state_file} ({"loaded" if state_loaded else "new"}; delete it together
                      with the database to start over)

@@ -18,12 +18,7 @@ from django.utils.http import is_same_domain
 
 from . import ratelimit
 from .client import get_client
-from .conf import (
-    DEFAULT_CHECKOUT_HOST_SUFFIX,
-    DEFAULT_PORTAL_HOST_SUFFIX,
-    is_loopback,
-    nomos_settings,
-)
+from .conf import DEFAULT_CHECKOUT_HOST_SUFFIX, DEFAULT_PORTAL_HOST_SUFFIX, nomos_settings
 from .deeplinks import clean_next, preview
 from .exceptions import NomosAPIError, NomosNotLinked
 
@@ -194,7 +189,8 @@ def checkout_hosts() -> list[str]:
 def _https_host(link: Any) -> str | None:
     """The lower-cased host of an acceptable link; None when the link is not one.
 
-    https on port 443 only; against a loopback sandbox API, http(s) on a loopback host too."""
+    https on port 443 only. Against a loopback sandbox API the scheme alone is relaxed: http
+    too, on the sandbox's port; the host must still be on the allow-list (``link_kind``)."""
     if not isinstance(link, str) or any(c in link for c in "\\\r\n\t ") or not link.isascii():
         return None
     try:
@@ -205,7 +201,7 @@ def _https_host(link: Any) -> str | None:
     host = (parts.hostname or "").lower()
     if not host or parts.username is not None or parts.password is not None:
         return None
-    if nomos_settings.api_is_loopback and is_loopback(host):
+    if nomos_settings.api_is_loopback:
         return host if parts.scheme in ("http", "https") else None
     if parts.scheme != "https" or port not in (None, 443):
         return None
@@ -225,23 +221,18 @@ def link_kind(link: str) -> str | None:
     host = _https_host(link)
     if host is None:
         return None
-    if nomos_settings.api_is_loopback and is_loopback(host):
-        # The sandbox serves both on one host: tell them apart by path, as it serves them.
-        return "checkout" if urlsplit(link).path.startswith("/checkout/") else "portal"
     if _on(host, portal_hosts()):
         return "portal"
     return "checkout" if _on(host, checkout_hosts()) else None
 
 
 def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
-    """True if ``link`` is https on a configured portal or checkout host (``hosts`` overrides
-    both), or, against a loopback sandbox API only, http(s) on a loopback host."""
+    """True if ``link`` is https (http too against a loopback sandbox API) on a configured
+    portal or checkout host (``hosts`` overrides both)."""
     if hosts is None:
         return link_kind(link) is not None
     host = _https_host(link)
-    if host is None:
-        return False
-    return (nomos_settings.api_is_loopback and is_loopback(host)) or _on(host, hosts)
+    return host is not None and _on(host, hosts)
 
 
 def is_checkout_link(link: str) -> bool:

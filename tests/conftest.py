@@ -20,6 +20,7 @@ from django.core.cache import caches
 from nomos_billing import shared_cache, takeover
 from nomos_billing.client import reset_client
 from nomos_billing.sandbox import Sandbox, SandboxServer
+from nomos_billing.sandbox.hosts import resolve_localhost
 
 # The webhook receiver fixture, shared by the sandbox, forwarding and envelope tests.
 from tests.receivers import receiver  # noqa: F401
@@ -41,6 +42,15 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         terminalreporter.section("contract against the Nomos OpenAPI document")
         for line in tally.lines():
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _localhost_names_are_loopback() -> Iterator[None]:
+    """The sandbox's portal and checkout hosts are ``*.localhost`` names, which browsers
+    resolve to loopback and this machine's resolver does not: the suite's requests following
+    its links (also to servers the tests start themselves) resolve them as a browser does."""
+    with resolve_localhost():
+        yield
 
 
 CLIENT_ID = "sandbox-client"

@@ -122,6 +122,11 @@ NOMOS_BILLING = {
     "BREAKER_FAILURES": 0,
     # The links in confirmation mails of held links.
     "SITE_URL": "http://testserver",
+    # The sandbox's portal and checkout hosts (nomos_billing.sandbox.hosts), as a site that
+    # develops against the sandbox configures them: the package's defaults accept Nomos'
+    # domains only, and a loopback API relaxes the scheme, never these lists.
+    "PORTAL_HOSTS": [".customerportal.localhost"],
+    "CHECKOUT_HOSTS": [".checkout.localhost"],
 }
 
 LOGGING = {

@@ -144,7 +144,7 @@ def test_linked_user_clicks_the_button_and_lands_on_the_portal_as_their_customer
     try:
         log_in(page, live_server.url, "alice", "alice-pw")
         portal_button(page).click()
-        page.wait_for_url(nomos.base_url + "/portal/auth/confirm**")
+        page.wait_for_url(nomos.portal_origin + "/auth/confirm**")
 
         assert page.inner_text("#customer-id") == seed.ALICE
         assert page.inner_text("#next-page") == "/invoices"

@@ -61,7 +61,9 @@ def test_bob_signs_up_through_the_sandbox_checkout_and_reaches_his_portal(
     context = browser.new_context(locale="en-US")
     page = context.new_page()
     try:
-        assert f"{sandbox_url}/checkout/pln_sandbox_home/" in demo.output
+        checkout_url = f"http://pln-sandbox-home.checkout.localhost:{demo.sandbox_port}/"
+        portal_url = f"http://sandbox.customerportal.localhost:{demo.sandbox_port}/auth/confirm"
+        assert checkout_url in demo.output
         log_in(page, demo, "bob", "bob-demo")
         assert page.locator("#not-linked").count() == 1
 
@@ -71,7 +73,7 @@ def test_bob_signs_up_through_the_sandbox_checkout_and_reaches_his_portal(
         page.click("form[action='/nomos/portal/start/'] button[type=submit]")
 
         # The sandbox's hosted checkout, pre-filled from the lead the site created.
-        checkout = re.escape(sandbox_url) + r"/checkout/pln_sandbox_home/\?id=lead_"
+        checkout = re.escape(checkout_url) + r"\?id=lead_"
         page.wait_for_url(re.compile(checkout))
         assert page.input_value("#email") == "bob@example.com"
         assert page.input_value("#zip") == "10115" and page.input_value("#usage") == "3100"
@@ -94,7 +96,7 @@ def test_bob_signs_up_through_the_sandbox_checkout_and_reaches_his_portal(
         screenshot(page, "demo-bob-linked")
 
         page.locator("form[action*='/nomos/portal/'] button").first.click()
-        page.wait_for_url(sandbox_url + "/portal/auth/confirm**")
+        page.wait_for_url(portal_url + "**")
         assert page.inner_text("#customer-id") == customer_id
         screenshot(page, "demo-bob-portal")
     finally:
@@ -113,7 +115,8 @@ def test_bob_signs_up_through_the_sandbox_checkout_and_reaches_his_portal(
         assert page.inner_text("#customer-id") == customer_id
         assert sub_id in page.inner_text("#subscriptions")
         page.locator("form[action*='/nomos/portal/'] button").first.click()
-        page.wait_for_url(f"http://127.0.0.1:{again.sandbox_port}/portal/auth/confirm**")
+        page.wait_for_url(
+            f"http://sandbox.customerportal.localhost:{again.sandbox_port}/auth/confirm**")
         assert page.inner_text("#customer-id") == customer_id
     finally:
         context.close()

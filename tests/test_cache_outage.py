@@ -64,7 +64,7 @@ def cache_warnings(caplog: Any) -> list[str]:
 def click(client: Client, nomos: Any) -> int:
     response = client.get(PORTAL)
     if response.status_code == 302:
-        assert urlsplit(response["Location"]).netloc == urlsplit(nomos.base_url).netloc
+        assert urlsplit(response["Location"]).netloc == urlsplit(nomos.portal_origin).netloc
     return response.status_code
 
 

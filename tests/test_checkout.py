@@ -157,7 +157,7 @@ def deliver(client: Any, nomos: Any, subscription_id: str) -> NomosCustomer:
 
 @pytest.fixture
 def sandbox_checkout(nomos: Any, settings: Any) -> str:
-    url = f"{nomos.base_url}/checkout/{PLAN}/"
+    url = f"{nomos.checkout_origin(PLAN)}/"
     with_settings(settings, CHECKOUT_URL=url)
     return url
 

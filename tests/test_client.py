@@ -186,7 +186,7 @@ def test_magic_link_post_is_repeated_since_a_second_single_use_link_is_harmless(
     nomos.add_fault(MINT, Fault(status=status, retry_after=0, act_first=status != 429),
                     times=1)
     link = client.create_magic_link("cus_sandbox_alice")
-    assert link.startswith(nomos.base_url)
+    assert link.startswith(nomos.portal_origin)
     assert nomos.count(MINT) == 2
     assert [e["status"] for e in nomos.request_log if e["key"] == MINT] == [status, 200]
 

@@ -67,7 +67,7 @@ def test_every_topic_the_sandbox_fires_and_forwards_validates(
 
             lead = sb.create_lead({"plan": "pln_sandbox_home", "address": {"zip": "10115"},
                                    "meter": {"estimated_usage": 2000}}, server.url)
-            page = requests.post(f"{server.url}/checkout/pln_sandbox_home/",
+            page = requests.post(f"{sb.checkout_origin()}/",
                                  allow_redirects=False, timeout=10, data={
                                      "id": lead["id"], "zip": "10115", "usage": "2000",
                                      "email": "l@example.com", "first_name": "L",

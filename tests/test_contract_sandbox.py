@@ -162,7 +162,7 @@ def auth_and_faults(api: Api) -> None:
 
 def filters_and_checkout(api: Api) -> None:
     sb = api.sb
-    checkout = requests.post(f"{sb.base_url}/checkout/pln_sandbox_home/", allow_redirects=False,
+    checkout = requests.post(f"{sb.checkout_origin()}/", allow_redirects=False,
                              data={"zip": "10115", "usage": "2500", "email": "c@example.com",
                                    "first_name": "C", "last_name": "O", "metadata.k": "v"})
     assert checkout.status_code == 303

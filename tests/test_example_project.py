@@ -227,7 +227,8 @@ def test_demo_portal_button_lands_on_the_sandbox_portal_as_alice(demo: Demo) -> 
     response = alice.get(demo.url + "/nomos/portal/?next=/invoices", timeout=10)
 
     assert response.status_code == 200, response.text[:500]
-    assert response.url.startswith(f"http://127.0.0.1:{demo.sandbox_port}/portal/auth/confirm")
+    portal = f"http://sandbox.customerportal.localhost:{demo.sandbox_port}/auth/confirm"
+    assert response.url.startswith(portal)
     assert "alice@example.com" in response.text and "/invoices" in response.text
 
 

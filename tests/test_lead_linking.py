@@ -119,7 +119,7 @@ def test_first_click_after_the_checkout_links_by_lead_and_opens_the_portal(
     response = click(bob)
 
     assert response.status_code == 302
-    assert response["Location"].startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert response["Location"].startswith(nomos.portal_origin + "/auth/confirm?")
     customer = NomosCustomer.objects.get(customer_id=converted["subscription"]["customer"]["id"])
     assert (customer.user, customer.linked_by) == (bob, "by_lead")
     assert nomos.count("GET /leads/{id}") == 1
@@ -215,5 +215,5 @@ def test_a_user_object_that_already_looked_for_its_customer_is_linked_too(
     user = django_user_model.objects.get(pk=bob.pk)
     assert get_customer(user) is None
 
-    assert mint_portal_link(user).startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert mint_portal_link(user).startswith(nomos.portal_origin + "/auth/confirm?")
     assert get_customer(user).customer_id == converted["subscription"]["customer"]["id"]

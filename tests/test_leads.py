@@ -81,7 +81,7 @@ def test_lead_is_created_with_the_users_data_and_redirects_303_to_checkout(
     lead = NomosLead.objects.get()
     assert (lead.user, lead.plan) == (bob, PLAN)
     assert response["Location"] == nomos.leads[lead.lead_id]["link"]
-    assert response["Location"] == f"{nomos.base_url}/checkout/{PLAN}/?id={lead.lead_id}"
+    assert response["Location"] == f"{nomos.checkout_origin(PLAN)}/?id={lead.lead_id}"
 
 
 def test_empty_names_are_left_out_of_the_lead(
@@ -124,7 +124,7 @@ def test_subscription_created_for_the_lead_links_the_customer_to_the_user(
     assert (customer.user, customer.linked_by) == (bob, "by_lead")
     # Bob's button now opens his portal.
     link = as_bob.get("/nomos/portal/")["Location"]
-    assert link.startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert link.startswith(nomos.portal_origin + "/auth/confirm?")
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,8 @@ def test_unusable_lead_answer_is_not_followed(
 def test_https_checkout_link_is_followed(
     as_bob: Client, with_plan: None, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": "https://api.nomos.energy"}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": "https://api.nomos.energy",
+                              "PORTAL_HOSTS": None, "CHECKOUT_HOSTS": None}
     answer = {"id": "lead_y", "link": "https://brand.customerportal.energy/start?lead=lead_y"}
     monkeypatch.setattr("nomos_billing.views.get_client", lambda: FakeClient(answer))
     response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "2500"})

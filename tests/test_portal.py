@@ -17,6 +17,8 @@ from nomos_billing.portal import (
     get_customer,
     has_recent_checkout,
     is_allowed_link,
+    is_checkout_link,
+    link_kind,
     mint_portal_link,
     with_next,
 )
@@ -24,7 +26,9 @@ from nomos_billing.sandbox import seed
 
 pytestmark = pytest.mark.django_db
 
-PRODUCTION = {"API_BASE_URL": "https://api.nomos.energy"}
+#: Production's API with the package's default hosts (tests/settings.py adds the sandbox's).
+PRODUCTION = {"API_BASE_URL": "https://api.nomos.energy", "PORTAL_HOSTS": None,
+              "CHECKOUT_HOSTS": None}
 
 
 @pytest.fixture
@@ -47,7 +51,7 @@ def query(link: str) -> dict[str, list[str]]:
 def test_linked_user_gets_a_sandbox_link_for_their_customer(nomos: Any, alice: Any) -> None:
     link = mint_portal_link(alice)
 
-    assert link.startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert link.startswith(nomos.portal_origin + "/auth/confirm?")
     assert query(link)["next"] == ["/overview"]
     assert nomos.count("POST /admin/magic_link") == 1
     sent = [e for e in nomos.request_log if e["key"] == "POST /admin/magic_link"]
@@ -80,7 +84,7 @@ def test_a_user_linked_after_a_refused_click_is_seen_on_the_same_object(
 
     NomosCustomer.objects.create(user=bob, customer_id=seed.ALICE)
 
-    assert mint_portal_link(bob).startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert mint_portal_link(bob).startswith(nomos.portal_origin + "/auth/confirm?")
     assert nomos.count("POST /admin/magic_link") == 1
 
 
@@ -128,7 +132,7 @@ def test_unsafe_deep_link_is_dropped_and_logged_escaped(
     caplog.set_level(logging.INFO, logger="nomos_billing.portal")
     link = mint_portal_link(alice, next=hostile)
 
-    assert urlsplit(link).netloc == urlsplit(nomos.base_url).netloc
+    assert urlsplit(link).netloc == urlsplit(nomos.portal_origin).netloc
     assert query(link)["next"] == ["/overview"]
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(dropped) == 1
@@ -178,6 +182,7 @@ class FakeClient:
         "https://customerportal.energy.evil.com/?token_hash=SECRETHASH",
         "javascript:alert(1)//token_hash=SECRETHASH",
         "http://127.0.0.1:8765/portal/auth/confirm?token_hash=SECRETHASH",
+        "https://sandbox.customerportal.localhost/auth/confirm?token_hash=SECRETHASH",
     ],
 )
 def test_link_outside_the_portal_hosts_is_an_error_not_a_redirect(
@@ -276,24 +281,95 @@ def test_a_checkout_link_is_returned_without_next(
     assert mint_portal_link(alice, next="/invoices/inv_1") == link
 
 
+SANDBOX_HOSTS = {"PORTAL_HOSTS": [".customerportal.localhost"],
+                 "CHECKOUT_HOSTS": [".checkout.localhost"]}
+
+
 @pytest.mark.parametrize(
-    ("link", "allowed"),
+    ("hosts", "link", "kind"),
     [
-        ("http://127.0.0.1:8765/portal/auth/confirm", True),
-        ("http://localhost:8765/portal/auth/confirm", True),
-        ("http://[::1]:8765/portal/auth/confirm", True),
-        ("https://127.0.0.1:8443/portal/auth/confirm", True),
-        ("https://brand.customerportal.energy/", True),
-        ("http://10.0.0.1:8765/", False),
-        ("http://evil.com/", False),
-        ("ftp://127.0.0.1/", False),
+        # The sandbox's hosts, configured: http on its port is fine against a loopback API.
+        (SANDBOX_HOSTS, "http://sandbox.customerportal.localhost:8765/auth/confirm", "portal"),
+        (SANDBOX_HOSTS, "https://sandbox.customerportal.localhost:8443/auth/confirm", "portal"),
+        (SANDBOX_HOSTS, "http://pln-x.checkout.localhost:8765/?token_hash=t", "checkout"),
+        # The host decides, never the path: /checkout/ on a portal host is the portal, and a
+        # /start on a checkout host the checkout.
+        (SANDBOX_HOSTS, "http://sandbox.customerportal.localhost:8765/checkout/p/", "portal"),
+        (SANDBOX_HOSTS, "http://pln-x.checkout.localhost:8765/portal/auth/confirm", "checkout"),
+        # Loopback is no host of its own: not on the lists, not allowed.
+        (SANDBOX_HOSTS, "http://127.0.0.1:8765/portal/auth/confirm", None),
+        (SANDBOX_HOSTS, "http://localhost:8765/checkout/pln_x/", None),
+        (SANDBOX_HOSTS, "http://[::1]:8765/portal/auth/confirm", None),
+        (SANDBOX_HOSTS, "http://evil.localhost:8765/", None),
+        (SANDBOX_HOSTS, "https://brand.customerportal.energy/", None),
+        (SANDBOX_HOSTS, "ftp://sandbox.customerportal.localhost/", None),
+        # The package's defaults: Nomos' domains only, whatever the API.
+        ({"PORTAL_HOSTS": None, "CHECKOUT_HOSTS": None},
+         "http://sandbox.customerportal.localhost:8765/auth/confirm", None),
+        ({"PORTAL_HOSTS": None, "CHECKOUT_HOSTS": None},
+         "http://pln-x.checkout.localhost:8765/", None),
+        ({"PORTAL_HOSTS": None, "CHECKOUT_HOSTS": None},
+         "http://brand.customerportal.energy:8765/auth/confirm", "portal"),
+        ({"PORTAL_HOSTS": None, "CHECKOUT_HOSTS": None},
+         "http://lumio.checkout.energy/start", "checkout"),
+        ({"PORTAL_HOSTS": None, "CHECKOUT_HOSTS": None}, "http://127.0.0.1:8765/", None),
     ],
 )
-def test_http_is_allowed_only_on_loopback_with_a_loopback_sandbox_api(
-    settings, link: str, allowed: bool
+def test_a_loopback_sandbox_api_relaxes_the_scheme_and_never_the_hosts(
+    settings, hosts: dict[str, Any], link: str, kind: str | None
 ) -> None:
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_BASE_URL": "http://127.0.0.1:8765"}
-    assert is_allowed_link(link) is allowed
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **hosts,
+                              "API_BASE_URL": "http://127.0.0.1:8765"}
+    assert link_kind(link) == kind
+    assert is_allowed_link(link) is (kind is not None)
+    assert is_checkout_link(link) is (kind == "checkout")
+
+
+@pytest.mark.parametrize(
+    ("link", "kind"),
+    [
+        ("https://brand.customerportal.energy/auth/confirm", "portal"),
+        ("https://lumio.checkout.energy/start", "checkout"),
+        # The scheme is relaxed against a loopback API only.
+        ("http://brand.customerportal.energy/auth/confirm", None),
+        ("http://sandbox.customerportal.localhost:8765/auth/confirm", None),
+    ],
+)
+def test_production_api_takes_https_only_on_the_same_host_lists(
+    settings, link: str, kind: str | None
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION, **SANDBOX_HOSTS,
+                              "PORTAL_HOSTS": [".customerportal.energy",
+                                               ".customerportal.localhost"],
+                              "CHECKOUT_HOSTS": [".checkout.energy", ".checkout.localhost"]}
+    assert link_kind(link) == kind
+
+
+def test_sandbox_mints_portal_and_checkout_links_on_distinct_hosts_classified_by_host(
+    nomos: Any, alice: Any
+) -> None:
+    """The production branch under test: the sandbox's links are told apart by their hosts."""
+    portal = nomos.mint_magic_link(seed.ALICE, nomos.base_url)
+    checkout = nomos.mint_magic_link(seed.CAROL, nomos.base_url)  # no subscription
+    lead = nomos.create_lead({"plan": "pln_x", "address": {"zip": "10115"},
+                              "meter": {"estimated_usage": 2000}}, nomos.base_url)["link"]
+
+    assert urlsplit(portal).hostname == "sandbox.customerportal.localhost"
+    assert urlsplit(checkout).hostname == "pln-sandbox-home.checkout.localhost"
+    assert urlsplit(lead).hostname == "pln-x.checkout.localhost"
+    assert [link_kind(portal), link_kind(checkout), link_kind(lead)] == [
+        "portal", "checkout", "checkout"]
+
+
+def test_sandbox_links_are_refused_where_the_site_does_not_accept_its_hosts(
+    nomos: Any, alice: Any, settings
+) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PORTAL_HOSTS": None,
+                              "CHECKOUT_HOSTS": None}
+    with pytest.raises(NomosAPIError) as info:
+        mint_portal_link(alice)
+    assert info.value.code == INVALID_LINK
+    assert nomos.count("POST /admin/magic_link") == 1
 
 
 @pytest.mark.parametrize(
@@ -319,3 +395,28 @@ def test_http_is_allowed_only_on_loopback_with_a_loopback_sandbox_api(
 )
 def test_with_next_replaces_every_next_and_keeps_other_bytes(link: str, expected: str) -> None:
     assert with_next(link, "/invoices/x") == expected
+
+
+def test_sandbox_checkout_link_for_a_customer_without_subscription_never_gets_next(
+    nomos: Any, django_user_model: Any
+) -> None:
+    carol = django_user_model.objects.create_user("carol", "carol@example.com", "pw")
+    NomosCustomer.objects.create(user=carol, customer_id=seed.CAROL, email="carol@example.com")
+
+    link = mint_portal_link(carol, next="/invoices/inv_1")
+
+    assert link.startswith(nomos.checkout_origin() + "/?token_hash=")
+    assert "next" not in query(link)
+    # The link works where a browser would take it: the checkout for carol.
+    page = requests.get(link, timeout=5)
+    assert page.status_code == 200 and 'value="carol@example.com"' in page.text
+
+
+@pytest.mark.parametrize(("link", "allowed"), [
+    ("https://a.example.com/x", True),
+    ("http://a.example.com/x", False),
+    ("https://brand.customerportal.energy/", False),
+])
+def test_hosts_given_replace_both_lists(settings, link: str, allowed: bool) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **PRODUCTION}
+    assert is_allowed_link(link, hosts=[".example.com"]) is allowed

@@ -13,5 +13,5 @@ pytestmark = pytest.mark.django_db(databases=[])
 def test_nomos_sandbox_settings_points_the_client_at_a_live_sandbox(nomos_sandbox_settings):
     assert nomos_settings.API_BASE_URL == nomos_sandbox_settings.base_url
     link = get_client().create_magic_link("cus_sandbox_alice")
-    assert link.startswith(nomos_sandbox_settings.base_url + "/portal/auth/confirm?")
+    assert link.startswith(nomos_sandbox_settings.portal_origin + "/auth/confirm?")
     assert nomos_sandbox_settings.count("POST /admin/magic_link") == 1

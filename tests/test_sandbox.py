@@ -150,7 +150,11 @@ def test_api_version_is_echoed_and_request_ids_are_unique(sb: Sandbox,
     other = http.get(url, headers={**bearer(sb), "X-API-Version": "2025-01-01.test"})
     assert default.headers["X-API-Version"] == "2026-05-27.curie"
     assert pinned.headers["X-API-Version"] == "2026-05-27.curie"
-    assert other.headers["X-API-Version"] == "2025-01-01.test"
+    # An unknown version is refused, as the document's error codes say.
+    assert_envelope(other, 400, "BAD_REQUEST")
+    assert other.json()["errors"] == [{
+        "code": "upgrade_api_version", "field": "X-API-Version",
+        "message": "Unknown API version '2025-01-01.test'; use 2026-05-27.curie"}]
     ids = {r.headers["X-Request-Id"] for r in (default, pinned, other)}
     assert len(ids) == 3
 
@@ -224,7 +228,10 @@ def test_pagination_walks_every_page(http: requests.Session) -> None:
                 assert body["next_page"] is None
                 break
             params["cursor"] = body["next_page"]
-        assert seen == expected
+        # Newest first by created_at (ties, within one millisecond, by id).
+        newest_first = sorted(expected, reverse=True,
+                              key=lambda i: (sandbox.subscriptions[i]["created_at"], i))
+        assert seen == newest_first
         assert pages == 3
         everything = http.get(f"{server.url}/subscriptions", headers=headers).json()
         assert len(everything["items"]) == 10 and not everything["has_more"]
@@ -307,8 +314,9 @@ def test_magic_link_is_single_use(sb: Sandbox, http: requests.Session) -> None:
     link = body["link"]
     parts = urlsplit(link)
     query = parse_qs(parts.query)
-    assert f"{parts.scheme}://{parts.netloc}" == sb.base_url
-    assert parts.path == "/portal/auth/confirm"
+    assert f"{parts.scheme}://{parts.netloc}" == sb.portal_origin
+    assert parts.netloc == f"sandbox.customerportal.localhost:{urlsplit(sb.base_url).port}"
+    assert parts.path == "/auth/confirm"
     assert query["type"] == ["magiclink"] and query["next"] == ["/overview"]
 
     first = http.get(link)
@@ -323,7 +331,7 @@ def test_magic_link_is_single_use(sb: Sandbox, http: requests.Session) -> None:
     assert second.status_code == 403
     assert "This link has already been used or is invalid" in second.text
     assert len(sb.portal_sessions) == 1
-    assert sb.count("GET /portal/auth/confirm") == 2
+    assert sb.count("GET portal:/auth/confirm") == 2
     assert sb.count("POST /admin/magic_link") == 1
 
 
@@ -347,7 +355,7 @@ def test_customer_without_subscription_gets_a_checkout_link(sb: Sandbox,
     link = mint(sb, http, "cus_sandbox_carol").json()["link"]
     parts = urlsplit(link)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
-        f"{sb.base_url}/checkout/pln_sandbox_home/")
+        f"{sb.checkout_origin()}/")
     assert list(parse_qs(parts.query)) == ["token_hash"]
     page = http.get(link)
     assert page.status_code == 200 and 'value="carol@example.com"' in page.text
@@ -357,7 +365,7 @@ def test_magic_link_errors(sb: Sandbox, http: requests.Session) -> None:
     assert_envelope(mint(sb, http, "cus_unknown"), 404, "NOT_FOUND")
     response = http.post(f"{sb.base_url}/admin/magic_link", json={}, headers=bearer(sb))
     assert_envelope(response, 400, "BAD_REQUEST")
-    assert http.get(f"{sb.base_url}/portal/auth/confirm?token_hash=nope&type=magiclink"
+    assert http.get(f"{sb.portal_origin}/auth/confirm?token_hash=nope&type=magiclink"
                     ).status_code == 403
 
 
@@ -387,7 +395,7 @@ def test_wildcard_fault_forever_until_cleared(sb: Sandbox, http: requests.Sessio
     for path in ("/customers/cus_sandbox_alice", "/events/evt_x"):
         assert http.get(f"{sb.base_url}{path}", headers=bearer(sb)).status_code == 503
     # The wildcard is for API traffic; the portal page is not hit by it.
-    assert http.get(f"{sb.base_url}/portal/auth/confirm").status_code == 403
+    assert http.get(f"{sb.portal_origin}/auth/confirm").status_code == 403
     sb.clear_faults()
     assert http.get(f"{sb.base_url}/customers/cus_sandbox_alice", headers=bearer(sb)).ok
 
@@ -552,7 +560,7 @@ def test_lead_checkout_and_convert(sb: Sandbox, http: requests.Session,
                                    receiver: Receiver) -> None:
     lead = http.post(f"{sb.base_url}/leads", json=LEAD, headers=bearer(sb)).json()
     assert lead["object"] == "lead"
-    assert lead["link"] == f"{sb.base_url}/checkout/pln_sandbox_home/?id={lead['id']}"
+    assert lead["link"] == f"{sb.checkout_origin()}/?id={lead['id']}"
     assert lead["metadata"] == {"django_user_id": "42"}
     assert sb.leads[lead["id"]]["subscription"] is None
     page = http.get(lead["link"])
@@ -647,7 +655,7 @@ def test_wsgi_app_in_process_without_a_server() -> None:
     chunks = sandbox.wsgi_app(environ, start_response)
     assert captured["status"] == "200 OK"
     link = json.loads(b"".join(chunks))["link"]
-    assert link.startswith("http://nomos.test/portal/auth/confirm?token_hash=")
+    assert link.startswith("http://sandbox.customerportal.localhost/auth/confirm?token_hash=")
     assert sandbox.base_url is None
     assert sandbox.connections == 0
 

@@ -19,6 +19,7 @@ import requests
 
 from nomos_billing.sandbox import Sandbox, SandboxServer, seed
 from nomos_billing.sandbox.forwarding import Forwarder
+from nomos_billing.sandbox.hosts import checkout_origin
 from nomos_billing.signatures import verify_signature
 
 from .receivers import Receiver
@@ -57,7 +58,7 @@ def sign_up(http: requests.Session, sb: Sandbox, link: str, **typed: str) -> req
     assert page.status_code == 200, page.text
     fields = dict(_inputs(page.text))
     fields.update(typed)
-    return http.post(f"{sb.base_url}/checkout/{PLAN}/", data=fields, allow_redirects=False)
+    return http.post(f"{sb.checkout_origin(PLAN)}/", data=fields, allow_redirects=False)
 
 
 def _inputs(html: str) -> list[tuple[str, str]]:
@@ -75,7 +76,7 @@ def test_checkout_from_url_parameters_persists_exactly_the_metadata_of_the_url(
     sb: Sandbox, http: requests.Session, receiver: Receiver
 ) -> None:
     forwarding(sb, receiver.url)
-    link = (f"{sb.base_url}/checkout/{PLAN}/?zip=80331&usage=3200"
+    link = (f"{sb.checkout_origin(PLAN)}/?zip=80331&usage=3200"
             "&metadata.django_user_id=1&metadata.campaign=%3Cb%3Ex")
     page = http.get(link)
     assert 'value="80331"' in page.text and 'value="3200"' in page.text
@@ -91,7 +92,7 @@ def test_checkout_from_url_parameters_persists_exactly_the_metadata_of_the_url(
     assert (sub["plan"], sub["status"], sub["address"]["zip"], sub["estimated_usage"]) == (
         PLAN, "pending", "80331", 3200)
     assert sub["customer"]["email"] == "eve@example.com"
-    assert http.get(f"{sb.base_url}{answer.headers['Location']}").status_code == 200
+    assert http.get(f"{sb.checkout_origin(PLAN)}{answer.headers['Location']}").status_code == 200
     assert sb.forwarder is not None and sb.forwarder.wait_idle()
     (event,) = receiver.events
     assert (event["topic"], event["context"]) == ("subscription.created",
@@ -140,7 +141,7 @@ def test_checkout_link_of_a_magic_link_signs_up_that_customer_once(
     assert http.get(link).status_code == 410
     portal = http.post(f"{sb.base_url}/admin/magic_link", headers=token(sb),
                        json={"customerId": seed.CAROL}).json()["link"]
-    assert "/portal/auth/confirm?" in portal
+    assert portal.startswith(sb.portal_origin + "/auth/confirm?")
 
 
 @pytest.mark.parametrize(("typed", "field"), [
@@ -157,14 +158,14 @@ def test_bad_input_shows_the_form_again_and_creates_nothing(
     before = (dict(sb.customers), dict(sb.subscriptions))
     values = {"zip": "10115", "usage": "2500", "email": "x@example.com", "first_name": "X",
               "last_name": "Y", **typed}
-    answer = http.post(f"{sb.base_url}/checkout/{PLAN}/", data=values)
+    answer = http.post(f"{sb.checkout_origin(PLAN)}/", data=values)
     assert answer.status_code == 400
     assert f'id="error-{field}"' in answer.text
     assert (sb.customers, sb.subscriptions) == before
 
 
 def test_unknown_lead_is_404(sb: Sandbox, http: requests.Session) -> None:
-    assert http.get(f"{sb.base_url}/checkout/{PLAN}/?id=lead_nope").status_code == 404
+    assert http.get(f"{sb.checkout_origin(PLAN)}/?id=lead_nope").status_code == 404
 
 
 # -- forwarding -----------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_state_file_keeps_the_data_across_restarts(tmp_path: Path,
     first = Sandbox()
     assert first.use_state_file(path) is False
     with SandboxServer(first):
-        link = f"{first.base_url}/checkout/{PLAN}/?metadata.k=v"
+        link = f"{first.checkout_origin(PLAN)}/?metadata.k=v"
         answer = sign_up(http, first, link, zip="10115", usage="2000",
                          email="kept@example.com", first_name="K", last_name="Ept")
         assert answer.status_code == 303
@@ -310,7 +311,8 @@ def test_help_documents_the_control_api_and_options() -> None:
                          capture_output=True, text=True, check=True, timeout=30).stdout
     for text in ("--forward-to URL", "--state FILE", "--duplicate", "--reorder", "--return-url",
                  "POST   /_sandbox/subscriptions/{id}/status", "POST   /_sandbox/events",
-                 "GET    /_sandbox/deliveries", "/checkout/{plan}/", "ignore_filters"):
+                 "GET    /_sandbox/deliveries", "<plan-slug>.checkout.localhost/",
+                 "sandbox.customerportal.localhost/auth/confirm", "ignore_filters"):
         assert text in out, text
 
 
@@ -327,7 +329,7 @@ def test_cli_forwards_a_checkout_and_keeps_its_state(tmp_path: Path, receiver: R
             assert f"forwarding events to {receiver.url}" in text
             assert f"after checkout ({PLAN}): http://127.0.0.1:9/welcome" in text
             assert "POST   /_sandbox/events" in text
-            answer = http.post(f"{url}/checkout/{PLAN}/", allow_redirects=False, data={
+            answer = http.post(checkout_origin(url, PLAN) + "/", allow_redirects=False, data={
                 "zip": "10115", "usage": "2500", "email": "cli@example.com",
                 "first_name": "C", "last_name": "Li"})
             assert answer.headers["Location"] == "http://127.0.0.1:9/welcome"

@@ -62,7 +62,7 @@ def test_json_endpoint_anonymous_without_csrf_token_is_401_json(nomos):
 def test_json_endpoint_with_csrf_token_still_mints(alice, nomos):
     response = csrf_client(alice).post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
     assert response.status_code == 200
-    assert response.json()["url"].startswith(nomos.base_url)
+    assert response.json()["url"].startswith(nomos.portal_origin)
 
 
 def test_json_endpoint_get_is_405_json(alice, nomos):

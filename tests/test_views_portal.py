@@ -105,7 +105,7 @@ def test_linked_user_get_redirects_302_to_a_fresh_no_store_link(
     response = as_alice.get(PORTAL)
 
     assert response.status_code == 302
-    assert response["Location"].startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert response["Location"].startswith(nomos.portal_origin + "/auth/confirm?")
     directives = {d.strip() for d in response["Cache-Control"].split(",")}
     assert {"no-store", "no-cache", "private", "max-age=0"} <= directives
     assert response["Expires"] == "0"  # in the past for every cache (RFC 9111, 5.3)
@@ -119,7 +119,7 @@ def test_button_post_redirects_303_with_csrf_token(alice: Any, nomos: Any) -> No
     assert response.status_code == 303
     assert "no-store" in response["Cache-Control"]
     host, params = location(response)
-    assert host == urlsplit(nomos.base_url).netloc
+    assert host == urlsplit(nomos.portal_origin).netloc
     assert params["next"] == ["/invoices/inv_abc"]
 
 
@@ -170,7 +170,7 @@ def test_safe_deep_link_reaches_the_portal(as_alice: Client, nomos: Any) -> None
     response = as_alice.get(PORTAL, {"next": "/invoices/inv_abc"})
 
     host, params = location(response)
-    assert host == urlsplit(nomos.base_url).netloc
+    assert host == urlsplit(nomos.portal_origin).netloc
     assert params["next"] == ["/invoices/inv_abc"]
     assert requests.get(response["Location"], timeout=5).status_code == 200
     assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
@@ -185,7 +185,7 @@ def test_own_hostile_next_is_dropped_and_the_host_is_unchanged(
 
     assert response.status_code in (302, 303)
     host, params = location(response)
-    assert host == urlsplit(nomos.base_url).netloc
+    assert host == urlsplit(nomos.portal_origin).netloc
     assert params["next"] == ["/overview"]
 
 
@@ -197,7 +197,7 @@ def test_published_open_redirect_payload_is_dropped(
 
     assert response.status_code == 302
     host, params = location(response)
-    assert host == urlsplit(nomos.base_url).netloc
+    assert host == urlsplit(nomos.portal_origin).netloc
     assert params["next"] == ["/overview"]
 
 
@@ -419,7 +419,7 @@ def test_json_endpoint_returns_a_fresh_url_no_store(alice: Any, nomos: Any) -> N
     assert first["Content-Type"] == "application/json"
     assert "no-store" in first["Cache-Control"]
     url = first.json()["url"]
-    assert url.startswith(nomos.base_url + "/portal/auth/confirm?")
+    assert url.startswith(nomos.portal_origin + "/auth/confirm?")
     assert url != second.json()["url"]
     assert requests.get(url, timeout=5).status_code == 200
 
@@ -462,7 +462,7 @@ def test_json_endpoint_deep_link(
     response = csrf_client(alice).post(PORTAL_LINK, **kwargs)
     assert response.status_code == 200
     parts = urlsplit(response.json()["url"])
-    assert parts.netloc == urlsplit(nomos.base_url).netloc
+    assert parts.netloc == urlsplit(nomos.portal_origin).netloc
     assert parse_qs(parts.query)["next"] == [expected]
 
 
@@ -529,7 +529,7 @@ def test_customer_without_subscription_is_redirected_to_the_checkout_not_503(
 
     assert response.status_code == 303
     location = response["Location"]
-    assert location.startswith(f"{nomos.base_url}/checkout/pln_sandbox_home/?token_hash=")
+    assert location.startswith(f"{nomos.checkout_origin()}/?token_hash=")
     assert "next=" not in location
     page = requests.get(location, timeout=5)
     assert page.status_code == 200 and 'value="carol@example.com"' in page.text

@@ -9,6 +9,7 @@ credentials the site talks to the local sandbox (``python -m nomos_billing.sandb
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import django
 import environ
@@ -128,7 +129,17 @@ NOMOS_BILLING = {
     "CHECKOUT_URL": env.str("NOMOS_CHECKOUT_URL", default="") or None,
     # This site's address, for the link in a held link's confirmation mail.
     "SITE_URL": env.str("NOMOS_SITE_URL", default="http://127.0.0.1:8000"),
+    # Hosts a minted portal or checkout link may point at (set below).
 }
+# Unset: Nomos' own domains (*.customerportal.energy, *.checkout.energy), or against the
+# local sandbox its hosts (nomos_billing.sandbox.hosts: PORTAL_HOSTS, CHECKOUT_HOSTS).
+_SANDBOX_API = urlsplit(NOMOS_BILLING["API_BASE_URL"]).hostname in ("127.0.0.1", "localhost", "::1")
+NOMOS_BILLING["PORTAL_HOSTS"] = env.list(
+    "NOMOS_PORTAL_HOSTS", default=[".customerportal.localhost"] if _SANDBOX_API else []
+) or None
+NOMOS_BILLING["CHECKOUT_HOSTS"] = env.list(
+    "NOMOS_CHECKOUT_HOSTS", default=[".checkout.localhost"] if _SANDBOX_API else []
+) or None
 
 # Confirmation mails of held links: printed to the console unless EMAIL_BACKEND names another
 # backend. Django 6.1 configures mail as MAILERS (EMAIL_BACKEND is deprecated there).

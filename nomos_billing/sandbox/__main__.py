@@ -9,8 +9,9 @@ from typing import Any
 
 from . import seed
 from .forwarding import RETRIES, Forwarder
+from .hosts import checkout_origin
 from .server import SandboxServer
-from .state import DEFAULT_PLAN, UNSERVICEABLE_ZIP, Sandbox
+from .state import DEFAULT_PLAN, TOKEN_BODIES, UNSERVICEABLE_ZIP, Sandbox
 
 #: The control API, in one place: ``--help``, the startup banner and the README's table say this.
 CONTROL_API = (
@@ -44,9 +45,12 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
                                               negative, behind) ours (--clock-skew)
   POST   /_sandbox/tokens                     a valid access token
   POST   /_sandbox/tokens/expire              expire every issued token
-pages:
-  GET    /checkout/{plan}/?zip=&usage=&metadata.<key>=&id=lead_...   the hosted checkout
-  GET    /portal/auth/confirm?token_hash=...                       the portal sign-in
+pages, on their own hosts under .localhost (browsers resolve them to loopback; a site accepts
+them with NOMOS_BILLING PORTAL_HOSTS [".customerportal.localhost"] and CHECKOUT_HOSTS
+[".checkout.localhost"]), on this port:
+  GET    <plan-slug>.checkout.localhost/?zip=&usage=&metadata.<key>=&id=lead_...
+                                              the plan's hosted checkout (pln_x: pln-x)
+  GET    sandbox.customerportal.localhost/auth/confirm?token_hash=...   the portal sign-in
 business errors: POST /leads and the checkout refuse postcode """
     + UNSERVICEABLE_ZIP
     + """ \
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scope", default="read:* write:*")
     parser.add_argument("--token-ttl", type=float, default=3600)
+    parser.add_argument(
+        "--token-body",
+        choices=sorted(TOKEN_BODIES),
+        default="both",
+        help="which bodies POST /oauth/token takes (Nomos' guides: form; its document: "
+        "json); the other is refused with 415",
+    )
     parser.add_argument("--no-seed", action="store_true", help="start with no data")
     parser.add_argument(
         "--state",
@@ -154,7 +165,7 @@ def banner(
             f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
             f"{seed.CAROL} (no subscription)"
         )
-    lines.append(f"  checkout: {server.url}/checkout/{DEFAULT_PLAN}/")
+    lines.append(f"  checkout: {checkout_origin(server.url, DEFAULT_PLAN)}/")
     if sandbox.clock_skew:
         lines.append(f"  Nomos' clock: {sandbox.clock_skew:+g} s from ours")
     if sandbox.forwarder is not None:
@@ -178,6 +189,7 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
         scope=args.scope,
         webhook_secret=args.webhook_secret,
         clock_skew=args.clock_skew,
+        token_body=args.token_body,
     )
     loaded = sandbox.use_state_file(args.state) if args.state else None
     for value in args.return_url:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import listing
 from .http import ApiError, Request, Response, json_response
 from .routing import Route
 
@@ -81,7 +82,7 @@ def token(sb: Sandbox, request: Request) -> Response:
 def magic_link(sb: Sandbox, request: Request) -> Response:
     payload = request.json()
     customer_id = payload.get("customerId") if isinstance(payload, dict) else None
-    if not isinstance(customer_id, str) or not customer_id:
+    if not isinstance(customer_id, str):
         raise _invalid("customerId", "Required")
     if customer_id not in sb.customers:
         raise ApiError(404, f"Customer {customer_id} not found")
@@ -90,20 +91,6 @@ def magic_link(sb: Sandbox, request: Request) -> Response:
 
 
 # -- lists ------------------------------------------------------------------------------------
-
-
-def _encode_cursor(item_id: str) -> str:
-    return base64.urlsafe_b64encode(f"after:{item_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    if not text.startswith("after:"):
-        raise _invalid("cursor", "Invalid cursor", "invalid_value")
-    return text[len("after:") :]
 
 
 #: What each list endpoint filters on, per the document's parameter descriptions.
@@ -115,6 +102,7 @@ SUBSCRIPTION_FILTERS = {
     "updated_at": "date",
 }
 CUSTOMER_FILTERS = {"email": "string", "type": "string", "created_at": "date"}
+LEAD_FILTERS = {"created_at": "date"}
 _OPERATORS = {
     "string": frozenset({"eq", "ne", "in", "is_null", "contains", "starts_with", "ends_with"}),
     "date": frozenset({"gte", "lte"}),
@@ -182,40 +170,10 @@ def _filters(request: Request, fields: dict[str, str]) -> list[tuple[str, Callab
     return found
 
 
-def _apply(
-    items: list[dict[str, Any]], filters: list[tuple[str, Callable[[Any], bool]]]
-) -> list[dict[str, Any]]:
-    return [i for i in items if all(test(i.get(field)) for field, test in filters)]
-
-
-def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
-    raw_limit = request.param("limit")
-    limit = 10
-    if raw_limit is not None:
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise _invalid("limit", "Expected an integer") from None
-        if not 1 <= limit <= 100:
-            raise _invalid(
-                "limit", "Must be between 1 and 100", "too_small" if limit < 1 else "too_big"
-            )
-    start = 0
-    cursor = request.param("cursor")
-    if cursor:
-        after = _decode_cursor(cursor)
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise _invalid("cursor", "Invalid cursor", "invalid_value")
-        start = ids.index(after) + 1
-    page = items[start : start + limit]
-    has_more = start + limit < len(items)
-    return {
-        "object": "list",
-        "items": page,
-        "has_more": has_more,
-        "next_page": _encode_cursor(page[-1]["id"]) if has_more and page else None,
-    }
+def _keep(
+    filters: list[tuple[str, Callable[[Any], bool]]],
+) -> Callable[[dict[str, Any]], bool]:
+    return lambda item: all(test(item.get(field)) for field, test in filters)
 
 
 # -- resources --------------------------------------------------------------------------------
@@ -230,11 +188,16 @@ def get_subscription(sb: Sandbox, request: Request, id: str) -> Response:
 def list_subscriptions(sb: Sandbox, request: Request) -> Response:
     from .shapes import list_subscription
 
-    wanted = _filters(request, SUBSCRIPTION_FILTERS)
+    matches = _keep(_filters(request, SUBSCRIPTION_FILTERS))
     with sb.lock:
-        items = [list_subscription(s) for k, s in sb.subscriptions.items() if sb.is_readable(k)]
-    items = _apply(items, wanted)
-    return json_response(200, paginate(request, items))
+        body = listing.page(
+            request,
+            sb.subscriptions,
+            sb.orders["subscriptions"],
+            lambda s: sb.is_readable(s["id"]) and matches(s),
+            list_subscription,
+        )
+    return json_response(200, body)
 
 
 def get_customer(sb: Sandbox, request: Request, id: str) -> Response:
@@ -245,11 +208,10 @@ def get_customer(sb: Sandbox, request: Request, id: str) -> Response:
 
 
 def list_customers(sb: Sandbox, request: Request) -> Response:
-    wanted = _filters(request, CUSTOMER_FILTERS)
+    matches = _keep(_filters(request, CUSTOMER_FILTERS))
     with sb.lock:
-        items = [dict(c) for c in sb.customers.values()]
-    items = _apply(items, wanted)
-    return json_response(200, paginate(request, items))
+        body = listing.page(request, sb.customers, sb.orders["customers"], matches)
+    return json_response(200, body)
 
 
 def get_event(sb: Sandbox, request: Request, id: str) -> Response:
@@ -287,10 +249,10 @@ def _validate_lead(payload: Any) -> dict[str, Any]:
     customer = payload.get("customer")
     if customer is not None and not isinstance(customer, dict):
         bad("customer", "Expected an object")
-    metadata = payload.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
-    ):
+    if not isinstance(payload.get("created_by", ""), (str, type(None))):
+        bad("created_by", "Expected a string")
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         bad("metadata", "Expected an object of strings")
     if errors:
         raise ApiError(400, "Invalid lead", errors)
@@ -320,6 +282,13 @@ def create_lead(sb: Sandbox, request: Request) -> Response:
     return json_response(200, sb.create_lead(payload, base_url(sb, request)))
 
 
+def list_leads(sb: Sandbox, request: Request) -> Response:
+    matches = _keep(_filters(request, LEAD_FILTERS))
+    with sb.lock:
+        body = listing.page(request, sb.leads, sb.orders["leads"], matches)
+    return json_response(200, body)
+
+
 def get_lead(sb: Sandbox, request: Request, id: str) -> Response:
     lead = sb.leads.get(id)
     if lead is None:
@@ -335,6 +304,7 @@ ROUTES = [
     Route("GET", "/customers", list_customers),
     Route("GET", "/customers/{id}", get_customer),
     Route("GET", "/events/{id}", get_event),
+    Route("GET", "/leads", list_leads),
     Route("POST", "/leads", create_lead, scope="write"),
     Route("GET", "/leads/{id}", get_lead),
 ]

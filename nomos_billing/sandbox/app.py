@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
-from . import api, checkout, control, pages
+from . import api, checkout, control, hosts, pages
 from .faults import DropConnectionError, Fault
 from .http import ApiError, HeaderDict, Request, Response, json_response
 from .routing import Route, resolve
@@ -55,7 +55,12 @@ class SandboxApp:
     def _handle(self, environ: dict[str, Any]) -> Response:
         sb = self.sandbox
         request = Request.from_environ(environ)
-        route, params, same_path = resolve(self.routes, request.method, request.path)
+        # One server, three sites told apart by Host, as Nomos' API, portal and checkout are.
+        site, label = hosts.site_of(request.headers.get("Host") or "")
+        routes = [r for r in self.routes if (r.site == site)]
+        route, params, same_path = resolve(routes, request.method, request.path)
+        if site == "checkout" and route is not None:
+            params = {**params, "plan": hosts.plan_of_slug(label)}
         request_id = "req_" + secrets.token_hex(12)
         # Nomos' clock (``--clock-skew``), which a catch-up may take its watermark from.
         extra = [("Date", format_datetime(sb.now(), usegmt=True)), ("X-Request-Id", request_id)]
@@ -65,11 +70,12 @@ class SandboxApp:
             return _finalize(_error(ApiError(405, "Method not allowed"), request_id), extra)
 
         template = route or (same_path[0] if same_path else None)
-        key = f"{request.method} {template.template if template else request.path}"
-        kind = template.kind if template else "api"
+        key = f"{request.method} {template.label if template else request.path}"
+        kind = template.kind if template else ("api" if site == "api" else "page")
         sb.note_call(key)
         if kind == "api":
-            extra.append(("X-API-Version", request.headers.get("X-API-Version") or API_VERSION))
+            # The version it answered with: the one it knows (an unknown one is refused).
+            extra.append(("X-API-Version", API_VERSION))
 
         # "*" is meant for API traffic; the HTML pages get faults only by their own key.
         fault = sb.take_fault(key, wildcard=kind == "api")
@@ -118,10 +124,19 @@ class SandboxApp:
             return acted
         if route is None:
             if same_path:
-                return _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
+                refusal = _error(ApiError(405, f"Method {request.method} not allowed"), request_id)
+                # RFC 9110: a 405 names the methods the resource has.
+                allowed = ", ".join(sorted({r.method for r in same_path}))
+                return Response(
+                    refusal.status, refusal.body, [*refusal.headers, ("Allow", allowed)]
+                )
             return _error(
                 ApiError(404, f"No route for {request.method} {request.path}"), request_id
             )
+        if route.kind == "api":
+            refused = _version_refused(request)
+            if refused is not None:
+                return _error(refused, request_id)
         return self._serve(route, request, params, request_id)
 
     def _serve(
@@ -143,6 +158,24 @@ class SandboxApp:
             raise ApiError(401, "Invalid or expired access token")
         if f"{needed}:*" not in scope.split():
             raise ApiError(403, f"The access token lacks the {needed}:* scope")
+
+
+#: The API versions this sandbox answers; a request pinning another is refused.
+KNOWN_VERSIONS = frozenset({API_VERSION})
+
+
+def _version_refused(request: Request) -> ApiError | None:
+    """A pinned version this sandbox does not know, refused as the document's error codes
+    describe (``upgrade_api_version`` on a 400); no header: the account's default version."""
+    pinned = request.headers.get("X-API-Version")
+    if pinned is None or pinned.strip() in KNOWN_VERSIONS:
+        return None
+    message = f"Unknown API version {pinned!r}; use {API_VERSION}"
+    return ApiError(
+        400,
+        f"upgrade_api_version in 'X-API-Version': {message}",
+        [{"code": "upgrade_api_version", "field": "X-API-Version", "message": message}],
+    )
 
 
 def _run(

@@ -1,4 +1,5 @@
-"""The hosted checkout: ``https://{plan.slug}.checkout.energy/`` served at ``/checkout/{plan}/``.
+"""The hosted checkout: ``https://{plan.slug}.checkout.energy/``, served on the plan's own host
+``http://<plan-slug>.checkout.localhost:<port>/`` (``hosts.checkout_origin``).
 
 What the provider documents (API-NOTES, "Hosted checkout and leads"): pre-filled from a lead
 (``?id=lead_...``) or from ``zip``, ``usage`` and ``metadata.<key>=<value>`` query parameters;
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from html import escape
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from .http import Request, Response, html_response
 from .pages import page
@@ -100,7 +101,7 @@ def _form_page(plan: str, values: dict[str, str], errors: dict[str, str], status
     general = (
         f'<p class="error" id="error-form">{escape(errors["form"])}</p>' if "form" in errors else ""
     )
-    action = f"/checkout/{quote(plan, safe='')}/"
+    action = "/"
     body = (
         f"<h1>{escape(TITLE)}</h1>\n"
         f'<p>Plan: <span id="plan">{escape(plan)}</span></p>\n{general}\n'
@@ -178,7 +179,7 @@ def submit(sb: Sandbox, request: Request, plan: str) -> Response:
         return _error_page(410, str(exc))
     target = sb.return_urls.get(plan) or sb.return_urls.get("*")
     if not target:
-        target = f"/checkout/{quote(plan, safe='')}/done?" + urlencode({"subscription": sub["id"]})
+        target = "/done?" + urlencode({"subscription": sub["id"]})
     return Response(303, b"", [("Location", target), ("Cache-Control", "no-store")])
 
 
@@ -196,11 +197,12 @@ def done(sb: Sandbox, request: Request, plan: str) -> Response:
 
 
 def _route(method: str, template: str, handler: Any) -> Route:
-    return Route(method, template, handler, kind="page", scope=None)
+    # The plan comes from the host (``SandboxApp``), as Nomos' checkout has one per plan.
+    return Route(method, template, handler, kind="page", scope=None, site="checkout")
 
 
 ROUTES = [
-    _route("GET", "/checkout/{plan}/done", done),
-    _route("GET", "/checkout/{plan}", show),
-    _route("POST", "/checkout/{plan}", submit),
+    _route("GET", "/done", done),
+    _route("GET", "/", show),
+    _route("POST", "/", submit),
 ]

@@ -52,7 +52,9 @@ class Forwarder:
         duplicate: bool = False,
         reorder: bool = False,
         hold: float = 2.0,
-        timeout: float = 10.0,
+        # Nomos waits 30 s for the endpoint's 2xx (API-NOTES, "Webhooks"), and so do we: a
+        # receiver's in-progress window must show here as it would in production.
+        timeout: float = 30.0,
     ) -> None:
         if not urls:
             raise ValueError("Forwarder needs at least one URL")

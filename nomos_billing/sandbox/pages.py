@@ -39,5 +39,6 @@ def portal_confirm(sb: Sandbox, request: Request) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/portal/auth/confirm", portal_confirm, kind="page", scope=None),
+    # On the portal's host (``hosts.portal_origin``), as Nomos' portal serves it.
+    Route("GET", "/auth/confirm", portal_confirm, kind="page", scope=None, site="portal"),
 ]

@@ -1,10 +1,12 @@
 """Pytest fixtures for a live sandbox, loaded automatically by pytest when nomos-billing is
 installed (the ``pytest11`` entry point).
 
-- ``nomos_sandbox``: a seeded ``Sandbox`` on an ephemeral loopback port (``.base_url``).
+- ``nomos_sandbox``: a seeded ``Sandbox`` on an ephemeral loopback port (``.base_url``); while
+  it runs, this process resolves ``*.localhost`` (its portal and checkout hosts) to loopback as
+  browsers do, so ``requests`` can follow the links it mints.
 - ``nomos_sandbox_settings``: the same, with ``settings.NOMOS_BILLING`` pointing at it (needs
-  pytest-django's ``settings`` fixture) and the shared client and token forgotten, so every
-  test starts from a fresh token.
+  pytest-django's ``settings`` fixture), its portal and checkout hosts accepted, and the shared
+  client and token forgotten, so every test starts from a fresh token.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .hosts import CHECKOUT_HOSTS, PORTAL_HOSTS, resolve_localhost
 from .server import SandboxServer
 from .state import Sandbox
 
@@ -28,7 +31,7 @@ def nomos_sandbox() -> Iterator[Sandbox]:
     sandbox = Sandbox(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET
     )
-    with SandboxServer(sandbox):
+    with SandboxServer(sandbox), resolve_localhost():
         yield sandbox
 
 
@@ -47,6 +50,8 @@ def nomos_sandbox_settings(nomos_sandbox: Sandbox, settings: Any) -> Iterator[Sa
         "CLIENT_SECRET": CLIENT_SECRET,
         "WEBHOOK_SECRETS": [WEBHOOK_SECRET],
         "API_BASE_URL": nomos_sandbox.base_url,
+        "PORTAL_HOSTS": PORTAL_HOSTS,
+        "CHECKOUT_HOSTS": CHECKOUT_HOSTS,
     }
     caches[nomos_settings.TOKEN_CACHE].delete(nomos_settings.token_cache_key)
     reset_client()

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[..., "Response"]
 Kind = Literal["api", "page", "control"]
+#: Which host serves the route: the API's own, or the portal's or a checkout's (``hosts.py``).
+Site = Literal["api", "portal", "checkout"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class Route:
     kind: Kind = "api"
     # None: no bearer token (the token endpoint, pages, control); else "read" or "write".
     scope: str | None = "read"
+    site: Site = "api"
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -30,7 +33,13 @@ class Route:
 
     @property
     def key(self) -> str:
-        return f"{self.method} {self.template}"
+        """How calls are counted and faults armed: ``GET /subscriptions/{id}``, and for the
+        pages of the portal and checkout hosts ``GET portal:/auth/confirm``."""
+        return f"{self.method} {self.label}"
+
+    @property
+    def label(self) -> str:
+        return self.template if self.site == "api" else f"{self.site}:{self.template}"
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.match(path)

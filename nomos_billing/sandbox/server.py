@@ -73,7 +73,15 @@ class _Handler(BaseHTTPRequestHandler):
             sys.stderr.write(f"[nomos sandbox] {self.address_string()} {format % args}\n")
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            # As any HTTP server: a body of unknown length cannot be read, nor the next request.
+            self.close_connection = True
+            self.send_error(400, "Malformed Content-Length")
+            return
         body = self.rfile.read(length) if length > 0 else b""
         path, _, query = self.path.partition("?")
         environ: dict[str, Any] = {
@@ -122,6 +130,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # http.server dispatches on these exact names.
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) is the app's to answer (405 on a known path),
+        # not http.server's bare 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
 
 
 def _unquote_latin1(path: str) -> str:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import shapes
 from .faults import Fault, FaultTable
+from .hosts import checkout_origin, portal_origin
+from .listing import Ordered
 
 if TYPE_CHECKING:
     from .forwarding import Forwarder
@@ -22,12 +24,24 @@ UNSERVICEABLE_ZIP = "00000"
 
 
 def checkout_url(base_url: str, plan: str, **params: str) -> str:
-    """The sandbox's stand-in for ``https://{plan.slug}.checkout.energy/?...``."""
-    from urllib.parse import quote, urlencode
+    """The sandbox's stand-in for ``https://{plan.slug}.checkout.energy/?...``: the plan's own
+    host under ``.checkout.localhost`` on the sandbox's port (``hosts.py``)."""
+    from urllib.parse import urlencode
 
     query = urlencode(params)
-    return f"{base_url}/checkout/{quote(plan, safe='')}/" + (f"?{query}" if query else "")
+    return checkout_origin(base_url, plan) + "/" + (f"?{query}" if query else "")
 
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+#: ``--token-body``: which bodies ``POST /oauth/token`` takes. Nomos' guides send a form, its
+#: document declares JSON; which one production refuses is not documented, so the client's
+#: fallback is tested against each.
+TOKEN_BODIES: dict[str, frozenset[str]] = {
+    "both": frozenset({FORM, JSON}),
+    "form": frozenset({FORM}),
+    "json": frozenset({JSON}),
+}
 
 #: How many exchanges ``request_log`` keeps (each holds its bodies).
 REQUEST_LOG_SIZE = 5_000
@@ -68,6 +82,7 @@ class Sandbox:
         webhook_secret: str | None = None,
         magic_link_ttl: float = 600,
         clock_skew: float = 0.0,
+        token_body: str = "both",  # noqa: S107 - a body format, not a secret
     ) -> None:
         from .app import SandboxApp  # the app module needs this class; import late to avoid a cycle
 
@@ -83,12 +98,9 @@ class Sandbox:
         self.clock_skew = float(clock_skew)
         #: Postcodes ``POST /leads`` and the checkout refuse (``unserviceable_zip``).
         self.unserviceable_zips: set[str] = {UNSERVICEABLE_ZIP}
-        #: Bodies ``POST /oauth/token`` accepts (Nomos' guides send a form, its document
-        #: declares JSON); remove one to make the sandbox refuse it with 415.
-        self.token_content_types: set[str] = {
-            "application/x-www-form-urlencoded",
-            "application/json",
-        }
+        #: Bodies ``POST /oauth/token`` accepts (``token_body``: a name of ``TOKEN_BODIES``);
+        #: any other is refused with 415.
+        self.token_content_types: set[str] = set(TOKEN_BODIES[token_body])
         #: Where the hosted checkout sends the browser after a sign-up, per plan id; plans
         #: without one show the sandbox's own confirmation page.
         self.return_urls: dict[str, str] = {}
@@ -103,6 +115,8 @@ class Sandbox:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.leads: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
+        #: Each list's items in ``created_at`` order, for cursors that survive changes.
+        self.orders = {name: Ordered() for name in ("customers", "subscriptions", "leads")}
         self.calls: Counter[str] = Counter()
         # Rings: a long-running sandbox (a 100k-request benchmark, a demo left on for days)
         # keeps the newest records, not every one.
@@ -139,6 +153,17 @@ class Sandbox:
 
     def now_iso(self) -> str:
         return shapes.iso(self.now())
+
+    # -- where its pages are -------------------------------------------------------------------
+
+    @property
+    def portal_origin(self) -> str:
+        """``http://sandbox.customerportal.localhost:<port>`` while it is served."""
+        return portal_origin(self.base_url or "http://127.0.0.1")
+
+    def checkout_origin(self, plan: str = DEFAULT_PLAN) -> str:
+        """``http://<plan-slug>.checkout.localhost:<port>`` while it is served."""
+        return checkout_origin(self.base_url or "http://127.0.0.1", plan)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -490,8 +515,10 @@ class Sandbox:
             }
         if not has_subscription:
             return checkout_url(base_url, DEFAULT_PLAN, token_hash=token_hash)
+        # As Nomos' example spells it (``next`` unescaped).
         return (
-            f"{base_url}/portal/auth/confirm?token_hash={token_hash}&type=magiclink&next=/overview"
+            f"{portal_origin(base_url)}/auth/confirm?token_hash={token_hash}"
+            "&type=magiclink&next=/overview"
         )
 
     def checkout_customer(self, token_hash: str) -> dict[str, Any] | None:
