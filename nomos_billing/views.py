@@ -476,6 +476,9 @@ def start(request: HttpRequest) -> HttpResponse:
             )
             form.add_nomos_errors(exc.errors)
             return page(request, START_TEMPLATE, {"form": form})
+        if isinstance(exc, RateLimited):
+            # Before the outage branch: RateLimited is a NomosUnavailable, but Nomos is fine.
+            return rate_limited_page(request, exc)
         _classify(exc, request.user)
         if isinstance(exc, NomosUnavailable) and not is_operator_error(exc):
             return lead_try_again_page(request, form, exc)
