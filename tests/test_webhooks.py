@@ -499,8 +499,8 @@ def _claimed_event(age: timedelta) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("age", "retry_after"),
-    [(timedelta(seconds=5), "55"), (timedelta(seconds=40), "20"),
-     (timedelta(seconds=59.5), "1")],
+    [(timedelta(seconds=5), 55), (timedelta(seconds=40), 20),
+     (timedelta(seconds=58), 2)],
     ids=["fresh claim", "claim older than the sender's timeout", "claim about to go stale"],
 )
 def test_delivery_during_processing_elsewhere_is_409_until_the_claim_goes_stale(
@@ -508,7 +508,10 @@ def test_delivery_during_processing_elsewhere_is_409_until_the_claim_goes_stale(
     # Never a 2xx: the worker holding the claim may die, and Nomos must keep redelivering.
     event = _claimed_event(age)
     response = post_event(client, event)
-    assert (response.status_code, response["Retry-After"]) == (409, retry_after)
+    assert response.status_code == 409
+    # Seconds until the claim goes stale, counted when the request ran: a loaded machine may
+    # take a moment between creating the claim and answering.
+    assert retry_after - 1 <= int(response["Retry-After"]) <= retry_after
     assert response.content == b"in progress elsewhere; please redeliver later\n"
     assert nomos.count(SUB_GET) == 0
     assert WebhookEvent.objects.get().status == "processing"
