@@ -225,7 +225,12 @@ def enqueue(
 
 
 def queue_depth() -> int | None:
-    """Tasks waiting in ``TASK_BACKEND``'s queue where the backend can tell cheaply, else None."""
+    """Tasks waiting in ``TASK_BACKEND``'s queue where the backend can tell cheaply, else None.
+
+    Scheduled tasks count (a retry after an outage waits there too). The database backend's
+    count leaves out the claims' watchdogs, deferred guards that end at once when their worker
+    finished; RQ's scheduled registry cannot tell them apart cheaply, so there they count.
+    """
     backend = get_backend() if framework_available() else None
     if backend is None:
         return None
@@ -234,11 +239,13 @@ def queue_depth() -> int | None:
         if path.startswith("django_tasks_db."):
             from django_tasks_db.models import DBTaskResult
 
-            return int(DBTaskResult.objects.ready().count())
+            waiting = DBTaskResult.objects.filter(status="READY")
+            return int(waiting.exclude(args_kwargs__kwargs__takeover=True).count())
         if path.startswith("django_tasks_rq."):
             import django_rq
 
-            return sum(len(django_rq.get_queue(name)) for name in backend.queues)
+            queues = [django_rq.get_queue(name) for name in backend.queues]
+            return sum(len(q) + q.scheduled_job_registry.count for q in queues)
     except Exception:  # a monitoring read must never take the page down
         logger.info("Could not read the queue depth of %s", path, exc_info=True)
     return None
