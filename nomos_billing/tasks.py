@@ -239,8 +239,14 @@ def queue_depth() -> int | None:
         if path.startswith("django_tasks_db."):
             from django_tasks_db.models import DBTaskResult
 
-            waiting = DBTaskResult.objects.filter(status="READY")
-            return int(waiting.exclude(args_kwargs__kwargs__takeover=True).count())
+            from django.db.models import Count, Q
+
+            # Counted, not excluded: NOT on a missing JSON key is NULL on SQLite, not true.
+            counts = DBTaskResult.objects.filter(status="READY").aggregate(
+                waiting=Count("pk"),
+                watchdogs=Count("pk", filter=Q(args_kwargs__kwargs__takeover=True)),
+            )
+            return int(counts["waiting"] - counts["watchdogs"])
         if path.startswith("django_tasks_rq."):
             import django_rq
 
