@@ -237,9 +237,8 @@ def queue_depth() -> int | None:
     path = f"{type(backend).__module__}.{type(backend).__qualname__}"
     try:
         if path.startswith("django_tasks_db."):
-            from django_tasks_db.models import DBTaskResult
-
             from django.db.models import Count, Q
+            from django_tasks_db.models import DBTaskResult
 
             # Counted, not excluded: NOT on a missing JSON key is NULL on SQLite, not true.
             counts = DBTaskResult.objects.filter(status="READY").aggregate(
