@@ -161,7 +161,7 @@ class UserField(forms.ModelChoiceField):
             return None
         text = str(value).strip()
         User = get_user_model()  # noqa: N806
-        queryset = self.queryset
+        queryset = self.queryset if self.queryset is not None else User._default_manager.all()
         user = queryset.filter(**{User.USERNAME_FIELD: text}).first()
         # ASCII digits only, and no more than a 64-bit key has: never a lenient or huge number.
         if user is None and text.isascii() and text.isdigit() and len(text) <= 18:
