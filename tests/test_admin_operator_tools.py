@@ -3,6 +3,7 @@ links and queue depth, and breadcrumbs in the markup the running Django styles."
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -171,3 +172,33 @@ def test_breadcrumbs_use_the_markup_this_django_styles(admin_client, django_user
     crumbs = html.split('class="breadcrumbs">', 1)[1].split(f"</{tag}>", 1)[0]
     assert 'href="/admin/"' in crumbs and 'href="/admin/nomos_billing/"' in crumbs
     assert (CUSTOMERS in crumbs) == (page != "health")
+
+
+@pytest.mark.redis
+def test_rq_queue_depth_counts_scheduled_tasks(settings):
+    pytest.importorskip("django_tasks_rq", reason="django-tasks-rq is not installed")
+    if not os.environ.get("CACHE_URL"):
+        # The RQ db follows CACHE_URL's; without it this run has no Redis db of its own to empty.
+        pytest.skip("RQ needs Redis: runs on the PostgreSQL + Redis run (CACHE_URL)")
+    import django_rq
+    import redis
+
+    try:
+        django_rq.get_connection("default").ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis for RQ at {settings.RQ_QUEUES['default']['URL']} (CACHE_URL)")
+    queue = django_rq.get_queue("default")
+    queue.empty()
+    for job_id in queue.scheduled_job_registry.get_job_ids():
+        queue.scheduled_job_registry.remove(job_id, delete_job=True)
+    settings.TASKS = {"nomos": {"BACKEND": "django_tasks_rq.RQBackend"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    try:
+        tasks.enqueue("evt_now")
+        tasks.enqueue("evt_retry", retry=1, delay=600)
+
+        assert health.collect().queue_depth == 2
+    finally:
+        queue.empty()
+        for job_id in queue.scheduled_job_registry.get_job_ids():
+            queue.scheduled_job_registry.remove(job_id, delete_job=True)
