@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import django
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -39,11 +41,14 @@ from django.utils.translation import ngettext
 from . import confirmation, health, linking, processing, sync, tasks
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosLinkClaim, NomosSubscription, WebhookEvent
+from .topics import TOPICS
 
 #: ``linked_by`` and the signals' ``resolver`` / ``unlinked_by`` for a link made by hand.
 ADMIN = "admin"
 #: The permission that makes, undoes and decides links by hand.
 LINK_PERMISSION = "nomos_billing.link_customer"
+#: Errors a bulk action quotes in its message; the rest are counted.
+REPORTED_ERRORS = 3
 
 
 class LinkPermissionMixin:
@@ -105,32 +110,6 @@ class LatestStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-#: The topics Nomos documents (API-NOTES, webhooks-asyncapi), so that the filter needs no
-#: ``SELECT DISTINCT topic`` over the whole event log on every page load.
-TOPICS = (
-    "subscription.created",
-    "subscription.confirmed",
-    "subscription.activated",
-    "subscription.ended",
-    "subscription.terminated",
-    "invoice.created",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "invoice.voided",
-    "invoice.uncollectible",
-    "meter_order.created",
-    "meter_order.placed",
-    "meter_order.check_submitted",
-    "meter_order.check_reviewed",
-    "meter_order.scheduled",
-    "meter_order.installed",
-    "meter_order.activated",
-    "meter_order.blocked",
-    "meter_order.cancelled",
-    "test.event",
-)
-
-
 class TopicFilter(admin.SimpleListFilter):
     title = _("topic")
     parameter_name = "topic"
@@ -174,25 +153,67 @@ class SubscriptionInline(admin.TabularInline):
         return False
 
 
+class UserField(forms.ModelChoiceField):
+    """A user by the autocomplete's id, or typed: a login name, else a numeric id."""
+
+    def to_python(self, value: Any) -> Any:
+        if value in self.empty_values:
+            return None
+        text = str(value).strip()
+        User = get_user_model()  # noqa: N806
+        queryset = self.queryset if self.queryset is not None else User._default_manager.all()
+        user = queryset.filter(**{User.USERNAME_FIELD: text}).first()
+        # ASCII digits only, and no more than a 64-bit key has: never a lenient or huge number.
+        if user is None and text.isascii() and text.isdigit() and len(text) <= 18:
+            user = queryset.filter(pk=int(text)).first()
+        if user is None:
+            raise ValidationError(self.error_messages["invalid_choice"], code="invalid_choice")
+        return user
+
+
+class UserAutocomplete(AutocompleteSelect):
+    """Django admin's user autocomplete (the user admin's ``search_fields``)."""
+
+    def optgroups(self, name: str, value: Any, attr: Any = None) -> Any:
+        try:
+            return super().optgroups(name, value, attr)
+        except (ValueError, ValidationError):
+            # A login name posted without the browser's widget is no id to show as chosen.
+            return super().optgroups(name, [], attr)
+
+
 class LinkUserForm(forms.Form):
-    user = forms.CharField(
-        label=_("User"),
-        max_length=150,
-        help_text=_("The user's id or login name (username or e-mail, per the user model)."),
-    )
+    """The user for *Link to a user*: searched with ``autocomplete`` (a widget for the user
+    admin's autocomplete view), else typed as an id or login name."""
+
+    def __init__(self, *args: Any, autocomplete: forms.Widget | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        User = get_user_model()  # noqa: N806
+        self.fields["user"] = UserField(
+            queryset=User._default_manager.all(),
+            label=_("User"),
+            widget=autocomplete or forms.TextInput(attrs={"maxlength": 150, "autofocus": True}),
+            help_text=_("Type to search the site's users.")
+            if autocomplete
+            else _("The user's id or login name (username or e-mail, per the user model)."),
+            error_messages={"invalid_choice": _("No user with this id or login name.")},
+        )
 
     def clean_user(self) -> Any:
-        value = self.cleaned_data["user"].strip()
-        User = get_user_model()  # noqa: N806
-        manager = User._default_manager
-        user = manager.filter(**{User.USERNAME_FIELD: value}).first()
-        if user is None and value.isascii() and value.isdigit():
-            user = manager.filter(pk=int(value)).first()
-        if user is None:
-            raise forms.ValidationError(_("No user with this id or login name."))
+        user = self.cleaned_data["user"]
         if NomosCustomer.objects.filter(user=user).exists():
             raise forms.ValidationError(_("This user is already linked to a Nomos customer."))
         return user
+
+
+def admin_page_context(model_admin: admin.ModelAdmin, request: HttpRequest) -> dict[str, Any]:
+    """What our admin pages share: the site's context and the breadcrumb markup the running
+    Django styles (a list from 6.0 on, a ``div`` before)."""
+    return {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.model._meta,
+        "nomos_breadcrumbs_list": django.VERSION >= (6, 0),
+    }
 
 
 class MirrorAdmin(admin.ModelAdmin):
@@ -261,31 +282,63 @@ class NomosCustomerAdmin(LinkPermissionMixin, MirrorAdmin):
     def linked(self, obj: NomosCustomer) -> bool:
         return obj.is_linked
 
+    def user_autocomplete(self, request: HttpRequest) -> forms.Widget | None:
+        """Django's autocomplete on this model's ``user`` field, where its view would answer
+        this operator: the site's user admin has ``search_fields`` and lets them view users.
+        Otherwise ``None``, and the form takes a typed id or login name."""
+        User = get_user_model()  # noqa: N806
+        user_admin = self.admin_site._registry.get(User)
+        if user_admin is None or not user_admin.get_search_fields(request):
+            return None
+        if not user_admin.has_view_permission(request):
+            return None
+        return UserAutocomplete(
+            self.model._meta.get_field("user"),
+            self.admin_site,
+            attrs={"data-placeholder": _("Search users…"), "style": "width: 30em"},
+        )
+
     @admin.action(description=_("Refresh from Nomos"), permissions=["change"])
     def refresh_from_nomos(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        done = 0
+        """Every selected customer is tried (an error stops nothing); each refreshed one is a
+        ``LogEntry``, and the message counts both."""
+        done = failed = 0
+        errors: list[str] = []
         for customer in queryset:
             try:
                 sync.refresh_customer(customer)
             except NomosError as exc:
-                self.message_user(
-                    request,
-                    _("Refreshing %(customer)s failed: %(error)s")
-                    % {"customer": customer.customer_id, "error": exc},
-                    messages.ERROR,
-                )
-                return
+                failed += 1
+                if len(errors) < REPORTED_ERRORS:
+                    errors.append(f"{customer.customer_id}: {exc}")
+                continue
             done += 1
-        self.message_user(
-            request,
-            ngettext(
-                "Refreshed %(count)d customer from Nomos.",
-                "Refreshed %(count)d customers from Nomos.",
-                done,
+            self.log_change(request, customer, "Refreshed from Nomos by an admin.")
+        if done:
+            self.message_user(
+                request,
+                ngettext(
+                    "Refreshed %(count)d customer from Nomos.",
+                    "Refreshed %(count)d customers from Nomos.",
+                    done,
+                )
+                % {"count": done},
+                messages.SUCCESS,
             )
-            % {"count": done},
-            messages.SUCCESS,
-        )
+        if failed:
+            self.message_user(
+                request,
+                ngettext(
+                    "Refreshing %(count)d customer failed: %(errors)s",
+                    "Refreshing %(count)d customers failed: %(errors)s",
+                    failed,
+                )
+                % {
+                    "count": failed,
+                    "errors": "; ".join(errors) + ("; …" if failed > len(errors) else ""),
+                },
+                messages.ERROR,
+            )
 
     @admin.action(description=_("Link to a user…"), permissions=["link"])
     def link_to_user(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
@@ -296,7 +349,10 @@ class NomosCustomerAdmin(LinkPermissionMixin, MirrorAdmin):
             )
             return None
         customer = unlinked[0]
-        form = LinkUserForm(request.POST if "apply" in request.POST else None)
+        form = LinkUserForm(
+            request.POST if "apply" in request.POST else None,
+            autocomplete=self.user_autocomplete(request),
+        )
         if form.is_bound and form.is_valid():
             user = form.cleaned_data["user"]
             if linking.attach_user(customer, user, ADMIN):
@@ -321,9 +377,8 @@ class NomosCustomerAdmin(LinkPermissionMixin, MirrorAdmin):
                 )
             return None
         context = {
-            **self.admin_site.each_context(request),
+            **admin_page_context(self, request),
             "title": _("Link a Nomos customer to a user"),
-            "opts": self.model._meta,
             "customer": customer,
             "form": form,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
@@ -339,9 +394,8 @@ class NomosCustomerAdmin(LinkPermissionMixin, MirrorAdmin):
             return None
         if "confirm" not in request.POST:
             context = {
-                **self.admin_site.each_context(request),
+                **admin_page_context(self, request),
                 "title": _("Unlink Nomos customers from their users?"),
-                "opts": self.model._meta,
                 "customers": linked,
                 "action_checkbox_name": ACTION_CHECKBOX_NAME,
                 "action": "unlink",
@@ -504,9 +558,8 @@ class WebhookEventAdmin(MirrorAdmin):
 
             raise PermissionDenied
         context = {
-            **self.admin_site.each_context(request),
+            **admin_page_context(self, request),
             "title": _("Nomos health"),
-            "opts": self.model._meta,
             "health": health.collect(),
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
@@ -542,10 +595,12 @@ class WebhookEventAdmin(MirrorAdmin):
             result = processing.process_event(event, force=True)
             if not result.claimed:
                 counts["busy"] += 1
-            elif result.status == WebhookEvent.Status.FAILED:
-                counts["failed"] += 1
-            else:
-                counts["processed"] += 1
+                continue
+            failed = result.status == WebhookEvent.Status.FAILED
+            counts["failed" if failed else "processed"] += 1
+            self.log_change(
+                request, event, f"Processed again by an admin: {'failed' if failed else 'done'}."
+            )
         level = messages.ERROR if counts["failed"] else messages.SUCCESS
         self.message_user(
             request,
@@ -561,13 +616,14 @@ class WebhookEventAdmin(MirrorAdmin):
         """With ``TASK_BACKEND``: hand the events to the worker instead of making the operator
         wait on Nomos in the request."""
         counts = {"queued": 0, "refused": 0}
-        for event_id in queryset.values_list("event_id", flat=True):
+        for event in queryset.only("pk", "event_id"):
             try:
-                tasks.enqueue(event_id, force=True)
+                tasks.enqueue(event.event_id, force=True)
             except tasks.EnqueueError:
                 counts["refused"] += 1
             else:
                 counts["queued"] += 1
+                self.log_change(request, event, "Queued again for the task worker by an admin.")
         level = messages.ERROR if counts["refused"] else messages.SUCCESS
         self.message_user(
             request,

@@ -225,20 +225,32 @@ def enqueue(
 
 
 def queue_depth() -> int | None:
-    """Tasks waiting in ``TASK_BACKEND``'s queue where the backend can tell cheaply, else None."""
+    """Tasks waiting in ``TASK_BACKEND``'s queue where the backend can tell cheaply, else None.
+
+    Scheduled tasks count (a retry after an outage waits there too). The database backend's
+    count leaves out the claims' watchdogs, deferred guards that end at once when their worker
+    finished; RQ's scheduled registry cannot tell them apart cheaply, so there they count.
+    """
     backend = get_backend() if framework_available() else None
     if backend is None:
         return None
     path = f"{type(backend).__module__}.{type(backend).__qualname__}"
     try:
         if path.startswith("django_tasks_db."):
+            from django.db.models import Count, Q
             from django_tasks_db.models import DBTaskResult
 
-            return int(DBTaskResult.objects.ready().count())
+            # Counted, not excluded: NOT on a missing JSON key is NULL on SQLite, not true.
+            counts = DBTaskResult.objects.filter(status="READY").aggregate(
+                waiting=Count("pk"),
+                watchdogs=Count("pk", filter=Q(args_kwargs__kwargs__takeover=True)),
+            )
+            return int(counts["waiting"] - counts["watchdogs"])
         if path.startswith("django_tasks_rq."):
             import django_rq
 
-            return sum(len(django_rq.get_queue(name)) for name in backend.queues)
+            queues = [django_rq.get_queue(name) for name in backend.queues]
+            return sum(len(q) + q.scheduled_job_registry.count for q in queues)
     except Exception:  # a monitoring read must never take the page down
         logger.info("Could not read the queue depth of %s", path, exc_info=True)
     return None

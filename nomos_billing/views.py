@@ -407,31 +407,43 @@ def portal_link(request: HttpRequest) -> JsonResponse:
         with click_budget():
             link = mint_portal_link(request.user, next=_json_next(request))
     except NomosError as exc:
-        kind = _classify(exc, request.user)
-        if kind == "not_linked":
-            return _json_error(
-                404, "not_linked", _("Your account is not linked to a customer account yet.")
-            )
-        if kind == "rate_limited":
-            return _json_error(
-                429,
-                "rate_limited",
-                _("Too many requests. Please wait a moment and try again."),
-                **{"Retry-After": str(_retry_after(exc))},
-            )
-        if is_operator_error(exc):
-            return _json_error(
-                503,
-                "unavailable",
-                _(
-                    "The customer portal is not available right now. This is a problem on our "
-                    "side; please try again later."
-                ),
-            )
-        return _json_unavailable(_retry_after(exc))
+        return json_portal_error(exc, request.user)
     except DatabaseError:
-        return _json_unavailable(DEFAULT_RETRY_AFTER, database=True)
+        return json_database_outage()
     return JsonResponse({"url": link})
+
+
+def json_portal_error(exc: NomosError, user: Any) -> JsonResponse:
+    """The JSON answer to a failed link for ``user`` (logged here): 404 not linked, 429 rate
+    limited, 503 outage (with Retry-After) or misconfiguration (without). Also used by
+    ``drf.PortalLinkView``."""
+    kind = _classify(exc, user)
+    if kind == "not_linked":
+        return _json_error(
+            404, "not_linked", _("Your account is not linked to a customer account yet.")
+        )
+    if kind == "rate_limited":
+        return _json_error(
+            429,
+            "rate_limited",
+            _("Too many requests. Please wait a moment and try again."),
+            **{"Retry-After": str(_retry_after(exc))},
+        )
+    if is_operator_error(exc):
+        return _json_error(
+            503,
+            "unavailable",
+            _(
+                "The customer portal is not available right now. This is a problem on our "
+                "side; please try again later."
+            ),
+        )
+    return _json_unavailable(_retry_after(exc))
+
+
+def json_database_outage() -> JsonResponse:
+    """The JSON 503 when the database is down (logged here, with the traceback)."""
+    return _json_unavailable(DEFAULT_RETRY_AFTER, database=True)
 
 
 # -- the lead form -------------------------------------------------------------------------

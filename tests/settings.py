@@ -32,6 +32,12 @@ INSTALLED_APPS = [
 ]
 # The real task backends (test_task_workers.py), when the test extra installed them.
 INSTALLED_APPS += [app for app in ("django_tasks_db", "django_rq") if find_spec(app)]
+# The allauth resolver and the DRF view against the real packages (the test extra has both).
+ALLAUTH = find_spec("allauth") is not None
+if ALLAUTH:
+    INSTALLED_APPS += ["allauth", "allauth.account"]
+if find_spec("rest_framework") is not None:
+    INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken"]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -42,6 +48,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
+if ALLAUTH:
+    # allauth.account refuses to start without it.
+    MIDDLEWARE.append("allauth.account.middleware.AccountMiddleware")
 
 ROOT_URLCONF = "tests.urls"
 LOGIN_URL = "/accounts/login/"

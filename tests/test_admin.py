@@ -205,7 +205,7 @@ def test_refresh_from_nomos_reports_an_outage(nomos, admin_client, settings):
     customer = NomosCustomer.objects.create(customer_id=seed.ALICE)
     response = admin_client.post(CUSTOMERS, {"action": "refresh_from_nomos",
                                              "_selected_action": [customer.pk]}, follow=True)
-    assert "Refreshing cus_sandbox_alice failed" in response.content.decode()
+    assert "Refreshing 1 customer failed: cus_sandbox_alice: " in response.content.decode()
 
 
 def _link(admin_client, customer, **extra):

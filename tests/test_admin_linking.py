@@ -35,9 +35,15 @@ ROLES = {
          "change_nomoslinkclaim"],
     ),
     "staff-link": (True, False, ["view_nomoscustomer", "view_nomoslinkclaim", "link_customer"]),
+    # Also sees the site's users: linking by hand searches them (the admin's autocomplete).
+    "staff-link-users": (
+        True, False, ["view_nomoscustomer", "view_nomoslinkclaim", "link_customer", "view_user"]
+    ),
     "not-staff": (False, False, ["view_nomoscustomer", "link_customer"]),
 }
-ALLOWED = {"superuser", "staff-link"}
+ALLOWED = {"superuser", "staff-link", "staff-link-users"}
+#: Who may search users, so gets the autocomplete instead of a typed id or login name.
+SEES_USERS = {"superuser", "staff-link-users"}
 
 
 @pytest.fixture(params=ROLES.keys())
@@ -48,7 +54,8 @@ def role(request: Any, django_user_model: Any) -> tuple[str, Client, Any]:
         f"op-{name}", f"{name}@example.com", "pw", is_staff=staff, is_superuser=superuser
     )
     operator.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="nomos_billing", codename__in=codenames)
+        Permission.objects.filter(content_type__app_label__in=["nomos_billing", "auth"],
+                                  codename__in=codenames)
     )
     client = Client()
     client.force_login(operator)
@@ -184,3 +191,61 @@ def test_the_claim_page_never_shows_the_confirmation_secret(admin_client, custom
         response = admin_client.get(url)
         assert response.status_code == 200
         assert b"secret-nonce-value" not in response.content
+
+
+AUTOCOMPLETE = "/admin/autocomplete/"
+
+
+def search_users(client: Client, term: str) -> Any:
+    return client.get(AUTOCOMPLETE, {"app_label": "nomos_billing", "model_name": "nomoscustomer",
+                                     "field_name": "user", "term": term})
+
+
+def test_linking_by_hand_searches_users_where_the_operator_may_see_them(role, customer_and_user):
+    name, client, operator = role
+    customer, user = customer_and_user
+    selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
+
+    form = client.post(CUSTOMERS, selected)
+    found = search_users(client, "targ")
+
+    if name not in ALLOWED:
+        refused(name, form)
+        assert customer.user is None
+        return
+    html = form.content.decode()
+    if name in SEES_USERS:
+        assert 'class="admin-autocomplete' in html and 'data-field-name="user"' in html
+        assert "admin/js/autocomplete.js" in html
+        assert found.status_code == 200
+        assert [r["id"] for r in found.json()["results"]] == [str(user.pk)]
+        # What the widget posts: the chosen user's id.
+        final = client.post(CUSTOMERS, {**selected, "apply": "1", "user": str(user.pk)})
+        assert final.status_code == 302
+        customer.refresh_from_db()
+        assert (customer.user, customer.linked_by) == (user, "admin")
+        assert any("Linked to user" in m for m in logged(operator, customer))
+    else:
+        # May link, may not list users: Django's autocomplete refuses them, so they type.
+        assert found.status_code == 403
+        assert "admin-autocomplete" not in html
+        assert 'type="text" name="user"' in html
+
+
+
+def test_without_search_fields_on_the_user_admin_the_form_takes_a_typed_user(
+    admin_client, customer_and_user, monkeypatch
+):
+    from django.contrib import admin
+    from django.contrib.auth import get_user_model
+
+    customer, user = customer_and_user
+    monkeypatch.setattr(admin.site._registry[get_user_model()], "search_fields", ())
+    selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
+
+    html = admin_client.post(CUSTOMERS, selected).content.decode()
+
+    assert "admin-autocomplete" not in html and 'type="text" name="user"' in html
+    admin_client.post(CUSTOMERS, {**selected, "apply": "1", "user": "target"})
+    customer.refresh_from_db()
+    assert customer.user == user

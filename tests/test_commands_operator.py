@@ -56,6 +56,8 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
         self.url = ""
+        self.body = b"ok"
+        self.content_type = "text/plain"
 
 
 @pytest.fixture
@@ -67,9 +69,10 @@ def receiver() -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             rec.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
             self.send_response(rec.status)
-            self.send_header("Content-Length", "2")
+            self.send_header("Content-Type", rec.content_type)
+            self.send_header("Content-Length", str(len(rec.body)))
             self.end_headers()
-            self.wfile.write(b"ok")
+            self.wfile.write(rec.body)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -180,6 +183,51 @@ def test_trigger_against_the_real_webhook_view_stores_one_event(live_server) -> 
     assert WebhookEvent.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_trigger_to_a_wrong_url_of_a_real_site_names_it_in_one_line(live_server) -> None:
+    url = live_server.url + "/nomos/webhooks/"  # one letter off
+    out = StringIO()
+    with pytest.raises(CommandError) as info:
+        call_command("nomos_trigger", "test.event", "--url", url, stdout=out, stderr=StringIO())
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"HTTP 404 at {url}: no Nomos webhook view there" in message
+    assert "nomos_billing.urls" in message
+    printed = out.getvalue()
+    assert "delivery 1: HTTP 404 (an HTML page" in printed
+    assert "<" not in printed
+
+
+def test_trigger_to_a_crashing_site_names_the_500_not_its_page(receiver: Receiver) -> None:
+    receiver.status = 500
+    receiver.content_type = "text/html; charset=utf-8"
+    receiver.body = b"<!DOCTYPE html><html><body><h1>Server Error (500)</h1>" + b"x" * 5000
+    out = StringIO()
+    with pytest.raises(CommandError) as info:
+        call_command("nomos_trigger", "test.event", "--url", receiver.url, stdout=out,
+                     stderr=StringIO())
+    assert "HTTP 500 at" in str(info.value) and "See the site's log" in str(info.value)
+    assert "Server Error" not in out.getvalue()
+    assert "(an HTML page, 5054 bytes)" in out.getvalue()
+
+
+def test_trigger_warns_about_a_topic_nomos_does_not_document(receiver: Receiver) -> None:
+    err = StringIO()
+    call_command("nomos_trigger", "invoice.payed", "--subscription", "sub_1", "--context",
+                 "invoice=inv_1", "--url", receiver.url, stdout=StringIO(), stderr=err)
+    assert "'invoice.payed' is not a topic Nomos documents (did you mean 'invoice.paid'?)" \
+        in err.getvalue()
+    # Sent anyway: Nomos may add topics before this list knows them.
+    assert json.loads(receiver.requests[0]["body"])["topic"] == "invoice.payed"
+
+
+def test_trigger_of_a_documented_topic_warns_about_nothing(receiver: Receiver) -> None:
+    err = StringIO()
+    call_command("nomos_trigger", "test.event", "--url", receiver.url, stdout=StringIO(),
+                 stderr=err)
+    assert err.getvalue() == ""
+
+
 # -- nomos_check_credentials ------------------------------------------------------------------
 
 
@@ -264,8 +312,8 @@ def test_sync_creates_every_subscription_and_links_by_metadata(nomos, users) -> 
     assert alice.user == users["alice"]
     assert alice.email == "alice@example.com"
     assert NomosCustomer.objects.get(customer_id=seed.ACME).user is None
-    assert ("Synced 3 subscriptions: 3 created, 0 updated, 1 customer linked, "
-            "1 customer unlinked.") in out
+    assert ("Synced 3 subscriptions: 3 created, 0 updated, 1 customer linked; "
+            "1 customer in all is not linked to a user.") in out
 
 
 @pytest.mark.django_db
@@ -278,13 +326,13 @@ def test_sync_of_one_subscription_says_it_in_the_singular_and_logs_a_summary(
     caplog.set_level(logging.INFO, logger="nomos_billing")
 
     out = run("nomos_sync", "--customer", seed.ALICE)
-    assert "Synced 1 subscription: 1 created, 0 updated, 0 customers linked, " \
-           "1 customer unlinked." in out
+    assert "Synced 1 subscription: 1 created, 0 updated, 0 customers linked; " \
+           "1 customer in all is not linked to a user." in out
 
     caplog.clear()
     out = run("nomos_sync")
     # Five unlinked customers: no "could not be linked" line per subscription, one summary.
-    assert "5 customers unlinked." in out
+    assert "5 customers in all are not linked to a user." in out
     per_item = [r for r in caplog.records if r.name.startswith("nomos_billing")
                 and r.levelno <= logging.INFO and "cus_" in r.getMessage()]
     assert per_item == []

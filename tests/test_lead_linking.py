@@ -71,7 +71,7 @@ def test_nomos_sync_alone_links_the_leads_customer_when_every_webhook_was_lost(
     sub = NomosSubscription.objects.get(subscription_id=converted["subscription"]["id"])
     assert sub.lead_id == converted["lead_id"]
     assert nomos.count("GET /leads/{id}") == 1
-    assert "1 of 1 open leads converted" in out
+    assert "1 of 1 open lead converted" in out
     assert "1 customer linked" in out
 
 
@@ -100,7 +100,7 @@ def test_open_lead_that_did_not_convert_links_nothing(nomos, bob, settings):
     client.force_login(bob)
     client.post("/nomos/portal/start/", {"zip_code": "10115", "estimated_usage": "2500"})
     out = sync()
-    assert "0 of 1 open leads converted" in out
+    assert "0 of 1 open lead converted" in out
     assert not NomosCustomer.objects.filter(user=bob).exists()
 
 

@@ -20,27 +20,32 @@ def _age(seconds: int | None) -> str:
     return f"{seconds} s ago"
 
 
+def _count(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
 def render_text(health: Health) -> str:
     h = health
     lines = [
         f"Last verified delivery: {h.last_delivery_at.isoformat() if h.last_delivery_at else '-'}"
         f" ({_age(h.last_delivery_age)})",
-        f"Last 24 h: {h.deliveries_24h} deliveries of {h.events_24h} events, "
-        f"{h.failures_24h} failed",
+        f"Last 24 h: {_count(h.events_24h, 'event')}, "
+        f"{_count(h.deliveries_24h, 'delivery', 'deliveries')}, {h.failures_24h} failed",
         f"Failed events: {h.failed}; stuck in processing: {h.stuck}",
     ]
     for line in h.problem_events:
         flag = "stuck" if line.stuck else "failed"
         lines.append(
-            f"  {line.event_id} {line.topic} {flag} after {line.attempts} attempts: "
+            f"  {line.event_id} {line.topic} {flag} after {_count(line.attempts, 'attempt')}: "
             f"{line.last_error or '-'}"
         )
     lines += [
         f"Unlinked customers: {h.unlinked_customers}",
         "Catch-up: "
         + (
-            f"last completed {h.catch_up_completed_at.isoformat()} ({h.catch_up_count} "
-            f"subscriptions), watermark {h.watermark.isoformat() if h.watermark else '-'}"
+            f"last completed {h.catch_up_completed_at.isoformat()} "
+            f"({_count(h.catch_up_count, 'subscription')}), "
+            f"watermark {h.watermark.isoformat() if h.watermark else '-'}"
             if h.catch_up_completed_at
             else "never completed"
         )

@@ -273,13 +273,18 @@ class Command(BaseCommand):
     def _summary(self, dry_run: bool) -> None:
         c = self.counts
         prefix = "Dry run, nothing saved: would have synced" if dry_run else "Synced"
+        # This run's figures, then the total of unlinked customers (not only this run's).
         line = (
             f"{prefix} {_count(c['seen'], 'subscription')}: {c['created']} created, "
-            f"{c['updated']} updated, {_count(c['linked'], 'customer')} linked, "
-            f"{_count(getattr(self, 'unlinked', 0), 'customer')} unlinked"
+            f"{c['updated']} updated, {_count(c['linked'], 'customer')} linked"
         )
         if c["failed"]:
             line += f", {c['failed']} skipped"
+        unlinked = getattr(self, "unlinked", 0)
+        line += (
+            f"; {_count(unlinked, 'customer')} in all "
+            f"{'is' if unlinked == 1 else 'are'} not linked to a user"
+        )
         if self.walk is not None:
             since = self.walk.updated_since
             line += f"; updated since {since.isoformat() if since else 'the beginning'}"
@@ -290,7 +295,9 @@ class Command(BaseCommand):
             if getattr(self, "moved", False) and mark is not None:
                 line += f"; watermark now {mark.isoformat()} (Nomos' clock)"
         if getattr(self, "leads_checked", 0):
-            line += f"; {self.leads_converted} of {self.leads_checked} open leads converted"
+            line += (
+                f"; {self.leads_converted} of {_count(self.leads_checked, 'open lead')} converted"
+            )
         self.stdout.write(self.style.SUCCESS(line + "."))
         if self.folded and self.verbosity >= 1:
             self.stdout.write(

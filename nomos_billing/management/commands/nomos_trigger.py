@@ -5,11 +5,13 @@ newest secret in ``WEBHOOK_SECRETS`` exactly as Nomos signs it, and ``--duplicat
 and ``--bad-signature`` rehearse at-least-once delivery, clock skew and a wrong secret.
 
 Exit code 0 when the site answered as it should (2xx, or 400 for ``--stale`` and
-``--bad-signature``); 1 otherwise, with a one-line reason.
+``--bad-signature``); 1 otherwise, with a one-line reason (a page of HTML from a wrong URL is
+named, not printed). A topic Nomos does not document is sent, with a warning.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import secrets
 import time
@@ -22,6 +24,7 @@ from django.urls import reverse
 
 from nomos_billing.conf import SETTING_NAME, nomos_settings
 from nomos_billing.signatures import HEADER, sign_payload
+from nomos_billing.topics import TOPICS
 
 from ._errors import one_line
 
@@ -97,6 +100,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         topic: str = options["topic"]
+        if topic not in TOPICS:
+            close = difflib.get_close_matches(topic, TOPICS, n=1)
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Warning: {topic!r} is not a topic Nomos documents"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + "; sending it anyway."
+                )
+            )
         context = self._context(topic, options)
         if options["duplicate"] < 1:
             raise CommandError("--duplicate must be 1 or more.")
@@ -140,10 +152,9 @@ class Command(BaseCommand):
                             "there? Pass --url to choose another address."
                         )
                     ) from None
-                reply = one_line(response.text[:120])
-                self.stdout.write(f"  delivery {n}: HTTP {response.status_code} {reply}".rstrip())
+                self.stdout.write(f"  delivery {n}: HTTP {response.status_code} {_reply(response)}")
                 statuses.append(response.status_code)
-        self._judge(statuses, expect_rejection)
+        self._judge(statuses, expect_rejection, url)
 
     def _context(self, topic: str, options: dict[str, Any]) -> dict[str, str]:
         context: dict[str, str] = {}
@@ -167,7 +178,19 @@ class Command(BaseCommand):
             raise CommandError(f"{topic} events carry a {ids} id: pass {hints}.")
         return context
 
-    def _judge(self, statuses: list[int], expect_rejection: bool) -> None:
+    def _judge(self, statuses: list[int], expect_rejection: bool, url: str) -> None:
+        wrong_place = next((s for s in statuses if s in (404, 405) or 300 <= s < 400), None)
+        if wrong_place is not None:
+            raise CommandError(
+                f"the site answered HTTP {wrong_place} at {url}: no Nomos webhook view there. "
+                "Check the URL (--url) and that your urls.py includes nomos_billing.urls."
+            )
+        crashed = next((s for s in statuses if s >= 500 and s != 503), None)
+        if crashed is not None and not expect_rejection:
+            raise CommandError(
+                f"the site answered HTTP {crashed} at {url}: the webhook view failed. "
+                "See the site's log for the traceback."
+            )
         accepted = [s for s in statuses if 200 <= s < 300]
         if expect_rejection:
             if accepted:
@@ -190,3 +213,12 @@ class Command(BaseCommand):
                 "See the site's log."
             )
         self.stdout.write(self.style.SUCCESS(f"Accepted ({len(statuses)} of {len(statuses)})."))
+
+
+def _reply(response: requests.Response) -> str:
+    """The start of the site's answer on one line, or what kind of page it was: an error page
+    of HTML (a wrong URL, DEBUG's traceback) says nothing useful in a terminal."""
+    content_type = response.headers.get("Content-Type", "")
+    if "html" in content_type or response.text.lstrip()[:1] == "<":
+        return f"(an HTML page, {len(response.content)} bytes)"
+    return one_line(response.text[:120])
