@@ -15,7 +15,7 @@ SANDBOX_PORT ?= 8765
 # make demo TASKS=db: webhooks processed by the database task backend's worker.
 TASKS ?=
 
-.PHONY: demo test mutate bench bench-goals bench-load bench-outage bench-slow-clients lint typecheck build matrix clean
+.PHONY: demo test docs mutate bench bench-goals bench-load bench-outage bench-slow-clients lint typecheck build matrix clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy nomos_billing
 
+# The documentation site in docs/_build/html, warnings as errors (as .ci/run builds it).
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 build: $(STAMP)
 	rm -rf dist && $(BIN)/python -m build --outdir dist .
 
@@ -82,4 +86,4 @@ matrix: $(STAMP)
 	$(BIN)/nox
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .nox mutants
+	rm -rf $(VENV) build dist docs/_build docs/reference/_generated *.egg-info .pytest_cache .ruff_cache .mypy_cache .nox mutants
