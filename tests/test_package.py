@@ -239,7 +239,9 @@ def test_readme_install_section_works_pasted_into_a_new_project(dist: Path,
         alice = _login(site_url, "alice", "alice-pw")
         portal = alice.get(site_url + "/nomos/portal/", timeout=10, allow_redirects=False)
         assert portal.status_code == 302, portal.text[:500]
-        assert portal.headers["Location"].startswith(f"http://127.0.0.1:{sandbox_port}/portal/")
+        # The sandbox's portal host, accepted by the README's PORTAL_HOSTS for the sandbox.
+        assert portal.headers["Location"].startswith(
+            f"http://sandbox.customerportal.localhost:{sandbox_port}/auth/confirm?")
     finally:
         for proc in background:
             proc.terminate()
