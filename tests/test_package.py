@@ -174,6 +174,10 @@ def _login(site_url: str, username: str, password: str) -> requests.Session:
                                   "csrfmiddlewaretoken": token.group(1)},
                             headers={"Referer": site_url + "/accounts/login/"})
     assert response.status_code == 302, response.text[:500]
+    # The README's LOGIN_REDIRECT_URL lands somewhere real in a brand-new project.
+    landing = session.get(site_url + response.headers["Location"], timeout=10,
+                          allow_redirects=False)
+    assert landing.status_code in (200, 302), (response.headers["Location"], landing.status_code)
     return session
 
 
