@@ -28,7 +28,7 @@ from django.db import connections, router, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import budget, sync
+from . import api_rate, budget, sync
 from .client import get_client
 from .conf import nomos_settings
 from .exceptions import NomosAPIError, NomosConfigurationError, NomosUnavailable
@@ -355,7 +355,8 @@ def process_event(
         handler = get_handler(event.topic)
         # One budget for the whole processing, whoever runs it (the webhook view, a replay, a
         # task worker): it ends before Nomos stops waiting, and before the claim goes stale.
-        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")):
+        # Under Nomos' rate limit a webhook's fetch goes after clicks, before syncs.
+        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")), api_rate.priority("webhook"):
             status = handler(event) if handler is not None else str(Status.IGNORED)
         # A transaction only for the site's receivers: one that raises undoes "processed".
         announce = status == Status.PROCESSED and webhook_processed.has_listeners(WebhookEvent)
