@@ -57,6 +57,7 @@ __all__ = [
     "acquire",
     "current_priority",
     "observe",
+    "prepaid",
     "priority",
 ]
 
@@ -77,6 +78,8 @@ PROCESS_PERIOD = 60
 #: Work that names no priority (a site's own calls, a replay, an admin action) goes between
 #: clicks and syncs; the sync command marks itself ``background``.
 _priority: ContextVar[Priority] = ContextVar("nomos_billing_api_priority", default="webhook")
+#: True when the caller took the turn of the next request already (``prepaid``).
+_prepaid: ContextVar[bool] = ContextVar("nomos_billing_api_prepaid", default=False)
 
 
 class RateBudgetExhausted(budget.BudgetExhausted):
@@ -91,6 +94,17 @@ def priority(kind: Priority) -> Iterator[None]:
         yield
     finally:
         _priority.reset(token)
+
+
+@contextmanager
+def prepaid() -> Iterator[None]:
+    """The next request inside the block uses a turn the caller took with ``acquire`` (a
+    shared fetch takes it before it stops gathering the events that wait for it)."""
+    token = _prepaid.set(True)
+    try:
+        yield
+    finally:
+        _prepaid.reset(token)
 
 
 def current_priority() -> Priority:
@@ -281,6 +295,9 @@ def site_rate() -> SiteRate:
 
 def acquire(what: str = "a Nomos call") -> None:
     """Wait for a turn of the current kind of work (``priority``) within the time budget."""
+    if _prepaid.get():
+        _prepaid.set(False)
+        return
     if configured_limit():
         site_rate().acquire(current_priority(), what)
 
