@@ -37,6 +37,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import confirmation, health, linking, processing, sync, tasks
+from .counts import CountingPaginator
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosLinkClaim, NomosSubscription, WebhookEvent
 
@@ -197,6 +198,9 @@ class LinkUserForm(forms.Form):
 
 class MirrorAdmin(admin.ModelAdmin):
     """Read-only mirror of Nomos: every field read-only, no Add, no Delete, no Save buttons."""
+
+    # Counts that cost the same at a million rows: estimated or bounded, and said so.
+    paginator = CountingPaginator
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)
