@@ -10,7 +10,8 @@ their own ("change" is not enough: a link opens a person's contract and bank det
 POST naming one without it is answered 403.
 
 Every list costs the same number of queries however many rows it shows (foreign keys are
-``list_select_related``), and the same time at 100k events as at 1k: searches match ids
+``list_select_related``), and the same time at 1M events as at 1k: counts are estimated or
+bounded and say so (``counts.CountingPaginator``), searches match ids
 exactly (index lookups, not ``LIKE '%...%'`` scans), the latest subscription status is a column
 of the customer row (kept by ``sync``), topic choices come from Nomos' documented topics instead
 of a ``DISTINCT`` over the table, there is no ``date_hierarchy`` (another ``DISTINCT`` scan) and
