@@ -128,9 +128,7 @@ def test_the_whole_table_is_an_estimate_said_to_be_one(admin_client: Any) -> Non
     events(BOUND + 20)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE nomos_billing_webhookevent")
-    estimate = counts.estimated(WebhookEvent)
-    assert estimate == BOUND + 20  # a table this small is read whole by ANALYZE
-
+    # A table this small is read whole by ANALYZE: the estimate is the number.
     response = admin_client.get(EVENTS)
 
     assert f"about {BOUND + 20} webhook events (an estimate)" in pagination(response)
