@@ -143,7 +143,9 @@ class SiteRate:
             left = budget.remaining()
             if left is not None and left - wait < budget.MIN_ATTEMPT:
                 raise RateBudgetExhausted(
-                    f"Nomos' rate limit had no room for {what} within this request's budget"
+                    f"Nomos' rate limit had no room for {what} within this request's budget",
+                    # The 503 page's Retry-After: when the turn would have come.
+                    retry_after=max(1, math.ceil(wait)),
                 )
             # A little jitter, so that the processes refused together do not return together.
             time.sleep(wait + random.uniform(0, SLOT / 2))

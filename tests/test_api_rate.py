@@ -175,6 +175,7 @@ def test_a_click_that_cannot_get_a_turn_in_time_gets_the_503_page_at_once(
     response = client.get(PORTAL)
 
     assert response.status_code == 503
+    assert response["Retry-After"] == "30"  # when Nomos said the next turn comes
     assert [t.name for t in response.templates][0] == "nomos_billing/unavailable.html"
     assert time.monotonic() - started < 1.0  # no wait that could not end in time
     assert nomos.count("POST /admin/magic_link") == 0
@@ -297,3 +298,41 @@ def test_with_the_cache_down_calls_to_nomos_go_on(flaky, nomos) -> None:
     client = get_client()
     for _ in range(3):
         assert client.get_subscription(seed.ALICE_SUBSCRIPTION)["id"] == seed.ALICE_SUBSCRIPTION
+
+
+# -- what the client tells the limiter ----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_retry_after_a_429_waits_for_the_pause_it_set(
+    limited: None, nomos: Sandbox, retry_sleeps: list[float]
+) -> None:
+    from nomos_billing.sandbox import Fault
+
+    get_client().tokens.get()
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=2))
+    started = time.monotonic()
+    assert get_client().get_subscription(seed.ALICE_SUBSCRIPTION)["id"] == seed.ALICE_SUBSCRIPTION
+    assert retry_sleeps == [2]  # backed off as before (recorded here, not slept)
+    # ... and the retry took its turn after the pause the 429 set for every process.
+    assert time.monotonic() - started >= 1.5
+    assert nomos.count("GET /subscriptions/{id}") == 2
+
+
+@pytest.mark.django_db
+def test_a_429_given_up_on_pauses_the_clicks_that_follow(
+    limited: None, nomos: Sandbox, client: Client, django_user_model: Any
+) -> None:
+    from nomos_billing.sandbox import Fault
+
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=alice, customer_id=seed.ALICE, email="alice@example.com")
+    client.force_login(alice)
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=60))
+    with pytest.raises(api_rate.budget.NomosUnavailable):
+        get_client().get_subscription(seed.ALICE_SUBSCRIPTION)
+
+    response = client.get(PORTAL)
+
+    assert response.status_code == 503
+    assert nomos.count("POST /admin/magic_link") == 0
