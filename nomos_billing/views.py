@@ -480,7 +480,12 @@ def start(request: HttpRequest) -> HttpResponse:
             form.add_nomos_errors(exc.errors)
             return page(request, START_TEMPLATE, {"form": form})
         _classify(exc, request.user)
-        if isinstance(exc, NomosUnavailable) and not is_operator_error(exc):
+        # A per-user refusal (RateLimited is a NomosUnavailable) is the 429 page, not an outage.
+        if (
+            isinstance(exc, NomosUnavailable)
+            and not isinstance(exc, RateLimited)
+            and not is_operator_error(exc)
+        ):
             return lead_try_again_page(request, form, exc)
         return unavailable_page(request, exc)
     lead_id = lead.get("id") if isinstance(lead, dict) else None
