@@ -74,6 +74,8 @@ SANDBOX_WEBHOOK_SECRET = "whsec_sandbox"
 E_RATE_LIMITS = "nomos_billing.E080"
 E_RATE_LIMIT_CACHE = "nomos_billing.E081"
 W_RATE_LIMIT_CACHE_LOCAL = "nomos_billing.W080"
+# The site's share of Nomos' rate limit (api_rate) starts at 90.
+E_API_RATE_LIMIT = "nomos_billing.E090"
 
 _LOCAL_CACHE_BACKENDS = {
     "django.core.cache.backends.locmem.LocMemCache": "per-process",
@@ -602,6 +604,21 @@ def _check_rate_limits(raw: dict[str, Any]) -> list[CheckMessage]:
     ]
 
 
+def _check_api_rate_limit(raw: dict[str, Any]) -> list[CheckMessage]:
+    value = raw.get("API_RATE_LIMIT", DEFAULTS["API_RATE_LIMIT"])
+    number = _number(value)
+    if value is None or (number is not None and 0 <= number <= MAX_RATE_REQUESTS):
+        return []
+    return [
+        Error(
+            f"{_key('API_RATE_LIMIT')} is {value!r}, not a number of requests per second.",
+            hint="Nomos allows 10 requests per second per API client (the default); None or 0 "
+            "switches the site's own limiter off.",
+            id=E_API_RATE_LIMIT,
+        )
+    ]
+
+
 def _check_rate_limit_cache(raw: dict[str, Any]) -> list[CheckMessage]:
     return _check_cache_alias(
         raw,
@@ -687,6 +704,7 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_budgets,
     _check_rate_limits,
     _check_rate_limit_cache,
+    _check_api_rate_limit,
 ]
 
 

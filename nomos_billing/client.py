@@ -38,7 +38,7 @@ from urllib3 import exceptions as urllib3_exceptions
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
-from . import breaker, budget, misconfiguration
+from . import api_rate, breaker, budget, misconfiguration
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import (
     NomosAPIError,
@@ -94,6 +94,11 @@ class NomosRetry(Retry):
             return bool(self.total) and status_code in RETRY_STATUSES
         return super().is_retry(method, status_code, has_retry_after)
 
+    def sleep(self, response: Any = None) -> None:
+        super().sleep(response)
+        # A retry is one more request against Nomos' rate limit: it waits for its turn too.
+        api_rate.acquire("a retry")
+
     def get_retry_after(self, response: Any) -> float | None:
         # Both forms, a date measured against Nomos' own Date; junk is no hint (urllib3 raises).
         return retry_after_seconds(response.headers)
@@ -116,6 +121,7 @@ class NomosRetry(Retry):
             # Nomos may have acted (a lead made, then a 5xx): the answer goes back as it is.
             raise MaxRetryError(_pool, url, None)  # type: ignore[arg-type]
         if response is not None:
+            api_rate.observe(response.status, response.headers)
             wait = self.get_retry_after(response)
             if wait is not None and wait > self.max_wait:
                 # With raise_on_status=False urllib3 hands this response back to us, and the
@@ -376,6 +382,8 @@ class NomosClient:
         url = self.base_url + path
         what = f"{method} {path}"
         breaker.allow(what)
+        # The site's turn under Nomos' rate limit (clicks first), within the time budget.
+        api_rate.acquire(what)
         timeout = budget.timeouts(*self.timeout, what=what)
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)
@@ -394,6 +402,7 @@ class NomosClient:
             logger.warning("Nomos %s failed: %s", what, type(exc).__name__)
             breaker.record_failure(type(exc).__name__)
             raise NomosUnavailable(f"Nomos request {what} failed") from exc
+        api_rate.observe(response.status_code, response.headers)
         if response.status_code >= 500:
             breaker.record_failure(f"HTTP {response.status_code}")
         else:

@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
     },
     # The cache alias the counters live in; shared by all workers, or each worker counts alone.
     "RATE_LIMIT_CACHE": "default",
+    # Nomos' rate limit for these credentials (requests per second), shared by every process
+    # through TOKEN_CACHE, clicks first (api_rate.py); None or 0: not limited on our side.
+    "API_RATE_LIMIT": 10,
 }
 
 #: Portal hosts accepted when ``PORTAL_HOSTS`` is not set: any brand under Nomos' portal domain.

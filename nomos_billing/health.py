@@ -2,8 +2,9 @@
 
 One function, ``collect``, feeds both the admin page (``admin.py``, linked from the app's index)
 and ``manage.py nomos_status [--json]``. Its cost is a fixed number of queries, each served by
-an index or bounded by ``LIMIT``, whatever the size of the event and customer tables: the page
-is meant to be reloaded while something is on fire.
+an index and bounded by ``LIMIT``, whatever the size of the event and customer tables: the page
+is meant to be reloaded while something is on fire. So counts stop at ``counts.BOUND``; the
+ones that reached it are named in ``Health.more`` and shown as "more than 10,000".
 
 Never shows a secret: the token state is whether one is cached and how long it has left.
 """
@@ -19,8 +20,9 @@ from typing import Any
 from django.core.cache import caches
 from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
-from . import breaker, catchup, processing, tasks
+from . import breaker, catchup, counts, processing, tasks
 from .conf import nomos_settings
 from .models import NomosCustomer, WebhookEvent
 from .tokens import AccessToken
@@ -29,6 +31,15 @@ logger = logging.getLogger("nomos_billing.health")
 
 Status = WebhookEvent.Status
 
+#: The counts of ``Health``, each shown as a number or "more than" the bound it reached.
+COUNTS = (
+    "deliveries_24h",
+    "events_24h",
+    "failures_24h",
+    "failed",
+    "stuck",
+    "unlinked_customers",
+)
 #: The failed and stuck events listed by name (the rest are counted).
 LISTED_EVENTS = 20
 WINDOW = timedelta(hours=24)
@@ -78,6 +89,25 @@ class Health:
     breaker: str | None = None
     task_backend: str | None = None
     queue_depth: int | None = None
+    #: The counts that stopped at ``counts.BOUND``: there are more than that.
+    more: list[str] = field(default_factory=list)
+    #: The counts taken over the newest ``counts.BOUND + 1`` events only: lower bounds.
+    at_least: list[str] = field(default_factory=list)
+
+    def shown(self, name: str) -> str:
+        """A count as it is shown: the number, "more than" the bound it reached, or "at
+        least" what the newest events hold."""
+        value = getattr(self, name)
+        if name in self.more:
+            return _("more than %(count)s") % {"count": value}
+        if name in self.at_least:
+            return _("at least %(count)s") % {"count": value}
+        return str(value)
+
+    @property
+    def counts(self) -> dict[str, str]:
+        """The counts as shown (for the template)."""
+        return {name: self.shown(name) for name in COUNTS}
 
     @property
     def last_delivery_age(self) -> int | None:
@@ -141,20 +171,40 @@ def collect() -> Health:
     since = now - WINDOW
     stuck = processing.stuck_condition(now)
     events = WebhookEvent.objects
+    more: list[str] = []
+    at_least: list[str] = []
     # Max on the indexed received_at: one index read.
     last = events.aggregate(last=Max("received_at"))["last"]
-    # The last day only, through the received_at index.
-    day = events.filter(received_at__gte=since).aggregate(
-        events=Count("pk"),
-        deliveries=Sum("deliveries"),
-        failures=Count("pk", filter=Q(status=Status.FAILED)),
+    # The last day only, through the received_at index, newest first up to the bound.
+    day = (
+        events.filter(received_at__gte=since)
+        .order_by("-received_at")[: counts.BOUND + 1]
+        .aggregate(
+            events=Count("pk"),
+            deliveries=Sum("deliveries"),
+            failures=Count("pk", filter=Q(status=Status.FAILED)),
+        )
     )
-    # Failed and in-progress events only, through the (status, received_at) index.
+    if day["events"] > counts.BOUND:
+        # Taken over the newest BOUND + 1 events of the day: the others are lower bounds.
+        more.append("events_24h")
+        at_least += ["deliveries_24h", "failures_24h"]
+        day["events"] = counts.BOUND
+    # Failed events through the (status, received_at) index, up to the bound; the stuck ones
+    # among the few in processing.
     problem = Q(status=Status.FAILED) | stuck
-    counts = events.filter(status__in=[Status.FAILED, Status.PROCESSING]).aggregate(
-        failed=Count("pk", filter=Q(status=Status.FAILED)),
-        stuck=Count("pk", filter=stuck),
-    )
+    failed, more_failed = counts.bounded(events.filter(status=Status.FAILED))
+    stuck_count, more_stuck = counts.bounded(events.filter(stuck))
+    unlinked, more_unlinked = counts.bounded(NomosCustomer.objects.filter(user__isnull=True))
+    more += [
+        name
+        for name, over in (
+            ("failed", more_failed),
+            ("stuck", more_stuck),
+            ("unlinked_customers", more_unlinked),
+        )
+        if over
+    ]
     listed = [
         EventLine(
             pk=e.pk,
@@ -179,10 +229,10 @@ def collect() -> Health:
         deliveries_24h=day["deliveries"] or 0,
         events_24h=day["events"],
         failures_24h=day["failures"],
-        failed=counts["failed"],
-        stuck=counts["stuck"],
+        failed=failed,
+        stuck=stuck_count,
         problem_events=listed,
-        unlinked_customers=NomosCustomer.objects.filter(user__isnull=True).count(),
+        unlinked_customers=unlinked,
         catch_up_started_at=state.last_started_at if state else None,
         catch_up_completed_at=state.last_completed_at if state else None,
         catch_up_count=state.last_count if state else 0,
@@ -193,4 +243,6 @@ def collect() -> Health:
         breaker=breaker_state(),
         task_backend=backend,
         queue_depth=depth,
+        more=more,
+        at_least=at_least,
     )

@@ -28,8 +28,7 @@ from django.db import connections, router, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import budget, sync
-from .client import get_client
+from . import api_rate, budget, fetches, sync
 from .conf import nomos_settings
 from .exceptions import NomosAPIError, NomosConfigurationError, NomosUnavailable
 from .models import WebhookEvent
@@ -220,7 +219,8 @@ def sync_subscription(event: WebhookEvent) -> str:
     # Fetch before any transaction: no database connection sits idle in a transaction while
     # Nomos answers. upsert_from_subscription draws its own atomic blocks.
     try:
-        data = get_client().get_subscription(subscription_id)
+        # Shared with the other events waiting for this subscription (``fetches``).
+        data = fetches.subscription(subscription_id)
     except NomosAPIError as exc:
         if exc.is_not_found and _inside_not_found_window(event):
             raise NotReadableYet(
@@ -330,6 +330,7 @@ def process_event(
     claimed: bool = False,
     takeover: bool = False,
     on_claim: Callable[[], None] | None = None,
+    on_claim_waiting: Callable[[WebhookEvent], None] | None = None,
 ) -> Result:
     """Process a stored event unless it is done or being processed elsewhere.
 
@@ -342,20 +343,75 @@ def process_event(
     new event from ``record_delivery``; then no claim UPDATE and no read-back are needed.
     ``takeover``: only a stuck event is claimed (``claim``). ``on_claim`` runs once this call
     holds the claim, before any work (a task worker schedules its own watchdog there).
+
+    A ``subscription.*`` event claimed here (not a delivery's own new event) also claims the
+    subscription's other queued events (``claim_waiting``; ``on_claim_waiting`` runs for each)
+    and processes them after it with the one fetch (``fetches``): each is still claimed once
+    and finished once.
     """
     if not claimed and not claim(event, force=force, takeover=takeover):
         event.refresh_from_db()
         return Result(event, claimed=False)
     if on_claim is not None:
         on_claim()
-    # After our own claim UPDATE (attempts + 1 in SQL) the instance is not the row any more.
-    exact = claimed
+    # A delivery's own new event (``claimed``) skips the look: events wait in a queue.
+    batch = [] if claimed else claim_waiting(event)
+    for other in batch:
+        if on_claim_waiting is not None:
+            on_claim_waiting(other)
+    try:
+        with fetches.shared():
+            result = _process_claimed(event, exact=claimed)
+            for other in batch:
+                _process_claimed(other, exact=False)
+    except BaseException as exc:
+        # A bug (re-raised below): the events claimed with this one must not stay claimed.
+        for other in batch:
+            _finish(other, str(Status.FAILED), _error_text(exc))
+        raise
+    return result
+
+
+#: The most queued events of one subscription that one processing takes along.
+WAITING_BATCH = 100
+
+
+def claim_waiting(event: WebhookEvent) -> list[WebhookEvent]:
+    """Claim the queued (``received``) events of ``event``'s subscription, each with the
+    conditional UPDATE of ``claim``; the ones this call won, oldest first."""
+    if get_handler(event.topic) is not sync_subscription:
+        return []
+    context = event.payload.get("context") if isinstance(event.payload, dict) else None
+    subscription_id = context.get("subscription") if isinstance(context, dict) else None
+    if not isinstance(subscription_id, str) or not subscription_id:
+        return []
+    candidates = (
+        WebhookEvent.objects.filter(
+            status=Status.RECEIVED,
+            topic__startswith="subscription",
+            payload__context__subscription=subscription_id,
+        )
+        .exclude(pk=event.pk)
+        .order_by("received_at")[:WAITING_BATCH]
+    )
+    return [
+        other
+        for other in candidates
+        if get_handler(other.topic) is sync_subscription and claim(other)
+    ]
+
+
+def _process_claimed(event: WebhookEvent, *, exact: bool) -> Result:
+    """Run the handler of an event this call holds the claim of, and record the outcome.
+
+    ``exact``: ``event`` is the row as stored (no read-back needed after finishing)."""
     retry, retry_after, waiting = False, None, False
     try:
         handler = get_handler(event.topic)
         # One budget for the whole processing, whoever runs it (the webhook view, a replay, a
         # task worker): it ends before Nomos stops waiting, and before the claim goes stale.
-        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")):
+        # Under Nomos' rate limit a webhook's fetch goes after clicks, before syncs.
+        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")), api_rate.priority("webhook"):
             status = handler(event) if handler is not None else str(Status.IGNORED)
         # A transaction only for the site's receivers: one that raises undoes "processed".
         announce = status == Status.PROCESSED and webhook_processed.has_listeners(WebhookEvent)

@@ -41,11 +41,20 @@ WARN_EVERY = 300.0
 class SharedCache:
     """The subset of Django's cache API the package uses, falling back to this process."""
 
-    def __init__(self, alias: str) -> None:
+    def __init__(
+        self,
+        alias: str,
+        *,
+        stand_in: str = "",
+        keeps: str = "its own Nomos token and outage breaker",
+    ) -> None:
+        """``stand_in`` names a stand-in of its own (keys that churn must not cull the
+        token's); ``keeps`` says in the warning what the process then keeps alone."""
         self.alias = alias
+        self.keeps = keeps
         # A name of our own: LocMemCache instances with one name share their storage.
         self.local = LocMemCache(
-            f"nomos_billing-stand-in-{alias}", {"OPTIONS": {"MAX_ENTRIES": 1000}}
+            f"nomos_billing-stand-in-{stand_in or alias}", {"OPTIONS": {"MAX_ENTRIES": 1000}}
         )
         self._lock = threading.Lock()
         self._retry_at: float | None = None  # monotonic; None while the cache answers
@@ -107,10 +116,11 @@ class SharedCache:
                 self._warned_at = now
         if warn:
             logger.warning(
-                "The cache %r (NOMOS_BILLING['TOKEN_CACHE']) failed (%s): this process keeps its "
-                "own Nomos token and outage breaker until it answers again (next try in %g s).",
+                "The cache %r (NOMOS_BILLING['TOKEN_CACHE']) failed (%s): this process keeps "
+                "%s until it answers again (next try in %g s).",
                 self.alias,
                 kind.__name__,
+                self.keeps,
                 RETRY_AFTER,
             )
 

@@ -97,7 +97,12 @@ def _run(event_id: str, force: bool = False, retry: int = 0, takeover: bool = Fa
         logger.warning("Webhook event %s is gone; nothing to process", event_id)
         return "missing"
     result = process_event(
-        event, force=force, takeover=takeover, on_claim=lambda: _claimed(event_id, retry, takeover)
+        event,
+        force=force,
+        takeover=takeover,
+        on_claim=lambda: _claimed(event_id, retry, takeover),
+        # Queued events of the same subscription, taken along (one fetch): watched alike.
+        on_claim_waiting=lambda other: _claimed(other.event_id, 0, False),
     )
     if result.claimed and result.retry:
         _retry_later(event_id, retry, result.retry_after)

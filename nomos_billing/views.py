@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeGuard
 
@@ -28,7 +28,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from . import budget, confirmation, ratelimit
+from . import api_rate, budget, confirmation, ratelimit
 from .client import get_client
 from .conf import nomos_settings
 from .exceptions import (
@@ -118,9 +118,12 @@ def _classify(exc: NomosError, user: Any) -> str:
     return "unavailable"
 
 
-def click_budget() -> AbstractContextManager[None]:
-    """The time budget of a click: the user sees the portal or the 503 page within it."""
-    return budget.limit(nomos_settings.seconds("CLICK_BUDGET"))
+@contextmanager
+def click_budget() -> Iterator[None]:
+    """The time budget of a click: the user sees the portal or the 503 page within it; its
+    calls go first under Nomos' rate limit (``api_rate``)."""
+    with budget.limit(nomos_settings.seconds("CLICK_BUDGET")), api_rate.priority("click"):
+        yield
 
 
 def _signup_context(request: HttpRequest) -> dict[str, Any]:
@@ -492,7 +495,12 @@ def start(request: HttpRequest) -> HttpResponse:
             # Before the outage branch: RateLimited is a NomosUnavailable, but Nomos is fine.
             return rate_limited_page(request, exc)
         _classify(exc, request.user)
-        if isinstance(exc, NomosUnavailable) and not is_operator_error(exc):
+        # A per-user refusal (RateLimited is a NomosUnavailable) is the 429 page, not an outage.
+        if (
+            isinstance(exc, NomosUnavailable)
+            and not isinstance(exc, RateLimited)
+            and not is_operator_error(exc)
+        ):
             return lead_try_again_page(request, form, exc)
         return unavailable_page(request, exc)
     lead_id = lead.get("id") if isinstance(lead, dict) else None

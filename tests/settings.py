@@ -129,6 +129,9 @@ NOMOS_BILLING = {
     # The outage breaker would carry one test's outage into the next call; its own tests
     # (test_breaker.py) switch it on.
     "BREAKER_FAILURES": 0,
+    # Nomos' rate limit on our side (api_rate) would slow every test that talks to the sandbox;
+    # its own tests (test_api_rate.py) switch it on.
+    "API_RATE_LIMIT": None,
     # The links in confirmation mails of held links.
     "SITE_URL": "http://testserver",
     # The sandbox's portal and checkout hosts (nomos_billing.sandbox.hosts), as a site that

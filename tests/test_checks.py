@@ -258,6 +258,16 @@ def test_rate_limit_cache_not_in_caches_is_E081(settings):
     assert "nomos_billing.E081" in ids(settings, {**GOOD, "RATE_LIMIT_CACHE": "nope"})
 
 
+@pytest.mark.parametrize("value", [-1, "10", True, float("nan"), 10**9])
+def test_wrong_api_rate_limit_is_E090(settings, value):
+    assert "nomos_billing.E090" in ids(settings, {**GOOD, "API_RATE_LIMIT": value})
+
+
+@pytest.mark.parametrize("value", [None, 0, 10, 2.5])
+def test_api_rate_limit_accepts_a_rate_zero_and_none(settings, value):
+    assert "nomos_billing.E090" not in ids(settings, {**GOOD, "API_RATE_LIMIT": value})
+
+
 def test_local_memory_rate_limit_cache_warns_W080_outside_debug_only(settings):
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

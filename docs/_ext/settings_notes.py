@@ -203,6 +203,15 @@ NOTES: dict[str, tuple[str, str]] = {
             "per-process one; E081 for an alias not in `CACHES`)"
         ),
     ),
+    "API_RATE_LIMIT": (
+        "requests per second, or None",
+        (
+            "Default: Nomos' limit per API client. The site's calls to Nomos from all processes "
+            "together, counted in `TOKEN_CACHE`, clicks first (webhook processing 80 %, syncs "
+            "50 %); `None` or `0` switches our side off (E090). See *One budget for the whole "
+            "site*"
+        ),
+    ),
     "TASK_BACKEND": (
         "alias of `TASKS`, or None",
         (

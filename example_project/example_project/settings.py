@@ -129,6 +129,8 @@ NOMOS_BILLING = {
     "CHECKOUT_URL": env.str("NOMOS_CHECKOUT_URL", default="") or None,
     # This site's address, for the link in a held link's confirmation mail.
     "SITE_URL": env.str("NOMOS_SITE_URL", default="http://127.0.0.1:8000"),
+    # Nomos' 10 requests/s for the whole site, clicks first; 0 switches our side off.
+    "API_RATE_LIMIT": env.float("NOMOS_API_RATE_LIMIT", default=10) or None,
     # Hosts a minted portal or checkout link may point at (set below).
 }
 # Unset: Nomos' own domains (*.customerportal.energy, *.checkout.energy), or against the

@@ -26,12 +26,20 @@ def _count(n: int, noun: str, plural: str = "") -> str:
 
 def render_text(health: Health) -> str:
     h = health
+
+    def count(name: str) -> str:
+        # A count that reached the bound (health.py) says so.
+        value = getattr(h, name)
+        if name in h.more:
+            return f"more than {value}"
+        return f"at least {value}" if name in h.at_least else str(value)
+
     lines = [
         f"Last verified delivery: {h.last_delivery_at.isoformat() if h.last_delivery_at else '-'}"
         f" ({_age(h.last_delivery_age)})",
-        f"Last 24 h: {_count(h.events_24h, 'event')}, "
-        f"{_count(h.deliveries_24h, 'delivery', 'deliveries')}, {h.failures_24h} failed",
-        f"Failed events: {h.failed}; stuck in processing: {h.stuck}",
+        f"Last 24 h: {count('deliveries_24h')} deliveries of {count('events_24h')} events, "
+        f"{count('failures_24h')} failed",
+        f"Failed events: {count('failed')}; stuck in processing: {count('stuck')}",
     ]
     for line in h.problem_events:
         flag = "stuck" if line.stuck else "failed"
@@ -40,7 +48,7 @@ def render_text(health: Health) -> str:
             f"{line.last_error or '-'}"
         )
     lines += [
-        f"Unlinked customers: {h.unlinked_customers}",
+        f"Unlinked customers: {count('unlinked_customers')}",
         "Catch-up: "
         + (
             f"last completed {h.catch_up_completed_at.isoformat()} "

@@ -34,7 +34,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from nomos_billing import catchup
+from nomos_billing import api_rate, catchup
 from nomos_billing.client import ListWalk, get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.models import NomosCustomer
@@ -86,6 +86,11 @@ class Command(BaseCommand):
             help="with --since auto: start this long before the watermark "
             f"(default {int(catchup.DEFAULT_OVERLAP.total_seconds())})",
         )
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        # A sync or catch-up spends Nomos' rate limit last, leaving clicks and webhooks room.
+        with api_rate.priority("background"):
+            return super().execute(*args, **options)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 1 <= options["page_size"] <= 100:

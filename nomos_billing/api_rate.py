@@ -1,0 +1,318 @@
+"""The site's share of Nomos' rate limit: one request budget per second for every process.
+
+Not to be confused with ``budget`` (the *time* one request may spend on Nomos) nor with
+``ratelimit`` (how often *one signed-in user* may click). Nomos allows ``API_RATE_LIMIT``
+requests per second per API client (10) and answers 429 above it; every click, every webhook's
+fetch and every sync page of the site spends from that one allowance. ``acquire()`` is called by
+the client before each HTTP attempt (``client.py``: the first one and each retry) and waits
+until the attempt fits:
+
+- **Shared.** The attempts are counted in ``TOKEN_CACHE`` (shared by all workers on all hosts),
+  in slots of ``SLOT`` seconds. An attempt goes when the current slot and the ``SLOTS`` before
+  it (one second and one slot: a second measured anywhere, at Nomos too, never holds more)
+  hold fewer than the limit. One ``add``/``incr`` and one ``get_many`` per attempt; a refused
+  attempt gives its count back.
+- **Priorities.** The caller's kind of work (``priority``, a context variable that the click
+  views, webhook processing and the sync set) decides how much of the window it may fill: a
+  click all of it, webhook processing ``SHARES["webhook"]`` and a sync or catch-up
+  ``SHARES["background"]``. So a backlog or a sync of 100k subscriptions never spends what a
+  click needs: clicks are served first, webhooks next, syncs last.
+- **Nomos' own word.** When an answer carries ``ratelimit-limit`` / ``ratelimit-remaining`` /
+  ``ratelimit-reset`` (IETF draft), a limit lower than ours is followed, and a ``remaining``
+  that leaves only what higher priorities need pauses the lower ones until ``reset``, in every
+  process (someone else may share the credentials). A 429's ``Retry-After`` pauses everyone.
+  Without those headers the counting alone keeps the site under the limit.
+- **Inside the time budget.** A wait never outlasts the request's ``budget``: a click that
+  cannot get its turn in time gets ``RateBudgetExhausted`` (a ``NomosUnavailable``: the 503
+  page) instead of a late answer. Code outside any budget (a sync) waits as long as it takes.
+- **The cache is an optimisation.** When ``TOKEN_CACHE`` fails, ``SharedCache`` counts in this
+  process; each process then keeps to its share of the limit, the limit divided by the number
+  of processes that used Nomos in the last minutes (counted while the cache answered). Nothing
+  raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Literal
+
+from . import budget
+from .conf import nomos_settings
+from .shared_cache import SharedCache, token_cache
+
+logger = logging.getLogger("nomos_billing.api_rate")
+
+__all__ = [
+    "SHARES",
+    "Priority",
+    "RateBudgetExhausted",
+    "acquire",
+    "current_priority",
+    "observe",
+    "prepaid",
+    "priority",
+]
+
+Priority = Literal["click", "webhook", "background"]
+#: The part of the window each kind of work may fill: what a lower one leaves is the room the
+#: higher ones keep, whatever the lower ones have queued.
+SHARES: Mapping[str, float] = {"click": 1.0, "webhook": 0.8, "background": 0.5}
+#: Seconds per counting slot, and slots before the current one that a window spans: 1.1 to
+#: 1.2 s, so that a request's way to Nomos may take up to a slot longer than the one before it
+#: without Nomos counting more than the limit in one of its seconds.
+SLOT = 0.1
+SLOTS = 11
+#: Seconds a slot's count is kept (the window looks back at most 1.2 s).
+KEY_TIMEOUT = 3
+#: Processes are counted per period of this many seconds (for the share when the cache fails).
+PROCESS_PERIOD = 60
+
+#: Work that names no priority (a site's own calls, a replay, an admin action) goes between
+#: clicks and syncs; the sync command marks itself ``background``.
+_priority: ContextVar[Priority] = ContextVar("nomos_billing_api_priority", default="webhook")
+#: True when the caller took the turn of the next request already (``prepaid``).
+_prepaid: ContextVar[bool] = ContextVar("nomos_billing_api_prepaid", default=False)
+
+
+class RateBudgetExhausted(budget.BudgetExhausted):
+    """The request's time budget ended before Nomos' rate limit had room for it."""
+
+
+@contextmanager
+def priority(kind: Priority) -> Iterator[None]:
+    """Calls to Nomos inside the block count as ``kind`` of work (see ``SHARES``)."""
+    token = _priority.set(kind)
+    try:
+        yield
+    finally:
+        _priority.reset(token)
+
+
+@contextmanager
+def prepaid() -> Iterator[None]:
+    """The next request inside the block uses a turn the caller took with ``acquire`` (a
+    shared fetch takes it before it stops gathering the events that wait for it)."""
+    token = _prepaid.set(True)
+    try:
+        yield
+    finally:
+        _prepaid.reset(token)
+
+
+def current_priority() -> Priority:
+    """The kind of work calling now (``webhook`` where nobody said)."""
+    return _priority.get()
+
+
+def configured_limit() -> float:
+    """``API_RATE_LIMIT`` (requests per second); 0 when switched off (None or 0)."""
+    value = nomos_settings.get("API_RATE_LIMIT")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return 0.0
+    return float(value)
+
+
+class SiteRate:
+    """The counters of one API client (credentials and base URL) in one cache."""
+
+    def __init__(self, cache: SharedCache, namespace: str) -> None:
+        self.cache = cache
+        self.prefix = f"nomos_billing:rate:{namespace}:"
+        self._lock = threading.Lock()
+        # What Nomos said (per process: a hint refreshed by every answer).
+        self._nomos_limit: float | None = None
+        self._registered: int | None = None
+        self._processes = 1
+
+    # -- asking for a turn --------------------------------------------------------------------
+
+    def acquire(self, kind: Priority, what: str = "a Nomos call") -> None:
+        """Return once an attempt of ``kind`` fits; ``RateBudgetExhausted`` if not in time."""
+        while True:
+            wait = self.try_acquire(kind)
+            if wait <= 0:
+                return
+            left = budget.remaining()
+            if left is not None and left - wait < budget.MIN_ATTEMPT:
+                raise RateBudgetExhausted(
+                    f"Nomos' rate limit had no room for {what} within this request's budget",
+                    # The 503 page's Retry-After: when the turn would have come.
+                    retry_after=max(1, math.ceil(wait)),
+                )
+            # A little jitter, so that the processes refused together do not return together.
+            time.sleep(wait + random.uniform(0, SLOT / 2))
+
+    def try_acquire(self, kind: Priority, now: float | None = None) -> float:
+        """Take a turn if one is free now: 0.0, else the seconds to wait before asking again."""
+        limit = self.limit()
+        if not limit:
+            return 0.0
+        now = time.time() if now is None else now
+        slot = math.floor(now / SLOT)
+        keys = [self._slot_key(slot - back) for back in range(1, SLOTS + 1)]
+        pause_key = self.prefix + "pause:" + kind
+        found = self.cache.get_many([*keys, pause_key, *self._process_keys(now)])
+        paused_until = found.get(pause_key)
+        if isinstance(paused_until, (int, float)) and paused_until > now:
+            return float(paused_until - now)
+        self._count_processes(now, found)
+        # Each process counting alone (the cache failed) keeps to its part of what all may use.
+        allowed = _allowed(limit, kind, self._processes if self.cache.failing else 1)
+        before = sum(int(found.get(k) or 0) for k in keys)
+        if before >= allowed:
+            return self._wait_for_room(slot, now)
+        mine = self._count(self._slot_key(slot))
+        if before + mine <= allowed:
+            return 0.0
+        self._give_back(self._slot_key(slot))
+        return self._wait_for_room(slot, now)
+
+    def limit(self) -> float:
+        """Requests per second: ``API_RATE_LIMIT``, or Nomos' own ``ratelimit-limit`` if lower."""
+        limit = configured_limit()
+        nomos = self._nomos_limit
+        if limit and nomos:
+            return min(limit, nomos)
+        return limit
+
+    @staticmethod
+    def _wait_for_room(slot: int, now: float) -> float:
+        # The oldest slot of the window leaves it at the end of the current one.
+        return max(0.001, (slot + 1) * SLOT - now)
+
+    def _slot_key(self, slot: int) -> str:
+        return f"{self.prefix}slot:{slot}"
+
+    def _count(self, key: str) -> int:
+        if self.cache.add(key, 1, KEY_TIMEOUT):
+            return 1
+        try:
+            return self.cache.incr(key)
+        except ValueError:  # expired between the two calls
+            self.cache.add(key, 1, KEY_TIMEOUT)
+            return 1
+
+    def _give_back(self, key: str) -> None:
+        try:
+            self.cache.incr(key, -1)
+        except ValueError:
+            pass
+
+    # -- how many processes share the limit ---------------------------------------------------
+
+    def _process_keys(self, now: float) -> list[str]:
+        period = int(now // PROCESS_PERIOD)
+        return [f"{self.prefix}procs:{p % 3}" for p in (period, period - 1)]
+
+    def _count_processes(self, now: float, found: Mapping[str, object]) -> None:
+        if self.cache.failing:
+            return  # keep what was counted while the cache answered
+        period = int(now // PROCESS_PERIOD)
+        current, previous = self._process_keys(now)
+        counts = [found.get(current), found.get(previous)]
+        known = [c for c in counts if isinstance(c, int)]
+        if self._registered != period:
+            self._registered = period
+            # Three periods round the ring: a key has expired (two periods) before its reuse.
+            if self.cache.add(current, 1, 2 * PROCESS_PERIOD):
+                known.append(1)
+            else:
+                try:
+                    known.append(self.cache.incr(current))
+                except ValueError:
+                    self.cache.add(current, 1, 2 * PROCESS_PERIOD)
+        self._processes = max([1, *known])
+
+    # -- what Nomos says --------------------------------------------------------------------
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Follow an answer's ``ratelimit-*`` headers and a 429's ``Retry-After``."""
+        from .httpdates import retry_after_seconds
+
+        limit = _number(headers.get("ratelimit-limit"))
+        if limit is not None and limit > 0:
+            self._nomos_limit = limit
+        now = time.time()
+        if status == 429:
+            wait = retry_after_seconds(headers)
+            reset = _number(headers.get("ratelimit-reset"))
+            self._pause(list(SHARES), now + (wait if wait is not None else reset or 1.0))
+            return
+        remaining = _number(headers.get("ratelimit-remaining"))
+        reset = _number(headers.get("ratelimit-reset"))
+        if remaining is None or reset is None or reset <= 0:
+            return
+        ceiling = self.limit() or limit or 0
+        # What is left is kept for the kinds of work above the ones it no longer covers.
+        kinds = [k for k in SHARES if remaining <= ceiling - _allowed(ceiling, k)]
+        if kinds:
+            self._pause(kinds, now + min(reset, 60.0))
+
+    def _pause(self, kinds: list[str], until: float) -> None:
+        timeout = max(1, math.ceil(until - time.time()) + 1)
+        for kind in kinds:
+            self.cache.set(self.prefix + "pause:" + kind, until, timeout)
+
+
+def _allowed(limit: float, kind: str, processes: int = 1) -> int:
+    """Requests of ``kind`` a window may hold: at least one, so that no kind waits forever."""
+    return max(1, math.floor(limit * SHARES[kind] / processes + 1e-9))
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(str(value).strip().split(",")[0].split(";")[0])
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+_lock = threading.Lock()
+_rates: dict[tuple[str, str], SiteRate] = {}
+
+
+def site_rate() -> SiteRate:
+    """The counters of the configured API client, in the ``TOKEN_CACHE`` alias."""
+    # Per cache, client and API; the client and API hashed, so neither is readable in the cache.
+    key = (token_cache().alias, nomos_settings.token_cache_key)
+    found = _rates.get(key)
+    if found is None:
+        namespace = hashlib.sha256(key[1].encode()).hexdigest()[:16]
+        # A stand-in of its own: a slot key per 0.1 s must not crowd out the token's entry.
+        cache = SharedCache(key[0], stand_in=f"rate-{key[0]}", keeps="its own share of the rate")
+        with _lock:
+            found = _rates.setdefault(key, SiteRate(cache, namespace))
+    return found
+
+
+def acquire(what: str = "a Nomos call") -> None:
+    """Wait for a turn of the current kind of work (``priority``) within the time budget."""
+    if _prepaid.get():
+        _prepaid.set(False)
+        return
+    if configured_limit():
+        site_rate().acquire(current_priority(), what)
+
+
+def observe(status: int, headers: Mapping[str, str]) -> None:
+    """Let an answer from Nomos (any status) adjust the shared budget."""
+    if configured_limit():
+        site_rate().observe(status, headers)
+
+
+def reset() -> None:
+    """Forget the per-process state (tests; settings changed)."""
+    with _lock:
+        for rate in _rates.values():
+            rate.cache.local.clear()
+        _rates.clear()

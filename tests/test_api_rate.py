@@ -1,0 +1,338 @@
+"""The site's share of Nomos' rate limit (``api_rate``): whatever runs at once, at most the
+limit reaches Nomos, clicks go first, a click waits no longer than its budget, and a cache
+outage leaves each process its own share."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+from django.test import Client
+
+from nomos_billing import api_rate, processing
+from nomos_billing.client import get_client
+from nomos_billing.models import NomosCustomer, WebhookEvent
+from nomos_billing.sandbox import Sandbox, seed
+from nomos_billing.sandbox.http import Response
+from nomos_billing.shared_cache import SharedCache
+from nomos_billing.testing import make_event
+from tests.broken_cache import BrokenCache
+
+PORTAL = "/nomos/portal/"
+RATE = 10
+
+
+class RateLimitedNomos:
+    """The sandbox's app behind Nomos' limit: above ``rate`` requests in any second, 429.
+
+    Every arrival is recorded (monotonic clock), the refused ones too, so that a test can look
+    at the busiest second the way Nomos would count it.
+    """
+
+    def __init__(self, app: Any, rate: int, *, headers: bool) -> None:
+        self.app, self.rate, self.headers = app, rate, headers
+        self.lock = threading.Lock()
+        self.arrivals: list[float] = []
+        self.admitted: list[float] = []
+        self.refused = 0
+
+    def handle(self, environ: dict[str, Any]) -> Response:
+        now = time.monotonic()
+        with self.lock:
+            self.arrivals.append(now)
+            recent = sum(1 for t in self.admitted if t > now - 1.0)
+            if recent >= self.rate:
+                self.refused += 1
+                body = json.dumps({"code": "RATE_LIMITED", "message": "Slow down"}).encode()
+                return Response(429, body, [("Content-Type", "application/json"),
+                                            *self._headers(0)])
+            self.admitted.append(now)
+            remaining = self.rate - recent - 1
+        response = self.app.handle(environ)
+        response.headers = [*response.headers, *self._headers(remaining)]
+        return response
+
+    def _headers(self, remaining: int) -> list[tuple[str, str]]:
+        if not self.headers:
+            return []
+        return [("ratelimit-limit", str(self.rate)), ("ratelimit-remaining", str(remaining)),
+                ("ratelimit-reset", "1")]
+
+    def busiest_second(self) -> int:
+        """The most requests that arrived within one second (sliding)."""
+        times = sorted(self.arrivals)
+        most, start = 0, 0
+        for end, t in enumerate(times):
+            while times[start] <= t - 1.0:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
+
+
+@pytest.fixture
+def limited(settings: Any, nomos: Sandbox) -> Iterator[None]:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_RATE_LIMIT": RATE,
+                              "RATE_LIMITS": {"portal": None}, "CLICK_BUDGET": 5}
+    api_rate.reset()
+    yield
+    api_rate.reset()
+
+
+def limit_nomos(nomos: Sandbox, *, headers: bool = True) -> RateLimitedNomos:
+    fake = RateLimitedNomos(nomos.wsgi_app, RATE, headers=headers)
+    nomos.wsgi_app = fake  # type: ignore[assignment]
+    return fake
+
+
+# -- everything at once ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("headers", [True, False], ids=["with ratelimit headers", "without"])
+def test_clicks_while_a_sync_and_a_backlog_run_stay_under_the_limit_and_never_see_a_429(
+    limited: None, nomos: Sandbox, django_user_model: Any, headers: bool
+) -> None:
+    fake = limit_nomos(nomos, headers=headers)
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=alice, customer_id=seed.ALICE, email="alice@example.com")
+    for _ in range(200):
+        event = make_event("subscription.activated", {"subscription": seed.ALICE_SUBSCRIPTION})
+        WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event)
+    get_client().tokens.get()  # the token, once, before the clock starts
+    stop = threading.Event()
+    clicks: list[int] = []
+    progress = {"sync": 0, "backlog": 0}
+    errors: list[BaseException] = []
+
+    def clicker() -> None:
+        client = Client()
+        client.force_login(alice)
+        # Twenty people clicking about once in four seconds each, at random moments.
+        time.sleep(random.uniform(0, 4))
+        clicks.append(client.get(PORTAL).status_code)
+
+    def sync() -> None:
+        while not stop.is_set():
+            call_command("nomos_sync", page_size=1, stdout=io.StringIO())
+            progress["sync"] += 1
+
+    def backlog() -> None:
+        for event in WebhookEvent.objects.filter(status="received"):
+            if stop.is_set():
+                return
+            processing.process_event(event)
+            progress["backlog"] += 1
+
+    def run(target: Any) -> None:
+        try:
+            target()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    background = [threading.Thread(target=run, args=(f,)) for f in (sync, backlog)]
+    clickers = [threading.Thread(target=run, args=(clicker,)) for _ in range(20)]
+    for t in background + clickers:
+        t.start()
+    for t in clickers:
+        t.join(30)
+    stop.set()
+    for t in background:
+        t.join(30)
+
+    assert errors == []
+    assert sorted(clicks) == [302] * 20  # not one 503, from a 429 or from waiting
+    assert fake.refused == 0
+    assert fake.busiest_second() <= RATE
+    # The sync and the backlog went on, within what the clicks left them.
+    assert progress["sync"] >= 1 and progress["backlog"] >= 5
+
+
+# -- the time budget ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_click_that_cannot_get_a_turn_in_time_gets_the_503_page_at_once(
+    limited: None, nomos: Sandbox, settings: Any, client: Client, django_user_model: Any
+) -> None:
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=alice, customer_id=seed.ALICE, email="alice@example.com")
+    client.force_login(alice)
+    get_client().tokens.get()
+    # Nomos said "wait 30 s" (a 429 elsewhere in the site): longer than a click's budget.
+    api_rate.observe(429, {"Retry-After": "30"})
+
+    started = time.monotonic()
+    response = client.get(PORTAL)
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"  # when Nomos said the next turn comes
+    assert [t.name for t in response.templates][0] == "nomos_billing/unavailable.html"
+    assert time.monotonic() - started < 1.0  # no wait that could not end in time
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+@pytest.mark.django_db
+def test_a_click_waits_for_a_turn_inside_its_budget(
+    limited: None, nomos: Sandbox, client: Client, django_user_model: Any
+) -> None:
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=alice, customer_id=seed.ALICE, email="alice@example.com")
+    client.force_login(alice)
+    get_client().tokens.get()
+    api_rate.observe(200, {"ratelimit-remaining": "0", "ratelimit-reset": "1"})
+
+    started = time.monotonic()
+    response = client.get(PORTAL)
+
+    assert response.status_code == 302
+    assert 0.5 < time.monotonic() - started < 3.0
+    assert nomos.count("POST /admin/magic_link") == 1
+
+
+# -- priorities and Nomos' headers, counted at a fixed moment -----------------------------------
+
+
+@pytest.fixture
+def rate(limited: None) -> api_rate.SiteRate:
+    return api_rate.site_rate()
+
+
+def turns(rate: api_rate.SiteRate, kind: Any, now: float, tries: int = 20) -> int:
+    return sum(rate.try_acquire(kind, now) == 0 for _ in range(tries))
+
+
+@pytest.mark.parametrize(("order", "expected"), [
+    (("background", "webhook", "click"), [5, 3, 2]),
+    (("webhook", "background", "click"), [8, 0, 2]),
+    (("click", "webhook", "background"), [10, 0, 0]),
+])
+def test_each_kind_of_work_fills_the_window_up_to_its_share(rate, order, expected) -> None:
+    now = 1_000_000.05
+    assert [turns(rate, kind, now) for kind in order] == expected
+
+
+def test_the_window_moves_on_after_one_second_and_a_margin(rate) -> None:
+    now = 1_000_000.05
+    assert turns(rate, "click", now) == RATE
+    assert rate.try_acquire("click", now + 1.1) > 0  # still inside the window
+    assert turns(rate, "click", now + 1.2) == RATE
+
+
+def test_a_lower_ratelimit_limit_from_nomos_is_followed(rate) -> None:
+    rate.observe(200, {"ratelimit-limit": "4", "ratelimit-remaining": "4", "ratelimit-reset": "1"})
+    assert turns(rate, "click", 1_000_000.05) == 4
+
+
+def test_remaining_that_only_clicks_may_use_pauses_the_rest_until_reset(rate) -> None:
+    rate.observe(200, {"ratelimit-limit": "10", "ratelimit-remaining": "2",
+                       "ratelimit-reset": "3"})
+    now = time.time()
+    assert turns(rate, "click", now) == RATE
+    assert 2.0 < rate.try_acquire("webhook", now) <= 3.0
+    assert 2.0 < rate.try_acquire("background", now) <= 3.0
+
+
+def test_a_429_pauses_every_kind_for_its_retry_after(rate) -> None:
+    rate.observe(429, {"Retry-After": "7"})
+    now = time.time()
+    assert all(6.0 < rate.try_acquire(kind, now) <= 7.0 for kind in api_rate.SHARES)
+
+
+def test_headers_that_are_not_numbers_are_ignored(rate) -> None:
+    rate.observe(200, {"ratelimit-limit": "lots", "ratelimit-remaining": "-1",
+                       "ratelimit-reset": "soon"})
+    assert turns(rate, "click", 1_000_000.05) == RATE
+
+
+def test_switched_off_it_counts_nothing(settings, rate) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_RATE_LIMIT": None}
+    assert turns(rate, "background", 1_000_000.05, tries=50) == 50
+
+
+# -- the cache fails ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flaky(settings: Any, limited: None) -> Iterator[type[BrokenCache]]:
+    BrokenCache.calls, BrokenCache.broken = 0, False
+    settings.CACHES = {**settings.CACHES, "flaky": {"BACKEND": "tests.broken_cache.BrokenCache"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TOKEN_CACHE": "flaky"}
+    yield BrokenCache
+    BrokenCache.broken = True
+
+
+def process(name: str) -> api_rate.SiteRate:
+    """One worker process's counters: the shared cache, and a stand-in of its own."""
+    cache = SharedCache("flaky", stand_in=f"test-{name}")
+    cache.local.clear()
+    return api_rate.SiteRate(cache, "test")
+
+
+def test_with_the_cache_down_each_process_keeps_its_own_share(flaky) -> None:
+    first, second = process("first"), process("second")
+    now = 1_000_000.05
+    # While the cache answers, the two processes share one window (and count each other).
+    admitted = sum(p.try_acquire("webhook", now) == 0 for _ in range(10) for p in (first, second))
+    assert admitted == 8
+
+    flaky.broken = True
+    later = now + 5
+    # Down: each counts alone, and keeps to half of what both may use (8 for webhooks).
+    assert (turns(first, "webhook", later), turns(second, "webhook", later)) == (4, 4)
+    assert (turns(first, "click", later + 5), turns(second, "click", later + 5)) == (5, 5)
+    assert flaky.calls >= 1
+
+
+def test_with_the_cache_down_calls_to_nomos_go_on(flaky, nomos) -> None:
+    flaky.broken = True
+    client = get_client()
+    for _ in range(3):
+        assert client.get_subscription(seed.ALICE_SUBSCRIPTION)["id"] == seed.ALICE_SUBSCRIPTION
+
+
+# -- what the client tells the limiter ----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_retry_after_a_429_waits_for_the_pause_it_set(
+    limited: None, nomos: Sandbox, retry_sleeps: list[float]
+) -> None:
+    from nomos_billing.sandbox import Fault
+
+    get_client().tokens.get()
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=2))
+    started = time.monotonic()
+    assert get_client().get_subscription(seed.ALICE_SUBSCRIPTION)["id"] == seed.ALICE_SUBSCRIPTION
+    assert retry_sleeps == [2]  # backed off as before (recorded here, not slept)
+    # ... and the retry took its turn after the pause the 429 set for every process.
+    assert time.monotonic() - started >= 1.5
+    assert nomos.count("GET /subscriptions/{id}") == 2
+
+
+@pytest.mark.django_db
+def test_a_429_given_up_on_pauses_the_clicks_that_follow(
+    limited: None, nomos: Sandbox, client: Client, django_user_model: Any
+) -> None:
+    from nomos_billing.sandbox import Fault
+
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=alice, customer_id=seed.ALICE, email="alice@example.com")
+    client.force_login(alice)
+    nomos.add_fault("GET /subscriptions/{id}", Fault(status=429, retry_after=60))
+    with pytest.raises(api_rate.budget.NomosUnavailable):
+        get_client().get_subscription(seed.ALICE_SUBSCRIPTION)
+
+    response = client.get(PORTAL)
+
+    assert response.status_code == 503
+    assert nomos.count("POST /admin/magic_link") == 0
