@@ -190,6 +190,10 @@ class LinkUserForm(forms.Form):
             user = manager.filter(pk=int(value)).first()
         if user is None:
             raise forms.ValidationError(_("No user with this id or login name."))
+        if not getattr(user, "is_active", True):
+            # As every other path (the resolvers, a held link's confirmation): never an
+            # account that cannot sign in.
+            raise forms.ValidationError(_("This user is inactive."))
         if NomosCustomer.objects.filter(user=user).exists():
             raise forms.ValidationError(_("This user is already linked to a Nomos customer."))
         return user
