@@ -507,12 +507,23 @@ class NomosClient:
         """Every item of a list endpoint, one page fetched (and checked) at a time as the
         caller consumes them."""
         cursor: str | None = None
+        # Every cursor of this walk: one Nomos hands out again would loop forever.
+        seen: set[str] = set()
         while True:
             page = self.list_page(path, cursor=cursor, limit=limit, filters=filters)
             yield from page["items"]
             cursor = page.get("next_page")
             if not page.get("has_more") or not cursor:
                 return
+            if str(cursor) in seen:
+                raise NomosAPIError(
+                    200,
+                    "INVALID_RESPONSE",
+                    "list answer whose next_page repeats an earlier cursor",
+                    method="GET",
+                    path=path,
+                )
+            seen.add(str(cursor))
 
     @staticmethod
     def subscription_filters(
