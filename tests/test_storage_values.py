@@ -69,6 +69,7 @@ def test_a_signed_envelope_with_a_non_json_number_is_refused_and_nothing_stored(
     response = Client().post(URL, body, content_type="application/json",
                              headers={"X-Nomos-Signature": sign_payload(body, SECRET)})
     assert response.status_code == 400
+    assert b"not JSON" in response.content  # which it is not (RFC 8259 has no such numbers)
     assert not WebhookEvent.objects.exists()
 
 
