@@ -4,9 +4,9 @@ CI's second pass (.ci/run) sets DATABASE_URL and CACHE_URL so that the tests nee
 a skip there means the service was not reached or a set-up step went missing, and a green run
 would hide that nothing of the kind was tested. A skip counts as a PostgreSQL (Redis) one when
 the test is marked ``postgres`` (``redis``) or the skip's reason names the service, and only in
-a pass that has the service's URL: the SQLite pass skips these tests legitimately, and a
-PostgreSQL test that skips for another reason (a parameter that does not apply) may name
-neither.
+a pass that has the service's URL: the SQLite pass skips these tests legitimately. A case
+that does not apply (a parameter combination without meaning) says so by starting its reason
+with ``NOT_APPLICABLE``; such a skip is allowed anywhere.
 
 Imported by tests/conftest.py; usable on its own with ``-p tests.ci_skips``.
 """
@@ -19,6 +19,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+
+#: The start of a skip reason for a case that does not apply, whatever the services.
+NOT_APPLICABLE = "does not apply: "
 
 _NAMES = {
     "postgres": re.compile(r"postgres|DATABASE_URL", re.IGNORECASE),
@@ -38,7 +41,7 @@ def available(env: Mapping[str, str]) -> set[str]:
 
 def service_skip(reason: str, markers: set[str], env: Mapping[str, str]) -> str | None:
     """The service whose test skipped although this CI run has it, else None."""
-    if env.get("CI", "").lower() != "true":
+    if env.get("CI", "").lower() != "true" or reason.startswith(NOT_APPLICABLE):
         return None
     for service in sorted(available(env)):
         if service in markers or _NAMES[service].search(reason):
@@ -48,9 +51,10 @@ def service_skip(reason: str, markers: set[str], env: Mapping[str, str]) -> str 
 
 def _reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    return str(longrepr)
+    text = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(
+        longrepr
+    )
+    return text.removeprefix("Skipped: ")
 
 
 @pytest.hookimpl(hookwrapper=True)

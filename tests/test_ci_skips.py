@@ -29,6 +29,10 @@ CI_PG_REDIS = {"CI": "true", "DATABASE_URL": PG, "CACHE_URL": REDIS}
         ("anything", {"redis"}, CI_PG_REDIS, "redis"),
         # Skips that name neither service, unmarked: allowed.
         ("nginx is not installed", set(), CI_PG_REDIS, None),
+        # A case that does not apply says so, marked or not.
+        ("does not apply: the database backend has no queue of its own", {"postgres"},
+         CI_PG_REDIS, None),
+        ("does not apply: Redis is the queue here", {"redis"}, CI_PG_REDIS, None),
         # The SQLite pass of CI: the same skips are legitimate.
         ("a gunicorn server shares the test database only on PostgreSQL", {"postgres"},
          {"CI": "true"}, None),
@@ -59,6 +63,10 @@ def test_other_skip():
     pytest.skip("nginx is not installed")
 
 @pytest.mark.postgres
+def test_pg_not_applicable():
+    pytest.skip("does not apply: a parameter without meaning on PostgreSQL")
+
+@pytest.mark.postgres
 def test_pg_runs():
     pass
 '''
@@ -86,9 +94,9 @@ def test_a_ci_run_with_the_services_fails_on_their_skips(tmp_path):
     assert "FAILED test_sample.py::test_names_redis" in out
     assert "SKIPPED" in out and "nginx is not installed" in out
     assert "PASSED test_sample.py::test_pg_runs" in out
-    assert "2 failed, 1 passed, 1 skipped" in out
+    assert "2 failed, 1 passed, 2 skipped" in out
 
 
 def test_the_sqlite_pass_of_ci_skips_them(tmp_path):
     out = run_sample(tmp_path, CI="true")
-    assert "1 passed, 3 skipped" in out
+    assert "1 passed, 4 skipped" in out
