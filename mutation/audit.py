@@ -104,6 +104,7 @@ APIS = ("tests/test_two_apis.py",)
 LOOPS = ("tests/test_bounded_loops.py", "tests/test_tasks.py")
 RACES = ("tests/test_claim_races.py",)
 STORE = ("tests/test_storage_values.py",)
+BUDGET = ("tests/test_guard_budget.py",)
 _LINK_CSRF = "    refused = _csrf_refusal(request)\n    if refused is not None:"
 
 
@@ -120,8 +121,8 @@ def _decorator_dropped(name: str, path: str, decorator: str, view: str, tests: t
 
 GUARDS = [
     Mutation("active user: by_metadata", "nomos_billing/linking.py",
-             '    if not getattr(user, "is_active", True):\n        return None, "names an inactive',
-             '    if False:\n        return None, "names an inactive', ACTIVE),
+             '    if not getattr(user, "is_active", True):\n        return None, "names an',
+             '    if False:\n        return None, "names an', ACTIVE),
     Mutation("active user: by_lead", "nomos_billing/linking.py",
              'if lead is None or not getattr(lead.user, "is_active", True):',
              "if lead is None:", ACTIVE),
@@ -153,8 +154,8 @@ GUARDS = [
              "        return admin.ModelAdmin.has_delete_permission(self, request, obj)",
              "        return True", ADMIN),
     Mutation("admin: mirror fields editable", "nomos_billing/admin.py",
-             "        return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)",
-             "        return list(self.readonly_fields)", ADMIN),
+             "return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)",
+             "return list(self.readonly_fields)", ADMIN),
     _decorator_dropped("csrf: portal", "nomos_billing/views.py", "@csrf_protect", "portal", CSRF),
     _decorator_dropped("csrf: portal/start", "nomos_billing/views.py", "@csrf_protect", "start",
                        CSRF),
@@ -174,6 +175,15 @@ GUARDS = [
              "    kind = link_kind(link)\n", '    kind = link_kind(link) or "portal"\n', HOSTS),
     Mutation("allowed host: lead checkout link", "nomos_billing/views.py",
              "        or not is_allowed_link(link)\n", "", HOSTS),
+    Mutation("budget: clicks", "nomos_billing/views.py",
+             '    return budget.limit(nomos_settings.seconds("CLICK_BUDGET"))',
+             "    return budget.limit(1000)", BUDGET),
+    Mutation("budget: the lead form", "nomos_billing/views.py",
+             '        ratelimit.hit(request.user, "signup")\n        with click_budget():',
+             '        ratelimit.hit(request.user, "signup")\n        if True:', BUDGET),
+    Mutation("budget: webhook processing", "nomos_billing/processing.py",
+             '        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")):',
+             "        with budget.limit(1000):", BUDGET),
     Mutation("per API: token cache key", "nomos_billing/conf.py",
              'ident = f"{client_id}|{base_url}".encode()', 'ident = f"{client_id}".encode()',
              APIS),

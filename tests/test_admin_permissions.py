@@ -172,7 +172,7 @@ def test_the_health_page(role):
 
 
 def test_refresh_from_nomos(role, rows, nomos):
-    name, client, operator = role
+    name, client, _ = role
     customer = rows["nomoscustomer"]
     response = client.post(url("nomoscustomer_changelist"),
                            {"action": "refresh_from_nomos", "_selected_action": [customer.pk]})

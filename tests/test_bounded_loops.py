@@ -88,7 +88,8 @@ def test_one_look_puts_back_at_most_a_batch_and_the_next_delivery_looks_again(mo
                                                                               settings):
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
     queued: list[str] = []
-    monkeypatch.setattr("nomos_billing.tasks.enqueue", lambda event_id, **kw: queued.append(event_id))
+    monkeypatch.setattr("nomos_billing.tasks.enqueue",
+                        lambda event_id, **kw: queued.append(event_id))
     old = timezone.now() - timedelta(minutes=5)
     WebhookEvent.objects.bulk_create(
         WebhookEvent(event_id=f"evt_{n:03}", topic="invoice.paid", payload={}, status="processing",

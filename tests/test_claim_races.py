@@ -10,7 +10,8 @@ error. On SQLite and on PostgreSQL (the PostgreSQL run of the suite).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 import pytest

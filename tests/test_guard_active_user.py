@@ -22,7 +22,7 @@ from django.urls import reverse
 from nomos_billing.linking import user_reference
 from nomos_billing.models import NomosCustomer, NomosLead, NomosLinkClaim
 from nomos_billing.sandbox import seed
-from nomos_billing.testing import make_event, post_event
+from nomos_billing.testing import post_event
 
 pytestmark = pytest.mark.django_db
 
@@ -75,7 +75,8 @@ def lead_checkout(nomos: Any, user: Any) -> str:
     returns the customer id. The subscription carries no metadata, only its lead."""
     client = Client()
     client.force_login(user)
-    assert client.post("/nomos/portal/start/", {"zip_code": "10115", "estimated_usage": "2500"}).status_code == 303
+    response = client.post("/nomos/portal/start/", {"zip_code": "10115", "estimated_usage": "2500"})
+    assert response.status_code == 303
     subscription = nomos.convert_lead(NomosLead.objects.get(user=user).lead_id)
     nomos.customers[subscription["customer"]["id"]]["email"] = user.email
     return str(subscription["customer"]["id"])

@@ -11,8 +11,6 @@ both databases (CI's PostgreSQL pass runs this module; under CI=true it may not 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.test import Client
 from django.urls import reverse

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from nomos_billing.client import get_client
 from nomos_billing.breaker import CircuitOpen
+from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosError, NomosUnavailable
 from nomos_billing.sandbox import Fault, Sandbox, SandboxServer, seed
 from tests.broken_cache import BrokenCache
