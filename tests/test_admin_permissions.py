@@ -220,3 +220,11 @@ def test_the_action_menus(role, rows):
     assert ('value="refresh_from_nomos"' in customers) is (name in CHANGERS)
     assert ('value="process_again"' in events) is (name in CHANGERS)
     assert ('value="delete_selected"' in events) is (name == "superuser")
+
+
+def test_a_subscription_search_by_the_customers_address(admin_client, rows):
+    other = NomosCustomer.objects.create(customer_id="cus_other", email="other@example.com")
+    NomosSubscription.objects.create(subscription_id="sub_other", customer=other, status="active")
+    response = admin_client.get(url("nomossubscription_changelist"), {"q": "other@example.com"})
+    text = response.content.decode()
+    assert "sub_other" in text and "sub_perm" not in text

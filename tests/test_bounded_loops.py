@@ -59,6 +59,7 @@ def test_a_cursor_handed_out_again_ends_the_walk(api, cycle):
     with pytest.raises(NomosAPIError) as info:
         list(client.iter_customers(limit=1))
     assert info.value.code == "INVALID_RESPONSE"
+    assert "next_page repeats an earlier cursor" in str(info.value)
     # The first page, one per cursor, and the page that repeats one: then it stops.
     assert asked == [None, *cycle]
     assert time.monotonic() - started < 1

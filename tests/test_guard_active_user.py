@@ -181,7 +181,8 @@ def claim(alice: Any) -> NomosLinkClaim:
 
 
 @pytest.mark.parametrize("active", [True, False], ids=["active", "inactive"])
-def test_the_customers_mailbox_confirming_a_held_link(active, claim, alice, nomos, settings):
+def test_the_customers_mailbox_confirming_a_held_link(active, claim, alice, nomos, settings,
+                                                      caplog):
     from nomos_billing.confirmation import confirmation_url
 
     settings.AUTHENTICATION_BACKENDS = ALLOW_INACTIVE
@@ -193,6 +194,10 @@ def test_the_customers_mailbox_confirming_a_held_link(active, claim, alice, nomo
     client.post(url)
     claim.customer.refresh_from_db()
     assert (claim.customer.user == alice) is active
+    refused = [r.getMessage() for r in caplog.records if "nothing linked" in r.getMessage()]
+    assert refused == ([] if active else [
+        "held link of Nomos customer cus_held followed while signed in as another account; "
+        "nothing linked"])
 
 
 @pytest.mark.parametrize("active", [True, False], ids=["active", "inactive"])
@@ -221,7 +226,20 @@ def test_the_admins_link_form(active, alice, admin_client):
     assert (customer.user == alice) is active
     if not active:
         assert response.status_code == 200
-        assert b"This user is inactive" in response.content
+        assert b"This user is inactive." in response.content
+
+
+def test_the_admins_link_form_refuses_a_user_linked_already(alice, admin_client):
+    NomosCustomer.objects.create(customer_id="cus_had", email="a@example.com", user=alice)
+    customer = NomosCustomer.objects.create(customer_id="cus_hand", email="c@example.com")
+    response = admin_client.post(
+        reverse("admin:nomos_billing_nomoscustomer_changelist"),
+        {"action": "link_to_user", "_selected_action": [customer.pk], "apply": "1",
+         "user": "alice"},
+    )
+    customer.refresh_from_db()
+    assert customer.user is None
+    assert b"This user is already linked to a Nomos customer." in response.content
 
 
 def test_an_inactive_operator_with_the_link_permission_gets_nothing(

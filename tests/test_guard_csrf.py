@@ -116,7 +116,10 @@ def test_without_a_token_nothing_happens(endpoint, kind, world):
     assert response.status_code == 403, (endpoint, kind, response.status_code)
     assert "no-store" in response["Cache-Control"]
     if endpoint == "portal/link":
-        assert response.json()["code"] == "csrf_failed"
+        assert response.json() == {
+            "code": "csrf_failed",
+            "error": "Your session has expired. Please reload the page and try again.",
+        }
     assert effect(world) == before
 
 
