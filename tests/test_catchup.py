@@ -176,3 +176,25 @@ def test_catch_up_task_runs_the_command(nomos, settings):
     assert summary.startswith("Synced")
     assert watermark() is not None
     assert timezone.now() - watermark() < timedelta(minutes=5)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("watermark", "since", "moves"), [
+    (None, None, True),           # the first walk, over everything
+    (None, "2026-05-01", True),   # the first walk, from an explicit time: nothing before it
+    ("2026-05-10", None, True),   # a walk over everything covers any watermark
+    ("2026-05-10", "2026-05-10", True),
+    ("2026-05-10", "2026-05-11", False),  # a gap behind an explicit later --since
+])
+def test_which_completed_walks_move_the_watermark(watermark, since, moves):
+    from nomos_billing.models import NomosSyncState
+
+    def at(day: str | None) -> datetime | None:
+        return None if day is None else datetime.fromisoformat(day).replace(tzinfo=dt_timezone.utc)
+
+    NomosSyncState.objects.create(name=catchup.STATE_NAME, watermark=at(watermark))
+    started = at("2026-05-20")
+    assert catchup.complete(catchup.Walk(updated_since=at(since), started_at=started), 7) is moves
+    state = NomosSyncState.objects.get(name=catchup.STATE_NAME)
+    assert state.watermark == (started if moves else at(watermark))
+    assert state.last_count == 7

@@ -427,3 +427,17 @@ def test_queue_depth_of_rq_sums_its_queues(settings, monkeypatch):
 
 def test_queue_depth_of_a_backend_that_cannot_tell_is_unknown(queued):
     assert tasks.queue_depth() is None
+
+
+def test_a_refused_enqueue_of_a_stale_claim_leaves_it_to_the_takeover(settings, client):
+    """Marked failed only when received or failed: a claim in a worker's hands (stale here)
+    is the takeover's to put back, never turned into a failure by a refused enqueue."""
+    settings.TASKS = {"default": IMMEDIATE, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    event = alice_event()
+    WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event,
+                                status="processing", attempts=1,
+                                claimed_at=timezone.now() - timedelta(minutes=5))
+    assert post_event(client, event).status_code == 503
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.last_error) == ("processing", "")
