@@ -1,6 +1,9 @@
 """The audit's 13 deliberate bugs, each applied to a scratch copy and run against the tests.
 
-Dedupe is tried on both recording paths, so the table has 14 rows.
+Dedupe is tried on both recording paths, so the table has 14 rows. Then issue 21's guards
+(``GUARDS``): each check removed where it stands, one path at a time (active user, admin
+permissions, CSRF per endpoint and content type, the webhook signature, allowed hosts, per-API
+keys, a late worker's writes, bounded loops, stored values).
 
 ``python mutation/audit.py [--full] [NAME...]`` copies the work tree (without .venv/.git) to a
 temporary folder, applies one mutation at a time, runs pytest there on SQLite and prints whether
@@ -90,6 +93,122 @@ MUTATIONS = [
     Mutation("read timeouts retried", "nomos_billing/client.py",
              "        read=0,\n", "        read=max_retries,\n", CLIENT),
 ]
+
+# Issue 21: each guard removed where it stands, on each path, one at a time; each must fail a
+# test of the guard tables (tests/test_guard_*.py, test_admin_permissions.py, ...).
+ACTIVE = ("tests/test_guard_active_user.py",)
+ADMIN = ("tests/test_admin_permissions.py", "tests/test_admin_linking.py")
+CSRF = ("tests/test_guard_csrf.py",)
+HOSTS = ("tests/test_guard_allowed_host.py",)
+APIS = ("tests/test_two_apis.py",)
+LOOPS = ("tests/test_bounded_loops.py", "tests/test_tasks.py")
+RACES = ("tests/test_claim_races.py",)
+STORE = ("tests/test_storage_values.py",)
+BUDGET = ("tests/test_guard_budget.py",)
+_LINK_CSRF = "    refused = _csrf_refusal(request)\n    if refused is not None:"
+
+
+def _csrf_exempt_for(content_type: str) -> str:
+    return (f'    refused = None if request.content_type == "{content_type}" '
+            "else _csrf_refusal(request)\n    if refused is not None:")
+
+
+def _decorator_dropped(name: str, path: str, decorator: str, view: str, tests: tuple[str, ...]
+                       ) -> Mutation:
+    return Mutation(name, path, f"{decorator}\n@login_required\ndef {view}(",
+                    f"@login_required\ndef {view}(", tests)
+
+
+GUARDS = [
+    Mutation("active user: by_metadata", "nomos_billing/linking.py",
+             '    if not getattr(user, "is_active", True):\n        return None, "names an',
+             '    if False:\n        return None, "names an', ACTIVE),
+    Mutation("active user: by_lead", "nomos_billing/linking.py",
+             'if lead is None or not getattr(lead.user, "is_active", True):',
+             "if lead is None:", ACTIVE),
+    Mutation("active user: by_email", "nomos_billing/linking.py",
+             "_nomos_address=address, is_active=True", "_nomos_address=address", ACTIVE),
+    Mutation("active user: mailbox confirmation", "nomos_billing/confirmation.py",
+             ' or not getattr(user, "is_active", False):', ":", ACTIVE),
+    Mutation("active user: operator confirmation", "nomos_billing/confirmation.py",
+             '    if not getattr(claim.user, "is_active", False):\n        return "wrong_user"\n',
+             "", ACTIVE),
+    Mutation("active user: admin link form", "nomos_billing/admin.py",
+             'if not getattr(user, "is_active", True):', "if False:", ACTIVE),
+    Mutation("active user: link permission", "nomos_billing/admin.py",
+             "request.user.is_active and request.user.has_perm", "request.user.has_perm", ACTIVE),
+    Mutation("admin: Refresh from Nomos without change", "nomos_billing/admin.py",
+             '_("Refresh from Nomos"), permissions=["change"]', '_("Refresh from Nomos")', ADMIN),
+    Mutation("admin: Process again without change", "nomos_billing/admin.py",
+             '_("Process again"), permissions=["change"]', '_("Process again")', ADMIN),
+    Mutation("admin: Reject without link", "nomos_billing/admin.py",
+             '_("Reject: link nobody"), permissions=["link"]', '_("Reject: link nobody")', ADMIN),
+    Mutation("admin: link actions' 403", "nomos_billing/admin.py",
+             "if named & self._link_actions() and not self.has_link_permission(request):",
+             "if False:", ADMIN),
+    Mutation("admin: health page without view", "nomos_billing/admin.py",
+             "        if not self.has_view_permission(request):\n", "        if False:\n", ADMIN),
+    Mutation("admin: health page outside admin_view", "nomos_billing/admin.py",
+             "self.admin_site.admin_view(self.health_view)", "self.health_view", ADMIN),
+    Mutation("admin: events deletable by all staff", "nomos_billing/admin.py",
+             "        return admin.ModelAdmin.has_delete_permission(self, request, obj)",
+             "        return True", ADMIN),
+    Mutation("admin: mirror fields editable", "nomos_billing/admin.py",
+             "return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)",
+             "return list(self.readonly_fields)", ADMIN),
+    _decorator_dropped("csrf: portal", "nomos_billing/views.py", "@csrf_protect", "portal", CSRF),
+    _decorator_dropped("csrf: portal/start", "nomos_billing/views.py", "@csrf_protect", "start",
+                       CSRF),
+    _decorator_dropped("csrf: link/confirm", "nomos_billing/confirmation_views.py",
+                       "@csrf_protect", "link_confirm", CSRF),
+    _decorator_dropped("csrf: link/resend", "nomos_billing/confirmation_views.py",
+                       "@csrf_protect", "link_resend", CSRF),
+    *(Mutation(f"csrf: portal/link exempts {kind}", "nomos_billing/views.py", _LINK_CSRF,
+               _csrf_exempt_for(kind), CSRF)
+      for kind in ("application/x-www-form-urlencoded", "multipart/form-data",
+                   "application/json", "text/plain")),
+    Mutation("signature: text/plain unsigned", "nomos_billing/webhooks.py",
+             "            secret_index = verify_signature(\n",
+             '            secret_index = 0 if request.content_type == "text/plain" else '
+             "verify_signature(\n", CSRF),
+    Mutation("allowed host: portal links", "nomos_billing/portal.py",
+             "    kind = link_kind(link)\n", '    kind = link_kind(link) or "portal"\n', HOSTS),
+    Mutation("allowed host: lead checkout link", "nomos_billing/views.py",
+             "        or not is_allowed_link(link)\n", "", HOSTS),
+    Mutation("budget: clicks", "nomos_billing/views.py",
+             '    return budget.limit(nomos_settings.seconds("CLICK_BUDGET"))',
+             "    return budget.limit(1000)", BUDGET),
+    Mutation("budget: the lead form", "nomos_billing/views.py",
+             '        ratelimit.hit(request.user, "signup")\n        with click_budget():',
+             '        ratelimit.hit(request.user, "signup")\n        if True:', BUDGET),
+    Mutation("budget: webhook processing", "nomos_billing/processing.py",
+             '        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")):',
+             "        with budget.limit(1000):", BUDGET),
+    Mutation("per API: token cache key", "nomos_billing/conf.py",
+             'ident = f"{client_id}|{base_url}".encode()', 'ident = f"{client_id}".encode()',
+             APIS),
+    Mutation("per API: breaker key", "nomos_billing/breaker.py",
+             "    return _key_for(nomos_settings.API_BASE_URL)", '    return _key_for("")', APIS),
+    Mutation("per API: misconfiguration report", "nomos_billing/misconfiguration.py",
+             "|{nomos_settings.token_cache_key}\"", '"', APIS),
+    Mutation("late worker: outcome without the claim token", "nomos_billing/processing.py",
+             "pk=event.pk, status=Status.PROCESSING, claimed_at=event.claimed_at",
+             "pk=event.pk, status=Status.PROCESSING", RACES),
+    Mutation("late worker: announces anyway", "nomos_billing/processing.py",
+             "            if announce and finished:", "            if announce:", RACES),
+    Mutation("loop: re-enqueue counter does not count", "nomos_billing/tasks.py",
+             "enqueue(event_id, retry=retry + 1, delay=delay)",
+             "enqueue(event_id, retry=retry, delay=delay)", LOOPS),
+    Mutation("loop: a repeated cursor followed", "nomos_billing/client.py",
+             "            if str(cursor) in seen:", "            if False:", LOOPS),
+    Mutation("loop: unbounded stuck sweep", "nomos_billing/takeover.py",
+             '"claimed_at")[:QUEUED_BATCH]', '"claimed_at")', LOOPS),
+    Mutation("storage: NaN from Nomos kept", "nomos_billing/jsonsafe.py",
+             "        return data if math.isfinite(data) else None", "        return data", STORE),
+    Mutation("storage: NaN literal parsed", "nomos_billing/webhooks.py",
+             "json.loads(body, parse_constant=_reject_constant)", "json.loads(body)", STORE),
+]
+MUTATIONS += GUARDS
 
 
 def run(mutation: Mutation, scratch: Path, full: bool) -> tuple[bool, float, str]:

@@ -204,6 +204,10 @@ class LinkUserForm(forms.Form):
 
     def clean_user(self) -> Any:
         user = self.cleaned_data["user"]
+        if not getattr(user, "is_active", True):
+            # As every other path (the resolvers, a held link's confirmation): never an
+            # account that cannot sign in.
+            raise forms.ValidationError(_("This user is inactive."))
         if NomosCustomer.objects.filter(user=user).exists():
             raise forms.ValidationError(_("This user is already linked to a Nomos customer."))
         return user

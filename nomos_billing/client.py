@@ -655,6 +655,8 @@ class ListWalk(Iterator[dict[str, Any]]):
         self, client: NomosClient, limit: int, filters: Sequence[ListFilter]
     ) -> Iterator[dict[str, Any]]:
         cursor: str | None = None
+        # Every cursor of this walk: one Nomos hands out again would loop forever.
+        seen: set[str] = set()
         while True:
             page, headers = client._list_page(
                 self.path, cursor=cursor, limit=limit, filters=filters
@@ -674,6 +676,15 @@ class ListWalk(Iterator[dict[str, Any]]):
                 )
                 logger.warning("%s; the walk ends there, incomplete", self.incomplete)
                 return
+            if str(cursor) in seen:
+                raise NomosAPIError(
+                    200,
+                    "INVALID_RESPONSE",
+                    "list answer whose next_page repeats an earlier cursor",
+                    method="GET",
+                    path=self.path,
+                )
+            seen.add(str(cursor))
 
 
 def _reported(exc: NomosConfigurationError) -> NomosConfigurationError:

@@ -79,7 +79,8 @@ class NotReadableYet(Exception):
 @dataclass(frozen=True)
 class Result:
     event: WebhookEvent
-    #: True when this call did the processing; False when it was done or in progress elsewhere.
+    #: True when this call did the processing and recorded its outcome; False when it was done
+    #: or in progress elsewhere, or this call's claim went stale and was taken over meanwhile.
     claimed: bool
     #: Failed, and a later delivery may succeed (Nomos down, credentials being fixed).
     retry: bool = False
@@ -295,6 +296,9 @@ def claim(event: WebhookEvent, *, force: bool = False, takeover: bool = False) -
     won = WebhookEvent.objects.filter(claimable, pk=event.pk).update(
         status=Status.PROCESSING, claimed_at=now, attempts=F("attempts") + 1, updated_at=now
     )
+    if won:
+        # The claim's token: ``_finish`` records an outcome only while the row still holds it.
+        event.status, event.claimed_at = str(Status.PROCESSING), now
     return bool(won)
 
 
@@ -315,8 +319,12 @@ def _finish(event: WebhookEvent, status: str, error: str = "") -> bool:
     }
     if status != Status.FAILED:
         fields["processed_at"] = now
-    # Conditional: only the claim holder records an outcome.
-    updated = WebhookEvent.objects.filter(pk=event.pk, status=Status.PROCESSING).update(**fields)
+    # Conditional: only the claim holder records an outcome. ``claimed_at`` is the claim's
+    # token: a worker whose claim went stale and was taken over (a new ``claimed_at``), or put
+    # back in the queue, must not write its late outcome over the new holder's.
+    updated = WebhookEvent.objects.filter(
+        pk=event.pk, status=Status.PROCESSING, claimed_at=event.claimed_at
+    ).update(**fields)
     if updated:
         for name, value in fields.items():
             setattr(event, name, value)
@@ -405,6 +413,8 @@ def _process_claimed(event: WebhookEvent, *, exact: bool) -> Result:
     """Run the handler of an event this call holds the claim of, and record the outcome.
 
     ``exact``: ``event`` is the row as stored (no read-back needed after finishing)."""
+    # The claim's token: every outcome write requires the row to still carry it (_finish).
+    token = event.claimed_at
     retry, retry_after, waiting = False, None, False
     try:
         handler = get_handler(event.topic)
@@ -416,13 +426,15 @@ def _process_claimed(event: WebhookEvent, *, exact: bool) -> Result:
         # A transaction only for the site's receivers: one that raises undoes "processed".
         announce = status == Status.PROCESSED and webhook_processed.has_listeners(WebhookEvent)
         with transaction.atomic() if announce else nullcontext():
-            if not (_finish(event, status) and exact):
+            finished = _finish(event, status)
+            if not (finished and exact):
                 event.refresh_from_db()
-            if announce:
+            if announce and finished:
                 # Inside the block: a receiver that raises undoes "processed", so the event
                 # is failed and redelivered instead of silently lost for the site.
                 webhook_processed.send(sender=WebhookEvent, event=event)
-        return Result(event, claimed=True)
+        # Not finished: our claim was taken over; the new holder's outcome is the event's.
+        return Result(event, claimed=finished)
     except NomosUnavailable as exc:
         retry, retry_after = True, exc.retry_after
         finished = _fail(event, exc, "Nomos is unavailable")
@@ -440,10 +452,15 @@ def _process_claimed(event: WebhookEvent, *, exact: bool) -> Result:
     except InvalidEvent as exc:
         finished = _fail(event, exc, "the event cannot be processed")
     except Exception as exc:
+        # A receiver that raised rolled our outcome back, not the instance: the claim is ours.
+        event.claimed_at = token
         _finish(event, str(Status.FAILED), _error_text(exc))
         raise
     if not (finished and exact):
         event.refresh_from_db()
+    if not finished:
+        # A late worker: no retry of its own either, the new holder decides.
+        return Result(event, claimed=False)
     return Result(event, claimed=True, retry=retry, retry_after=retry_after, waiting=waiting)
 
 

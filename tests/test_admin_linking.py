@@ -1,10 +1,9 @@
 """Linking by hand needs a permission of its own, on every path, and leaves a trail.
 
 Each action that makes, undoes or decides a link (Link to a user, Unlink, Confirm and Reject on
-held links) is tried by a superuser, by staff with view only, with change only, with view and
-``nomos_billing.link_customer``, and by a non-staff user: the action itself, its intermediate
-form and its final POST. Only the permission's holders (and superusers) change anything, and
-each change is a ``LogEntry`` naming the staff member.
+held links) is tried as each operator of ``tests.admin_roles``: the action itself, its
+intermediate form and its final POST. Only the permission's holders (and superusers) change
+anything, and each change is a ``LogEntry`` naming the staff member.
 """
 
 from __future__ import annotations
@@ -13,34 +12,17 @@ from typing import Any
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
 from nomos_billing.models import NomosCustomer, NomosLinkClaim
+from tests.admin_roles import ROLES, operator_client, refused
 
 pytestmark = pytest.mark.django_db
 
 CUSTOMERS = reverse("admin:nomos_billing_nomoscustomer_changelist")
 CLAIMS = reverse("admin:nomos_billing_nomoslinkclaim_changelist")
 
-#: Role -> (is_staff, is_superuser, permission codenames).
-ROLES = {
-    "superuser": (True, True, []),
-    "staff-view": (True, False, ["view_nomoscustomer", "view_nomoslinkclaim"]),
-    "staff-change": (
-        True,
-        False,
-        ["view_nomoscustomer", "change_nomoscustomer", "view_nomoslinkclaim",
-         "change_nomoslinkclaim"],
-    ),
-    "staff-link": (True, False, ["view_nomoscustomer", "view_nomoslinkclaim", "link_customer"]),
-    # Also sees the site's users: linking by hand searches them (the admin's autocomplete).
-    "staff-link-users": (
-        True, False, ["view_nomoscustomer", "view_nomoslinkclaim", "link_customer", "view_user"]
-    ),
-    "not-staff": (False, False, ["view_nomoscustomer", "link_customer"]),
-}
 ALLOWED = {"superuser", "staff-link", "staff-link-users"}
 #: Who may search users, so gets the autocomplete instead of a typed id or login name.
 SEES_USERS = {"superuser", "staff-link-users"}
@@ -48,31 +30,13 @@ SEES_USERS = {"superuser", "staff-link-users"}
 
 @pytest.fixture(params=ROLES.keys())
 def role(request: Any, django_user_model: Any) -> tuple[str, Client, Any]:
-    name = request.param
-    staff, superuser, codenames = ROLES[name]
-    operator = django_user_model.objects.create_user(
-        f"op-{name}", f"{name}@example.com", "pw", is_staff=staff, is_superuser=superuser
-    )
-    operator.user_permissions.set(
-        Permission.objects.filter(content_type__app_label__in=["nomos_billing", "auth"],
-                                  codename__in=codenames)
-    )
-    client = Client()
-    client.force_login(operator)
-    return name, client, operator
+    return request.param, *operator_client(django_user_model, request.param)
 
 
 @pytest.fixture
 def customer_and_user(django_user_model: Any) -> tuple[NomosCustomer, Any]:
     user = django_user_model.objects.create_user("target", "target@example.com", "pw")
     return NomosCustomer.objects.create(customer_id="cus_hand", email="c@example.com"), user
-
-
-def refused(name: str, response: Any) -> None:
-    if name == "not-staff":
-        assert response.status_code == 302 and "/login/" in response["Location"]
-    else:
-        assert response.status_code == 403, (name, response.status_code)
 
 
 def logged(operator: Any, obj: Any) -> list[str]:
@@ -154,7 +118,7 @@ def test_the_action_menu_offers_linking_only_to_the_permissions_holders(role):
     name, client, _ = role
     NomosCustomer.objects.create(customer_id="cus_menu")
     response = client.get(CUSTOMERS)
-    if name == "not-staff":
+    if name in ("not-staff", "staff-none"):
         refused(name, response)
         return
     assert response.status_code == 200

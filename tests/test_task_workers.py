@@ -27,6 +27,7 @@ from nomos_billing import tasks
 from nomos_billing.models import NomosSubscription, WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
+from tests.ci_skips import NOT_APPLICABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SUB_GET = "GET /subscriptions/{id}"
@@ -144,8 +145,8 @@ def test_200_distinct_events_are_all_processed(backend, nomos):
 
 def test_queue_down_answers_503_and_the_redelivery_is_processed(backend, nomos, settings):
     if backend != "rq":
-        pytest.skip("the database backend's queue is the database itself: when it is down, "
-                    "recording fails first")
+        pytest.skip(f"{NOT_APPLICABLE}the database backend's queue is the database itself: "
+                    "when it is down, recording fails first")
     working = settings.RQ_QUEUES
     settings.RQ_QUEUES = {"default": {"URL": "redis://127.0.0.1:1/0"}}  # nothing listens
     event = make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})

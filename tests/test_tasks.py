@@ -79,17 +79,22 @@ def watchdogs(backend: DummyBackend) -> list[Any]:
     return [r for r in backend.results if r.kwargs.get("takeover")]
 
 
+#: More jobs than any test queues: a re-enqueue that stops counting fails here, at once,
+#: instead of growing the queue until pytest-timeout.
+MAX_JOBS = 50
+
+
 def work(backend: DummyBackend) -> list[str]:
     """Play the worker: run what is queued (and what that queues) in order, once each. Not the
     watchdogs: they wait out CLAIM_TIMEOUT, and their tests run them on purpose."""
     outcomes = []
-    done = 0
-    while done < len(backend.results):
+    for done in range(MAX_JOBS):
+        if done >= len(backend.results):
+            return outcomes
         result = backend.results[done]
-        done += 1
         if not result.kwargs.get("takeover"):
             outcomes.append(result.task.call(*result.args, **result.kwargs))
-    return outcomes
+    raise AssertionError(f"more than {MAX_JOBS} jobs queued: a retry loop that does not end")
 
 
 def test_view_records_enqueues_by_id_and_answers_202_without_calling_nomos(queued, client):
@@ -365,3 +370,75 @@ def test_a_stuck_event_the_queue_refuses_stays_stuck_for_the_next_look(
     stored = WebhookEvent.objects.get(event_id=event["id"])
     # Not failed: Nomos had its 202 and will not redeliver.
     assert (stored.status, stored.claimed_at) == ("processing", claimed_at)
+
+
+# -- what the worker and the health page read from the backend -------------------------------
+
+
+def test_the_task_a_worker_imports_is_bound_to_task_backend(queued, settings):
+    # The worker of TASK_BACKEND must accept the Task it imports by path.
+    assert tasks.process_webhook_event.backend == "nomos"
+    assert tasks.catch_up.backend == "nomos"
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "not-in-tasks"}
+    assert tasks.process_webhook_event.backend == "default"
+
+
+@pytest.fixture
+def db_queue(settings):
+    pytest.importorskip("django_tasks_db")
+    settings.TASKS = {"default": IMMEDIATE,
+                      "nomos": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+
+
+def test_queue_depth_of_the_database_backend_counts_ready_tasks(db_queue):
+    assert tasks.queue_depth() == 0
+    tasks.enqueue("evt_1")
+    tasks.enqueue("evt_2")
+    tasks.enqueue("evt_later", delay=3600)  # not ready yet
+    assert tasks.queue_depth() == 2
+
+
+def test_queue_depth_that_cannot_be_read_is_unknown_and_logged(db_queue, monkeypatch, caplog):
+    from django_tasks_db.models import DBTaskResult
+
+    def broken() -> Any:
+        raise RuntimeError("no table")
+
+    monkeypatch.setattr(DBTaskResult.objects, "ready", broken)
+    caplog.set_level("INFO", logger="nomos_billing.tasks")
+    assert tasks.queue_depth() is None
+    [record] = [r for r in caplog.records if "queue depth" in r.getMessage()]
+    assert record.getMessage() == (
+        "Could not read the queue depth of django_tasks_db.backend.DatabaseBackend")
+    assert record.exc_info is not None and "no table" in str(record.exc_info[1])
+
+
+def test_queue_depth_of_rq_sums_its_queues(settings, monkeypatch):
+    pytest.importorskip("django_tasks_rq")
+    import django_rq
+
+    settings.TASKS = {"default": IMMEDIATE, "nomos": {
+        "BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default", "low"]}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    sizes = {"default": ["job"] * 3, "low": ["job"] * 2}
+    monkeypatch.setattr(django_rq, "get_queue", lambda name: sizes[name])
+    assert tasks.queue_depth() == 5
+
+
+def test_queue_depth_of_a_backend_that_cannot_tell_is_unknown(queued):
+    assert tasks.queue_depth() is None
+
+
+def test_a_refused_enqueue_of_a_stale_claim_leaves_it_to_the_takeover(settings, client):
+    """Marked failed only when received or failed: a claim in a worker's hands (stale here)
+    is the takeover's to put back, never turned into a failure by a refused enqueue."""
+    settings.TASKS = {"default": IMMEDIATE, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    event = alice_event()
+    WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event,
+                                status="processing", attempts=1,
+                                claimed_at=timezone.now() - timedelta(minutes=5))
+    assert post_event(client, event).status_code == 503
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.last_error) == ("processing", "")

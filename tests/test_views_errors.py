@@ -100,3 +100,23 @@ def test_json_endpoint_during_a_database_outage_is_503_json(alice, nomos):
         response = client.post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
     assert response.status_code == 503
     assert response.json()["code"] == "unavailable"
+
+
+@pytest.mark.parametrize(("status", "says"), [
+    (404, "Nomos does not know customer cus_sandbox_alice (requestId req_"),
+    (403, "Nomos refused our credentials (HTTP 403"),
+    (422, "Nomos call for customer cus_sandbox_alice failed: HTTP 422"),
+])
+def test_a_refused_click_logs_the_request_id_for_the_operator(status, says, alice, nomos,
+                                                             caplog, settings):
+    from nomos_billing.sandbox import Fault
+
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault("POST /admin/magic_link", Fault(status=status), times=None)
+    caplog.set_level("ERROR", logger="nomos_billing.views")
+    client = Client()
+    client.force_login(alice)
+    client.get(PORTAL)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
+    assert says in line
+    assert "requestId req_" in line

@@ -1,0 +1,86 @@
+"""Guard: a link Nomos hands us is followed only on an allowed host, on every path that
+redirects to one: the portal button (GET and POST), the JSON endpoint for apps, and the lead
+form's redirect to the hosted checkout.
+
+The sandbox answers over HTTP as Nomos would, once with its own (loopback) links and once with
+links on look-alike hosts; the second must never become a ``Location`` or a JSON ``url``, and
+the lead it came with is not kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from nomos_billing.models import NomosCustomer, NomosLead
+from nomos_billing.sandbox import seed
+
+pytestmark = pytest.mark.django_db
+
+PORTAL_ELSEWHERE = "https://brand.customerportal.energy.evil.com"
+CHECKOUT_ELSEWHERE = "https://home.checkout.energy.evil.com"
+
+
+@pytest.fixture
+def users(nomos: Any, django_user_model: Any, settings: Any) -> dict[str, Any]:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": "pln_sandbox_home"}
+    linked = django_user_model.objects.create_user("linked", "alice@example.com", "pw")
+    NomosCustomer.objects.create(customer_id=seed.ALICE, email="alice@example.com", user=linked)
+    newcomer = django_user_model.objects.create_user("new", "new@example.com", "pw")
+    return {"linked": linked, "newcomer": newcomer}
+
+
+@pytest.fixture(params=["sandbox", "elsewhere"])
+def links(request: Any, nomos: Any, monkeypatch: Any) -> str:
+    """Where the sandbox's links point: its own loopback host, or look-alike hosts."""
+    if request.param == "elsewhere":
+        from nomos_billing.sandbox import state
+
+        mint, checkout = nomos.mint_magic_link, state.checkout_url
+        monkeypatch.setattr(nomos, "mint_magic_link",
+                            lambda customer_id, base_url: mint(customer_id, PORTAL_ELSEWHERE))
+        monkeypatch.setattr(state, "checkout_url",
+                            lambda base_url, plan, **params: checkout(CHECKOUT_ELSEWHERE, plan,
+                                                                      **params))
+    return str(request.param)
+
+
+def signed_in(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def followed(response: Any) -> str | None:
+    """The link the answer sends the browser or the app to, if any."""
+    if response.status_code in (301, 302, 303, 307, 308):
+        return str(response["Location"])
+    if response.get("Content-Type", "").startswith("application/json"):
+        return response.json().get("url")
+    return None
+
+
+PATHS = {
+    "portal GET": ("linked", lambda c: c.get("/nomos/portal/")),
+    "portal POST": ("linked", lambda c: c.post("/nomos/portal/")),
+    "portal/link": ("linked", lambda c: c.post("/nomos/portal/link/", "{}",
+                                               content_type="application/json")),
+    "portal/start": ("newcomer", lambda c: c.post(
+        "/nomos/portal/start/", {"zip_code": "10115", "estimated_usage": "2500"})),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_only_links_on_allowed_hosts_are_followed(path, links, users, nomos):
+    who, send = PATHS[path]
+    response = send(signed_in(users[who]))
+    link = followed(response)
+    if links == "sandbox":
+        assert link is not None and link.startswith(nomos.base_url), (path, response.status_code)
+    else:
+        assert link is None, (path, link)
+        assert response.status_code == 503
+        assert b"evil" not in response.content
+        assert not NomosLead.objects.exists()
