@@ -18,17 +18,15 @@ ROLES: dict[str, tuple[bool, bool, list[str]]] = {
     "staff-view": (True, False, [f"view_{m}" for m in MODELS]),
     "staff-change": (True, False, [f"change_{m}" for m in MODELS]),
     "staff-link": (True, False, [*(f"view_{m}" for m in MODELS), "link_customer"]),
-    # Also sees the site's users: linking by hand searches them (the admin's autocomplete).
-    "staff-link-users": (
-        True, False, [*(f"view_{m}" for m in MODELS), "link_customer", "view_user"]
-    ),
     "staff-none": (True, False, []),
     "not-staff": (False, False, [*(f"view_{m}" for m in MODELS), "link_customer"]),
 }
 
 
-def operator_client(django_user_model: Any, name: str) -> tuple[Client, Any]:
-    staff, superuser, codenames = ROLES[name]
+def operator_client(
+    django_user_model: Any, name: str, roles: dict[str, tuple[bool, bool, list[str]]] = ROLES
+) -> tuple[Client, Any]:
+    staff, superuser, codenames = roles[name]
     operator = django_user_model.objects.create_user(
         f"op-{name}", f"{name}@example.com", "pw", is_staff=staff, is_superuser=superuser
     )

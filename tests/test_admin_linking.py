@@ -28,9 +28,17 @@ ALLOWED = {"superuser", "staff-link", "staff-link-users"}
 SEES_USERS = {"superuser", "staff-link-users"}
 
 
-@pytest.fixture(params=ROLES.keys())
+#: The shared roles, and one that also sees the site's users: linking by hand searches them
+#: (the admin's autocomplete).
+LINKING_ROLES = {
+    **ROLES,
+    "staff-link-users": (True, False, [*ROLES["staff-link"][2], "view_user"]),
+}
+
+
+@pytest.fixture(params=LINKING_ROLES.keys())
 def role(request: Any, django_user_model: Any) -> tuple[str, Client, Any]:
-    return request.param, *operator_client(django_user_model, request.param)
+    return request.param, *operator_client(django_user_model, request.param, LINKING_ROLES)
 
 
 @pytest.fixture

@@ -2,14 +2,15 @@
 redirects to one: the portal button (GET and POST), the JSON endpoint for apps, and the lead
 form's redirect to the hosted checkout.
 
-The sandbox answers over HTTP as Nomos would, once with its own (loopback) links and once with
-links on look-alike hosts; the second must never become a ``Location`` or a JSON ``url``, and
-the lead it came with is not kept.
+The sandbox answers over HTTP as Nomos would, once with its own links (its ``*.localhost``
+portal and checkout hosts) and once with links on look-alike hosts; the second must never
+become a ``Location`` or a JSON ``url``, and the lead it came with is not kept.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.test import Client
@@ -38,12 +39,13 @@ def links(request: Any, nomos: Any, monkeypatch: Any) -> str:
     if request.param == "elsewhere":
         from nomos_billing.sandbox import state
 
-        mint, checkout = nomos.mint_magic_link, state.checkout_url
-        monkeypatch.setattr(nomos, "mint_magic_link",
-                            lambda customer_id, base_url: mint(customer_id, PORTAL_ELSEWHERE))
-        monkeypatch.setattr(state, "checkout_url",
-                            lambda base_url, plan, **params: checkout(CHECKOUT_ELSEWHERE, plan,
-                                                                      **params))
+        monkeypatch.setattr(
+            nomos, "mint_magic_link",
+            lambda customer_id, base_url: f"{PORTAL_ELSEWHERE}/auth/confirm?token_hash=x"
+            "&type=magiclink&next=/overview")
+        monkeypatch.setattr(
+            state, "checkout_url",
+            lambda base_url, plan, **params: f"{CHECKOUT_ELSEWHERE}/?{urlencode(params)}")
     return str(request.param)
 
 
@@ -78,7 +80,10 @@ def test_only_links_on_allowed_hosts_are_followed(path, links, users, nomos):
     response = send(signed_in(users[who]))
     link = followed(response)
     if links == "sandbox":
-        assert link is not None and link.startswith(nomos.base_url), (path, response.status_code)
+        # The sandbox's own portal and checkout hosts (*.localhost), which the test settings
+        # allow as a site allows Nomos' domains.
+        own = (nomos.portal_origin, nomos.checkout_origin("pln_sandbox_home"))
+        assert link is not None and link.startswith(own), (path, response.status_code, link)
     else:
         assert link is None, (path, link)
         assert response.status_code == 503

@@ -395,8 +395,8 @@ def test_queue_depth_of_the_database_backend_counts_ready_tasks(db_queue):
     assert tasks.queue_depth() == 0
     tasks.enqueue("evt_1")
     tasks.enqueue("evt_2")
-    tasks.enqueue("evt_later", delay=3600)  # not ready yet
-    assert tasks.queue_depth() == 2
+    tasks.enqueue("evt_later", delay=3600)  # a retry after an outage waits there too
+    assert tasks.queue_depth() == 3
 
 
 def test_queue_depth_that_cannot_be_read_is_unknown_and_logged(db_queue, monkeypatch, caplog):
@@ -405,7 +405,7 @@ def test_queue_depth_that_cannot_be_read_is_unknown_and_logged(db_queue, monkeyp
     def broken() -> Any:
         raise RuntimeError("no table")
 
-    monkeypatch.setattr(DBTaskResult.objects, "ready", broken)
+    monkeypatch.setattr(DBTaskResult.objects, "filter", lambda *a, **k: broken())
     caplog.set_level("INFO", logger="nomos_billing.tasks")
     assert tasks.queue_depth() is None
     [record] = [r for r in caplog.records if "queue depth" in r.getMessage()]
@@ -421,9 +421,16 @@ def test_queue_depth_of_rq_sums_its_queues(settings, monkeypatch):
     settings.TASKS = {"default": IMMEDIATE, "nomos": {
         "BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default", "low"]}}
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
-    sizes = {"default": ["job"] * 3, "low": ["job"] * 2}
+    class Queue(list):
+        """An RQ queue: its jobs, and the scheduled ones (retries) in their registry."""
+
+        def __init__(self, jobs: int, scheduled: int) -> None:
+            super().__init__(["job"] * jobs)
+            self.scheduled_job_registry = type("Registry", (), {"count": scheduled})()
+
+    sizes = {"default": Queue(3, 1), "low": Queue(2, 0)}
     monkeypatch.setattr(django_rq, "get_queue", lambda name: sizes[name])
-    assert tasks.queue_depth() == 5
+    assert tasks.queue_depth() == 6
 
 
 def test_queue_depth_of_a_backend_that_cannot_tell_is_unknown(queued):
