@@ -49,6 +49,8 @@ W_HTTP_BASE_URL = "nomos_billing.W005"
 # Task backend ids start at 30, clear of the ones above as they grow.
 E_TASK_BACKEND = "nomos_billing.E030"
 W_TASK_BACKEND_ALIAS = "nomos_billing.W030"
+E_WORKER_HANDOFF = "nomos_billing.E031"
+W_WORKER_HANDOFF = "nomos_billing.W031"
 # Time budgets start at 50.
 E_BUDGETS = "nomos_billing.E050"
 W_WEBHOOK_BUDGET = "nomos_billing.W050"
@@ -492,6 +494,38 @@ def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
     return []
 
 
+def _check_worker_handoff(raw: dict[str, Any]) -> list[CheckMessage]:
+    webhook = _number(raw.get("WEBHOOK_BUDGET")) or DEFAULTS["WEBHOOK_BUDGET"]
+    if "WORKER_HANDOFF_TIMEOUT" not in raw:
+        # The default gives way to a small budget (conf.Settings.handoff_timeout).
+        value: Any = min(DEFAULTS["WORKER_HANDOFF_TIMEOUT"], webhook / 2)
+    else:
+        value = raw["WORKER_HANDOFF_TIMEOUT"]
+    number = _number(value)
+    if number is None or not 0 <= number < webhook:
+        return [
+            Error(
+                f"{_key('WORKER_HANDOFF_TIMEOUT')} is {value!r}, not a number of seconds from 0 "
+                "up to below WEBHOOK_BUDGET.",
+                hint="The webhook view waits this long for a task worker to take an event, then "
+                "processes it itself within WEBHOOK_BUDGET; the default is 5, and 0 trusts the "
+                "queue (workers that run on a schedule).",
+                id=E_WORKER_HANDOFF,
+            )
+        ]
+    if number + webhook >= NOMOS_WEBHOOK_WAIT and raw.get("TASK_BACKEND"):
+        return [
+            Warning(
+                f"{_key('WORKER_HANDOFF_TIMEOUT')} ({number:g} s) and {_key('WEBHOOK_BUDGET')} "
+                f"({webhook:g} s) add up to {NOMOS_WEBHOOK_WAIT} s or more: with no worker alive, "
+                "a delivery can outlast Nomos' wait for its answer.",
+                hint="Keep the two together under 30 s (defaults 5 and 20).",
+                id=W_WORKER_HANDOFF,
+            )
+        ]
+    return []
+
+
 def _check_checkout_url(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("CHECKOUT_URL")
     if value is None:
@@ -700,6 +734,7 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_portal_hosts,
     _check_checkout_hosts,
     _check_task_backend,
+    _check_worker_handoff,
     _check_checkout_url,
     _check_budgets,
     _check_rate_limits,
