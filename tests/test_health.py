@@ -179,3 +179,17 @@ def test_an_id_longer_than_nomos_sends_is_cut(nomos, admin_client):
     assert len(data["problem_events"][0]["topic"]) == 64
     page = admin_client.get(HEALTH_URL).content.decode()
     assert "b" * 64 not in page and "evt_" + "b" * 59 in page
+
+
+def test_the_task_queue_shows_when_a_worker_was_last_seen(nomos, admin_client, settings):
+    from nomos_billing import workers
+
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    assert status_json()["worker_seen_age"] is None
+    assert "no worker seen" in status_text()
+    assert "no worker seen" in admin_client.get(HEALTH_URL).content.decode()
+    workers.seen("nomos")
+    assert status_json()["worker_seen_age"] in (0, 1)
+    assert "a worker seen " in status_text()
+    page = admin_client.get(HEALTH_URL).content.decode()
+    assert "a worker seen " in page and "no worker seen" not in page
