@@ -13,7 +13,9 @@ on the status index) it looks for stuck events and:
   no worker has been seen for ``CLAIM_TIMEOUT`` (``workers``), processes the oldest one itself
   as inline does, counting events that waited in the queue as long as abandoned too.
 
-Task workers also watch their own claims (``tasks``), which covers a site without deliveries.
+Any other request to the site gives the look its turn too (``after_request``, on Django's
+``request_finished``), and task workers watch their own claims (``tasks``): a site without
+deliveries is covered as long as it gets traffic or runs a worker.
 The claim stays the one arbiter: whoever takes an event over does so with the conditional UPDATE
 of ``processing.claim``, so it is processed once however many processes look at the same time.
 An event whose claim went stale is thus taken over within ``interval()`` (plus the gap to the
@@ -25,10 +27,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextvars import ContextVar
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from django.db.models import Q
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from . import budget, tasks, workers
@@ -100,6 +105,42 @@ def after_delivery(deadline: float) -> None:
         return
     if more:
         reset()
+
+
+#: The path of the request being served (``request_started`` names it, ``request_finished``
+#: does not); a context variable, so threads and ASGI tasks each see their own.
+_request_path: ContextVar[str | None] = ContextVar("nomos_billing_request_path", default=None)
+
+
+def before_request(
+    environ: dict[str, Any] | None = None, scope: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    """``request_started`` receiver: remember the path for ``after_request``."""
+    path = (environ or {}).get("PATH_INFO") if scope is None else scope.get("path")
+    _request_path.set(path if isinstance(path, str) else None)
+
+
+def after_request(**kwargs: Any) -> None:
+    """``request_finished`` receiver: any request to the site (a click, any page) gives the look
+    its turn, so a stuck event is taken over while the site gets traffic, also when no webhook
+    comes. Django sends the signal when the response is closed, after its body was written: the
+    visitor does not wait for the look, only this worker does (once per ``interval()``).
+
+    Not the webhook URL's requests: the view looks after a verified delivery only, so that a
+    forged one changes nothing.
+    """
+    path = _request_path.get()
+    _request_path.set(None)
+    if path is None or time.monotonic() < _next_look or _is_webhook(path):
+        return
+    after_delivery(time.monotonic() + nomos_settings.seconds("WEBHOOK_BUDGET"))
+
+
+def _is_webhook(path: str) -> bool:
+    try:
+        return resolve(path).view_name == "nomos_billing:webhook"
+    except Resolver404:
+        return False
 
 
 def _process_one(deadline: float, *, queued: bool = False) -> bool:

@@ -102,6 +102,14 @@ def _fresh_client_and_cache() -> Iterator[None]:
     reset_client()
 
 
+@pytest.fixture
+def no_takeover_look(monkeypatch) -> None:
+    """No look for stuck events after this test's requests (``takeover.after_request``): for
+    tests that count a page's own queries, or keep stuck events on purpose. The look costs one
+    query per process every quarter CLAIM_TIMEOUT, after the response."""
+    monkeypatch.setattr("nomos_billing.takeover._next_look", float("inf"))
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)

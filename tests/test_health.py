@@ -124,6 +124,7 @@ def queries(fn) -> list[str]:
     return [q["sql"] for q in captured.captured_queries]
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 def test_query_count_does_not_grow_with_100k_events_and_20k_customers(nomos, admin_client):
     admin_client.get(HEALTH_URL)  # session, user and content types warmed up
     empty_page = queries(lambda: admin_client.get(HEALTH_URL))

@@ -381,6 +381,7 @@ def test_wrong_client_secret_shows_503_and_never_the_secret(
 # -- budgets -------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 def test_portal_view_costs_session_user_and_customer_queries(
     as_alice: Client, nomos: Any, django_assert_num_queries: Any
 ) -> None:
