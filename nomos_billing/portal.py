@@ -111,16 +111,30 @@ def customer_id_of(user: Any) -> str | None:
 
 
 def has_recent_checkout(user: Any) -> bool:
-    """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` that no stored
-    subscription names yet: they may have just signed up, so the button offers the portal
-    (whose view asks Nomos) rather than a second sign-up. One query, no Nomos call."""
+    """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` whose contract is not
+    settled yet: no stored subscription names it, or one does and its customer has neither a
+    user nor a claim yet (the webhook that stored it is linking it this moment). They may have
+    just signed up, so the button offers the portal (whose view asks Nomos) rather than a
+    second sign-up, also in that moment. One query, no Nomos call."""
     if _related(user) is None:
         return False
     known = getattr(user, _RECENT_CHECKOUT_ATTR, None)
     if known is None:
-        from .sync import open_leads
+        from django.db.models import Exists, OuterRef
 
-        known = open_leads(user=user, since=timezone.now() - RECENT_CHECKOUT).exists()
+        from .models import NomosLead, NomosLinkClaim, NomosSubscription
+
+        named = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
+        being_linked = named.filter(customer__user__isnull=True).exclude(
+            customer_id__in=NomosLinkClaim.objects.values("customer_id")
+        )
+        known = (
+            NomosLead.objects.filter(
+                user_id=user.pk, created_at__gte=timezone.now() - RECENT_CHECKOUT
+            )
+            .filter(~Exists(named) | Exists(being_linked))
+            .exists()
+        )
         setattr(user, _RECENT_CHECKOUT_ATTR, known)
     return bool(known)
 
