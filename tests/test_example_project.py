@@ -353,6 +353,8 @@ def test_right_after_checkout_the_page_says_so_and_the_rerun_banner_shows_bob_li
         assert 'id="not-linked"' not in home
         assert "Your sign-up is on its way" in home
         assert 'action="/nomos/portal/"' in home  # the button asks Nomos, no second sign-up
+        german = bob.get(first.url + "/", headers={"Accept-Language": "de"}, timeout=10).text
+        assert "Ihre Anmeldung ist unterwegs" in german
 
         # Back from the checkout: every read until the webhook has linked him says so.
         finish_checkout(first, lead, "bob@example.com")
