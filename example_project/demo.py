@@ -14,7 +14,9 @@
    no command typed;
 6. keeps the sandbox's data in a state file beside the SQLite database (``<db>.sandbox.json``),
    so a rerun on the same database finds the same customers (a new database starts both fresh);
-7. prints the URLs and logins and waits; Ctrl-C stops both servers.
+7. prints the URLs, the logins with each user's state as the database has it (a rerun shows
+   what the last run left), and ``manage.py`` commands aimed at this run's sandbox and
+   database; then waits; Ctrl-C stops both servers.
 
 The demo always uses the sandbox and its published fake credentials, whatever ``.env`` says:
 run ``manage.py runserver`` yourself to use the settings in ``.env``.
