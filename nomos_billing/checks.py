@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +62,7 @@ E_CONFIRMATION_DAYS = "nomos_billing.E060"
 E_SITE_URL = "nomos_billing.E061"
 W_UNBOUND_LINKS = "nomos_billing.W060"
 W_NO_SITE_URL = "nomos_billing.W061"
+W_MAIL_NO_TIMEOUT = "nomos_billing.W062"
 # Secrets and production (check --deploy) start at 70.
 E_WEAK_WEBHOOK_SECRET = "nomos_billing.E070"
 E_DEPLOY_SANDBOX_URL = "nomos_billing.E071"
@@ -792,3 +794,53 @@ def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
                 )
             )
     return messages
+
+
+def _smtp_without_timeout() -> bool:
+    """The site's default mailer is Django's SMTP backend (or a subclass) with no timeout."""
+    from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
+
+    if hasattr(settings, "MAILERS"):  # Django 6.1+
+        mailers = settings.MAILERS
+        config = mailers.get("default") if isinstance(mailers, dict) else None
+        if not isinstance(config, dict):
+            return False  # Django's own errors cover a missing default mailer
+        path = config.get("BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+        options: Any = config.get("OPTIONS") or {}
+        timeout = options.get("timeout") if isinstance(options, dict) else None
+    else:
+        # Django 6.1 without MAILERS warns on every read of an EMAIL_* setting; the site
+        # already gets Django's own warning about it, the check must not add one per run.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            path = getattr(settings, "EMAIL_BACKEND", "")
+            timeout = getattr(settings, "EMAIL_TIMEOUT", None)
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, SMTPBackend) and timeout is None
+
+
+@register(Tags.security, "nomos_billing", deploy=True)
+def check_mail_timeout(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``check --deploy``: held links' confirmation mails go through the site's SMTP server
+    inside a click or a webhook; without a timeout a server that does not answer would hold a
+    worker for ever (the package cuts its own sends to the request's budget, Django's password
+    reset and the site's own mails are not)."""
+    if not _smtp_without_timeout():
+        return []
+    return [
+        Warning(
+            "The default e-mail backend is SMTP without a timeout: a mail server that accepts "
+            "and never answers holds the request that sends (a held link's confirmation, a "
+            "password reset) and its worker for ever.",
+            hint="Set EMAIL_TIMEOUT (with MAILERS on Django 6.1: the default mailer's "
+            'OPTIONS "timeout") to a few seconds, e.g. 10. nomos-billing cuts its own '
+            "confirmation mails to the request's time budget either way.",
+            id=W_MAIL_NO_TIMEOUT,
+        )
+    ]
