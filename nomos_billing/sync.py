@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import linking
+from . import bulk, linking
 from .client import get_client
 from .exceptions import NomosAPIError
 from .models import (
@@ -388,7 +388,7 @@ def _bulk_insert(model: Any, rows: list[Any]) -> bool:
     nothing inserted, when one of them already exists."""
     try:
         with transaction.atomic():
-            model._default_manager.bulk_create(rows)
+            bulk.insert(model, rows)
     except IntegrityError:
         for row in rows:
             row.pk = None
