@@ -2,11 +2,12 @@
 
 ``seed_subscriptions(sandbox, 100_000)`` (or ``--seed-subscriptions 100000``, or
 ``POST /_sandbox/seed {"subscriptions": 100000}``) gives the sandbox that many customers with
-one subscription each, in a few seconds (about 3 s for 100,000 on a loaded 2-core machine): ids are numbered instead of drawn from ``secrets``, and
-the items are written into the sandbox's dicts under one lock instead of one ``add_*`` call
-each. The data is deterministic (the same call on two sandboxes gives the same items) and
-varied the way a real account is: statuses, types, companies and metadata alternate, and each
-item has its own ``created_at`` one second apart, so lists have a stable newest-first order.
+one subscription each in a few seconds (about 3 s for 100,000 on a loaded 2-core machine): ids
+are numbered instead of drawn from ``secrets``, and the items go into the sandbox's dicts under
+one lock instead of one ``add_*`` call each. The data is deterministic (the same call on two
+sandboxes gives the same items) and varied as a real account is: statuses, types, companies
+and metadata alternate, and each item has its own ``created_at`` one second after the one
+before, so lists have a stable newest-first order.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from datetime import timedelta
 from itertools import chain
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
 from nomos_billing import api_rate, catchup
