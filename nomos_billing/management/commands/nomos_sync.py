@@ -7,7 +7,8 @@ stored with the webhook's rules (``sync.upsert_subscriptions``: older reads igno
 changes written, the user resolvers run) in a few statements for the whole page, and a re-sync
 that finds nothing changed writes nothing. List items carry only the customer's id: customers
 new to us are fetched one by one while they are few, else by walking ``GET /customers`` once
-(100 per call); only the new ones' fields are kept until their subscriptions come by.
+(100 per call); only the new ones' fields are kept until their subscriptions come by, in a
+temporary file (``stash``), so memory stays one page however many customers there are.
 Then each lead this site created that no stored subscription names yet is looked up
 (``GET /leads/{id}``); a converted one has its subscription stored and linked by the lead.
 
