@@ -261,7 +261,8 @@ class Command(BaseCommand):
         are updated where Nomos changed them (``sync.refresh_customers``)."""
         from nomos_billing.sync import refresh_customers
 
-        new = CustomerStash()
+        # Held by the command at once: if the walk fails, _run's finally closes (deletes) it.
+        new = self.new_customers = CustomerStash()
         page: list[dict[str, Any]] = []
         listing = self.client.iter_customers(limit=100)
         # A None after the last item flushes the last page (the walk is never held whole).
