@@ -2,15 +2,20 @@
 
 A first sync of 100,000 subscriptions spent half its CPU in ``bulk_create`` (issue 22): for
 every value of every row the compiler calls the field's ``pre_save``, ``get_db_prep_save`` and
-``get_prep_value`` and checks for expressions, and on PostgreSQL packs each column into an
-array. The rows a sync inserts hold plain values we built ourselves (``str``, ``int``, aware
-``datetime``, a ``dict`` for JSON), so ``insert`` writes them with one multi-row
-``INSERT ... RETURNING`` and adapts only what needs it: datetimes through the backend's
-``adapt_datetimefield_value`` (what ``DateTimeField`` ends with), JSON and anything unexpected
-through the field's own ``get_db_prep_save`` (on PostgreSQL one array per column, as Django's
-``UNNEST`` insert). Like ``bulk_create``: primary keys set on the
-objects, no signals, ``auto_now``/``auto_now_add`` filled in. Databases other than
-PostgreSQL and SQLite get ``bulk_create``.
+``get_prep_value`` and checks for expressions, and on PostgreSQL psycopg then writes each
+column out as an array literal, in Python, value by value. The rows a sync inserts hold plain
+values we built ourselves (``str``, ``int``, aware ``datetime``, a ``dict`` for JSON), so:
+
+- on PostgreSQL the page goes in as one JSON document (``json.dumps``, which is C) that the
+  server unpacks with ``json_to_recordset``; a value that is not plain JSON, or a naive
+  datetime, sends the page to ``bulk_create`` instead;
+- on SQLite as one multi-row ``VALUES``, datetimes through the backend's
+  ``adapt_datetimefield_value`` (what ``DateTimeField`` ends with), anything unexpected
+  through the field's own ``get_db_prep_save``;
+- on other databases with ``bulk_create``.
+
+Like ``bulk_create``: primary keys set on the objects (matched back by a unique field, so the
+order rows come back in does not matter), no signals, ``auto_now``/``auto_now_add`` filled in.
 """
 
 from __future__ import annotations
