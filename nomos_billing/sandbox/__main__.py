@@ -10,6 +10,7 @@ from typing import Any
 from . import seed
 from .forwarding import RETRIES, Forwarder
 from .hosts import checkout_origin
+from .seeding import seed_subscriptions, seeded
 from .server import SandboxServer
 from .state import DEFAULT_PLAN, TOKEN_BODIES, UNSERVICEABLE_ZIP, Sandbox
 
@@ -27,6 +28,8 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
                                               "ignore_filters": false,
                                               "drop_cursor": false, "times": 1}
   DELETE /_sandbox/faults                     disarm all
+  POST   /_sandbox/seed                       {"subscriptions": N}: hold N numbered customers
+                                              with one subscription each (adds the missing)
   POST   /_sandbox/customers                  add a customer {"email", "first_name", ...}
   POST   /_sandbox/subscriptions              add a subscription {"customer_id", "status", ...}
   POST   /_sandbox/subscriptions/{id}/status  {"status": "active"|"ended"|"pending",
@@ -92,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         "json); the other is refused with 415",
     )
     parser.add_argument("--no-seed", action="store_true", help="start with no data")
+    parser.add_argument(
+        "--seed-subscriptions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also hold N numbered customers with one subscription each "
+        "(cus_bulk_..., sub_bulk_...; 100000 take a few seconds), for benchmarks",
+    )
     parser.add_argument(
         "--state",
         metavar="FILE",
@@ -165,6 +176,9 @@ def banner(
             f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
             f"{seed.CAROL} (no subscription)"
         )
+    bulk = seeded(sandbox)
+    if bulk:
+        lines.append(f"  {bulk} numbered customers with one subscription each (cus_bulk_...)")
     lines.append(f"  checkout: {checkout_origin(server.url, DEFAULT_PLAN)}/")
     if sandbox.clock_skew:
         lines.append(f"  Nomos' clock: {sandbox.clock_skew:+g} s from ours")
@@ -192,6 +206,7 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
         token_body=args.token_body,
     )
     loaded = sandbox.use_state_file(args.state) if args.state else None
+    seed_subscriptions(sandbox, args.seed_subscriptions)
     for value in args.return_url:
         plan, url = _return_url(value)
         sandbox.return_urls[plan] = url

@@ -106,6 +106,19 @@ def add_customer(sb: Sandbox, request: Request) -> Response:
         raise ApiError(400, str(exc)) from None
 
 
+def seed(sb: Sandbox, request: Request) -> Response:
+    from .seeding import seed_subscriptions, seeded
+
+    total = _kwargs(_body(request), ("subscriptions",)).get("subscriptions")
+    if not isinstance(total, int) or isinstance(total, bool):
+        raise ApiError(400, 'Give "subscriptions": a whole number')
+    try:
+        added = seed_subscriptions(sb, total)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(200, {"added": added, "seeded": seeded(sb)})
+
+
 def add_subscription(sb: Sandbox, request: Request) -> Response:
     payload = _kwargs(
         _body(request),
@@ -230,6 +243,7 @@ ROUTES = [
     _control("GET", "/state", state),
     _control("POST", "/webhooks", send_webhook),
     _control("POST", "/leads/{id}/convert", convert_lead),
+    _control("POST", "/seed", seed),
     _control("POST", "/customers", add_customer),
     _control("POST", "/subscriptions", add_subscription),
     _control("POST", "/subscriptions/unreadable", unreadable),
