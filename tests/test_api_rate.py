@@ -69,22 +69,35 @@ def over_the_limit(nomos: Sandbox) -> list[dict[str, Any]]:
 # -- everything at once ---------------------------------------------------------------------------
 
 
+#: The backlog: events for this many subscriptions (a fetch each, however many wait for it).
+BACKLOG_SUBSCRIPTIONS = 40
+BACKLOG_EVENTS = 200
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("headers", [True, False], ids=["with ratelimit headers", "without"])
 def test_clicks_while_a_sync_and_a_backlog_run_stay_under_the_limit_and_never_see_a_429(
     limited: None, nomos: Sandbox, django_user_model: Any, headers: bool
 ) -> None:
+    """The acceptance test of Nomos' budget: twenty people click the portal button while a
+    full sync and a backlog of webhooks run, against the sandbox at Nomos' 10/s. The sandbox's
+    own record is the judge: no second holds more than the limit (it counts a sliding second,
+    so no tolerance is owed to a token bucket's burst), nothing is answered 429, no click fails.
+    """
     if not headers:
         without_headers(nomos)
     alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
     NomosCustomer.objects.create(user=alice, customer_id=seed.ALICE, email="alice@example.com")
-    for _ in range(200):
-        event = make_event("subscription.activated", {"subscription": seed.ALICE_SUBSCRIPTION})
+    backlog_subscriptions = [nomos.add_subscription(seed.ACME, status="active")["id"]
+                             for _ in range(BACKLOG_SUBSCRIPTIONS)]
+    for n in range(BACKLOG_EVENTS):
+        event = make_event("subscription.activated",
+                           {"subscription": backlog_subscriptions[n % BACKLOG_SUBSCRIPTIONS]})
         WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event)
     get_client().tokens.get()  # the token, once, before the clock starts
     stop = threading.Event()
     clicks: list[int] = []
-    progress = {"sync": 0, "backlog": 0}
+    syncs: list[int] = []
     errors: list[BaseException] = []
 
     def clicker() -> None:
@@ -96,15 +109,14 @@ def test_clicks_while_a_sync_and_a_backlog_run_stay_under_the_limit_and_never_se
 
     def sync() -> None:
         while not stop.is_set():
-            call_command("nomos_sync", page_size=1, stdout=io.StringIO())
-            progress["sync"] += 1
+            call_command("nomos_sync", page_size=5, stdout=io.StringIO())
+            syncs.append(1)
 
     def backlog() -> None:
-        for event in WebhookEvent.objects.filter(status="received"):
+        for event in WebhookEvent.objects.filter(status="received").order_by("pk"):
             if stop.is_set():
                 return
             processing.process_event(event)
-            progress["backlog"] += 1
 
     def run(target: Any) -> None:
         try:
@@ -126,14 +138,18 @@ def test_clicks_while_a_sync_and_a_backlog_run_stay_under_the_limit_and_never_se
 
     assert errors == []
     assert sorted(clicks) == [302] * 20  # not one 503, from a 429 or from waiting
+    assert nomos.count("POST /admin/magic_link") == 20
     # Nomos' own count (the sandbox's): nothing over the limit in any second, so no 429.
     assert nomos.rate_limiter.refused == 0
     assert over_the_limit(nomos) == []
     assert nomos.rate_limiter.busiest() <= RATE
-    # ... and the limit was reached, not merely stayed far from: the work filled the seconds.
+    # ... and the seconds were full: the work used the budget, not merely stayed far from it.
     assert nomos.rate_limiter.busiest() >= RATE // 2
     # The sync and the backlog went on, within what the clicks left them.
-    assert progress["sync"] >= 1 and progress["backlog"] >= 5
+    assert syncs and nomos.count("GET /subscriptions") >= 2
+    processed = WebhookEvent.objects.filter(status="processed").count()
+    assert processed >= 5
+    assert nomos.count("GET /subscriptions/{id}") >= 2
 
 
 # -- the time budget ------------------------------------------------------------------------------

@@ -201,6 +201,8 @@ def _redis_cache_url() -> str | None:
     return url if url.startswith("redis") else None
 
 
+# Twenty calls from two processes at once: one token, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 @pytest.mark.redis
 @pytest.mark.skipif(_redis_cache_url() is None, reason="CACHE_URL is not a Redis URL")
 def test_two_processes_sharing_the_redis_cache_use_one_token(nomos):
