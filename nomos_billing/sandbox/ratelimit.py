@@ -145,8 +145,9 @@ def busiest(times: list[float], window: float = WINDOW) -> int:
 def check_limit(limit: object) -> int:
     """A limit as given on the command line or the control API: a whole number >= 0."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"rate limit must be a whole number of requests per second >= 0 "
-                         f"(0: off), not {limit!r}")
+        raise ValueError(
+            f"rate limit must be a whole number of requests per second >= 0 (0: off), not {limit!r}"
+        )
     return limit
 
 
