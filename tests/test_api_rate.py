@@ -386,4 +386,4 @@ def test_our_limiter_alone_keeps_under_a_sandbox_that_sends_no_headers(
     assert nomos.rate_limiter.refused == 0
     assert nomos.rate_limiter.busiest() <= RATE
     # Not by being slow: it used what the limit allowed (webhook work: 8 a window).
-    assert nomos.rate_limiter.busiest() >= 6
+    assert nomos.rate_limiter.busiest() >= RATE // 2
