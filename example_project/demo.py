@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nomos_billing.sandbox import Sandbox, SandboxServer
     from nomos_billing.sandbox.forwarding import Forwarder
+    from nomos_billing.sandbox.ratelimit import NOMOS_RATE_LIMIT
 
     state_file, fresh_database = sandbox_state_file(args)
     if fresh_database:
@@ -315,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     users = create_users()
 
     site_url = f"http://{args.host}:{args.port}"
-    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET)
+    # Nomos' documented limit, so the demo shows the site living within it (its own limiter,
+    # NOMOS_API_RATE_LIMIT, paces it; the sandbox answers 429 above it as Nomos would).
+    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET,
+                      rate_limit=NOMOS_RATE_LIMIT)
     try:
         state_loaded = sandbox.use_state_file(str(state_file))
     except ValueError as exc:
@@ -353,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
   site:     {site_url}/
   admin:    {site_url}/admin/          login admin / admin-demo
   sandbox:  {server.url}   client {CLIENT_ID} / {CLIENT_SECRET}, webhook secret {WEBHOOK_SECRET}
+            Nomos' rate limit: {sandbox.rate_limiter.limit} requests/s, then 429
+            ({server.url}/_sandbox/rate-limit counts what it refused)
 
   log in as
 {login_lines(users)}

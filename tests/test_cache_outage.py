@@ -199,6 +199,8 @@ def redis_server(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
+# Clicks before, during and after the outage: more than ten calls a second.
+@pytest.mark.sandbox_rate_limit(0)
 def test_redis_stopped_mid_run(redis_server, settings, nomos, alice_client, client, caplog):
     pytest.importorskip("redis")
     use_cache(settings, "nomos", {

@@ -131,6 +131,8 @@ def test_50_concurrent_deliveries_of_one_event_fetch_once(backend, nomos):
     assert nomos.count(SUB_GET) == 1
 
 
+# Two hundred fetches as fast as the worker goes: all processed, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_200_distinct_events_are_all_processed(backend, nomos):
     customer = nomos.add_customer("many@example.com")
     subs = [nomos.add_subscription(customer["id"], status="active") for _ in range(200)]

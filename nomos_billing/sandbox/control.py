@@ -221,6 +221,20 @@ def set_clock(sb: Sandbox, request: Request) -> Response:
     return _clock(sb)
 
 
+def rate_limit(sb: Sandbox, request: Request) -> Response:
+    return json_response(200, sb.rate_limiter.report())
+
+
+def set_rate_limit(sb: Sandbox, request: Request) -> Response:
+    """``{"limit": N}``: N requests per second from now on (0: off), counted afresh."""
+    limit = _kwargs(_body(request), ("limit",)).get("limit")
+    try:
+        sb.rate_limiter.set_limit(limit)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ApiError(400, f'Give "limit": {exc}') from None
+    return json_response(200, sb.rate_limiter.report())
+
+
 def issue_token(sb: Sandbox, request: Request) -> Response:
     return json_response(200, {"access_token": sb.issue_token()})
 
@@ -253,6 +267,8 @@ ROUTES = [
     _control("POST", "/subscriptions/{id}/readable", make_readable),
     _control("GET", "/clock", clock),
     _control("POST", "/clock", set_clock),
+    _control("GET", "/rate-limit", rate_limit),
+    _control("POST", "/rate-limit", set_rate_limit),
     _control("POST", "/tokens", issue_token),
     _control("POST", "/tokens/expire", expire_tokens),
 ]

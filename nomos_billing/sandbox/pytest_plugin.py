@@ -3,7 +3,8 @@ installed (the ``pytest11`` entry point).
 
 - ``nomos_sandbox``: a seeded ``Sandbox`` on an ephemeral loopback port (``.base_url``); while
   it runs, this process resolves ``*.localhost`` (its portal and checkout hosts) to loopback as
-  browsers do, so ``requests`` can follow the links it mints.
+  browsers do, so ``requests`` can follow the links it mints. It enforces Nomos' rate limit
+  (10 requests/s, 429 above it); ``nomos_sandbox.rate_limiter.set_limit(0)`` turns it off.
 - ``nomos_sandbox_settings``: the same, with ``settings.NOMOS_BILLING`` pointing at it (needs
   pytest-django's ``settings`` fixture), its portal and checkout hosts accepted, and the shared
   client and token forgotten, so every test starts from a fresh token. Webhooks are processed
