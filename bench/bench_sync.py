@@ -1,8 +1,9 @@
 """``nomos_sync`` at scale: peak memory and CPU at 10,000 and 100,000 subscriptions, against the
 HTTP+JSON floor of the same walk (issue 22).
 
-The sandbox runs in its own process with no rate limit (``--rate-limit 0``), seeded with ``POST /_sandbox/seed`` (numbered customers with one subscription each; the
-seeding time is printed). Every measurement runs in a fresh child process, so that its RSS
+The sandbox runs in its own process with no rate limit (``--rate-limit 0``), seeded with
+``POST /_sandbox/seed`` (numbered customers with one subscription each; the seeding time is
+printed). Every measurement runs in a fresh child process, so that its RSS
 high-water mark is its own:
 
 - ``floor``: GET every page of the walk ``nomos_sync`` makes (``GET /subscriptions`` and
