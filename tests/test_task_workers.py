@@ -258,7 +258,12 @@ def test_worker_killed_mid_event_is_taken_over_without_a_redelivery(backend, nom
         kill(victim)
         killed = time.monotonic()
         assert status() == "processing"  # left behind, and Nomos had its 202
-        wait_until(lambda: status() == "processed", "the takeover", bound=4 * claim_timeout)
+        try:
+            wait_until(lambda: status() == "processed", "the takeover", bound=4 * claim_timeout)
+        except AssertionError as exc:
+            # What the successor did, for whoever reads a failure on a loaded machine.
+            log, successor = stop(successor), None
+            raise AssertionError(f"{exc}\n{WebhookEvent.objects.values().get()}\n{log}") from exc
         took = time.monotonic() - killed
     finally:
         for process in (victim, successor):
