@@ -18,6 +18,7 @@ long the rest would take at the rate measured.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import threading
@@ -157,7 +158,8 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
         calls = sum(v for k, v in seen.items() if not k.startswith("POST /oauth")) / elapsed
         figures.append((f"{kind} x{count}", quiet, busy, quiet_failed, busy_failed))
         rows.append([f"{kind} x{count}", f"{processed / elapsed:.2f}", f"{fetches:.2f}",
-                     f"{clicked:.2f}", f"{room:.2f}", f"{100 * fetches / room:.0f} %",
+                     f"{clicked:.2f}", f"{room:.2f}",
+                     f"{100 * fetches / room:.0f} %" if math.isfinite(room) else "-",
                      f"{calls:.2f}", f"{startup:.1f}", f"{left}",
                      f"{left / max(processed / elapsed, 1e-9) / 60:.0f} min"])
     table(f"Backlog drain: {args.backlog} events (one per subscription) queued at once, "
