@@ -161,3 +161,32 @@ def test_two_workers_one_killed_mid_event_process_each_event_once_within_the_lim
     assert nomos_at_the_limit.refused == 0
     assert nomos_at_the_limit.busiest_second() <= RATE
     assert WebhookEvent.objects.stuck().count() == 0
+
+
+@pytest.mark.django_db
+def test_the_look_for_a_subscriptions_queued_events_reads_an_index_not_the_backlog() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from nomos_billing import processing
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the plan is PostgreSQL's (DATABASE_URL=postgres://...)")
+    # Once per event a worker takes: over the whole backlog, a drain would cost N^2 rows.
+    WebhookEvent.objects.bulk_create(
+        [WebhookEvent(event_id=f"evt_backlog_{n}", topic="subscription.updated",
+                      payload={"id": f"evt_backlog_{n}", "topic": "subscription.updated",
+                               "context": {"subscription": f"sub_backlog_{n}"}})
+         for n in range(3000)])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE nomos_billing_webhookevent")
+    taken = WebhookEvent.objects.get(event_id="evt_backlog_7")
+    with CaptureQueriesContext(connection) as captured:
+        assert processing.claim_waiting(taken) == []
+    look = next(q["sql"] for q in captured.captured_queries
+                if q["sql"].startswith("SELECT") and "subscription" in q["sql"])
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + look)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "nomos_evt_waiting_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
