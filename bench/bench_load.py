@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=10_000, help="backlog: events queued")
     parser.add_argument("--backlog-seconds", type=float, default=180,
                         help="backlog: seconds of clicks without and with the backlog draining")
-    parser.add_argument("--backlog-workers", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--backlog-workers", type=int, nargs="+", default=[2],
                         help="backlog: worker processes (each number a run)")
     parser.add_argument("--backlog-kinds", nargs="+", choices=["db", "rq"], default=["db", "rq"],
                         help="backlog: task backends to drain with")
