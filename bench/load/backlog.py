@@ -5,7 +5,7 @@ beside it.
 1. Clicks with no backlog: portal clicks at random (Poisson) moments, ``--click-rate`` a second,
    for ``--backlog-seconds``.
 2. ``--backlog`` events (one per subscription, the costliest case: no fetch is shared) are
-   recorded and queued; ``--task-workers`` workers start; once they run, the same clicks for
+   recorded and queued; ``--backlog-workers`` workers start; once they run, the same clicks for
    the same time while the backlog drains. What the workers processed and what the sandbox saw
    in that time is the drain rate, printed next to the share of the budget webhook processing
    is given (``api_rate.sustained_rate("webhook")``).
@@ -38,9 +38,11 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def clicks(url: str, session_key: str, rate: float, seconds: float,
-           seed: int) -> tuple[list[float], int]:
+           seed: int) -> tuple[list[float], int, list[float]]:
     """Portal clicks at Poisson moments (an open loop: a slow click never delays the next):
-    their times in ms, and how many did not answer the 302."""
+    their times in ms, how many did not answer the 302, and the times of a bare
+    login-required page asked for at the same moments (the machine's share of a slowdown:
+    it calls no Nomos, so the rate limit never holds it back)."""
     import requests
 
     rng = random.Random(seed)
@@ -50,24 +52,30 @@ def clicks(url: str, session_key: str, rate: float, seconds: float,
         t += rng.expovariate(rate)
     local = threading.local()
     times: list[float] = []
+    bare: list[float] = []
     failures = [0]
     lock = threading.Lock()
 
-    def click() -> None:
+    def timed(session: Any, path: str) -> tuple[float, int]:
+        started = time.perf_counter()
+        try:
+            status = session.get(url + path, allow_redirects=False, timeout=30).status_code
+        except requests.RequestException:
+            status = 0
+        return (time.perf_counter() - started) * 1000, status
+
+    def click(path: str) -> None:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
             session.cookies.set("sessionid", session_key)
-        started = time.perf_counter()
-        try:
-            status = session.get(url + "/nomos/portal/", allow_redirects=False,
-                                 timeout=30).status_code
-        except requests.RequestException:
-            status = 0
-        took = (time.perf_counter() - started) * 1000
+        took, status = timed(session, path)
         with lock:
-            times.append(took)
-            failures[0] += status != 302
+            if path == "/bare/":
+                bare.append(took)
+            else:
+                times.append(took)
+                failures[0] += status != 302
 
     start = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
@@ -75,8 +83,9 @@ def clicks(url: str, session_key: str, rate: float, seconds: float,
             delay = start + moment - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            pool.submit(click)
-    return times, failures[0]
+            pool.submit(click, "/nomos/portal/")
+            pool.submit(click, "/bare/")
+    return times, failures[0], bare
 
 
 def make_backlog(sandbox: Any, kind: str, size: int) -> None:
@@ -129,7 +138,8 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
         try:
             # Without a backlog first, then with one: the two alternate from one pool size to
             # the next, so that load from elsewhere on the machine hits both alike.
-            quiet, quiet_failed = clicks(web.url, session_key, args.click_rate, seconds, 1)
+            quiet, quiet_failed, quiet_bare = clicks(web.url, session_key, args.click_rate,
+                                                     seconds, 1)
             make_backlog(sandbox, kind, args.backlog)
             started = time.monotonic()
             pool = workers(kind, count, env)
@@ -141,7 +151,8 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
                 done = WebhookEvent.objects.filter(status="processed").count()
                 before = dict(sandbox.calls)
                 window = time.monotonic()
-                busy, busy_failed = clicks(web.url, session_key, args.click_rate, seconds, 1)
+                busy, busy_failed, busy_bare = clicks(web.url, session_key, args.click_rate,
+                                                      seconds, 1)
                 elapsed = time.monotonic() - window
                 processed = WebhookEvent.objects.filter(status="processed").count() - done
                 seen = {k: v - before.get(k, 0) for k, v in dict(sandbox.calls).items()}
@@ -156,7 +167,8 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
         clicked = seen.get(CLICK, 0) / elapsed
         room = share - clicked
         calls = sum(v for k, v in seen.items() if not k.startswith("POST /oauth")) / elapsed
-        figures.append((f"{kind} x{count}", quiet, busy, quiet_failed, busy_failed))
+        figures.append((f"{kind} x{count}", quiet, busy, quiet_failed, busy_failed,
+                        quiet_bare, busy_bare))
         rows.append([f"{kind} x{count}", f"{processed / elapsed:.2f}", f"{fetches:.2f}",
                      f"{clicked:.2f}", f"{room:.2f}",
                      f"{100 * fetches / room:.0f} %" if math.isfinite(room) else "-",
@@ -168,14 +180,16 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
           ["workers", "events/s", "fetches/s", "clicks/s", "share left/s", "of it",
            "all calls/s at Nomos", "start s", "left", "rest takes"], rows)
     click_rows = []
-    for name, quiet, busy, quiet_failed, busy_failed in figures:
-        for what, times, failed in (("no backlog", quiet, quiet_failed),
-                                    (f"backlog, {name}", busy, busy_failed)):
+    for name, quiet, busy, quiet_failed, busy_failed, quiet_bare, busy_bare in figures:
+        for what, times, failed, bare in (("no backlog", quiet, quiet_failed, quiet_bare),
+                                          (f"backlog, {name}", busy, busy_failed, busy_bare)):
             click_rows.append([what, len(times), failed, f"{statistics.median(times):.0f}",
                                f"{percentile(times, 0.95):.0f}", f"{percentile(times, 0.99):.0f}",
                                "-" if times is quiet else
-                               f"{percentile(times, 0.99) / percentile(quiet, 0.99):.2f}x"])
+                               f"{percentile(times, 0.99) / percentile(quiet, 0.99):.2f}x",
+                               f"{statistics.median(bare):.0f}", f"{percentile(bare, 0.99):.0f}"])
     table(f"Portal clicks beside the backlog ({args.click_rate:g}/s at random moments, "
           f"{seconds:.0f} s each)",
-          ["while", "clicks", "failed", "median ms", "p95 ms", "p99 ms", "p99 vs no backlog"],
+          ["while", "clicks", "failed", "median ms", "p95 ms", "p99 ms", "p99 vs no backlog",
+           "bare page median ms", "bare p99 ms"],
           click_rows)
