@@ -15,7 +15,7 @@ SANDBOX_PORT ?= 8765
 # make demo TASKS=db: webhooks processed by the database task backend's worker.
 TASKS ?=
 
-.PHONY: demo test docs mutate bench bench-goals bench-admin bench-load bench-outage bench-slow-clients lint typecheck build matrix clean
+.PHONY: demo test docs mutate bench bench-goals bench-sync bench-admin bench-load bench-outage bench-slow-clients lint typecheck build matrix clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ demo: $(STAMP)
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/nomos_bench
 BENCH_CACHE_URL ?= redis://127.0.0.1:6379/14
 BENCH_RQ_URL ?= redis://127.0.0.1:6379/15
-bench: bench-goals bench-admin bench-load bench-outage bench-slow-clients
+bench: bench-goals bench-sync bench-admin bench-load bench-outage bench-slow-clients
 
 # The performance goals (issue 11), each next to a baseline measured in the same run, as ratios;
 # on the same database and cache as the load benchmark. GOALS_ARGS=--quick for a shorter run.
@@ -47,6 +47,13 @@ bench-goals: $(STAMP)
 	-createdb -h 127.0.0.1 -U postgres $(lastword $(subst /, ,$(BENCH_DATABASE_URL))) 2>/dev/null
 	DATABASE_URL=$(BENCH_DATABASE_URL) CACHE_URL=$(BENCH_CACHE_URL) \
 		$(BIN)/python bench/bench_goals.py $(GOALS_ARGS)
+
+# nomos_sync at 10,000 and 100,000 subscriptions (issue 22): peak memory and CPU against the
+# HTTP+JSON floor, each in a fresh process. SYNC_ARGS=--quick for 1,000 and 10,000.
+bench-sync: $(STAMP)
+	-createdb -h 127.0.0.1 -U postgres $(lastword $(subst /, ,$(BENCH_DATABASE_URL))) 2>/dev/null
+	DATABASE_URL=$(BENCH_DATABASE_URL) CACHE_URL=$(BENCH_CACHE_URL) \
+		$(BIN)/python bench/bench_sync.py $(SYNC_ARGS)
 
 # Every admin page and the health page at 1,000,000 events / 200,000 customers vs 1,000 / 200
 # (issue 22), PostgreSQL only. ADMIN_ARGS=--quick for 100,000 / 20,000.

@@ -192,7 +192,8 @@ def main() -> None:
 
     from nomos_billing.sandbox import Fault, Sandbox, SandboxServer, seed
 
-    sandbox = Sandbox("sandbox-client", "sandbox-secret")
+    # Our own code's speed: Nomos' rate limit off in the sandbox (--rate-limit 0).
+    sandbox = Sandbox("sandbox-client", "sandbox-secret", rate_limit=0)
     server = SandboxServer(sandbox, "127.0.0.1", 0).start()
     os.environ["BENCH_API_BASE_URL"] = server.url
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.load.settings"

@@ -14,7 +14,9 @@
    no command typed;
 6. keeps the sandbox's data in a state file beside the SQLite database (``<db>.sandbox.json``),
    so a rerun on the same database finds the same customers (a new database starts both fresh);
-7. prints the URLs and logins and waits; Ctrl-C stops both servers.
+7. prints the URLs, the logins with each user's state as the database has it (a rerun shows
+   what the last run left), and ``manage.py`` commands aimed at this run's sandbox and
+   database; then waits; Ctrl-C stops both servers.
 
 The demo always uses the sandbox and its published fake credentials, whatever ``.env`` says:
 run ``manage.py runserver`` yourself to use the settings in ``.env``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -189,22 +192,100 @@ def link_alice(sandbox: Any, webhook_url: str, alice: Any) -> str:
     return result
 
 
-#: What the banner says for each way alice can have been linked (``NomosCustomer.linked_by``).
+#: What the banner says for each way a user can have been linked (``NomosCustomer.linked_by``).
 HOW_LINKED = {
     "by_metadata": "through the signed user reference in its metadata (by_metadata)",
-    "by_lead": "through the lead the site created for her (by_lead)",
+    "by_lead": "through the lead the site created for this user (by_lead)",
+    "confirmed": "confirmed from the contract's own mailbox (confirmed)",
+    "by_email": "by the same e-mail address (by_email)",
     "admin": "by hand in the admin",
 }
 
+#: What an unlinked demo user can do next, by name.
+NEXT_STEP = {
+    "alice": ["NOT linked (see the warning above)"],
+    "bob": [
+        "no Nomos customer yet; the button leads to the sign-up form,",
+        "which creates a lead and opens the sandbox checkout; signing up",
+        "there brings him back here, linked by the forwarded",
+        "subscription.created (context.lead)",
+    ],
+}
 
-def how_alice_is_linked(alice: Any) -> str:
-    """The banner's words for how alice is linked, read from the database, not assumed."""
+
+def user_state(user: Any) -> list[str]:
+    """The banner's lines for one demo user, read from the database when the banner is
+    printed (a rerun shows what the first run left, never what a first run would say)."""
+    from nomos_billing.confirmation import pending_claim
     from nomos_billing.models import NomosCustomer
+    from nomos_billing.portal import has_recent_checkout
 
-    customer = NomosCustomer.objects.filter(user=alice).first()
-    if customer is None:
-        return "NOT linked (see the warning above)"
-    return HOW_LINKED.get(customer.linked_by, f"by {customer.linked_by or 'an unknown way'}")
+    customer = NomosCustomer.objects.filter(user=user).first()
+    if customer is not None:
+        subscriptions = list(
+            customer.subscriptions.order_by("-nomos_created_at", "pk")
+            .values_list("subscription_id", flat=True)
+        )
+        what = f"subscription {', '.join(subscriptions)}" if subscriptions else "no subscription"
+        how = HOW_LINKED.get(customer.linked_by, f"by {customer.linked_by or 'an unknown way'}")
+        return [f"linked to {customer.customer_id} ({what})", f"{how};",
+                "the portal button opens the sandbox portal signed in as this customer"]
+    claim = pending_claim(user)
+    if claim is not None:
+        return [f"not linked: customer {claim.customer.customer_id} waits for confirmation",
+                "from its mailbox (the mail is printed in the site's log above);",
+                "the page says so and offers to send it again"]
+    if has_recent_checkout(user):
+        return ["not linked yet: a sign-up (lead) of the last day that Nomos has not",
+                "reported; the portal button asks the sandbox for it"]
+    return NEXT_STEP.get(user.get_username(), ["no Nomos customer yet"])
+
+
+def login_lines(users: dict[str, Any]) -> str:
+    lines = []
+    for username, password, _email, superuser in USERS:
+        if superuser:
+            continue
+        state = user_state(users[username])
+        login = f"{username:<5} / {password}"
+        lines.append(f"    {login:<20} {state[0]}")
+        lines.extend(f"    {'':<20} {line}" for line in state[1:])
+    return "\n".join(lines)
+
+
+#: What ``example_project/settings.py`` reads when a variable is not set; a pasted command
+#: needs a variable only where the demo's differs (or when a .env would be read instead).
+SETTINGS_DEFAULTS = {
+    "NOMOS_API_BASE_URL": "http://127.0.0.1:8765",
+    "NOMOS_CLIENT_ID": CLIENT_ID,
+    "NOMOS_CLIENT_SECRET": CLIENT_SECRET,
+    "NOMOS_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+}
+
+
+def manage_command(env: dict[str, str], *words: str) -> str:
+    """A ``manage.py`` command line to paste into a shell in the directory the demo was started
+    from, aimed at this demo's sandbox and database: the demo's own variables are not in the
+    reader's shell, so those that differ from the settings' defaults go in front."""
+    dotenv = (HERE / ".env").is_file()  # manage.py would read it; the demo ignored it
+    assignments = [
+        f"{name}={shlex.quote(env[name])}"
+        for name, default in SETTINGS_DEFAULTS.items()
+        if env.get(name) != default or dotenv
+    ]
+    if env.get("DATABASE_URL"):
+        assignments.append(f"DATABASE_URL={shlex.quote(env['DATABASE_URL'])}")
+    python = _relative(Path(sys.executable))
+    manage = _relative(HERE / "manage.py")
+    return " ".join([*assignments, python, manage, *(shlex.quote(w) for w in words)])
+
+
+def _relative(path: Path) -> str:
+    """``path`` as typed from the current directory: relative below it, else absolute."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -223,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     from django.core.management import call_command
     from django.urls import reverse
 
-    from nomos_billing.sandbox import Sandbox, SandboxServer, seed
+    from nomos_billing.sandbox import Sandbox, SandboxServer
     from nomos_billing.sandbox.forwarding import Forwarder
+    from nomos_billing.sandbox.ratelimit import NOMOS_RATE_LIMIT
 
     state_file, fresh_database = sandbox_state_file(args)
     if fresh_database:
@@ -234,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     users = create_users()
 
     site_url = f"http://{args.host}:{args.port}"
-    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET)
+    # Nomos' documented limit, so the demo shows the site living within it (its own limiter,
+    # NOMOS_API_RATE_LIMIT, paces it; the sandbox answers 429 above it as Nomos would).
+    sandbox = Sandbox(CLIENT_ID, CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET,
+                      rate_limit=NOMOS_RATE_LIMIT)
     try:
         state_loaded = sandbox.use_state_file(str(state_file))
     except ValueError as exc:
@@ -272,15 +357,11 @@ def main(argv: list[str] | None = None) -> int:
   site:     {site_url}/
   admin:    {site_url}/admin/          login admin / admin-demo
   sandbox:  {server.url}   client {CLIENT_ID} / {CLIENT_SECRET}, webhook secret {WEBHOOK_SECRET}
+            Nomos' rate limit: {sandbox.rate_limiter.limit} requests/s, then 429
+            ({server.url}/_sandbox/rate-limit counts what it refused)
 
   log in as
-    alice / alice-demo   linked to {seed.ALICE} (subscription {seed.ALICE_SUBSCRIPTION})
-                         {how_alice_is_linked(users["alice"])};
-                         the portal button opens the sandbox portal signed in as alice
-    bob   / bob-demo     no Nomos customer yet; the button leads to the sign-up form,
-                         which creates a lead and opens the sandbox checkout; signing up
-                         there brings him back here, linked by the forwarded
-                         subscription.created (context.lead)
+{login_lines(users)}
 
   sandbox checkout:  {checkout_origin(server.url, PLAN_ID)}/  (returns to {site_url}/)
   events forwarded:  {sandbox.forwarder.describe()}
@@ -289,9 +370,8 @@ def main(argv: list[str] | None = None) -> int:
   control API:       {server.url}/_sandbox/...  (python -m nomos_billing.sandbox --help)
 
   subscription.created for alice delivered: {webhook}{worker_note(args)}
-  try: .venv/bin/python example_project/manage.py nomos_trigger test.event --url {webhook_url}
-       .venv/bin/python example_project/manage.py nomos_sync --dry-run
-       (with NOMOS_API_BASE_URL={server.url} if you changed SANDBOX_PORT)
+  try: {manage_command(env, "nomos_trigger", "test.event", "--url", webhook_url)}
+       {manage_command(env, "nomos_sync", "--dry-run")}
 
 Ctrl-C stops both servers.""", flush=True)
         while site.poll() is None:

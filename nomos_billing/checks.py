@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +50,8 @@ W_HTTP_BASE_URL = "nomos_billing.W005"
 # Task backend ids start at 30, clear of the ones above as they grow.
 E_TASK_BACKEND = "nomos_billing.E030"
 W_TASK_BACKEND_ALIAS = "nomos_billing.W030"
+E_WORKER_HANDOFF = "nomos_billing.E031"
+W_WORKER_HANDOFF = "nomos_billing.W031"
 # Time budgets start at 50.
 E_BUDGETS = "nomos_billing.E050"
 W_WEBHOOK_BUDGET = "nomos_billing.W050"
@@ -59,6 +62,7 @@ E_CONFIRMATION_DAYS = "nomos_billing.E060"
 E_SITE_URL = "nomos_billing.E061"
 W_UNBOUND_LINKS = "nomos_billing.W060"
 W_NO_SITE_URL = "nomos_billing.W061"
+W_MAIL_NO_TIMEOUT = "nomos_billing.W062"
 # Secrets and production (check --deploy) start at 70.
 E_WEAK_WEBHOOK_SECRET = "nomos_billing.E070"
 E_DEPLOY_SANDBOX_URL = "nomos_billing.E071"
@@ -492,6 +496,38 @@ def _check_task_backend(raw: dict[str, Any]) -> list[CheckMessage]:
     return []
 
 
+def _check_worker_handoff(raw: dict[str, Any]) -> list[CheckMessage]:
+    webhook = _number(raw.get("WEBHOOK_BUDGET")) or DEFAULTS["WEBHOOK_BUDGET"]
+    if "WORKER_HANDOFF_TIMEOUT" not in raw:
+        # The default gives way to a small budget (conf.Settings.handoff_timeout).
+        value: Any = min(DEFAULTS["WORKER_HANDOFF_TIMEOUT"], webhook / 2)
+    else:
+        value = raw["WORKER_HANDOFF_TIMEOUT"]
+    number = _number(value)
+    if number is None or not 0 <= number < webhook:
+        return [
+            Error(
+                f"{_key('WORKER_HANDOFF_TIMEOUT')} is {value!r}, not a number of seconds from 0 "
+                "up to below WEBHOOK_BUDGET.",
+                hint="The webhook view waits this long for a task worker to take an event, then "
+                "processes it itself within WEBHOOK_BUDGET; the default is 5, and 0 trusts the "
+                "queue (workers that run on a schedule).",
+                id=E_WORKER_HANDOFF,
+            )
+        ]
+    if number + webhook >= NOMOS_WEBHOOK_WAIT and raw.get("TASK_BACKEND"):
+        return [
+            Warning(
+                f"{_key('WORKER_HANDOFF_TIMEOUT')} ({number:g} s) and {_key('WEBHOOK_BUDGET')} "
+                f"({webhook:g} s) add up to {NOMOS_WEBHOOK_WAIT} s or more: with no worker alive, "
+                "a delivery can outlast Nomos' wait for its answer.",
+                hint="Keep the two together under 30 s (defaults 5 and 20).",
+                id=W_WORKER_HANDOFF,
+            )
+        ]
+    return []
+
+
 def _check_checkout_url(raw: dict[str, Any]) -> list[CheckMessage]:
     value = raw.get("CHECKOUT_URL")
     if value is None:
@@ -700,6 +736,7 @@ _CHECKS: list[Callable[[dict[str, Any]], list[CheckMessage]]] = [
     _check_portal_hosts,
     _check_checkout_hosts,
     _check_task_backend,
+    _check_worker_handoff,
     _check_checkout_url,
     _check_budgets,
     _check_rate_limits,
@@ -757,3 +794,53 @@ def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
                 )
             )
     return messages
+
+
+def _smtp_without_timeout() -> bool:
+    """The site's default mailer is Django's SMTP backend (or a subclass) with no timeout."""
+    from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
+
+    if hasattr(settings, "MAILERS"):  # Django 6.1+
+        mailers = settings.MAILERS
+        config = mailers.get("default") if isinstance(mailers, dict) else None
+        if not isinstance(config, dict):
+            return False  # Django's own errors cover a missing default mailer
+        path = config.get("BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+        options: Any = config.get("OPTIONS") or {}
+        timeout = options.get("timeout") if isinstance(options, dict) else None
+    else:
+        # Django 6.1 without MAILERS warns on every read of an EMAIL_* setting; the site
+        # already gets Django's own warning about it, the check must not add one per run.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            path = getattr(settings, "EMAIL_BACKEND", "")
+            timeout = getattr(settings, "EMAIL_TIMEOUT", None)
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, SMTPBackend) and timeout is None
+
+
+@register(Tags.security, "nomos_billing", deploy=True)
+def check_mail_timeout(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``check --deploy``: held links' confirmation mails go through the site's SMTP server
+    inside a click or a webhook; without a timeout a server that does not answer would hold a
+    worker for ever (the package cuts its own sends to the request's budget, Django's password
+    reset and the site's own mails are not)."""
+    if not _smtp_without_timeout():
+        return []
+    return [
+        Warning(
+            "The default e-mail backend is SMTP without a timeout: a mail server that accepts "
+            "and never answers holds the request that sends (a held link's confirmation, a "
+            "password reset) and its worker for ever.",
+            hint="Set EMAIL_TIMEOUT (with MAILERS on Django 6.1: the default mailer's "
+            'OPTIONS "timeout") to a few seconds, e.g. 10. nomos-billing cuts its own '
+            "confirmation mails to the request's time budget either way.",
+            id=W_MAIL_NO_TIMEOUT,
+        )
+    ]

@@ -50,7 +50,7 @@ from .exceptions import (
 )
 from .filters import ListFilter, check_page, query_params
 from .httpdates import parse_http_date, retry_after_seconds
-from .jsonsafe import clean
+from .jsonsafe import clean, loads_clean
 from .tokens import AccessToken, TokenStore
 
 logger = logging.getLogger("nomos_billing.client")
@@ -478,6 +478,8 @@ class NomosClient:
     def _decode(response: requests.Response, method: str, path: str) -> Any:
         try:
             # Cleaned here, once, so nothing fetched from Nomos can make a row unstorable.
+            if response.encoding is None or response.encoding.lower() in ("utf-8", "utf8"):
+                return loads_clean(response.content)
             return clean(response.json())
         except (ValueError, RecursionError):
             raise NomosAPIError(

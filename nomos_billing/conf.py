@@ -86,6 +86,10 @@ DEFAULTS: dict[str, Any] = {
     # An alias of the site's TASKS: webhooks are then processed by a task worker (tasks.py).
     # None processes each webhook inside its request.
     "TASK_BACKEND": None,
+    # With TASK_BACKEND: seconds the webhook view waits for evidence that a worker is alive
+    # before it answers 202; without it, the view processes the event itself (workers.py).
+    # 0 trusts the queue (workers that run on a schedule).
+    "WORKER_HANDOFF_TIMEOUT": 5,
     # Seconds after we first received a subscription.* event during which a 404 for its
     # subscription is taken as "not readable yet" (503, Nomos redelivers), not as final.
     "NOT_FOUND_RETRY_WINDOW": 3600,
@@ -208,6 +212,18 @@ class Settings:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             return float(DEFAULTS[name])
         return float(value)
+
+    @property
+    def handoff_timeout(self) -> float:
+        """``WORKER_HANDOFF_TIMEOUT`` as seconds from 0 up to below ``WEBHOOK_BUDGET``; the
+        default (at most half the budget) when it is not such a number (the checks explain)."""
+        value = self.get("WORKER_HANDOFF_TIMEOUT")
+        budget = self.seconds("WEBHOOK_BUDGET")
+        number = None if isinstance(value, bool) else value
+        if not isinstance(number, (int, float)) or not 0 <= number < budget:
+            # Waiting must leave the view time to process the event itself.
+            return min(float(DEFAULTS["WORKER_HANDOFF_TIMEOUT"]), budget / 2)
+        return float(number)
 
     def rate_limit(self, scope: str) -> tuple[int, int] | None:
         """``RATE_LIMITS[scope]`` as (requests, seconds), or ``None`` when switched off; the

@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import urlencode
 
 from django.core import signing
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage
+from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.db import transaction
 from django.db.models import F
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from . import budget
 from .addresses import mask_address, mask_name
 from .conf import nomos_settings
 from .linking import attach_user, user_address
@@ -60,6 +63,11 @@ SALT = "nomos_billing.confirmation.link"
 #: button must not make the site a mail cannon against someone's inbox.
 RESEND_INTERVAL = timedelta(minutes=5)
 MAX_SENDS = 5
+
+#: Seconds a confirmation mail may wait on an SMTP server that set no timeout of its own
+#: (``EMAIL_TIMEOUT``, or a mailer's ``timeout`` option on Django 6.1), when no request budget
+#: is open either (a management command): Django's SMTP backend alone waits for ever.
+MAIL_TIMEOUT = 10.0
 
 SUBJECT_TEMPLATE = "nomos_billing/email/link_confirmation_subject.txt"
 BODY_TEMPLATE = "nomos_billing/email/link_confirmation_body.txt"
@@ -130,6 +138,9 @@ def send_confirmation(claim: NomosLinkClaim, *, base_url: str | None = None) -> 
             customer.customer_id,
         )
         return False
+    connection = _mail_connection(customer.customer_id)
+    if connection is None:
+        return False
     now = timezone.now()
     nonce = secrets.token_urlsafe(16)
     # Conditional: a claim decided meanwhile gets no mail.
@@ -150,7 +161,8 @@ def send_confirmation(claim: NomosLinkClaim, *, base_url: str | None = None) -> 
     subject = " ".join(render_to_string(SUBJECT_TEMPLATE, context).split())
     body = render_to_string(BODY_TEMPLATE, context)
     try:
-        send_mail(subject=subject, message=body, from_email=None, recipient_list=[to])
+        # An SMTP connection's timeout was cut to the budget (_mail_connection).
+        connection.send_messages([EmailMessage(subject, body, None, [to])])
     except Exception as exc:  # any mail backend failure: the claim stays pending
         logger.error(
             "held link of Nomos customer %s: the confirmation mail could not be sent (%s)",
@@ -162,10 +174,49 @@ def send_confirmation(claim: NomosLinkClaim, *, base_url: str | None = None) -> 
     return True
 
 
+def _mail_connection(customer_id: str) -> Any:
+    """The site's default mailer; an SMTP one waits no longer than the request's budget.
+
+    Django's SMTP backend has no timeout unless the site sets one, and a mail server that
+    accepts and never answers would hold a click or a webhook past its budget (and a worker for
+    ever). So its timeout is cut to what is left of the budget (``budget.remaining``), or to
+    ``MAIL_TIMEOUT`` outside any budget when the site set none. ``None`` (logged) when the
+    budget is already spent: the claim stays pending, "send again" or an operator decides it.
+    """
+    try:
+        from django.core.mail import mailers  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # Django before 6.1
+        from django.core.mail import get_connection
+
+        connection = get_connection()
+    else:
+        connection = mailers.default
+    if isinstance(connection, SMTPBackend):
+        left = budget.remaining()
+        if left is not None and left < budget.MIN_ATTEMPT:
+            logger.error(
+                "held link of Nomos customer %s: no time left in this request's budget for the "
+                "confirmation mail; it can be sent again from the button or the admin",
+                customer_id,
+            )
+            return None
+        limits = [t for t in (connection.timeout, left) if t is not None]
+        connection.timeout = min(limits) if limits else MAIL_TIMEOUT
+    return connection
+
+
 def _mail_held_claim(sender: Any, claim: NomosLinkClaim, **kwargs: Any) -> None:
     # After the commit: the claim must exist when its link is followed, and a rolled-back
-    # delivery must not have mailed anyone.
-    transaction.on_commit(lambda: send_confirmation(claim))
+    # delivery must not have mailed anyone. The commit may come after the budget's block has
+    # ended (an outer transaction): the mail still keeps to the budget the hold happened in.
+    left, held_at = budget.remaining(), time.monotonic()
+
+    def send() -> None:
+        rest = None if left is None else left - (time.monotonic() - held_at)
+        with budget.limit(rest):
+            send_confirmation(claim)
+
+    transaction.on_commit(send)
 
 
 customer_link_held.connect(_mail_held_claim, dispatch_uid="nomos_billing.confirmation")

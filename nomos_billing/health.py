@@ -22,7 +22,7 @@ from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import breaker, catchup, counts, processing, tasks
+from . import breaker, catchup, counts, processing, tasks, workers
 from .conf import nomos_settings
 from .models import NomosCustomer, WebhookEvent
 from .tokens import AccessToken
@@ -89,6 +89,8 @@ class Health:
     breaker: str | None = None
     task_backend: str | None = None
     queue_depth: int | None = None
+    #: Seconds since a task worker last started one of our jobs (``workers``); None: not seen.
+    worker_seen_age: int | None = None
     #: The counts that stopped at ``counts.BOUND``: there are more than that.
     more: list[str] = field(default_factory=list)
     #: The counts taken over the newest ``counts.BOUND + 1`` events only: lower bounds.
@@ -154,15 +156,18 @@ def _token() -> tuple[bool, int | None]:
     return True, int(cached.remaining(time.time()))
 
 
-def _queue() -> tuple[str | None, int | None]:
+def _queue() -> tuple[str | None, int | None, int | None]:
+    """The task backend's alias, its queue depth and seconds since a worker was seen."""
     alias = tasks.backend_alias()
     if alias is None:
-        return None, None
+        return None, None, None
+    age = workers.last_seen(alias)
+    seen = None if age is None else int(age)
     try:
-        return alias, tasks.queue_depth()
+        return alias, tasks.queue_depth(), seen
     except Exception:
         logger.info("Could not read the task queue", exc_info=True)
-        return alias, None
+        return alias, None, seen
 
 
 def collect() -> Health:
@@ -222,7 +227,7 @@ def collect() -> Health:
     ]
     state = catchup.get_state()
     cached, expires_in = _token()
-    backend, depth = _queue()
+    backend, depth, seen = _queue()
     return Health(
         now=now,
         last_delivery_at=last,
@@ -243,6 +248,7 @@ def collect() -> Health:
         breaker=breaker_state(),
         task_backend=backend,
         queue_depth=depth,
+        worker_seen_age=seen,
         more=more,
         at_least=at_least,
     )

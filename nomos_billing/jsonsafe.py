@@ -11,10 +11,18 @@ an infinite number becomes ``None``, and the subscription still syncs.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any
 
-__all__ = ["clean", "problem"]
+__all__ = ["clean", "loads_clean", "problem"]
+
+#: The only ways a NUL or a lone surrogate gets into decoded JSON: an escape (``json`` refuses
+#: a raw control character in a string, and text decoded from UTF-8 holds no surrogates).
+#: Case-insensitive hex; a false alarm (an escaped backslash before "u0000") costs only the
+#: full check.
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])")
 
 
 def _string_problem(value: str) -> str | None:
@@ -69,6 +77,32 @@ def clean(data: Any) -> Any:
     if problem(data) is None:
         return data
     return _clean(data)
+
+
+def loads_clean(body: bytes) -> Any:
+    """``clean(json.loads(body))`` for a UTF-8 body, without walking every value when the
+    body cannot hold a problem: no risky escape in it and no float (or ``NaN`` /
+    ``Infinity``) that is not finite. A first sync decodes 100,000 subscriptions; the walk
+    was a seventh of its CPU. ``ValueError`` when the body is not JSON."""
+    odd = False
+
+    def number(text: str) -> float:
+        nonlocal odd
+        value = float(text)
+        if not math.isfinite(value):
+            odd = True
+        return value
+
+    def constant(text: str) -> float:
+        nonlocal odd
+        odd = True
+        return float(text)
+
+    data = json.loads(body, parse_float=number, parse_constant=constant)
+    # The escape search reads the bytes as UTF-8 (ASCII-compatible); UTF-16/32 get the walk.
+    if odd or json.detect_encoding(body) != "utf-8" or _RISKY_ESCAPE.search(body):
+        return clean(data)
+    return data
 
 
 def _clean(data: Any) -> Any:

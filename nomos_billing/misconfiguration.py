@@ -51,7 +51,7 @@ def describe(exc: NomosConfigurationError) -> str:
     return f"{exc} Fix {setting_names(exc)} (run manage.py check)."
 
 
-def _first_in_cooldown(key: str) -> bool:
+def first_in_cooldown(key: str) -> bool:
     """True for the first report of ``key`` in this cool-down, across processes if we can."""
     try:
         # cache.add is atomic on shared backends: one worker wins, the others stay quiet.
@@ -70,5 +70,5 @@ def report(exc: NomosConfigurationError) -> None:
     """Log ``exc`` at ERROR for the operator, once per cool-down per kind of problem."""
     ident = f"{type(exc).__name__}|{','.join(exc.settings)}|{nomos_settings.token_cache_key}"
     key = "nomos_billing:misconfigured:" + hashlib.sha256(ident.encode()).hexdigest()[:24]
-    if _first_in_cooldown(key):
+    if first_in_cooldown(key):
         logger.error("%s", describe(exc))

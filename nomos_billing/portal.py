@@ -111,16 +111,36 @@ def customer_id_of(user: Any) -> str | None:
 
 
 def has_recent_checkout(user: Any) -> bool:
-    """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` that no stored
-    subscription names yet: they may have just signed up, so the button offers the portal
-    (whose view asks Nomos) rather than a second sign-up. One query, no Nomos call."""
+    """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` that has not been settled
+    against them: no stored subscription names it, or the one that does belongs to a customer
+    that is not linked to another user and whose link was not rejected. They may have just
+    signed up, so the button offers the portal (whose view asks Nomos) rather than a second
+    sign-up. One query, no Nomos call.
+
+    The webhook stores the subscription and links (or holds) its customer one after the other,
+    and a page asks "linked?", "held?", "recent checkout?" one after the other too: a lead that
+    is being linked, or was linked to this user or held for them meanwhile, still counts, so
+    that no interleaving of the two answers "nothing" in between."""
     if _related(user) is None:
         return False
     known = getattr(user, _RECENT_CHECKOUT_ATTR, None)
     if known is None:
-        from .sync import open_leads
+        from django.db.models import Exists, OuterRef, Q
 
-        known = open_leads(user=user, since=timezone.now() - RECENT_CHECKOUT).exists()
+        from .models import ClaimStatus, NomosLead, NomosLinkClaim, NomosSubscription
+
+        rejected = NomosLinkClaim.objects.filter(status=ClaimStatus.REJECTED).values("customer_id")
+        settled_elsewhere = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id")).filter(
+            (Q(customer__user__isnull=False) & ~Q(customer__user_id=user.pk))
+            | Q(customer_id__in=rejected)
+        )
+        known = (
+            NomosLead.objects.filter(
+                user_id=user.pk, created_at__gte=timezone.now() - RECENT_CHECKOUT
+            )
+            .filter(~Exists(settled_elsewhere))
+            .exists()
+        )
         setattr(user, _RECENT_CHECKOUT_ATTR, known)
     return bool(known)
 

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import linking
+from . import bulk, linking
 from .client import get_client
 from .exceptions import NomosAPIError
 from .models import (
@@ -50,8 +50,13 @@ def _text(value: Any, max_length: int) -> str:
     return "" if value is None else str(value)[:max_length]
 
 
-def _choice(value: Any, choices: Any) -> str:
-    return value if value in choices.values else ""
+def _choice(value: Any, choices: frozenset[str]) -> str:
+    return value if isinstance(value, str) and value in choices else ""
+
+
+# ``Type.values`` builds a list on every read; a sync reads them once per item.
+_CUSTOMER_TYPES = frozenset(NomosCustomer.Type.values)
+_SUBSCRIPTION_TYPES = frozenset(NomosSubscription.Type.values)
 
 
 def _status(value: Any) -> str:
@@ -76,7 +81,7 @@ def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
         "first_name": _text(data.get("first_name"), 100),
         "last_name": _text(data.get("last_name"), 100),
         "company_name": _text(data.get("company_name"), 100),
-        "type": _choice(data.get("type"), NomosCustomer.Type) or NomosCustomer.Type.PERSON,
+        "type": _choice(data.get("type"), _CUSTOMER_TYPES) or NomosCustomer.Type.PERSON,
     }
 
 
@@ -86,7 +91,7 @@ def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": _status(data.get("status")),
         "plan": _text(data.get("plan"), 64),
-        "type": _choice(data.get("type"), NomosSubscription.Type),
+        "type": _choice(data.get("type"), _SUBSCRIPTION_TYPES),
         "number": _text(data.get("number"), 64),
         "start_at": _datetime(data.get("start_at")),
         "end_at": _datetime(data.get("end_at")),
@@ -312,12 +317,17 @@ def upsert_subscriptions(
             key = (str(item.get("created_at") or ""), status)
             newest[cid] = max(newest.get(cid, key), key)
         rows = [
-            NomosCustomer(
-                customer_id=cid, latest_status=newest[cid][1], **customer_fields(fetched[cid])
+            bulk.new(
+                NomosCustomer,
+                {
+                    "customer_id": cid,
+                    "latest_status": newest[cid][1],
+                    **customer_fields(fetched[cid]),
+                },
             )
             for cid in sorted(new_customers)
         ]
-        if _bulk_insert(NomosCustomer, rows):
+        if _bulk_insert(NomosCustomer, rows, "customer_id"):
             customers.update((c.customer_id, c) for c in rows)
         else:  # someone else stored one of them meanwhile: one at a time
             for cid in new_customers:
@@ -338,11 +348,12 @@ def upsert_subscriptions(
         values = {**subscription_fields(item), "customer_id": customer.pk}
         lead_id = _item_lead(item)
         if subscription_id not in subscriptions and subscription_id not in inserts:
-            inserts[subscription_id] = NomosSubscription(
-                subscription_id=subscription_id, lead_id=lead_id, **values
+            inserts[subscription_id] = bulk.new(
+                NomosSubscription,
+                {"subscription_id": subscription_id, "lead_id": lead_id, **values},
             )
         prepared.append((item, subscription_id, customer, values, lead_id))
-    if inserts and not _bulk_insert(NomosSubscription, list(inserts.values())):
+    if inserts and not _bulk_insert(NomosSubscription, list(inserts.values()), "subscription_id"):
         inserts = {}  # a concurrent writer got one in first: store each the careful way
     results = []
     stale: set[int] = set()
@@ -383,12 +394,12 @@ def _customer_id_of(item: dict[str, Any]) -> str:
     return _text(customer["id"] if isinstance(customer, dict) else customer, 64)
 
 
-def _bulk_insert(model: Any, rows: list[Any]) -> bool:
+def _bulk_insert(model: Any, rows: list[Any], key: str) -> bool:
     """One INSERT for all ``rows`` (primary keys set on PostgreSQL and SQLite); False, with
     nothing inserted, when one of them already exists."""
     try:
         with transaction.atomic():
-            model._default_manager.bulk_create(rows)
+            bulk.insert(model, rows, key=key)
     except IntegrityError:
         for row in rows:
             row.pk = None

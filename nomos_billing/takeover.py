@@ -9,9 +9,13 @@ on the status index) it looks for stuck events and:
 - inline (no ``TASK_BACKEND``): processes the oldest one, inside what is left of this request's
   ``WEBHOOK_BUDGET``, so Nomos still gets its answer in time; while more are stuck, the next
   delivery looks again at once;
-- queued: puts up to ``QUEUED_BATCH`` back in the queue (``received``) for a live worker.
+- queued: puts up to ``QUEUED_BATCH`` back in the queue (``received``) for a live worker; when
+  no worker has been seen for ``CLAIM_TIMEOUT`` (``workers``), processes the oldest one itself
+  as inline does, counting events that waited in the queue as long as abandoned too.
 
-Task workers also watch their own claims (``tasks``), which covers a site without deliveries.
+Any other request to the site gives the look its turn too (``after_request``, on Django's
+``request_finished``), and task workers watch their own claims (``tasks``): a site without
+deliveries is covered as long as it gets traffic or runs a worker.
 The claim stays the one arbiter: whoever takes an event over does so with the conditional UPDATE
 of ``processing.claim``, so it is processed once however many processes look at the same time.
 An event whose claim went stale is thus taken over within ``interval()`` (plus the gap to the
@@ -23,12 +27,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextvars import ContextVar
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
+from django.db.models import Q
+from django.urls import Resolver404, resolve
 from django.utils import timezone
 
-from . import budget, tasks
+from . import budget, tasks, workers
 from .conf import nomos_settings
 from .models import WebhookEvent
 from .processing import claim_timeout, process_event, stuck_condition
@@ -77,7 +85,16 @@ def after_delivery(deadline: float) -> None:
     if not _due():
         return
     try:
-        more = _requeue() if tasks.backend_alias() is not None else _process_one(deadline)
+        alias = tasks.backend_alias()
+        if alias is None:
+            more = _process_one(deadline)
+        elif workers.handoff_timeout() == 0 or workers.seen_within(
+            alias, claim_timeout().total_seconds()
+        ):
+            more = _requeue()
+        else:
+            # No worker lately: the queue holds its events for nobody; do a worker's job here.
+            more = _process_one(deadline, queued=True)
     except DatabaseError as exc:
         logger.warning("Could not look for stuck webhook events: %s: %s", type(exc).__name__, exc)
         return
@@ -90,21 +107,67 @@ def after_delivery(deadline: float) -> None:
         reset()
 
 
-def _process_one(deadline: float) -> bool:
-    """Process the oldest stuck event within the time left; True when one was found."""
-    event = WebhookEvent.objects.stuck().order_by("claimed_at").first()
+#: The path of the request being served (``request_started`` names it, ``request_finished``
+#: does not); a context variable, so threads and ASGI tasks each see their own.
+_request_path: ContextVar[str | None] = ContextVar("nomos_billing_request_path", default=None)
+
+
+def before_request(
+    environ: dict[str, Any] | None = None, scope: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    """``request_started`` receiver: remember the path for ``after_request``."""
+    path = (environ or {}).get("PATH_INFO") if scope is None else scope.get("path")
+    _request_path.set(path if isinstance(path, str) else None)
+
+
+def after_request(**kwargs: Any) -> None:
+    """``request_finished`` receiver: any request to the site (a click, any page) gives the look
+    its turn, so a stuck event is taken over while the site gets traffic, also when no webhook
+    comes. Django sends the signal when the response is closed, after its body was written: the
+    visitor does not wait for the look, only this worker does (once per ``interval()``).
+
+    Not the webhook URL's requests: the view looks after a verified delivery only, so that a
+    forged one changes nothing.
+    """
+    path = _request_path.get()
+    _request_path.set(None)
+    if path is None or time.monotonic() < _next_look or _is_webhook(path):
+        return
+    after_delivery(time.monotonic() + nomos_settings.seconds("WEBHOOK_BUDGET"))
+
+
+def _is_webhook(path: str) -> bool:
+    try:
+        return resolve(path).view_name == "nomos_billing:webhook"
+    except Resolver404:
+        return False
+
+
+def _process_one(deadline: float, *, queued: bool = False) -> bool:
+    """Process the oldest stuck event within the time left; True when one was found.
+
+    ``queued``: no task worker has been seen for ``CLAIM_TIMEOUT``, so an event waiting in the
+    queue as long (``received``; Nomos had its 202) is abandoned too.
+    """
+    abandoned = stuck_condition()
+    if queued:
+        stale = timezone.now() - claim_timeout()
+        abandoned |= Q(status=Status.RECEIVED, updated_at__lt=stale)
+    event = WebhookEvent.objects.filter(abandoned).order_by("updated_at").first()
     if event is None:
         return False
     left = deadline - time.monotonic()
     if left < nomos_settings.seconds("WEBHOOK_BUDGET") / 2:
         return True  # this request used most of its budget; the next delivery takes it over
+    left_as = "processing" if event.status == Status.PROCESSING else "queued"
     with budget.limit(left):
-        result = process_event(event, takeover=True)
+        result = process_event(event, takeover=left_as == "processing")
     if result.claimed:
         logger.warning(
-            "Took over webhook event %s (%s), left processing by a worker that stopped: %s",
+            "Took over webhook event %s (%s), left %s by a worker that stopped: %s",
             event.event_id,
             event.topic,
+            left_as,
             result.status,
         )
     return True

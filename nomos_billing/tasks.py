@@ -30,6 +30,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from . import workers
 from .conf import SETTING_NAME, nomos_settings
 from .models import WebhookEvent
 
@@ -91,6 +92,7 @@ def _run(event_id: str, force: bool = False, retry: int = 0, takeover: bool = Fa
     """
     from .processing import process_event
 
+    _seen()
     event = WebhookEvent.objects.filter(event_id=event_id).first()
     if event is None:
         # Pruned (nomos_prune_events) between enqueue and run: nothing left to do.
@@ -107,6 +109,14 @@ def _run(event_id: str, force: bool = False, retry: int = 0, takeover: bool = Fa
     if result.claimed and result.retry:
         _retry_later(event_id, retry, result.retry_after)
     return str(result.status) if result.claimed else "busy"
+
+
+def _seen() -> None:
+    """Vouch that a worker of ``TASK_BACKEND`` is alive (``workers``): the webhook view answers
+    202 only while one is."""
+    alias = backend_alias()
+    if alias is not None:
+        workers.seen(alias)
 
 
 def _claimed(event_id: str, retry: int, takeover: bool) -> None:
@@ -177,6 +187,7 @@ def _catch_up() -> str:
 
     from django.core.management import call_command
 
+    _seen()
     out = io.StringIO()
     call_command("nomos_sync", since="auto", stdout=out)
     return out.getvalue().strip()

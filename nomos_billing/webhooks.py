@@ -10,7 +10,9 @@ verified. Answers are short plain text for whoever reads the Nomos delivery log:
 - 413: body over ``WEBHOOK_MAX_BYTES``;
 - 200: processed, ignored topic, duplicate of a finished event, or failed in a way no
   redelivery can fix (the event is kept as ``failed`` for ``nomos_replay``);
-- 202 with ``TASK_BACKEND``: recorded and queued for a worker (``tasks``), Nomos not called;
+- 202 with ``TASK_BACKEND``: recorded and queued for a worker that is alive (``tasks``,
+  ``workers``), Nomos not called; with no worker alive, the view processes the event itself
+  and answers as above;
 - 409 with ``Retry-After``: another worker holds the event's claim (see ``_busy``);
 - 503: Nomos was unavailable while processing, or the task queue refused the event; the event
   is ``failed`` and Nomos redelivers; also when ``WEBHOOK_SECRETS`` is empty (our
@@ -42,7 +44,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from . import misconfiguration, takeover, tasks
+from . import misconfiguration, takeover, tasks, workers
 from .conf import SETTING_NAME, nomos_settings
 from .exceptions import NomosConfigurationError, WebhookError, WebhookSignatureMismatch
 from .jsonsafe import problem
@@ -216,11 +218,12 @@ class WebhookView(View):
         return self._respond(process_event(event, claimed=created))
 
     def _enqueue(self, event: WebhookEvent, created: bool) -> HttpResponse:
-        """Hand the event to a worker and acknowledge at once (``TASK_BACKEND`` set)."""
+        """Hand the event to a worker and answer 202 once one is alive to take it (``TASK_BACKEND``
+        set); with no worker alive, process it here (``workers``)."""
         if not created and not tasks.needs_enqueue(event):
             if event.status == Status.PROCESSING:
                 return self._busy(event)  # in a worker's hands, not merely queued
-            return _text(202, "queued")
+            return self._handed_over(event)  # its job waits in the queue
         try:
             tasks.enqueue(event.event_id)
         except (tasks.EnqueueError, ImproperlyConfigured) as exc:
@@ -231,7 +234,15 @@ class WebhookView(View):
             # Nomos' redelivery (or nomos_replay --failed) enqueue it again.
             tasks.mark_enqueue_failed(event, exc)
             return _text(503, "the task queue is unavailable; please redeliver")
-        return _text(202, "queued")
+        return self._handed_over(event)
+
+    def _handed_over(self, event: WebhookEvent) -> HttpResponse:
+        alias = tasks.backend_alias()
+        if alias is None or workers.handed_over(event, alias):
+            return _text(202, "queued")
+        # A 202 now would promise a worker nobody runs: do the worker's job, as inline would.
+        workers.report_absent(alias, event.event_id)
+        return self._respond(process_event(event))
 
     def _respond(self, result: Result) -> HttpResponse:
         event = result.event

@@ -21,6 +21,7 @@ from nomos_billing import shared_cache, takeover
 from nomos_billing.client import reset_client
 from nomos_billing.sandbox import Sandbox, SandboxServer
 from nomos_billing.sandbox.hosts import resolve_localhost
+from nomos_billing.sandbox.ratelimit import NOMOS_RATE_LIMIT
 
 # Under CI=true, a PostgreSQL or Redis test that skips in the run that has them fails it.
 from tests.ci_skips import pytest_runtest_makereport  # noqa: F401
@@ -56,6 +57,20 @@ def _localhost_names_are_loopback() -> Iterator[None]:
         yield
 
 
+def sandbox_rate_limit(request: pytest.FixtureRequest) -> int:
+    """The rate limit a test's sandbox enforces: Nomos' 10/s, or its ``sandbox_rate_limit``.
+
+    The suite's own client limiter is off (``API_RATE_LIMIT`` None in tests/settings.py), so that
+    the tests of retries, faults and counts do not wait for turns. Most tests make a handful of
+    calls; the few that make more than ten on purpose (a hundred calls over one connection,
+    fifty threads at a token's expiry, a sync walk of single-item pages) test our efficiency,
+    not our pacing, and say so with ``@pytest.mark.sandbox_rate_limit(0)``. Pacing is tested
+    with both limits on (tests/test_api_rate.py, tests/test_sandbox_rate_limit.py).
+    """
+    marker = request.node.get_closest_marker("sandbox_rate_limit")
+    return int(marker.args[0]) if marker is not None else NOMOS_RATE_LIMIT
+
+
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
 WEBHOOK_SECRETS = ["whsec_test_new", "whsec_test_old"]
@@ -64,8 +79,12 @@ _sandboxes: list[Sandbox] = []
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    sb = Sandbox(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Nomos' documented rate limit (10 requests/s) unless the test is marked
+    ``sandbox_rate_limit(N)``: a test's traffic stays within what Nomos allows, and one that
+    goes over gets Nomos' 429, not a silent pass (``sandbox_rate_limit``)."""
+    sb = Sandbox(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                 rate_limit=sandbox_rate_limit(request))
     _sandboxes.append(sb)
     with SandboxServer(sb, host="127.0.0.1", port=0):
         yield sb
@@ -100,6 +119,14 @@ def _fresh_client_and_cache() -> Iterator[None]:
         caches[alias].clear()
     yield
     reset_client()
+
+
+@pytest.fixture
+def no_takeover_look(monkeypatch) -> None:
+    """No look for stuck events after this test's requests (``takeover.after_request``): for
+    tests that count a page's own queries, or keep stuck events on purpose. The look costs one
+    query per process every quarter CLAIM_TIMEOUT, after the response."""
+    monkeypatch.setattr("nomos_billing.takeover._next_look", float("inf"))
 
 
 class _Capture(logging.Handler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -213,3 +214,9 @@ def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * share // 1))
     return ordered[int(rank) - 1]
+
+
+def latencies(times: list[float]) -> str:
+    """``p50=… ms  p99=… ms  max=… ms``: the columns the benchmarks print for a row."""
+    return (f"p50={statistics.median(times) * 1000:9.1f} ms  "
+            f"p99={percentile(times, 0.99) * 1000:9.1f} ms  max={max(times) * 1000:9.1f} ms")

@@ -51,6 +51,7 @@ def count_queries(client, url: str) -> int:
     return len(ctx)
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 @pytest.mark.parametrize("url", [CUSTOMERS, SUBSCRIPTIONS, EVENTS])
 def test_changelist_queries_do_not_grow_with_rows(url, admin_client, django_user_model):
     make_rows(10, django_user_model)
@@ -78,6 +79,7 @@ def page_queries(client, url: str, query: dict[str, str]) -> list[str]:
     return [q["sql"] for q in ctx.captured_queries]
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 def test_admin_pages_at_many_rows_use_indexable_queries_and_the_same_count(
     admin_client, django_user_model
 ):

@@ -113,6 +113,7 @@ def test_process_again_with_a_task_backend_enqueues_and_logs(nomos, admin_client
 # -- the health page --------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 def test_the_stuck_count_links_to_the_stuck_events_only(nomos, admin_client):
     old = timezone.now() - timedelta(hours=1)
     WebhookEvent.objects.create(event_id="evt_stuck", topic="test.event", status="processing",

@@ -9,9 +9,7 @@ and the admin says so. The screenshot of the open search goes to
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import django
 import pytest
 
 from nomos_billing.models import NomosCustomer
-from tests.test_browser import ARTIFACTS, CHROMIUM, LAUNCH_ARGS
+from tests.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 - the fixture
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,25 +28,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser]')"
-    )
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
 @pytest.fixture
 def admin_static(settings: Any) -> None:
     # The live server serves STATIC_ROOT (the test settings have no staticfiles app): point it
@@ -57,14 +36,15 @@ def admin_static(settings: Any) -> None:
 
 
 def test_an_operator_links_a_customer_by_searching_the_user(
-    chromium: Any, live_server: Any, admin_static: None, django_user_model: Any
+    browser: Any,  # noqa: F811 - the imported fixture
+    live_server: Any, admin_static: None, django_user_model: Any,
 ) -> None:
     django_user_model.objects.create_superuser("operator", "op@example.com", "op-pw")
     target = django_user_model.objects.create_user("vera.target", "vera@example.com", "pw")
     django_user_model.objects.create_user("someone.else", "else@example.com", "pw")
     customer = NomosCustomer.objects.create(customer_id="cus_by_hand", email="vera@example.com")
 
-    page = chromium.new_page(viewport={"width": 1200, "height": 800})
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
     try:
         base = live_server.url
         page.goto(base + "/admin/login/?next=/admin/nomos_billing/nomoscustomer/")

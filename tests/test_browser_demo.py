@@ -82,8 +82,13 @@ def test_bob_signs_up_through_the_sandbox_checkout_and_reaches_his_portal(
         screenshot(page, "demo-checkout")
         page.click("#checkout-submit")
 
-        # Back on the site (the plan's return URL); the webhook links bob by his lead.
+        # Back on the site (the plan's return URL); the webhook links bob by his lead. Whether
+        # it has arrived yet or not, the page never says "not linked" beside the portal button.
         page.wait_for_url(demo.url + "/")
+        assert page.locator("#not-linked").count() == 0, page.content()
+        if page.locator("#customer-id").count() == 0:
+            assert "Your sign-up is on its way" in page.inner_text("#checkout-pending")
+            assert page.locator("form[action='/nomos/portal/'] button").count() == 1
         delivery = wait_for_delivery(sandbox_url, "subscription.created")
         state = requests.get(f"{sandbox_url}/_sandbox/state", timeout=5).json()
         event = state["events"][delivery["event_id"]]

@@ -29,6 +29,7 @@ from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
 from tests.broken_cache import BrokenCache
 from tests.ports import free_port
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
@@ -198,6 +199,8 @@ def redis_server(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
+# Clicks before, during and after the outage: more than ten calls a second.
+@pytest.mark.sandbox_rate_limit(0)
 def test_redis_stopped_mid_run(redis_server, settings, nomos, alice_client, client, caplog):
     pytest.importorskip("redis")
     use_cache(settings, "nomos", {
@@ -225,3 +228,31 @@ def test_redis_stopped_mid_run(redis_server, settings, nomos, alice_client, clie
     [warning] = cache_warnings(caplog)
     assert "'nomos'" in warning and str(redis_server.port) not in warning
     assert elapsed < 5, f"8 requests took {elapsed:.2f} s without the cache"
+
+
+def test_redis_that_hangs_costs_a_socket_timeout_not_the_budget(redis_server, settings, nomos,
+                                                                alice_client, client, caplog):
+    """Black-holed rather than stopped: the socket timeouts the deploy docs recommend bound the
+    wait, and the process then keeps away from the cache for ``RETRY_AFTER``."""
+    pytest.importorskip("redis")
+    with TcpProxy(("127.0.0.1", redis_server.port)) as proxy:
+        use_cache(settings, "nomos", {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{proxy.port}/0",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        })
+        before = [click(alice_client, nomos) for _ in range(2)] + [deliver(client)]
+        assert before == [302, 302, 200]
+        proxy.set_mode("swallow")
+        reset_client()
+        breaker.reset()
+        answers, slowest = [], 0.0
+        for request in [click] * 5 + [deliver] * 3:
+            started = time.monotonic()
+            answers.append(request(alice_client, nomos) if request is click else request(client))
+            slowest = max(slowest, time.monotonic() - started)
+    assert answers == [302] * 5 + [200] * 3
+    [warning] = cache_warnings(caplog)
+    assert "'nomos'" in warning and "Timeout" in warning, warning
+    # Each request within its budget (CLICK_BUDGET 5 s): one socket timeout, not one per call.
+    assert slowest < nomos_settings.seconds("CLICK_BUDGET"), slowest

@@ -56,6 +56,8 @@ def updated_since_asked(nomos) -> list[str]:
     return found
 
 
+# A walk of many pages as fast as it goes: what lands, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_all_webhooks_lost_1000_changes_land_on_the_next_catch_up(nomos):
     ids = add_subscriptions(nomos, customers=50, per_customer=20)
     first = sync("--since", "auto")
@@ -202,6 +204,8 @@ def left_behind(nomos) -> list[str]:
     return lost
 
 
+# Thirteen calls in a row: what a skewed clock misses, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 @pytest.mark.parametrize("skew_minutes", [-15, 15])
 def test_with_nomos_clock_15_minutes_off_no_change_is_missed(nomos, skew_minutes):
     nomos.clock_skew = skew_minutes * 60
@@ -264,6 +268,8 @@ def test_a_page_with_more_but_no_cursor_keeps_the_watermark_and_says_why(nomos):
     assert left_behind(nomos) == []
 
 
+# A walk of many pages as fast as it goes: what lands, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_an_error_on_the_last_page_leaves_nothing_behind_the_watermark(nomos):
     ids = add_subscriptions(nomos, customers=3, per_customer=50)
     sync("--since", "auto")

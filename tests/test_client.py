@@ -103,6 +103,8 @@ def test_json_refused_too_is_an_error_and_not_remembered(client, nomos):
     assert _token_requests(nomos)[-1] == ("application/x-www-form-urlencoded", 200)
 
 
+# A hundred calls in a row: one token, not pacing (the suite's client limiter is off).
+@pytest.mark.sandbox_rate_limit(0)
 def test_hundred_calls_cause_exactly_one_token_request(client, nomos):
     for _ in range(100):
         client.get_subscription("sub_sandbox_alice")
@@ -110,6 +112,8 @@ def test_hundred_calls_cause_exactly_one_token_request(client, nomos):
     assert nomos.count(TOKEN) == 1
 
 
+# A hundred calls in a row: one connection, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_hundred_calls_reuse_one_connection(client, nomos):
     client.get_subscription("sub_sandbox_alice")
     before = nomos.connections

@@ -362,6 +362,8 @@ def test_sync_dry_run_prints_the_summary_and_saves_nothing(nomos, users) -> None
     assert NomosCustomer.objects.count() == 0
 
 
+# A walk of single-item pages as fast as it goes: what it fetches, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 @pytest.mark.django_db
 def test_sync_walks_every_page_and_fetches_each_new_customer_once(nomos, users) -> None:
     for n in range(7):

@@ -458,7 +458,8 @@ def test_a_failing_mail_server_keeps_the_claim_and_says_why(
     nomos, plan, mallory, django_capture_on_commit_callbacks, no_secrets_in_logs
 ):
     with mock.patch(
-        "nomos_billing.confirmation.send_mail", side_effect=ConnectionRefusedError
+        "django.core.mail.backends.locmem.EmailBackend.send_messages",
+        side_effect=ConnectionRefusedError,
     ):
         subscription = finish_checkout(nomos, VICTIM, lead_id=lead_of(mallory))
         deliver(nomos, subscription, django_capture_on_commit_callbacks)

@@ -65,6 +65,8 @@ def exercise_client(nomos) -> None:
         client.get_customer("cus_sandbox_alice")
 
 
+# Every call the client makes, back to back: their shapes, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_every_request_the_client_sends_validates(nomos, spec):
     exercise_client(nomos)
     exchanges = [e for e in nomos.request_log if not e["path"].startswith("/_sandbox")]
@@ -78,6 +80,8 @@ def test_every_request_the_client_sends_validates(nomos, spec):
     assert failures == []
 
 
+# Every call the client makes, back to back: their shapes, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_every_response_the_client_receives_validates(nomos, spec):
     exercise_client(nomos)
     failures = []

@@ -50,7 +50,8 @@ def spec() -> OpenAPI:
 
 @pytest.fixture
 def sb() -> Iterator[Sandbox]:
-    sandbox = Sandbox()
+    # The scenarios go as fast as they can; the limit is a scenario of its own (rate_limit).
+    sandbox = Sandbox(rate_limit=0)
     with SandboxServer(sandbox):
         yield sandbox
 
@@ -182,9 +183,20 @@ def filters_and_checkout(api: Api) -> None:
     assert refused.json()["errors"][0]["code"] == "unserviceable_zip"
 
 
+def rate_limit(api: Api) -> None:
+    sb = api.sb
+    sb.rate_limiter.set_limit(1)
+    statuses = [api.call("GET", "/subscriptions/sub_sandbox_alice").status_code
+                for _ in range(2)]
+    arrivals = list(sb.rate_limiter.arrivals)
+    # Over the limit when the two arrived within a second (the sandbox's clock says).
+    assert statuses == [200, 429 if arrivals[1] - arrivals[0] < 1.0 else 200]
+    assert sb.request_log[-1]["response_headers"]["ratelimit-limit"] == "1"
+
+
 SCENARIOS: dict[str, Callable[[Api], None]] = {
     f.__name__: f for f in (oauth, subscriptions, customers, events, magic_link, leads,
-                            auth_and_faults, filters_and_checkout)
+                            auth_and_faults, filters_and_checkout, rate_limit)
 }
 
 

@@ -60,6 +60,7 @@ def test_a_filtered_count_stops_at_the_bound_and_says_so(admin_client: Any) -> N
     assert f"Select all webhook events (more than {BOUND})" in response.content.decode()
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 @pytest.mark.django_db
 def test_the_queries_of_a_list_do_not_grow_past_the_bound(admin_client: Any) -> None:
     def queries() -> int:
@@ -108,6 +109,7 @@ def test_the_health_page_bounds_its_counts_and_says_so(admin_client: Any) -> Non
     assert f"Failed events: more than {BOUND}; stuck in processing: 0" in text.getvalue()
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 @pytest.mark.django_db
 def test_the_health_page_costs_the_same_queries_at_any_size(admin_client: Any) -> None:
     def queries() -> int:

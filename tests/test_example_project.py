@@ -265,3 +265,127 @@ def test_demo_refuses_a_port_in_use_with_one_line(demo_db: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (f"demo: 127.0.0.1:{port} is in use; stop what runs there "
                                      "or pass another port (make demo PORT=...).")
+
+
+def run_pasted(command: str) -> subprocess.CompletedProcess[str]:
+    """A command line from the demo's banner, pasted into a shell in the repository root with
+    none of the demo's variables set (a second terminal)."""
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, env=clean_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.live
+def test_demo_hints_run_pasted_against_this_demos_ports_and_database(demo: Demo) -> None:
+    hints = [line.split("try:", 1)[-1].strip() for line in demo.output.splitlines()
+             if "manage.py nomos_" in line]
+    [trigger] = [h for h in hints if "nomos_trigger" in h]
+    [sync] = [h for h in hints if "nomos_sync" in h]
+    # Not the defaults (8765, example_project/db.sqlite3): this demo's sandbox and database.
+    assert f"NOMOS_API_BASE_URL=http://127.0.0.1:{demo.sandbox_port} " in sync, sync
+    assert "DATABASE_URL=sqlite:///" in sync, sync
+
+    triggered = run_pasted(trigger)
+    assert triggered.returncode == 0, triggered.stderr
+    assert "HTTP 200" in triggered.stdout + triggered.stderr
+    synced = run_pasted(sync)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    # It walked this demo's sandbox (its seeded subscriptions), in this demo's database.
+    assert re.search(r"\b[1-9]\d* subscriptions?\b", synced.stdout + synced.stderr), (
+        synced.stdout + synced.stderr)
+
+
+def csrf_of(session: requests.Session, url: str) -> str:
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"',
+                      session.get(url, timeout=10).text)
+    assert token, url
+    return token.group(1)
+
+
+def start_sign_up(demo: Demo, session: requests.Session) -> str:
+    """The sign-up form, sent: the site creates a lead and sends the browser to the sandbox's
+    checkout (not followed here). Returns the lead id."""
+    url = demo.url + "/nomos/portal/start/"
+    data = {"zip_code": "10115", "estimated_usage": "3100",
+            "csrfmiddlewaretoken": csrf_of(session, url)}
+    response = session.post(url, data=data, timeout=10, allow_redirects=False,
+                            headers={"Referer": url})
+    assert response.status_code in (302, 303), response.text[:500]
+    lead = re.search(r"[?&]id=(lead_[A-Za-z0-9]+)", response.headers["Location"])
+    assert lead, response.headers["Location"]
+    return lead.group(1)
+
+
+def finish_checkout(demo: Demo, lead: str, email: str) -> None:
+    """What bob's browser posts on the sandbox's hosted checkout (on the plan's own host)."""
+    host = f"pln-sandbox-home.checkout.localhost:{demo.sandbox_port}"
+    response = requests.post(f"http://127.0.0.1:{demo.sandbox_port}/", headers={"Host": host},
+                             allow_redirects=False, timeout=10, data={
+                                 "id": lead, "first_name": "Bob", "last_name": "Builder",
+                                 "email": email, "zip": "10115", "usage": "3100"})
+    assert response.status_code == 303, response.text[:500]
+    assert response.headers["Location"] == demo.url + "/"
+
+
+def home_until(session: requests.Session, demo: Demo, marker: str) -> str:
+    """The home page until it shows ``marker`` (the forwarded webhook is on its way); no
+    version of it on the way may say "not linked"."""
+    for _ in range(100):
+        home = session.get(demo.url + "/", timeout=10).text
+        assert 'id="not-linked"' not in home, home
+        if marker in home:
+            return home
+        time.sleep(0.1)
+    raise AssertionError(f"{marker} never showed:\n{home}")
+
+
+@pytest.mark.live
+def test_right_after_checkout_the_page_says_so_and_the_rerun_banner_shows_bob_linked(
+    demo_db: Path,
+) -> None:
+    first = Demo(demo_db)
+    first.wait_ready()
+    try:
+        bob = login(first.url, "bob", "bob-demo")
+        lead = start_sign_up(first, bob)
+        # On the way to the checkout (or back from it before Nomos reported it): not "not
+        # linked" beside a portal button, but what the button does now.
+        home = bob.get(first.url + "/", timeout=10).text
+        assert 'id="not-linked"' not in home
+        assert "Your sign-up is on its way" in home
+        assert 'action="/nomos/portal/"' in home  # the button asks Nomos, no second sign-up
+        german = bob.get(first.url + "/", headers={"Accept-Language": "de"}, timeout=10).text
+        assert "Ihre Anmeldung ist unterwegs" in german
+
+        # Back from the checkout: every read until the webhook has linked him says so.
+        finish_checkout(first, lead, "bob@example.com")
+        home = home_until(bob, first, 'id="customer-id"')
+        customer_id = re.search(r'id="customer-id">([^<]+)<', home).group(1)
+        assert "Your sign-up is on its way" not in home
+    finally:
+        assert first.stop() == 0
+
+    again = Demo(demo_db)
+    again.wait_ready()
+    try:
+        out = again.output
+        # The banner reads the database: bob is linked now, not "no Nomos customer yet".
+        linked = rf"bob   / bob-demo\s+linked to {customer_id} \(subscription sub_"
+        assert re.search(linked, out), out
+        assert "through the lead the site created for this user (by_lead)" in out
+        assert "no Nomos customer yet" not in out
+        assert "(loaded;" in out
+    finally:
+        assert again.stop() == 0
+
+
+@pytest.mark.live
+def test_a_contract_held_for_confirmation_is_shown_as_held_not_as_not_linked(demo: Demo) -> None:
+    bob = login(demo.url, "bob", "bob-demo")
+    lead = start_sign_up(demo, bob)
+    # Someone else finishes bob's checkout with their own address: the contract is held until
+    # its mailbox confirms (the mail goes to the site's console).
+    finish_checkout(demo, lead, "vera@example.org")
+    home = home_until(bob, demo, 'id="link-held"')
+    assert "An electricity contract is waiting to be connected with your account" in home
+    assert "We have sent a confirmation to v" in home  # the button: where the mail went
+    assert 'id="customer-id"' not in home and "Your sign-up is on its way" not in home

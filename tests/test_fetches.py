@@ -51,7 +51,9 @@ def queued(nomos: Sandbox, settings: Any) -> Iterator[Any]:
     """TASK_BACKEND on a dummy backend (it keeps the jobs; the test plays the worker)."""
     settings.TASKS = {"default": {"BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend"},
                       "nomos": {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend"}}
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    # The test plays the worker when it likes: a queue whose workers run on a schedule.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "WORKER_HANDOFF_TIMEOUT": 0}
     backend = tasks.task_backends["nomos"]
     backend.clear()
     yield backend

@@ -124,6 +124,7 @@ def queries(fn) -> list[str]:
     return [q["sql"] for q in captured.captured_queries]
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 def test_query_count_does_not_grow_with_100k_events_and_20k_customers(nomos, admin_client):
     admin_client.get(HEALTH_URL)  # session, user and content types warmed up
     empty_page = queries(lambda: admin_client.get(HEALTH_URL))
@@ -179,3 +180,17 @@ def test_an_id_longer_than_nomos_sends_is_cut(nomos, admin_client):
     assert len(data["problem_events"][0]["topic"]) == 64
     page = admin_client.get(HEALTH_URL).content.decode()
     assert "b" * 64 not in page and "evt_" + "b" * 59 in page
+
+
+def test_the_task_queue_shows_when_a_worker_was_last_seen(nomos, admin_client, settings):
+    from nomos_billing import workers
+
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    assert status_json()["worker_seen_age"] is None
+    assert "no worker seen" in status_text()
+    assert "no worker seen" in admin_client.get(HEALTH_URL).content.decode()
+    workers.seen("nomos")
+    assert status_json()["worker_seen_age"] in (0, 1)
+    assert "a worker seen " in status_text()
+    page = admin_client.get(HEALTH_URL).content.decode()
+    assert "a worker seen " in page and "no worker seen" not in page

@@ -131,15 +131,18 @@ def test_sdist_and_wheel_ship_migrations_templates_locale_and_py_typed(dist: Pat
 
 
 README = ROOT / "README.md"
+#: The task-queue settings the README's testing section must survive (docs: task queue).
+TASK_QUEUE_DOC = ROOT / "docs" / "how-to" / "task-queue.md"
 
 
-def readme_block(name: str) -> str:
-    """The fenced code block after ``<!-- readme-test: name -->`` in README.md, as written."""
+def readme_block(name: str, source: Path = README, marker: str = "readme-test") -> str:
+    """The fenced code block after ``<!-- readme-test: name -->`` in README.md (or
+    ``<!-- marker: name -->`` in ``source``), as written."""
     match = re.search(
-        rf"<!-- readme-test: {re.escape(name)} -->\n```[a-z]*\n(.*?)\n```", README.read_text(),
+        rf"<!-- {marker}: {re.escape(name)} -->\n```[a-z]*\n(.*?)\n```", source.read_text(),
         re.S,
     )
-    assert match, f"README.md has no block marked readme-test: {name}"
+    assert match, f"{source.name} has no block marked {marker}: {name}"
     return match.group(1) + "\n"
 
 
@@ -199,8 +202,10 @@ def test_readme_install_section_works_pasted_into_a_new_project(dist: Path,
     [wheel] = dist.glob(install.split()[2].split("/")[-1])
     # The test's own tools (pytest for the README's pytest example, django-environ for its
     # settings variant) come in the same pip call, from the package index like Django.
-    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel,
-         "pytest", "pytest-django", "django-environ", cwd=tmp_path, env=env, timeout=600)
+    # The tasks-db extra: the task-queue settings of the docs, for the pytest example below.
+    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         f"{wheel}[tasks-db]", "pytest", "pytest-django", "django-environ", cwd=tmp_path,
+         env=env, timeout=600)
 
     _run(bin_dir / "django-admin", "startproject", "newsite", cwd=tmp_path, env=env)
     site = tmp_path / "newsite"
@@ -253,6 +258,12 @@ def test_readme_install_section_works_pasted_into_a_new_project(dist: Path,
 
     # The README's pytest example, in the new site, with the package's own fixtures.
     (site / "test_readme_example.py").write_text(readme_block("pytest-example"))
+    _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ds=newsite.settings",
+         "test_readme_example.py", cwd=site, env=env)
+    # The same, once the docs' task-queue settings are in place too (webhooks to a worker).
+    tasks = readme_block("tasks-db", TASK_QUEUE_DOC, "docs-test")
+    assert 'NOMOS_BILLING["TASK_BACKEND"]' in tasks
+    settings.write_text(settings.read_text() + "\n" + tasks)
     _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ds=newsite.settings",
          "test_readme_example.py", cwd=site, env=env)
 

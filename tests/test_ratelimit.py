@@ -92,6 +92,8 @@ def assert_429(response: Any, *, json_body: bool = False) -> int:
 # -- the acceptance loops --------------------------------------------------------------------
 
 
+# The per-user click limit, with Nomos' own limit out of the way.
+@pytest.mark.sandbox_rate_limit(0)
 def test_200_clicks_reach_nomos_at_most_the_limit_and_another_user_still_gets_through(
     nomos: Any, alice: Any, acme: Any, settings: Any
 ) -> None:
@@ -146,6 +148,8 @@ def test_sign_up_form_creates_at_most_the_limit_of_leads(
     assert NomosLead.objects.filter(user=bob).count() == 5
 
 
+# The per-user lookup limit, with Nomos' own limit out of the way.
+@pytest.mark.sandbox_rate_limit(0)
 def test_recent_checkout_lookups_are_limited_per_user(
     nomos: Any, django_user_model: Any, settings: Any
 ) -> None:
@@ -223,6 +227,8 @@ def test_a_site_can_override_the_429_page(
     assert (response.status_code, response.content) == (429, b"slow down 119")
 
 
+# Thirty clicks at once: an unlimited scope, with Nomos' own limit out of the way.
+@pytest.mark.sandbox_rate_limit(0)
 def test_a_scope_set_to_none_is_not_limited(nomos: Any, alice: Any, settings: Any) -> None:
     limits(settings, portal=None)
     client = logged_in(alice)

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from django.test import Client
 from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import encode_event, make_event, signature_headers
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SUB_GET = "GET /subscriptions/{id}"
@@ -67,7 +67,6 @@ def _needs_postgres_and_gunicorn() -> None:
 
 
 def _free_port() -> int:
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -326,110 +325,6 @@ def test_outage_window_with_the_breaker_answers_every_click(nomos, django_user_m
     assert nomos.count(MAGIC) <= 3 + 6
 
 
-class DatabaseProxy:
-    """A TCP proxy on loopback in front of PostgreSQL that forwards, refuses connections
-    (nothing listens on its port), or swallows them: accepts, reads and never forwards nor
-    answers, like a black-holed network (connections it was forwarding go silent too)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = _free_port()
-        self.mode = "forward"
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> DatabaseProxy:
-        self._listen()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._close_listener()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-        for thread in self._threads:
-            thread.join(5)
-
-    def set_mode(self, mode: str) -> None:
-        self.mode = mode
-        if mode == "refuse":
-            # A server that is down: nothing listens, and open connections are gone.
-            self._close_listener()
-            with self._lock:
-                for sock in self._sockets:
-                    sock.close()
-        elif self._listener is None:
-            self._listen()
-
-    def _listen(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        listener.settimeout(0.1)
-        self._listener = listener
-        self._start(self._accept, listener)
-
-    def _close_listener(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-
-    def _start(self, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _track(self, sock: socket.socket) -> socket.socket:
-        sock.settimeout(0.1)
-        with self._lock:
-            self._sockets.append(sock)
-        return sock
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stop.is_set() and self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._track(client)
-            if self.mode == "refuse":  # accepted just before the listener closed
-                client.close()
-                continue
-            if self.mode == "swallow":
-                self._start(self._pump, client, None)
-                continue
-            upstream = self._track(socket.create_connection(self.target))
-            self._start(self._pump, client, upstream)
-            self._start(self._pump, upstream, client)
-
-    def _pump(self, source: socket.socket, sink: socket.socket | None) -> None:
-        while not self._stop.is_set():
-            try:
-                data = source.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                break
-            if sink is None or self.mode != "forward":
-                continue  # swallowed
-            try:
-                sink.sendall(data)
-            except OSError:
-                break
-        for sock in (source, sink):
-            if sock is not None:
-                sock.close()
-
-
 def _timed(call: Any) -> tuple[int, float, requests.Response]:
     started = time.monotonic()
     response = call()
@@ -445,7 +340,7 @@ def test_database_refusing_then_black_holed_answers_503_within_the_budgets(
     cookies = {"sessionid": client.cookies["sessionid"].value}
     db = connection.settings_dict
     click_budget, webhook_budget = 5, 20  # the defaults (conf.py)
-    with DatabaseProxy((db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))) as proxy, gunicorn(
+    with TcpProxy((db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))) as proxy, gunicorn(
             nomos.base_url, workers=3, CLICK_BUDGET=click_budget, WEBHOOK_BUDGET=webhook_budget,
             logged_outage=True,
             # What the Production docs ask for: a connect timeout and a statement timeout.

@@ -111,3 +111,33 @@ def test_the_lead_form_with_what_the_database_refuses(zip_code, nomos, django_us
     assert response.status_code == 200
     assert not NomosLead.objects.exists()
     assert nomos.count("POST /leads") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "decoded"),
+    [
+        (b'{"a": 1e400, "b": [-1e999, 2.5]}', {"a": None, "b": [None, 2.5]}),
+        (b'{"a": "x\\u0000y", "b": "\\uDBFFz", "c": "\\ud83d\\ude00"}',
+         {"a": "xy", "b": "z", "c": "\U0001f600"}),
+        (b'{"a": "x\\\\u0000y"}', {"a": "x\\u0000y"}),  # an escaped backslash: text, kept
+        ('{"a": "\\u0000\u00e9"}'.encode("utf-16"), {"a": "\u00e9"}),
+        (b'{"a": "ok \\u00e9", "b": 1.5, "c": [true, null, 10]}',
+         {"a": "ok \u00e9", "b": 1.5, "c": [True, None, 10]}),
+    ],
+    ids=["huge numbers", "escapes", "escaped backslash", "utf-16", "nothing to repair"],
+)
+def test_json_from_nomos_is_repaired_as_it_is_decoded(body, decoded):
+    from nomos_billing.jsonsafe import loads_clean
+
+    assert loads_clean(body) == decoded
+
+
+def test_json_from_nomos_that_needs_nothing_is_not_copied(monkeypatch):
+    from nomos_billing import jsonsafe
+
+    walked: list[object] = []
+    monkeypatch.setattr(jsonsafe, "clean", lambda data: walked.append(data) or data)
+    assert jsonsafe.loads_clean(b'{"a": ["b", 1.5, {"c": "d"}]}') == {"a": ["b", 1.5, {"c": "d"}]}
+    assert walked == []
+    jsonsafe.loads_clean(b'{"a": "\\u0000"}')
+    assert walked == [{"a": "\x00"}]

@@ -87,7 +87,8 @@ def test_claim_timeout_follows_the_setting(nomos, client, settings):
     assert nomos.count(SUB_GET) == 1
 
 
-def test_admin_shows_stuck_events_with_their_age(admin_client):
+def test_admin_shows_stuck_events_with_their_age(admin_client, no_takeover_look):
+    # The admin's own requests would take the stuck one over (after_request): not this test's.
     stuck = claimed(timedelta(seconds=75))
     working = claimed(timedelta(seconds=12))
     done = WebhookEvent.objects.create(event_id="evt_done", topic="invoice.paid",
@@ -212,3 +213,33 @@ def test_a_failing_takeover_leaves_the_delivery_answered(nomos, client, caplog):
     assert (stuck.status, stuck.attempts) == ("failed", 2)
     assert "RuntimeError: a bug in the site's receiver" in stuck.last_error
     assert "Taking over a stuck webhook event failed" in caplog.text
+
+
+# -- taken over by any other traffic (takeover.after_request) ---------------------------------
+
+
+def test_any_request_to_the_site_takes_a_stuck_event_over_after_its_answer(nomos, client,
+                                                                           caplog):
+    stuck = claimed(timedelta(seconds=70))
+    response = client.get("/nomos/portal/")  # anonymous: sent to the login page
+    assert response.status_code == 302
+    stuck.refresh_from_db()
+    assert (stuck.status, stuck.attempts) == ("processed", 2)
+    assert nomos.count(SUB_GET) == 1
+    assert f"Took over webhook event {stuck.event_id}" in caplog.text
+
+
+def test_a_page_that_is_not_found_is_traffic_too(nomos, client):
+    stuck = claimed(timedelta(seconds=70))
+    assert client.get("/no-such-page/").status_code == 404
+    stuck.refresh_from_db()
+    assert stuck.status == "processed"
+
+
+def test_a_forged_delivery_is_not_traffic(nomos, client):
+    stuck = claimed(timedelta(seconds=70))
+    response = client.post(reverse("nomos_billing:webhook"), b"{}",
+                           content_type="application/json")
+    assert response.status_code == 400
+    stuck.refresh_from_db()
+    assert (stuck.status, nomos.count(SUB_GET)) == ("processing", 0)

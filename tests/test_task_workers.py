@@ -65,7 +65,10 @@ def backend(request, nomos, settings) -> str:
         django_rq.get_queue("default").empty()
     settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
                       alias: BACKENDS[alias]}
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": alias}
+    # Workers start after the deliveries (burst mode): a queue whose workers run on a schedule.
+    # test_worker_handoff.py starts them first and leaves the handoff check on.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": alias,
+                              "WORKER_HANDOFF_TIMEOUT": 0}
     return alias
 
 
@@ -128,6 +131,8 @@ def test_50_concurrent_deliveries_of_one_event_fetch_once(backend, nomos):
     assert nomos.count(SUB_GET) == 1
 
 
+# Two hundred fetches as fast as the worker goes: all processed, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_200_distinct_events_are_all_processed(backend, nomos):
     customer = nomos.add_customer("many@example.com")
     subs = [nomos.add_subscription(customer["id"], status="active") for _ in range(200)]
@@ -264,3 +269,60 @@ def test_worker_killed_mid_event_is_taken_over_without_a_redelivery(backend, nom
     assert (stored.status, stored.attempts, stored.deliveries) == ("processed", 2, 2)
     assert nomos.count(SUB_GET) == 2  # the killed fetch and the one that completed
     assert NomosSubscription.objects.filter(subscription_id=seed.ALICE_SUBSCRIPTION).exists()
+
+
+def job_outcomes(alias: str, event_id: str) -> list[Any]:
+    """What the finished jobs of ``event_id`` returned (watchdogs left out)."""
+    if alias == "db":
+        from django_tasks_db.models import DBTaskResult
+
+        return [r.return_value for r in DBTaskResult.objects.filter(status="SUCCESSFUL")
+                if r.args_kwargs["args"] == [event_id]
+                and not r.args_kwargs["kwargs"].get("takeover")]
+    import django_rq
+
+    queue = django_rq.get_queue("default")
+    found = [queue.fetch_job(job_id) for job_id in queue.finished_job_registry.get_job_ids()]
+    return [job.return_value() for job in found
+            if job is not None and list(job.args)[-1:] == [event_id]
+            and not job.kwargs.get("takeover")]
+
+
+def test_a_delivery_after_the_worker_died_is_processed_by_the_view(backend, nomos, settings):
+    """202 while a worker is alive; after it was SIGKILLed, the view does its job (200), and the
+    job it queued finds the event done when a worker comes back (``workers``)."""
+    handoff = {"WORKER_HANDOFF_TIMEOUT": 2}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **handoff}
+
+    def alice() -> dict[str, Any]:
+        return make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
+
+    worker = start_worker(backend, nomos.base_url, **handoff)
+    successor = None
+    try:
+        # Until the worker polls, the view processes each delivery itself (200); then 202.
+        answers: list[int] = []
+        wait_until(lambda: answers.append(post_event(Client(), alice()).status_code)
+                   or answers[-1] == 202, "a worker to take a delivery")
+        assert set(answers[:-1]) <= {200}, answers
+        wait_until(lambda: not WebhookEvent.objects.exclude(status="processed").exists(),
+                   "the worker to process it")
+        fetched = nomos.count(SUB_GET)
+        assert fetched == len(answers)  # each event once, by the view or the worker
+        kill(worker)
+        time.sleep(2.5)  # the dead worker's last stamp is older than the handoff timeout
+        second = alice()
+        response = post_event(Client(), second)
+        assert (response.status_code, response.content) == (200, b"processed\n")
+        assert nomos.count(SUB_GET) == fetched + 1
+        successor = start_worker(backend, nomos.base_url, **handoff)
+        wait_until(lambda: job_outcomes(backend, second["id"]), "the queued job to run")
+    finally:
+        for process in (worker, successor):
+            if process is not None:
+                stop(process)
+    # The job left in the queue found the event done: nothing processed twice.
+    assert job_outcomes(backend, second["id"]) == ["busy"]
+    stored = WebhookEvent.objects.get(event_id=second["id"])
+    assert (stored.status, stored.attempts, stored.deliveries) == ("processed", 1, 1)
+    assert nomos.count(SUB_GET) == fetched + 1

@@ -58,7 +58,9 @@ def alice_event(**kwargs: Any) -> dict[str, Any]:
 def queued(nomos, settings):
     """TASK_BACKEND = "nomos" on a dummy backend; yields the backend."""
     settings.TASKS = {"default": IMMEDIATE, "nomos": DUMMY}
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    # The test plays the worker when it likes: a queue whose workers run on a schedule.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "WORKER_HANDOFF_TIMEOUT": 0}
     backend = task_backends["nomos"]
     backend.clear()
     yield backend
@@ -388,7 +390,9 @@ def db_queue(settings):
     pytest.importorskip("django_tasks_db")
     settings.TASKS = {"default": IMMEDIATE,
                       "nomos": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    # The test plays the worker when it likes: a queue whose workers run on a schedule.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "WORKER_HANDOFF_TIMEOUT": 0}
 
 
 def test_queue_depth_of_the_database_backend_counts_ready_tasks(db_queue):
@@ -420,7 +424,9 @@ def test_queue_depth_of_rq_sums_its_queues(settings, monkeypatch):
 
     settings.TASKS = {"default": IMMEDIATE, "nomos": {
         "BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default", "low"]}}
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    # The test plays the worker when it likes: a queue whose workers run on a schedule.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "WORKER_HANDOFF_TIMEOUT": 0}
     class Queue(list):
         """An RQ queue: its jobs, and the scheduled ones (retries) in their registry."""
 
@@ -441,7 +447,9 @@ def test_a_refused_enqueue_of_a_stale_claim_leaves_it_to_the_takeover(settings, 
     """Marked failed only when received or failed: a claim in a worker's hands (stale here)
     is the takeover's to put back, never turned into a failure by a refused enqueue."""
     settings.TASKS = {"default": IMMEDIATE, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos"}
+    # The test plays the worker when it likes: a queue whose workers run on a schedule.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "WORKER_HANDOFF_TIMEOUT": 0}
     event = alice_event()
     WebhookEvent.objects.create(event_id=event["id"], topic=event["topic"], payload=event,
                                 status="processing", attempts=1,

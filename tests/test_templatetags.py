@@ -150,6 +150,55 @@ def test_unlinked_user_back_from_a_recent_checkout_gets_the_portal_button(
         )
 
 
+@pytest.mark.parametrize(
+    ("settled", "variant"),
+    [("stored, being linked", "portal"), ("held", "held"), ("rejected", "start"),
+     ("linked", "portal"), ("linked to another user", "start")],
+)
+def test_the_moment_the_webhook_stores_the_checkout_keeps_the_portal_button(
+    django_user_model: Any, settings: Any, settled: str, variant: str
+) -> None:
+    # The webhook stores the subscription (naming bob's lead), then links its customer: in
+    # between, bob is not linked and his lead is named; the button must not offer a second
+    # sign-up then. Once a claim was raised on the customer, the claim decides.
+    from nomos_billing.models import NomosLinkClaim, NomosSubscription
+
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": "pln_x"}
+    bob = django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+    NomosLead.objects.create(lead_id="lead_bob", user=bob)
+    customer = NomosCustomer.objects.create(customer_id="cus_new", email="bob@example.com")
+    NomosSubscription.objects.create(subscription_id="sub_new", customer=customer,
+                                     lead_id="lead_bob")
+    if settled == "linked":
+        NomosCustomer.objects.filter(pk=customer.pk).update(user=bob)
+    elif settled == "linked to another user":
+        other = django_user_model.objects.create_user("carol", "carol@example.com", "pw")
+        NomosCustomer.objects.filter(pk=customer.pk).update(user=other)
+    elif settled in ("held", "rejected"):
+        NomosLinkClaim.objects.create(customer=customer, user=bob, rule="by_lead",
+                                      status="pending" if settled == "held" else "rejected")
+
+    html = render("{% nomos_portal_button %}", django_user_model.objects.get(pk=bob.pk))
+    # Read on its own (a page that asked "linked?" a moment before the webhook linked him):
+    # never "nothing" while the checkout is his or on its way to him.
+    from nomos_billing.portal import has_recent_checkout
+
+    expected = settled not in ("rejected", "linked to another user")
+    assert has_recent_checkout(django_user_model.objects.get(pk=bob.pk)) is expected
+
+    if variant == "portal":
+        assert html.startswith(
+            '<form class="nomos-portal-form" method="post" action="/nomos/portal/">'
+        )
+    elif variant == "held":
+        assert html.startswith('<div class="nomos-held">'), html
+    else:
+        assert html == (
+            '<a class="nomos-portal-button" href="/nomos/portal/start/">'
+            "Switch to our electricity</a>"
+        )
+
+
 # -- cost ----------------------------------------------------------------------------------
 
 

@@ -61,6 +61,8 @@ def test_token_is_renewed_only_inside_the_refresh_margin(nomos, seconds_later, t
     assert nomos.count(TOKEN) == token_requests
 
 
+# Fifty threads at once: one token request, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_fifty_threads_at_expiry_cause_exactly_one_token_request(nomos, monkeypatch):
     client = get_client()
     client.get_subscription("sub_sandbox_alice")
@@ -199,6 +201,8 @@ def _redis_cache_url() -> str | None:
     return url if url.startswith("redis") else None
 
 
+# Twenty calls from two processes at once: one token, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 @pytest.mark.redis
 @pytest.mark.skipif(_redis_cache_url() is None, reason="CACHE_URL is not a Redis URL")
 def test_two_processes_sharing_the_redis_cache_use_one_token(nomos):

@@ -381,6 +381,7 @@ def test_wrong_client_secret_shows_503_and_never_the_secret(
 # -- budgets -------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("no_takeover_look")
 def test_portal_view_costs_session_user_and_customer_queries(
     as_alice: Client, nomos: Any, django_assert_num_queries: Any
 ) -> None:
@@ -389,6 +390,8 @@ def test_portal_view_costs_session_user_and_customer_queries(
     assert response.status_code == 302
 
 
+# A hundred clicks in a row: one token and one connection, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
 def test_hundred_clicks_mint_hundred_links_with_one_token_and_one_connection(
     as_alice: Client, nomos: Any, settings: Any
 ) -> None:

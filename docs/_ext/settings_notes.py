@@ -219,4 +219,14 @@ NOTES: dict[str, tuple[str, str]] = {
             "*Processing on a task worker*"
         ),
     ),
+    "WORKER_HANDOFF_TIMEOUT": (
+        "seconds",
+        (
+            "With `TASK_BACKEND`: how long the webhook view waits for evidence that a worker is "
+            "alive before it answers 202 (a worker that ran one of our jobs that recently, or "
+            "one that claims the event meanwhile); without it the view processes the event "
+            "itself. `0` trusts the queue, for workers that run on a schedule (E031; W031 when "
+            "it and `WEBHOOK_BUDGET` add up to Nomos' 30 s)"
+        ),
+    ),
 }

@@ -10,6 +10,8 @@ from typing import Any
 from . import seed
 from .forwarding import RETRIES, Forwarder
 from .hosts import checkout_origin
+from .ratelimit import NOMOS_RATE_LIMIT
+from .seeding import seed_subscriptions, seeded
 from .server import SandboxServer
 from .state import DEFAULT_PLAN, TOKEN_BODIES, UNSERVICEABLE_ZIP, Sandbox
 
@@ -19,7 +21,8 @@ CONTROL_API = (
 control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
   GET    /_sandbox/state                      customers, subscriptions, leads, events, sessions
   GET    /_sandbox/calls                      API calls counted per endpoint
-  POST   /_sandbox/reset                      forget counts and faults (not the data)
+  POST   /_sandbox/reset                      forget counts, faults and the rate limit's
+                                              record (not the data)
   GET    /_sandbox/faults                     faults still armed
   POST   /_sandbox/faults                     arm one: {"key": "GET /subscriptions/{id}" | "*",
                                               "status": 429, "retry_after": null, "latency": 0,
@@ -27,6 +30,8 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
                                               "ignore_filters": false,
                                               "drop_cursor": false, "times": 1}
   DELETE /_sandbox/faults                     disarm all
+  POST   /_sandbox/seed                       {"subscriptions": N}: hold N numbered customers
+                                              with one subscription each (adds the missing)
   POST   /_sandbox/customers                  add a customer {"email", "first_name", ...}
   POST   /_sandbox/subscriptions              add a subscription {"customer_id", "status", ...}
   POST   /_sandbox/subscriptions/{id}/status  {"status": "active"|"ended"|"pending",
@@ -43,6 +48,9 @@ control API (loopback tooling, no auth; not counted in GET /_sandbox/calls):
   GET    /_sandbox/clock                      Nomos' clock: {"clock_skew", "now"}
   POST   /_sandbox/clock                      {"skew": SECONDS}: Nomos' clock ahead (or,
                                               negative, behind) ours (--clock-skew)
+  GET    /_sandbox/rate-limit                 the limit and its record: {"limit", "requests",
+                                              "refused" (answered 429), "busiest_second"}
+  POST   /_sandbox/rate-limit                 {"limit": N}: N requests/s from now on (0: off)
   POST   /_sandbox/tokens                     a valid access token
   POST   /_sandbox/tokens/expire              expire every issued token
 pages, on their own hosts under .localhost (browsers resolve them to loopback; a site accepts
@@ -92,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "json); the other is refused with 415",
     )
     parser.add_argument("--no-seed", action="store_true", help="start with no data")
+    parser.add_argument(
+        "--seed-subscriptions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also hold N numbered customers with one subscription each "
+        "(cus_bulk_..., sub_bulk_...; 100000 take a few seconds), for benchmarks",
+    )
     parser.add_argument(
         "--state",
         metavar="FILE",
@@ -145,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Nomos' clock runs this far ahead of ours (negative: behind): "
         "created_at, updated_at, event timestamps and the Date header",
     )
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=NOMOS_RATE_LIMIT,
+        metavar="N",
+        help=f"answer 429 above N API requests in any second, as Nomos does above its "
+        f"{NOMOS_RATE_LIMIT}/s, with ratelimit-* and retry-after headers on every API "
+        "response; 0: off (benchmarks of your own code)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -165,7 +190,14 @@ def banner(
             f"{seed.ALICE_SUBSCRIPTION}), {seed.ACME} (company, 2 subscriptions), "
             f"{seed.CAROL} (no subscription)"
         )
+    bulk = seeded(sandbox)
+    if bulk:
+        lines.append(f"  {bulk} numbered customers with one subscription each (cus_bulk_...)")
     lines.append(f"  checkout: {checkout_origin(server.url, DEFAULT_PLAN)}/")
+    limit = sandbox.rate_limiter.limit
+    lines.append(
+        f"  rate limit: {limit} API requests/s, then 429" if limit else "  rate limit: off"
+    )
     if sandbox.clock_skew:
         lines.append(f"  Nomos' clock: {sandbox.clock_skew:+g} s from ours")
     if sandbox.forwarder is not None:
@@ -190,8 +222,10 @@ def configure(args: argparse.Namespace) -> tuple[Sandbox, bool | None]:
         webhook_secret=args.webhook_secret,
         clock_skew=args.clock_skew,
         token_body=args.token_body,
+        rate_limit=args.rate_limit,
     )
     loaded = sandbox.use_state_file(args.state) if args.state else None
+    seed_subscriptions(sandbox, args.seed_subscriptions)
     for value in args.return_url:
         plan, url = _return_url(value)
         sandbox.return_urls[plan] = url

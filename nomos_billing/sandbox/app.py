@@ -77,6 +77,16 @@ class SandboxApp:
             # The version it answered with: the one it knows (an unknown one is refused).
             extra.append(("X-API-Version", API_VERSION))
 
+        # Nomos' limit comes before anything else it does: a refused request acts on nothing,
+        # and uses up no injected fault.
+        verdict = sb.rate_limiter.take() if kind == "api" else None
+        if verdict is not None and not verdict.admitted:
+            response = _finalize(
+                _error(ApiError(429, verdict.message), request_id), [*extra, *verdict.headers()]
+            )
+            sb.log_exchange(_exchange(key, kind, request, request_id, response))
+            return response
+
         # "*" is meant for API traffic; the HTML pages get faults only by their own key.
         fault = sb.take_fault(key, wildcard=kind == "api")
         try:
@@ -86,6 +96,10 @@ class SandboxApp:
             raise
         if fault is not None and fault.retry_after is not None:
             extra.append(("Retry-After", str(fault.retry_after)))
+        if verdict is not None and (fault is None or fault.status is None):
+            # An injected error answer carries only what its fault names: how the client copes
+            # without these headers is what such a fault tests.
+            extra += verdict.headers()
         response = _finalize(response, extra)
         sb.log_exchange(_exchange(key, kind, request, request_id, response))
         return response

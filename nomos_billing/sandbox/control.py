@@ -106,6 +106,19 @@ def add_customer(sb: Sandbox, request: Request) -> Response:
         raise ApiError(400, str(exc)) from None
 
 
+def seed(sb: Sandbox, request: Request) -> Response:
+    from .seeding import seed_subscriptions, seeded
+
+    total = _kwargs(_body(request), ("subscriptions",)).get("subscriptions")
+    if not isinstance(total, int) or isinstance(total, bool):
+        raise ApiError(400, 'Give "subscriptions": a whole number')
+    try:
+        added = seed_subscriptions(sb, total)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(200, {"added": added, "seeded": seeded(sb)})
+
+
 def add_subscription(sb: Sandbox, request: Request) -> Response:
     payload = _kwargs(
         _body(request),
@@ -208,6 +221,20 @@ def set_clock(sb: Sandbox, request: Request) -> Response:
     return _clock(sb)
 
 
+def rate_limit(sb: Sandbox, request: Request) -> Response:
+    return json_response(200, sb.rate_limiter.report())
+
+
+def set_rate_limit(sb: Sandbox, request: Request) -> Response:
+    """``{"limit": N}``: N requests per second from now on (0: off), counted afresh."""
+    limit = _kwargs(_body(request), ("limit",)).get("limit")
+    try:
+        sb.rate_limiter.set_limit(limit)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ApiError(400, f'Give "limit": {exc}') from None
+    return json_response(200, sb.rate_limiter.report())
+
+
 def issue_token(sb: Sandbox, request: Request) -> Response:
     return json_response(200, {"access_token": sb.issue_token()})
 
@@ -230,6 +257,7 @@ ROUTES = [
     _control("GET", "/state", state),
     _control("POST", "/webhooks", send_webhook),
     _control("POST", "/leads/{id}/convert", convert_lead),
+    _control("POST", "/seed", seed),
     _control("POST", "/customers", add_customer),
     _control("POST", "/subscriptions", add_subscription),
     _control("POST", "/subscriptions/unreadable", unreadable),
@@ -239,6 +267,8 @@ ROUTES = [
     _control("POST", "/subscriptions/{id}/readable", make_readable),
     _control("GET", "/clock", clock),
     _control("POST", "/clock", set_clock),
+    _control("GET", "/rate-limit", rate_limit),
+    _control("POST", "/rate-limit", set_rate_limit),
     _control("POST", "/tokens", issue_token),
     _control("POST", "/tokens/expire", expire_tokens),
 ]

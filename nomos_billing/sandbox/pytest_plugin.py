@@ -3,10 +3,14 @@ installed (the ``pytest11`` entry point).
 
 - ``nomos_sandbox``: a seeded ``Sandbox`` on an ephemeral loopback port (``.base_url``); while
   it runs, this process resolves ``*.localhost`` (its portal and checkout hosts) to loopback as
-  browsers do, so ``requests`` can follow the links it mints.
+  browsers do, so ``requests`` can follow the links it mints. It enforces Nomos' rate limit
+  (10 requests/s, 429 above it); ``nomos_sandbox.rate_limiter.set_limit(0)`` turns it off.
 - ``nomos_sandbox_settings``: the same, with ``settings.NOMOS_BILLING`` pointing at it (needs
   pytest-django's ``settings`` fixture), its portal and checkout hosts accepted, and the shared
-  client and token forgotten, so every test starts from a fresh token.
+  client and token forgotten, so every test starts from a fresh token. Webhooks are processed
+  inside the test's request (``TASK_BACKEND`` off, whatever the site's settings say): no worker
+  runs in a test, so a queued event would answer 202 and never be processed. A test of the
+  site's task path sets ``TASK_BACKEND`` again after the fixture.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def nomos_sandbox_settings(nomos_sandbox: Sandbox, settings: Any) -> Iterator[Sa
         "API_BASE_URL": nomos_sandbox.base_url,
         "PORTAL_HOSTS": PORTAL_HOSTS,
         "CHECKOUT_HOSTS": CHECKOUT_HOSTS,
+        # Inline: the test sees the event processed when post_event returns (200, not 202).
+        "TASK_BACKEND": None,
     }
     caches[nomos_settings.TOKEN_CACHE].delete(nomos_settings.token_cache_key)
     reset_client()

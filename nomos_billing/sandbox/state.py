@@ -13,6 +13,7 @@ from . import shapes
 from .faults import Fault, FaultTable
 from .hosts import checkout_origin, portal_origin
 from .listing import Ordered
+from .ratelimit import NOMOS_RATE_LIMIT, RateLimiter
 
 if TYPE_CHECKING:
     from .forwarding import Forwarder
@@ -83,6 +84,7 @@ class Sandbox:
         magic_link_ttl: float = 600,
         clock_skew: float = 0.0,
         token_body: str = "both",  # noqa: S107 - a body format, not a secret
+        rate_limit: int = NOMOS_RATE_LIMIT,
     ) -> None:
         from .app import SandboxApp  # the app module needs this class; import late to avoid a cycle
 
@@ -110,6 +112,9 @@ class Sandbox:
         #: ``--state FILE``: data is saved there after every change made over HTTP.
         self.state_path: str | None = None
         self.lock = threading.RLock()
+        #: Nomos' rate limit (``rate_limit`` requests per second, 0: off) and its record:
+        #: ``rate_limiter.refused``, ``rate_limiter.arrivals``.
+        self.rate_limiter = RateLimiter(rate_limit)
         self.base_url: str | None = None
         self.customers: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
@@ -565,7 +570,8 @@ class Sandbox:
 
     def reset_counts(self) -> None:
         """Forget counted calls and everything recorded: exchanges, portal sessions, webhook
-        deliveries, unused magic links (not the customers, subscriptions, leads, events)."""
+        deliveries, unused magic links, the rate limit's window and record (not the customers,
+        subscriptions, leads, events)."""
         with self.lock:
             self.calls.clear()
             self.request_log.clear()
@@ -573,6 +579,7 @@ class Sandbox:
             self.webhook_deliveries.clear()
             self._magic_links.clear()
             self.connections = 0
+        self.rate_limiter.clear()
 
     def _forget_expired_links(self) -> None:
         # Called with the lock held; links are minted in time order, so the oldest come first.

@@ -64,6 +64,11 @@ def render_text(health: Health) -> str:
         "Task backend: "
         + (
             f"{h.task_backend}, queue depth {'unknown' if h.queue_depth is None else h.queue_depth}"
+            + (
+                ", no worker seen"
+                if h.worker_seen_age is None
+                else f", a worker seen {h.worker_seen_age} s ago"
+            )
             if h.task_backend
             else "none (webhooks processed inline)"
         ),

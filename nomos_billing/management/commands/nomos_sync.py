@@ -7,7 +7,8 @@ stored with the webhook's rules (``sync.upsert_subscriptions``: older reads igno
 changes written, the user resolvers run) in a few statements for the whole page, and a re-sync
 that finds nothing changed writes nothing. List items carry only the customer's id: customers
 new to us are fetched one by one while they are few, else by walking ``GET /customers`` once
-(100 per call); only the new ones' fields are kept until their subscriptions come by.
+(100 per call); only the new ones' fields are kept until their subscriptions come by, in a
+temporary file (``stash``), so memory stays one page however many customers there are.
 Then each lead this site created that no stored subscription names yet is looked up
 (``GET /leads/{id}``); a converted one has its subscription stored and linked by the lead.
 
@@ -31,13 +32,15 @@ from datetime import timedelta
 from itertools import chain
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
+from django.db import connections, transaction
 
 from nomos_billing import api_rate, catchup
 from nomos_billing.client import ListWalk, get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.models import NomosCustomer
+from nomos_billing.stash import CustomerStash
 
 from ._errors import command_error, one_line
 
@@ -169,8 +172,20 @@ class Command(BaseCommand):
 
         since = self.walk.updated_since if self.walk is not None else None
         self.fetched_one_by_one = 0
-        self.new_customers: dict[str, dict[str, Any]] | None = None  # filled by a customer walk
+        self.new_customers: CustomerStash | None = None  # filled by a customer walk
         self.customers_refreshed = 0
+        try:
+            self._walk_subscriptions(customer, since, upsert_subscriptions)
+        finally:
+            if self.new_customers is not None:
+                self.new_customers.close()
+                self.new_customers = None
+        if customer is None:
+            self._check_leads()
+        # Unlinked customers overall (one query, no per-customer bookkeeping in memory).
+        self.unlinked = NomosCustomer.objects.filter(user__isnull=True).count()
+
+    def _walk_subscriptions(self, customer: str | None, since: Any, upsert: Any) -> None:
         if self.walk is not None:
             # Customers carry no updated_at to filter on: a change to a known one's e-mail
             # or name shows only by reading them all.
@@ -189,20 +204,15 @@ class Command(BaseCommand):
                     self.walk.saw(data)
             self.counts["seen"] += 1
             if self.counts["seen"] % self.page_size == 0:
-                self._store(upsert_subscriptions, page)
+                self._store(upsert, page)
                 page = []
                 if self.verbosity >= 1:
                     self.stdout.write(f"  {self.counts['seen']} subscriptions...")
-        self._store(upsert_subscriptions, page)
-        self.new_customers = None
+        self._store(upsert, page)
         if not listing.complete:
             self.stderr.write(f"  the walk ended early: {listing.incomplete}")
         if self.walk is not None:
             self._check_walk(listing)
-        if customer is None:
-            self._check_leads()
-        # Unlinked customers overall (one query, no per-customer bookkeeping in memory).
-        self.unlinked = NomosCustomer.objects.filter(user__isnull=True).count()
 
     def _check_walk(self, listing: ListWalk) -> None:
         """What decides whether the watermark may move: Nomos' clock, and a complete walk."""
@@ -220,6 +230,7 @@ class Command(BaseCommand):
         for result in upsert(page, self._fetch_customers) if page else ():
             self.counts["linked"] += result.linked
             self.counts["created" if result.subscription_created else "updated"] += 1
+        _forget_queries()
 
     def _check_leads(self) -> None:
         """Leads we created that no stored subscription names: did they convert? With every
@@ -237,21 +248,21 @@ class Command(BaseCommand):
         us (those fields only) until their subscriptions come by."""
         if self.new_customers is None and self.fetched_one_by_one + len(ids) > WALK_AFTER:
             self.new_customers = self._walk_customers()
-        found: dict[str, dict[str, Any]] = {}
-        for customer_id in ids:
-            data = (self.new_customers or {}).pop(customer_id, None)
-            if data is None:  # created at Nomos after the walk, or no walk yet
-                data = self.client.get_customer(customer_id)
-                self.fetched_one_by_one += 1
-            found[customer_id] = data
+        found = self.new_customers.take(sorted(ids)) if self.new_customers is not None else {}
+        for customer_id in sorted(ids - found.keys()):
+            # Created at Nomos after the walk, or no walk yet.
+            found[customer_id] = self.client.get_customer(customer_id)
+            self.fetched_one_by_one += 1
         return found
 
-    def _walk_customers(self, *, refresh_known: bool = False) -> dict[str, dict[str, Any]]:
-        """The Nomos customers we have no row for; with ``refresh_known`` the rows of those we
-        have are updated where Nomos changed them (``sync.refresh_customers``)."""
+    def _walk_customers(self, *, refresh_known: bool = False) -> CustomerStash:
+        """The Nomos customers we have no row for, stashed on disk (``stash``: memory stays
+        one page however many there are); with ``refresh_known`` the rows of those we have
+        are updated where Nomos changed them (``sync.refresh_customers``)."""
         from nomos_billing.sync import refresh_customers
 
-        new: dict[str, dict[str, Any]] = {}
+        # Held by the command at once: if the walk fails, _run's finally closes (deletes) it.
+        new = self.new_customers = CustomerStash()
         page: list[dict[str, Any]] = []
         listing = self.client.iter_customers(limit=100)
         # A None after the last item flushes the last page (the walk is never held whole).
@@ -268,7 +279,7 @@ class Command(BaseCommand):
                             customer_id__in=[c["id"] for c in page]
                         ).values_list("customer_id", flat=True)
                     )
-                new.update((c["id"], c) for c in page if c["id"] not in known)
+                new.put(c for c in page if c["id"] not in known)
                 page = []
         if not listing.complete:
             # New customers missing here are fetched one by one; known ones wait a walk.
@@ -309,6 +320,17 @@ class Command(BaseCommand):
                 f"  ({_count(self.folded, 'per-subscription log line')} at INFO folded into "
                 "this summary; --verbosity 2 shows them)"
             )
+
+
+def _forget_queries() -> None:
+    # With DEBUG on, Django logs every query until the next request starts (up to 9,000, some
+    # of them a page's INSERT): in a command that is the whole walk. A log that someone is
+    # reading (``CaptureQueriesContext``, ``assertNumQueries``: ``force_debug_cursor``) stays.
+    if not settings.DEBUG:
+        return
+    for connection in connections.all(initialized_only=True):
+        if not connection.force_debug_cursor:
+            connection.queries_log.clear()
 
 
 def _count(n: int, noun: str) -> str:
