@@ -62,6 +62,10 @@ bench-admin: $(STAMP)
 	DATABASE_URL=$(BENCH_DATABASE_URL) CACHE_URL=$(BENCH_CACHE_URL) \
 		$(BIN)/python bench/bench_admin.py $(ADMIN_ARGS)
 
+# gunicorn + PostgreSQL + Redis + the sandbox at 50 ms: clicks, webhooks (inline, db, rq), the
+# catch-up, the health page, and a backlog of 10,000 events drained under API_RATE_LIMIT 10
+# beside portal clicks (issue 22). BENCH_ARGS=--quick for a short run (CI), BENCH_ARGS="--only
+# backlog" for one part.
 bench-load: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	-createdb -h 127.0.0.1 -U postgres $(lastword $(subst /, ,$(BENCH_DATABASE_URL))) 2>/dev/null

@@ -60,6 +60,8 @@ def setup_django(api_base_url: str = "http://127.0.0.1:9", **nomos: Any) -> None
             # refused.
             "RATE_LIMITS": {"portal": (100_000, 60)},
             "RATE_LIMIT_CACHE": "ratelimit",
+            # The sandbox's portal links (nomos_billing.sandbox.hosts).
+            "PORTAL_HOSTS": [".customerportal.localhost"],
             # Our own code's cost, not Nomos' 10 requests/s (api_rate): off unless asked for.
             "API_RATE_LIMIT": None,
             **nomos,

@@ -160,9 +160,26 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=10_000, help="catch-up size")
     parser.add_argument("--events", type=int, default=100_000, help="health page: events")
     parser.add_argument("--customers", type=int, default=20_000, help="health page: customers")
-    parser.add_argument("--only", choices=["load", "catchup", "health"], action="append",
-                        help="run only these parts (repeatable); default all")
+    parser.add_argument("--backlog", type=int, default=10_000, help="backlog: events queued")
+    parser.add_argument("--backlog-seconds", type=float, default=180,
+                        help="backlog: seconds of clicks without and with the backlog draining")
+    parser.add_argument("--backlog-workers", type=int, nargs="+", default=[2],
+                        help="backlog: worker processes (each number a run)")
+    parser.add_argument("--backlog-kinds", nargs="+", choices=["db", "rq"], default=["db", "rq"],
+                        help="backlog: task backends to drain with")
+    parser.add_argument("--click-rate", type=float, default=1.0,
+                        help="backlog: portal clicks per second (at random moments)")
+    parser.add_argument("--api-rate-limit", type=float, default=10,
+                        help="backlog: API_RATE_LIMIT of the site (the other parts run without)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run for CI: every part smaller and shorter")
+    parser.add_argument("--only", choices=["load", "catchup", "health", "backlog"],
+                        action="append", help="run only these parts (repeatable); default all")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.subscriptions = min(args.seconds, 5), min(args.subscriptions, 2000)
+        args.events, args.customers = min(args.events, 20_000), min(args.customers, 4000)
+        args.backlog_seconds, args.backlog_kinds = min(args.backlog_seconds, 45), ["db"]
 
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -230,13 +247,18 @@ def main() -> None:
           f"users, {args.seconds} s per scenario, sandbox latency {args.latency * 1000:.0f} ms "
           f"per call, {args.task_workers} task workers")
 
-    parts = set(args.only or ["load", "catchup", "health"])
+    parts = set(args.only or ["load", "catchup", "health", "backlog"])
     if "load" in parts:
         load(sandbox, subs, args, env)
     if "catchup" in parts:
         catch_up(sandbox, args, env)
     if "health" in parts:
         health_page(args)
+    if "backlog" in parts:
+        from bench.load.backlog import backlog
+
+        backlog(sandbox, args, {**env, "BENCH_API_RATE_LIMIT": f"{args.api_rate_limit:g}"},
+                Server, Workers, table, wait_until)
     server.stop()
     os.unlink(subs_file.name)
 

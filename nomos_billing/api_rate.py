@@ -59,6 +59,7 @@ __all__ = [
     "observe",
     "prepaid",
     "priority",
+    "sustained_rate",
 ]
 
 Priority = Literal["click", "webhook", "background"]
@@ -118,6 +119,18 @@ def configured_limit() -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return 0.0
     return float(value)
+
+
+def sustained_rate(kind: Priority, limit: float | None = None) -> float:
+    """Requests per second ``kind`` of work gets while it has the budget to itself: its part of
+    the window (``SHARES``) once per window span, since a turn counts for ``SLOTS`` + 1 slots.
+    ``limit``: requests per second (default ``API_RATE_LIMIT``); ``inf`` when there is none.
+
+    What a backlog drains at and task workers are sized for (docs: the task queue how-to)."""
+    limit = configured_limit() if limit is None else limit
+    if limit <= 0:
+        return math.inf
+    return _allowed(limit, kind) / ((SLOTS + 1) * SLOT)
 
 
 class SiteRate:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models.fields.json import KeyTransform
 from django.utils.translation import gettext_lazy as _
 
 #: Room for a subscription status Nomos adds later, stored as sent (``sync``).
@@ -260,6 +261,14 @@ class WebhookEvent(models.Model):
             models.Index(fields=["status", "received_at"], name="nomos_evt_status_idx"),
             # The admin's topic filter in its default ordering.
             models.Index(fields=["topic", "received_at"], name="nomos_evt_topic_idx"),
+            # The queued events of one subscription (``processing.claim_waiting``, once per
+            # event a worker takes): without it each look reads the whole backlog, so that
+            # draining N queued events costs N^2 rows. Partial: only queued events are in it.
+            models.Index(
+                KeyTransform("subscription", KeyTransform("context", "payload")),
+                condition=models.Q(status="received"),
+                name="nomos_evt_waiting_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -60,6 +60,8 @@ NOMOS_BILLING = {
     "TASK_BACKEND": os.environ.get("BENCH_TASK_BACKEND") or None,
     # One user clicks hundreds of times a second: counted, never refused.
     "RATE_LIMITS": {"portal": (100_000, 60)},
+    # The sandbox's portal links (nomos_billing.sandbox.hosts).
+    "PORTAL_HOSTS": [".customerportal.localhost"],
     # Our own code's throughput, not Nomos' 10 requests/s (api_rate): off unless
     # BENCH_API_RATE_LIMIT names a rate.
     "API_RATE_LIMIT": env.float("BENCH_API_RATE_LIMIT", default=0) or None,
