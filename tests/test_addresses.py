@@ -78,6 +78,13 @@ def test_a_login_name_that_is_an_address_is_masked_as_one() -> None:
     assert mask_name("alice") == "a\u2022\u2022\u2022\u2022"
 
 
+@pytest.mark.parametrize("value", ["", None, 12345, ["alice"]])
+def test_a_missing_or_odd_login_name_is_masked_to_nothing(value: Any) -> None:
+    from nomos_billing.addresses import mask_name
+
+    assert mask_name(value) == ""
+
+
 @pytest.mark.parametrize(
     ("value", "masked"),
     [
