@@ -449,3 +449,37 @@ def test_a_refused_enqueue_of_a_stale_claim_leaves_it_to_the_takeover(settings, 
     assert post_event(client, event).status_code == 503
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.last_error) == ("processing", "")
+
+
+def test_admin_process_again_counts_each_event_the_queue_refuses(queued, nomos, admin_client,
+                                                                  settings):
+    from django.contrib.messages import ERROR, SUCCESS
+
+    from nomos_billing.processing import record_event
+
+    stored = [record_event(alice_event())[0] for _ in range(2)]
+    everything = {"action": "process_again", "_selected_action": [e.pk for e in stored]}
+    queued_ok = admin_client.post("/admin/nomos_billing/webhookevent/", everything, follow=True)
+    [(text, level)] = [(str(m), m.level) for m in queued_ok.context["messages"]]
+    assert (text, level) == (
+        "Queued again for the task worker: 2 queued, 0 refused by the queue.", SUCCESS)
+
+    settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    refused = admin_client.post("/admin/nomos_billing/webhookevent/", everything, follow=True)
+    [(text, level)] = [(str(m), m.level) for m in refused.context["messages"]]
+    assert (text, level) == (
+        "Queued again for the task worker: 0 queued, 2 refused by the queue.", ERROR)
+
+
+def test_a_task_for_an_event_pruned_meanwhile_reports_it_missing(queued, caplog):
+    caplog.set_level("WARNING", logger="nomos_billing.tasks")
+    tasks.enqueue("evt_pruned_meanwhile")
+    [job] = queued.results
+    assert run(job) == "missing"
+    assert [r.getMessage() for r in caplog.records if r.name == "nomos_billing.tasks"] == [
+        "Webhook event evt_pruned_meanwhile is gone; nothing to process"]
+
+
+def test_an_unknown_attribute_of_tasks_is_an_attribute_error_that_names_it():
+    with pytest.raises(AttributeError, match="module 'nomos_billing.tasks' has no attribute 'nope'"):
+        tasks.nope  # noqa: B018
