@@ -670,3 +670,23 @@ def test_a_rejection_signal_carries_the_claim(django_user_model):
     finally:
         customer_link_rejected.disconnect(dispatch_uid="test-reject-claim")
     assert [(c.pk, c.status) for c in seen] == [(claim.pk, "rejected")]
+
+
+def test_pending_claim_is_none_for_a_user_object_that_is_not_signed_in(django_user_model):
+    from types import SimpleNamespace
+
+    claim = _claim(django_user_model, "u5")
+    assert confirmation.pending_claim(SimpleNamespace(pk=claim.user_id,
+                                                     is_authenticated=False)) is None
+    assert confirmation.pending_claim(claim.user) == claim
+
+
+def test_pending_claim_reads_the_claim_and_its_customer_in_one_query(
+    django_user_model, django_assert_num_queries
+):
+    claim = _claim(django_user_model, "u6")
+    user = django_user_model.objects.get(pk=claim.user_id)
+    with django_assert_num_queries(1):
+        found = confirmation.pending_claim(user)
+        assert found is not None and found.customer.customer_id == "cus_u6"
+        assert confirmation.pending_claim(user) is found

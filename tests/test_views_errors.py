@@ -151,3 +151,13 @@ def test_a_csrf_refusal_of_the_json_endpoint_is_logged_with_its_reason(alice, no
     csrf_client(alice).post(PORTAL_LINK, {})
     lines = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
     assert lines == ["portal/link/ refused: CSRF check failed (CSRF token missing.)"]
+
+
+def test_a_json_click_during_a_nomos_outage_logs_whose_click_it_was(alice, nomos, caplog):
+    from nomos_billing.sandbox import Fault
+
+    nomos.add_fault("POST /admin/magic_link", Fault(status=503), times=None)
+    caplog.set_level("WARNING", logger="nomos_billing.views")
+    csrf_client(alice).post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
+    lines = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
+    assert lines and all(f"customer {seed.ALICE}" in line for line in lines)
