@@ -298,3 +298,11 @@ def test_a_mirrored_row_offers_no_button_to_save(admin_client):
     assert 'name="_save"' not in page
     assert 'name="_continue"' not in page
     assert 'name="_addanother"' not in page
+
+
+def test_the_health_page_shows_the_failed_events_count(admin_client):
+    for n in range(3):
+        WebhookEvent.objects.create(event_id=f"evt_failed_{n}", topic="test.event",
+                                    status="failed")
+    page = admin_client.get(reverse("admin:nomos_billing_health")).content.decode()
+    assert f'href="{EVENTS}?status__exact=failed">3</a>' in page

@@ -690,3 +690,57 @@ def test_pending_claim_reads_the_claim_and_its_customer_in_one_query(
         found = confirmation.pending_claim(user)
         assert found is not None and found.customer.customer_id == "cus_u6"
         assert confirmation.pending_claim(user) is found
+
+
+def test_a_user_who_holds_a_customer_is_not_held_for_another(django_user_model, caplog):
+    from nomos_billing import linking
+
+    user = django_user_model.objects.create_user("h1", "h1@example.com", "pw")
+    NomosCustomer.objects.create(customer_id="cus_own_h1", user=user)
+    other = NomosCustomer.objects.create(customer_id="cus_other_h1", email="o@example.com")
+    caplog.set_level("WARNING", logger="nomos_billing.linking")
+
+    assert linking.hold(other, user, "by_lead") is False
+    assert not NomosLinkClaim.objects.exists()
+    assert [r.getMessage() for r in caplog.records if r.name == "nomos_billing.linking"] == [
+        f"Nomos customer cus_other_h1 resolves (by_lead) to user {user.pk}, who is already "
+        "linked to another customer; not held"
+    ]
+
+
+def test_a_held_link_is_announced_by_the_customer_model_and_logged(django_user_model, caplog):
+    from nomos_billing import linking
+
+    user = django_user_model.objects.create_user("h2", "h2@example.com", "pw")
+    customer = NomosCustomer.objects.create(customer_id="cus_h2", email="o@example.com")
+    seen: list[Any] = []
+    customer_link_held.connect(lambda sender, **kw: seen.append(kw["claim"]),
+                               sender=NomosCustomer, weak=False, dispatch_uid="test-held-sender")
+    caplog.set_level("INFO", logger="nomos_billing.linking")
+    try:
+        assert linking.hold(customer, user, "by_lead") is True
+    finally:
+        customer_link_held.disconnect(sender=NomosCustomer, dispatch_uid="test-held-sender")
+    assert [c.user_id for c in seen] == [user.pk]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.linking"]
+    assert line.startswith("Nomos customer cus_h2 ") and f"user {user.pk}" in line
+
+
+def test_mailing_one_claim_leaves_every_other_pending_claim_alone(
+    django_user_model, django_capture_on_commit_callbacks
+):
+    first, second = _claim(django_user_model, "m1"), _claim(django_user_model, "m2")
+    assert confirmation.send_confirmation(first) is True
+    untouched = NomosLinkClaim.objects.get(pk=second.pk)
+    assert (untouched.sends, untouched.sent_at, untouched.nonce) == (0, None, second.nonce)
+    assert [m.to for m in mail.outbox] == [["c@example.com"]]
+
+
+def test_a_signed_value_that_is_not_json_is_an_invalid_link():
+    class NotJson:
+        def dumps(self, obj: Any) -> bytes:
+            return b"\xff not json"
+
+    token = signing.TimestampSigner(salt=confirmation.SALT).sign_object(
+        None, serializer=NotJson)
+    assert confirmation.read_token(token) == (None, "invalid")
