@@ -196,7 +196,7 @@ def test_immediate_backend_processes_during_enqueue(nomos, client, settings):
 
 
 def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_failed(
-        queued, nomos, client, settings):
+        queued, nomos, client, settings, caplog):
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
     nomos.add_fault(SUB_GET, Fault(status=503), times=None)
     event = alice_event()
@@ -211,6 +211,8 @@ def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_fai
     assert [round(d) for d in delays] == list(tasks.RETRY_DELAYS)
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts) == ("failed", 1 + len(tasks.RETRY_DELAYS))
+    assert (f"Webhook event {event['id']} failed {1 + len(tasks.RETRY_DELAYS)} times in the "
+            "worker; kept as failed for nomos_replay") in [r.getMessage() for r in caplog.records]
     # Nomos is back: the event is still replayable.
     nomos.clear_faults()
     call_command("nomos_replay", event["id"], stdout=_Sink())
@@ -484,3 +486,26 @@ def test_an_unknown_attribute_of_tasks_is_an_attribute_error_that_names_it():
     with pytest.raises(AttributeError) as raised:
         tasks.nope  # noqa: B018
     assert str(raised.value) == "module 'nomos_billing.tasks' has no attribute 'nope'"
+
+
+class NoDeferBackend(DummyBackend):
+    """A queue that cannot run a job later."""
+
+    supports_defer = False
+
+
+def test_an_outage_on_a_backend_that_cannot_defer_is_left_failed_without_a_retry(
+        nomos, client, settings, caplog):
+    settings.TASKS = {"default": IMMEDIATE, "nomos": {"BACKEND": f"{__name__}.NoDeferBackend"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "MAX_RETRIES": 0}
+    backend = task_backends["nomos"]
+    backend.clear()
+    nomos.add_fault(SUB_GET, Fault(status=503), times=None)
+    caplog.set_level("WARNING", logger="nomos_billing.tasks")
+    post_event(client, alice_event())
+    assert work(backend) == ["failed"]
+    assert WebhookEvent.objects.get().status == "failed"
+    assert nomos.count(SUB_GET) == 1
+    # Not even tried: a retry at once would hammer Nomos while it is down.
+    assert not [r for r in caplog.records if "re-enqueue" in r.getMessage()]
