@@ -177,6 +177,12 @@ class UserField(forms.ModelChoiceField):
 class UserAutocomplete(AutocompleteSelect):
     """Django admin's user autocomplete (the user admin's ``search_fields``)."""
 
+    def build_attrs(self, base_attrs: dict[str, Any], extra_attrs: Any = None) -> dict[str, Any]:
+        attrs = super().build_attrs(base_attrs, extra_attrs)
+        # Django blanks data-placeholder (select2 clears only with one); ours says what to type.
+        attrs["data-placeholder"] = base_attrs.get("data-placeholder", "")
+        return attrs
+
     def optgroups(self, name: str, value: Any, attr: Any = None) -> Any:
         try:
             return super().optgroups(name, value, attr)

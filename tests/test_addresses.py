@@ -78,6 +78,13 @@ def test_a_login_name_that_is_an_address_is_masked_as_one() -> None:
     assert mask_name("alice") == "a\u2022\u2022\u2022\u2022"
 
 
+@pytest.mark.parametrize("value", ["", None, 12345, ["alice"]])
+def test_a_missing_or_odd_login_name_is_masked_to_nothing(value: Any) -> None:
+    from nomos_billing.addresses import mask_name
+
+    assert mask_name(value) == ""
+
+
 @pytest.mark.parametrize(
     ("value", "masked"),
     [
@@ -172,3 +179,9 @@ def test_postgresql_iexact_would_have_matched_the_look_alikes(django_user_model:
         pytest.skip("PostgreSQL's UPPER() folding: runs on the PostgreSQL run (DATABASE_URL)")
     django_user_model.objects.create_user("lookalike", LOOK_ALIKES["dotless-i"], "pw")
     assert django_user_model.objects.filter(email__iexact=ALICE).exists()
+
+
+def test_an_address_longer_than_254_characters_is_no_address() -> None:
+    longest = "a" * 242 + "@example.com"
+    assert len(longest) == 254 and normalized_address(longest) == longest
+    assert normalized_address("a" + longest) is None

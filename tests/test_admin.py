@@ -271,3 +271,40 @@ def test_process_again_reprocesses_failed_event(nomos, admin_client):
 
 def test_event_admin_cannot_add(admin_client):
     assert admin_client.get(reverse("admin:nomos_billing_webhookevent_add")).status_code == 403
+
+
+def test_subscriptions_are_found_by_their_customers_id(admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    ours = NomosCustomer.objects.create(customer_id="cus_found")
+    other = NomosCustomer.objects.create(customer_id="cus_other")
+    for sub, customer in (("sub_found", ours), ("sub_other", other)):
+        NomosSubscription.objects.create(subscription_id=sub, customer=customer,
+                                         status="active", start_at=timezone.now() - timedelta(1))
+    page = admin_client.get(SUBSCRIPTIONS, {"q": "cus_found"}).content.decode()
+    assert "sub_found" in page and "sub_other" not in page
+
+
+def test_the_stuck_filter_offers_the_link_the_health_page_uses(admin_client):
+    page = admin_client.get(EVENTS).content.decode()
+    assert 'href="?stuck=yes"' in page
+
+
+def test_a_mirrored_row_offers_no_button_to_save(admin_client):
+    customer = NomosCustomer.objects.create(customer_id="cus_mirror")
+    page = admin_client.get(
+        reverse("admin:nomos_billing_nomoscustomer_change", args=[customer.pk])
+    ).content.decode()
+    assert 'name="_save"' not in page
+    assert 'name="_continue"' not in page
+    assert 'name="_addanother"' not in page
+
+
+def test_the_health_page_shows_the_failed_events_count(admin_client):
+    for n in range(3):
+        WebhookEvent.objects.create(event_id=f"evt_failed_{n}", topic="test.event",
+                                    status="failed")
+    page = admin_client.get(reverse("admin:nomos_billing_health")).content.decode()
+    assert f'href="{EVENTS}?status__exact=failed">3</a>' in page

@@ -221,3 +221,46 @@ def test_without_search_fields_on_the_user_admin_the_form_takes_a_typed_user(
     admin_client.post(CUSTOMERS, {**selected, "apply": "1", "user": "target"})
     customer.refresh_from_db()
     assert customer.user == user
+
+
+@pytest.mark.parametrize(("action", "what"), [("confirm_claims", "Confirmed"),
+                                              ("reject_claims", "Rejected")])
+def test_a_decided_held_link_leaves_its_words_on_the_claim_and_the_customer(
+    admin_client, admin_user, customer_and_user, action, what
+):
+    customer, user = customer_and_user
+    claim = NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
+
+    admin_client.post(CLAIMS, {"action": action, "_selected_action": [claim.pk]})
+
+    from django.contrib.contenttypes.models import ContentType
+
+    trail = {
+        (ContentType.objects.get_for_id(e.content_type_id).model, e.change_message)
+        for e in LogEntry.objects.filter(user=admin_user)
+    }
+    assert trail == {("nomoslinkclaim", f"{what} by an admin (user {user.pk})."),
+                     ("nomoscustomer", f"Held link to user {user.pk} {what.lower()}.")}
+
+
+def test_the_link_form_explains_its_field_and_names_an_unknown_user(admin_client,
+                                                                    customer_and_user):
+    customer, _ = customer_and_user
+    selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
+
+    html = admin_client.post(CUSTOMERS, selected).content.decode()
+    assert "Type to search the site&#x27;s users." in html
+
+    unknown = admin_client.post(CUSTOMERS, {**selected, "apply": "1", "user": "nobody-here"})
+    assert unknown.status_code == 200
+    assert "No user with this id or login name." in unknown.content.decode()
+    customer.refresh_from_db()
+    assert customer.user is None
+
+
+def test_the_user_search_says_what_to_type(admin_client, customer_and_user):
+    # Django's autocomplete blanks data-placeholder; the form's own words must survive that.
+    customer, _ = customer_and_user
+    selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
+    html = admin_client.post(CUSTOMERS, selected).content.decode()
+    assert 'data-placeholder="Search users…"' in html

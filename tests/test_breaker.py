@@ -225,3 +225,14 @@ def test_a_failed_token_fetch_is_shared_so_the_next_caller_fails_at_once(breaker
         caches["default"].delete(store.key + ":failed")  # FAILED_FETCH_TTL has passed
     assert store.get().value
     assert nomos.count(TOKEN) == 2
+
+
+def test_the_state_of_a_closed_and_of_a_switched_off_breaker(on, settings):
+    from django.core.cache import caches
+
+    assert breaker.state() == breaker.State(enabled=True, open=False, failures=0, retry_in=0.0)
+    # A count the cache mangled is no count.
+    caches["default"].set(breaker._key() + ":failures", "garbage", None)
+    assert breaker.state() == breaker.State(enabled=True, open=False, failures=0, retry_in=0.0)
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 0}
+    assert breaker.state() == breaker.State(enabled=False, open=False, failures=0, retry_in=0.0)

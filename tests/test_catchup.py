@@ -361,3 +361,9 @@ def test_the_catch_up_refreshes_known_customers_nomos_changed(nomos):
     # One call per 100 customers, none one by one.
     assert nomos.count("GET /customers") == 1
     assert nomos.count("GET /customers/{id}") == 0
+
+
+@pytest.mark.django_db
+def test_a_long_error_is_stored_cut_to_2000_characters():
+    catchup.fail("x" * 5000)
+    assert NomosSyncState.objects.get(name=catchup.STATE_NAME).last_error == "x" * 2000

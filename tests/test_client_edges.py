@@ -336,3 +336,17 @@ def test_get_lead_asks_for_the_escaped_id_and_names_it_in_errors(api, client):
     with pytest.raises(NomosAPIError) as info:
         client.get_lead("lead_gone")
     assert str(info.value) == "GET /leads/lead_gone -> HTTP 404: NOT_FOUND"
+
+
+@pytest.mark.parametrize(("field", "operator", "value", "item", "matches"), [
+    ("status", "in", ["active", "pending"], {"status": "pending"}, True),
+    ("status", "in", ["active", "pending"], {"status": "ended"}, False),
+    ("plan", "is_null", True, {"plan": None}, True),
+    ("plan", "is_null", True, {"plan": "pln_x"}, False),
+    ("plan", "is_null", False, {"plan": None}, False),
+    # A naive datetime from our own code is UTC.
+    ("updated_at", "gte", datetime(2026, 1, 1, 12), {"updated_at": "2026-01-01T12:00:00Z"}, True),
+    ("updated_at", "lte", datetime(2026, 1, 1, 12), {"updated_at": "2026-01-01T12:00:01Z"}, False),
+])
+def test_a_list_filter_matches_what_nomos_would_return(field, operator, value, item, matches):
+    assert ListFilter(field, operator, value).matches(item) is matches

@@ -579,3 +579,169 @@ def test_a_site_url_with_a_trailing_slash_makes_one_clean_link(
     subscription = finish_checkout(nomos, VICTIM, lead_id=lead_of(mallory))
     deliver(nomos, subscription, django_capture_on_commit_callbacks)
     assert "http://testserver/nomos/link/confirm/?t=" in mail.outbox[0].body
+
+
+# -- sending again, at its edges -----------------------------------------------------------
+
+
+def test_sending_again_exhausted_asks_nobody_to_wait_and_offers_no_button(held, mallory):
+    NomosLinkClaim.objects.update(sends=confirmation.MAX_SENDS)
+    response = signed_in(mallory).post("/nomos/link/resend/")
+    assert response.status_code == 429
+    assert "Retry-After" not in response  # waiting will not help
+    assert 'action="/nomos/link/resend/"' not in response.content.decode()
+    assert len(mail.outbox) == 1
+
+
+def test_the_last_allowed_mail_still_has_its_button(held, mallory):
+    NomosLinkClaim.objects.update(sends=confirmation.MAX_SENDS - 1)
+    page = signed_in(mallory).get("/nomos/portal/").content.decode()
+    assert 'action="/nomos/link/resend/"' in page
+
+
+def test_sending_again_is_allowed_the_moment_the_interval_has_passed(held, mallory):
+    claim = NomosLinkClaim.objects.get()
+    exactly = claim.sent_at + confirmation.RESEND_INTERVAL
+    with mock.patch("nomos_billing.confirmation.timezone.now", return_value=exactly):
+        response = signed_in(mallory).post("/nomos/link/resend/")
+    assert response.status_code == 200
+    assert len(mail.outbox) == 2
+
+
+def test_sending_again_links_to_the_address_it_is_given(held, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "SITE_URL": "https://shop.example"}
+    claim = NomosLinkClaim.objects.get()
+    NomosLinkClaim.objects.update(sent_at=timezone.now() - confirmation.RESEND_INTERVAL * 2)
+    claim.refresh_from_db()
+    assert confirmation.resend(claim, base_url="https://other.example") == (True, 0)
+    assert "https://other.example/nomos/link/confirm/?t=" in mail.outbox[-1].body
+    assert "https://shop.example" not in mail.outbox[-1].body
+
+
+# -- decisions on a claim that was decided meanwhile ----------------------------------------
+
+
+def _claim(django_user_model: Any, name: str) -> NomosLinkClaim:
+    customer = NomosCustomer.objects.create(customer_id=f"cus_{name}", email="c@example.com")
+    user = django_user_model.objects.create_user(name, f"{name}@example.com", "pw")
+    return NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
+
+
+def test_an_operator_confirming_a_decided_claim_is_told_it_was_used(django_user_model):
+    claim = _claim(django_user_model, "u1")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+    assert confirmation.reject(claim, operator) is True
+    assert confirmation.confirm_by_operator(claim, operator) == "used"
+    assert NomosCustomer.objects.get(pk=claim.customer_id).user is None
+
+
+def test_a_claim_another_request_decided_meanwhile_links_nobody(django_user_model):
+    claim = _claim(django_user_model, "u2")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+    stale = NomosLinkClaim.objects.get(pk=claim.pk)  # loaded while still pending
+    assert confirmation.reject(claim, operator) is True
+
+    assert confirmation.confirm_by_operator(stale, operator) == "used"
+    assert confirmation.confirm_by_mailbox(stale, stale.user) == "used"
+    assert NomosCustomer.objects.get(pk=claim.customer_id).user is None
+    assert NomosLinkClaim.objects.get(pk=claim.pk).status == "rejected"
+
+
+def test_a_decision_is_stored_with_its_time_and_who_made_it(django_user_model):
+    claim = _claim(django_user_model, "u3")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+    before = timezone.now()
+    assert confirmation.confirm_by_operator(claim, operator) == "linked"
+    stored = NomosLinkClaim.objects.get(pk=claim.pk)
+    assert (stored.status, stored.decided_by) == ("confirmed", f"admin:{operator.pk}")
+    assert stored.decided_at is not None and stored.decided_at >= before
+    assert stored.decided_at == claim.decided_at
+
+
+def test_a_rejection_signal_carries_the_claim(django_user_model):
+    from nomos_billing.signals import customer_link_rejected
+
+    claim = _claim(django_user_model, "u4")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+    seen: list[Any] = []
+    customer_link_rejected.connect(lambda sender, **kw: seen.append(kw["claim"]), weak=False,
+                                   dispatch_uid="test-reject-claim")
+    try:
+        confirmation.reject(claim, operator)
+    finally:
+        customer_link_rejected.disconnect(dispatch_uid="test-reject-claim")
+    assert [(c.pk, c.status) for c in seen] == [(claim.pk, "rejected")]
+
+
+def test_pending_claim_is_none_for_a_user_object_that_is_not_signed_in(django_user_model):
+    from types import SimpleNamespace
+
+    claim = _claim(django_user_model, "u5")
+    assert confirmation.pending_claim(SimpleNamespace(pk=claim.user_id,
+                                                     is_authenticated=False)) is None
+    assert confirmation.pending_claim(claim.user) == claim
+
+
+def test_pending_claim_reads_the_claim_and_its_customer_in_one_query(
+    django_user_model, django_assert_num_queries
+):
+    claim = _claim(django_user_model, "u6")
+    user = django_user_model.objects.get(pk=claim.user_id)
+    with django_assert_num_queries(1):
+        found = confirmation.pending_claim(user)
+        assert found is not None and found.customer.customer_id == "cus_u6"
+        assert confirmation.pending_claim(user) is found
+
+
+def test_a_user_who_holds_a_customer_is_not_held_for_another(django_user_model, caplog):
+    from nomos_billing import linking
+
+    user = django_user_model.objects.create_user("h1", "h1@example.com", "pw")
+    NomosCustomer.objects.create(customer_id="cus_own_h1", user=user)
+    other = NomosCustomer.objects.create(customer_id="cus_other_h1", email="o@example.com")
+    caplog.set_level("WARNING", logger="nomos_billing.linking")
+
+    assert linking.hold(other, user, "by_lead") is False
+    assert not NomosLinkClaim.objects.exists()
+    assert [r.getMessage() for r in caplog.records if r.name == "nomos_billing.linking"] == [
+        f"Nomos customer cus_other_h1 resolves (by_lead) to user {user.pk}, who is already "
+        "linked to another customer; not held"
+    ]
+
+
+def test_a_held_link_is_announced_by_the_customer_model_and_logged(django_user_model, caplog):
+    from nomos_billing import linking
+
+    user = django_user_model.objects.create_user("h2", "h2@example.com", "pw")
+    customer = NomosCustomer.objects.create(customer_id="cus_h2", email="o@example.com")
+    seen: list[Any] = []
+    customer_link_held.connect(lambda sender, **kw: seen.append(kw["claim"]),
+                               sender=NomosCustomer, weak=False, dispatch_uid="test-held-sender")
+    caplog.set_level("INFO", logger="nomos_billing.linking")
+    try:
+        assert linking.hold(customer, user, "by_lead") is True
+    finally:
+        customer_link_held.disconnect(sender=NomosCustomer, dispatch_uid="test-held-sender")
+    assert [c.user_id for c in seen] == [user.pk]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.linking"]
+    assert line.startswith("Nomos customer cus_h2 ") and f"user {user.pk}" in line
+
+
+def test_mailing_one_claim_leaves_every_other_pending_claim_alone(
+    django_user_model, django_capture_on_commit_callbacks
+):
+    first, second = _claim(django_user_model, "m1"), _claim(django_user_model, "m2")
+    assert confirmation.send_confirmation(first) is True
+    untouched = NomosLinkClaim.objects.get(pk=second.pk)
+    assert (untouched.sends, untouched.sent_at, untouched.nonce) == (0, None, second.nonce)
+    assert [m.to for m in mail.outbox] == [["c@example.com"]]
+
+
+def test_a_signed_value_that_is_not_json_is_an_invalid_link():
+    class NotJson:
+        def dumps(self, obj: Any) -> bytes:
+            return b"\xff not json"
+
+    token = signing.TimestampSigner(salt=confirmation.SALT).sign_object(
+        None, serializer=NotJson)
+    assert confirmation.read_token(token) == (None, "invalid")

@@ -373,3 +373,12 @@ def test_other_business_errors_land_on_their_field_or_the_form(
     response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "2500"})
     assert response.status_code == 200
     assert response.context["form"].errors == expected
+
+
+def test_the_try_again_form_can_be_sent_again(as_bob: Client, nomos: Any, with_plan: None) -> None:
+    # The form comes back with the user's details; without its CSRF token sending it again
+    # would be refused.
+    nomos.add_fault("POST /leads", Fault(status=500), times=None)
+    response = as_bob.post(START, {"zip_code": "10115", "estimated_usage": "2500"})
+    assert response.status_code == 503
+    assert 'name="csrfmiddlewaretoken"' in response.content.decode()

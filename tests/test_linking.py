@@ -189,3 +189,20 @@ def test_resolvers_module_is_the_linking_module():
 
     assert resolvers.by_metadata is linking.by_metadata
     assert resolvers.link_customer is linking.link_customer
+
+
+@pytest.mark.django_db
+def test_linking_a_customer_moves_its_updated_time(django_user_model):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    user = django_user_model.objects.create_user("upd", "upd@example.com", "pw")
+    customer = NomosCustomer.objects.create(customer_id="cus_upd", email="upd@example.com")
+    long_ago = timezone.now() - timedelta(days=3)
+    NomosCustomer.objects.filter(pk=customer.pk).update(updated_at=long_ago)
+
+    assert linking.attach_user(customer, user, "admin") is True
+    stored = NomosCustomer.objects.get(pk=customer.pk)
+    assert stored.user == user and stored.updated_at > long_ago + timedelta(days=2)
+    assert stored.updated_at == stored.linked_at

@@ -198,7 +198,7 @@ def test_immediate_backend_processes_during_enqueue(nomos, client, settings):
 
 
 def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_failed(
-        queued, nomos, client, settings):
+        queued, nomos, client, settings, caplog):
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
     nomos.add_fault(SUB_GET, Fault(status=503), times=None)
     event = alice_event()
@@ -213,6 +213,8 @@ def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_fai
     assert [round(d) for d in delays] == list(tasks.RETRY_DELAYS)
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts) == ("failed", 1 + len(tasks.RETRY_DELAYS))
+    assert (f"Webhook event {event['id']} failed {1 + len(tasks.RETRY_DELAYS)} times in the "
+            "worker; kept as failed for nomos_replay") in [r.getMessage() for r in caplog.records]
     # Nomos is back: the event is still replayable.
     nomos.clear_faults()
     call_command("nomos_replay", event["id"], stdout=_Sink())
@@ -457,3 +459,61 @@ def test_a_refused_enqueue_of_a_stale_claim_leaves_it_to_the_takeover(settings, 
     assert post_event(client, event).status_code == 503
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.last_error) == ("processing", "")
+
+
+def test_admin_process_again_counts_each_event_the_queue_refuses(queued, nomos, admin_client,
+                                                                  settings):
+    from django.contrib.messages import ERROR, SUCCESS
+
+    from nomos_billing.processing import record_event
+
+    stored = [record_event(alice_event())[0] for _ in range(2)]
+    everything = {"action": "process_again", "_selected_action": [e.pk for e in stored]}
+    queued_ok = admin_client.post("/admin/nomos_billing/webhookevent/", everything, follow=True)
+    [(text, level)] = [(str(m), m.level) for m in queued_ok.context["messages"]]
+    assert (text, level) == (
+        "Queued again for the task worker: 2 queued, 0 refused by the queue.", SUCCESS)
+
+    settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    refused = admin_client.post("/admin/nomos_billing/webhookevent/", everything, follow=True)
+    [(text, level)] = [(str(m), m.level) for m in refused.context["messages"]]
+    assert (text, level) == (
+        "Queued again for the task worker: 0 queued, 2 refused by the queue.", ERROR)
+
+
+def test_a_task_for_an_event_pruned_meanwhile_reports_it_missing(queued, caplog):
+    caplog.set_level("WARNING", logger="nomos_billing.tasks")
+    tasks.enqueue("evt_pruned_meanwhile")
+    [job] = queued.results
+    assert run(job) == "missing"
+    assert [r.getMessage() for r in caplog.records if r.name == "nomos_billing.tasks"] == [
+        "Webhook event evt_pruned_meanwhile is gone; nothing to process"]
+
+
+def test_an_unknown_attribute_of_tasks_is_an_attribute_error_that_names_it():
+    with pytest.raises(AttributeError) as raised:
+        tasks.nope  # noqa: B018
+    assert str(raised.value) == "module 'nomos_billing.tasks' has no attribute 'nope'"
+
+
+class NoDeferBackend(DummyBackend):
+    """A queue that cannot run a job later."""
+
+    supports_defer = False
+
+
+def test_an_outage_on_a_backend_that_cannot_defer_is_left_failed_without_a_retry(
+        nomos, client, settings, caplog):
+    settings.TASKS = {"default": IMMEDIATE, "nomos": {"BACKEND": f"{__name__}.NoDeferBackend"}}
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
+                              "MAX_RETRIES": 0}
+    backend = task_backends["nomos"]
+    backend.clear()
+    nomos.add_fault(SUB_GET, Fault(status=503), times=None)
+    caplog.set_level("WARNING", logger="nomos_billing.tasks")
+    post_event(client, alice_event())
+    assert work(backend) == ["failed"]
+    assert WebhookEvent.objects.get().status == "failed"
+    assert nomos.count(SUB_GET) == 1
+    # Not even tried: a retry at once would hammer Nomos while it is down.
+    assert not [r for r in caplog.records if "re-enqueue" in r.getMessage()]

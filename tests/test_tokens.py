@@ -235,3 +235,18 @@ def test_two_processes_sharing_the_redis_cache_use_one_token(nomos):
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert nomos.count(SUB) == 20
     assert nomos.count(TOKEN) == 1
+
+
+def test_another_process_drops_the_token_nomos_rejected_from_the_shared_cache(nomos):
+    from nomos_billing.client import reset_client
+
+    first = get_client()
+    first.get_subscription("sub_sandbox_alice")
+    rejected = first.tokens.cached()
+    reset_client()  # another process: the shared cache holds the token, its memory does not
+
+    get_client().tokens.invalidate(rejected)
+
+    assert get_client().tokens.cached() is None
+    get_client().get_subscription("sub_sandbox_alice")
+    assert nomos.count(TOKEN) == 2

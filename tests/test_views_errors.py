@@ -120,3 +120,44 @@ def test_a_refused_click_logs_the_request_id_for_the_operator(status, says, alic
     [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
     assert says in line
     assert "requestId req_" in line
+
+
+def test_json_endpoint_when_the_database_fails_after_sign_in_is_503_json_and_logged(
+    alice, nomos, caplog
+):
+    # The session and the user load; the customer's row does not: the outage comes mid-click.
+    execute = CursorWrapper.execute
+
+    def customer_table_down(self: Any, sql: str, params: Any = None) -> Any:
+        if "nomos_billing_nomoscustomer" in sql:
+            raise OperationalError("server closed the connection")
+        return execute(self, sql, params)
+
+    client = csrf_client(alice)
+    caplog.set_level("ERROR", logger="nomos_billing.views")
+    with mock.patch.object(CursorWrapper, "execute", customer_table_down):
+        response = client.post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    assert response.json()["code"] == "unavailable"
+    [record] = [r for r in caplog.records if r.name == "nomos_billing.views"]
+    assert record.getMessage() == "portal/link/: the database is unavailable"
+    assert record.exc_info is not None and record.exc_info[0] is OperationalError
+    assert nomos.count("POST /admin/magic_link") == 0
+
+
+def test_a_csrf_refusal_of_the_json_endpoint_is_logged_with_its_reason(alice, nomos, caplog):
+    caplog.set_level("WARNING", logger="nomos_billing.views")
+    csrf_client(alice).post(PORTAL_LINK, {})
+    lines = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
+    assert lines == ["portal/link/ refused: CSRF check failed (CSRF token missing.)"]
+
+
+def test_a_json_click_during_a_nomos_outage_logs_whose_click_it_was(alice, nomos, caplog):
+    from nomos_billing.sandbox import Fault
+
+    nomos.add_fault("POST /admin/magic_link", Fault(status=503), times=None)
+    caplog.set_level("WARNING", logger="nomos_billing.views")
+    csrf_client(alice).post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
+    lines = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
+    assert lines and all(f"customer {seed.ALICE}" in line for line in lines)
