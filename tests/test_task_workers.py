@@ -167,15 +167,18 @@ def test_queue_down_answers_503_and_the_redelivery_is_processed(backend, nomos, 
     assert nomos.count(SUB_GET) == 1
 
 
-def start_worker(alias: str, sandbox_url: str, *, scheduler: bool = True,
+def start_worker(alias: str, sandbox_url: str, *, scheduler: bool = True, name: str = "",
                  **settings: Any) -> subprocess.Popen[str]:
     """A long-running worker, as a supervisor runs it, in its own process group. ``scheduler``:
-    RQ runs deferred jobs only in a worker started ``--with-scheduler``."""
+    RQ runs deferred jobs only in a worker started ``--with-scheduler``. ``name``: the worker id
+    it records on the tasks it runs."""
     if alias == "db":
         command = ["db_worker", "--backend", "db", "--no-startup-delay", "--interval", "0.1"]
+        command += ["--worker-id", name] if name else []
     else:
         command = ["rqworker", "default", "--job-class", "django_tasks_rq.Job"]
         command += ["--with-scheduler"] if scheduler else []
+        command += ["--name", name] if name else []
     # Output to a file, not a pipe nobody reads while the test waits: a full pipe would block
     # a worker that logs, which then looks like a worker that never takes anything over.
     log = tempfile.TemporaryFile(mode="w+")

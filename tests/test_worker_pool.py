@@ -10,8 +10,6 @@ every arrival).
 from __future__ import annotations
 
 import subprocess
-import sys
-import tempfile
 import time
 from typing import Any
 
@@ -27,6 +25,7 @@ from tests.test_task_workers import (  # noqa: F401 - backend is a fixture
     backend,
     deliver_concurrently,
     kill,
+    start_worker,
     stop,
     wait_until,
 )
@@ -44,19 +43,7 @@ def start_named(alias: str, sandbox_url: str, name: str, *,
                 scheduler: bool) -> subprocess.Popen[str]:
     """A long-running worker that records ``name`` on the tasks it runs (``stop`` reads its
     log). ``scheduler``: RQ runs deferred jobs, the watchdogs, only with one."""
-    if alias == "db":
-        command = ["db_worker", "--backend", "db", "--no-startup-delay", "--interval", "0.1",
-                   "--worker-id", name]
-    else:
-        command = ["rqworker", "default", "--job-class", "django_tasks_rq.Job", "--name", name]
-        command += ["--with-scheduler"] if scheduler else []
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen([sys.executable, "-m", "django", *command], cwd=ROOT,
-                               env=_worker_env(alias, sandbox_url, **CLAIMS),
-                               stdout=log, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    process.log = log  # type: ignore[attr-defined]
-    return process
+    return start_worker(alias, sandbox_url, scheduler=scheduler, name=name, **CLAIMS)
 
 
 def running(alias: str) -> dict[str, str]:
