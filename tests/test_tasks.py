@@ -506,7 +506,7 @@ def test_an_outage_on_a_backend_that_cannot_defer_is_left_failed_without_a_retry
         nomos, client, settings, caplog):
     settings.TASKS = {"default": IMMEDIATE, "nomos": {"BACKEND": f"{__name__}.NoDeferBackend"}}
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "nomos",
-                              "MAX_RETRIES": 0}
+                              "MAX_RETRIES": 0, "WORKER_HANDOFF_TIMEOUT": 0}
     backend = task_backends["nomos"]
     backend.clear()
     nomos.add_fault(SUB_GET, Fault(status=503), times=None)
