@@ -62,7 +62,11 @@ def backend(request, nomos, settings) -> str:
                         "(NOMOS_TEST_RQ_URL, or CACHE_URL's next db)")
         import django_rq
 
-        django_rq.get_queue("default").empty()
+        queue = django_rq.get_queue("default")
+        queue.empty()
+        # A scheduler SIGKILLed by an earlier test keeps its lock for a minute: this test's
+        # workers start from a clean Redis, as after a supervisor's restart.
+        queue.connection.delete("rq:scheduler-lock:default")
     settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
                       alias: BACKENDS[alias]}
     # Workers start after the deliveries (burst mode): a queue whose workers run on a schedule.
@@ -305,7 +309,8 @@ def test_a_delivery_after_the_worker_died_is_processed_by_the_view(backend, nomo
     def alice() -> dict[str, Any]:
         return make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
 
-    worker = start_worker(backend, nomos.base_url, **handoff)
+    # No scheduler: nothing here is deferred, and a SIGKILLed scheduler would hold its lock.
+    worker = start_worker(backend, nomos.base_url, scheduler=False, **handoff)
     successor = None
     try:
         # Until the worker polls, the view processes each delivery itself (200); then 202.
@@ -323,7 +328,7 @@ def test_a_delivery_after_the_worker_died_is_processed_by_the_view(backend, nomo
         response = post_event(Client(), second)
         assert (response.status_code, response.content) == (200, b"processed\n")
         assert nomos.count(SUB_GET) == fetched + 1
-        successor = start_worker(backend, nomos.base_url, **handoff)
+        successor = start_worker(backend, nomos.base_url, scheduler=False, **handoff)
         wait_until(lambda: job_outcomes(backend, second["id"]), "the queued job to run")
     finally:
         for process in (worker, successor):
