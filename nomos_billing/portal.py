@@ -129,7 +129,10 @@ def has_recent_checkout(user: Any) -> bool:
 
         from .models import ClaimStatus, NomosLead, NomosLinkClaim, NomosSubscription
 
-        rejected = NomosLinkClaim.objects.filter(status=ClaimStatus.REJECTED).values("customer_id")
+        # Claims are per customer and user: only this user's rejected claim settles the lead.
+        rejected = NomosLinkClaim.objects.filter(
+            status=ClaimStatus.REJECTED, user_id=user.pk
+        ).values("customer_id")
         settled_elsewhere = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id")).filter(
             (Q(customer__user__isnull=False) & ~Q(customer__user_id=user.pk))
             | Q(customer_id__in=rejected)

@@ -153,7 +153,8 @@ def test_unlinked_user_back_from_a_recent_checkout_gets_the_portal_button(
 @pytest.mark.parametrize(
     ("settled", "variant"),
     [("stored, being linked", "portal"), ("held", "held"), ("rejected", "start"),
-     ("linked", "portal"), ("linked to another user", "start")],
+     ("linked", "portal"), ("linked to another user", "start"),
+     ("another user's claim rejected", "portal")],
 )
 def test_the_moment_the_webhook_stores_the_checkout_keeps_the_portal_button(
     django_user_model: Any, settings: Any, settled: str, variant: str
@@ -174,6 +175,10 @@ def test_the_moment_the_webhook_stores_the_checkout_keeps_the_portal_button(
     elif settled == "linked to another user":
         other = django_user_model.objects.create_user("carol", "carol@example.com", "pw")
         NomosCustomer.objects.filter(pk=customer.pk).update(user=other)
+    elif settled == "another user's claim rejected":
+        other = django_user_model.objects.create_user("carol", "carol@example.com", "pw")
+        NomosLinkClaim.objects.create(customer=customer, user=other, rule="by_metadata",
+                                      status="rejected")
     elif settled in ("held", "rejected"):
         NomosLinkClaim.objects.create(customer=customer, user=bob, rule="by_lead",
                                       status="pending" if settled == "held" else "rejected")
