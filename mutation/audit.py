@@ -90,7 +90,7 @@ MUTATIONS = [
     Mutation("POST retry statuses: 503 dropped", "nomos_billing/client.py",
              "UNSAFE_RETRY_STATUSES = frozenset({429, 503})",
              "UNSAFE_RETRY_STATUSES = frozenset({429})", CLIENT),
-    Mutation("read timeouts retried", "nomos_billing/client.py",
+    Mutation("read timeouts retried", "nomos_billing/retry.py",
              "        read=0,\n", "        read=max_retries,\n", CLIENT),
 ]
 
@@ -199,7 +199,7 @@ GUARDS = [
     Mutation("loop: re-enqueue counter does not count", "nomos_billing/tasks.py",
              "enqueue(event_id, retry=retry + 1, delay=delay)",
              "enqueue(event_id, retry=retry, delay=delay)", LOOPS),
-    Mutation("loop: a repeated cursor followed", "nomos_billing/client.py",
+    Mutation("loop: a repeated cursor followed", "nomos_billing/lists.py",
              "            if str(cursor) in seen:", "            if False:", LOOPS),
     Mutation("loop: unbounded stuck sweep", "nomos_billing/takeover.py",
              '"claimed_at")[:QUEUED_BATCH]', '"claimed_at")', LOOPS),
