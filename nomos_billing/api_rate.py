@@ -4,7 +4,7 @@ Not to be confused with ``budget`` (the *time* one request may spend on Nomos) n
 ``ratelimit`` (how often *one signed-in user* may click). Nomos allows ``API_RATE_LIMIT``
 requests per second per API client (10) and answers 429 above it; every click, every webhook's
 fetch and every sync page of the site spends from that one allowance. ``acquire()`` is called by
-the client before each HTTP attempt (``client.py``: the first one and each retry) and waits
+the client before each HTTP attempt (``client.py`` the first one, ``retry.py`` each retry) and waits
 until the attempt fits:
 
 - **Shared.** The attempts are counted in ``TOKEN_CACHE`` (shared by all workers on all hosts),

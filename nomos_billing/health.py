@@ -1,6 +1,6 @@
 """What an operator needs to see at a glance: is Nomos talking to us, is anything stuck?
 
-One function, ``collect``, feeds both the admin page (``admin.py``, linked from the app's index)
+One function, ``collect``, feeds both the admin page (``admin/``, linked from the app's index)
 and ``manage.py nomos_status [--json]``. Its cost is a fixed number of queries, each served by
 an index and bounded by ``LIMIT``, whatever the size of the event and customer tables: the page
 is meant to be reloaded while something is on fire. So counts stop at ``counts.BOUND``; the

@@ -148,7 +148,7 @@ def test_linked_user_clicks_the_button_and_lands_on_the_portal_as_their_customer
 
         assert page.inner_text("#customer-id") == seed.ALICE
         assert page.inner_text("#next-page") == "/invoices"
-        assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/invoices"}]
+        assert list(nomos.portal_sessions) == [{"customer_id": seed.ALICE, "next": "/invoices"}]
         assert screenshot(page, "portal").stat().st_size > 1000
         # The token that minted the link never reached the browser.
         assert "token_hash" in page.url and "sbx_at_" not in page.url

@@ -14,8 +14,9 @@ from django.test import Client
 
 from nomos_billing import budget
 from nomos_billing.checks import check_settings
-from nomos_billing.client import build_retry, get_client
+from nomos_billing.client import get_client
 from nomos_billing.models import NomosCustomer, WebhookEvent
+from nomos_billing.retry import build_retry
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
 

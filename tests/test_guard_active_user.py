@@ -281,7 +281,7 @@ def test_the_link_permission_needs_an_active_account(django_user_model, rf, sett
     holds whatever the site's permission backends say about inactive accounts."""
     from django.contrib import admin as django_admin
 
-    from nomos_billing.admin import NomosCustomerAdmin
+    from nomos_billing.admin.customers import NomosCustomerAdmin
 
     settings.AUTHENTICATION_BACKENDS = [
         "django.contrib.auth.backends.ModelBackend",

@@ -120,7 +120,7 @@ def test_safe_deep_link_replaces_next_and_keeps_the_other_parameters(
     assert dict(params)["type"] == "magiclink"
     first = requests.get(link, timeout=5)
     assert first.status_code == 200
-    assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
+    assert list(nomos.portal_sessions) == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -22,8 +23,10 @@ import pytest
 import requests
 
 from nomos_billing.sandbox import Fault, Sandbox, SandboxServer
-from nomos_billing.sandbox import state as sandbox_state
-from nomos_billing.signatures import verify_signature
+from nomos_billing.sandbox import tokens as sandbox_tokens
+from nomos_billing.sandbox import webhooks as sandbox_webhooks
+from nomos_billing.sandbox.app import SandboxApp
+from nomos_billing.signatures import sign_payload, verify_signature
 
 from .receivers import Receiver
 
@@ -107,7 +110,7 @@ def test_only_client_credentials_is_granted(sb: Sandbox, http: requests.Session,
 def test_configured_credentials_ttl_and_scope(http: requests.Session, monkeypatch) -> None:
     # The sandbox's clock, moved by the test: no sleeping past the TTL on a busy machine.
     later = [0.0]
-    monkeypatch.setattr(sandbox_state, "time", SimpleNamespace(
+    monkeypatch.setattr(sandbox_tokens, "time", SimpleNamespace(
         monotonic=lambda: time.monotonic() + later[0], time=time.time))
     sandbox = Sandbox(client_id="id-x", client_secret="secret-x", token_ttl=30, seed=True,
                       scope="read:*")
@@ -329,7 +332,7 @@ def test_magic_link_is_single_use(sb: Sandbox, http: requests.Session) -> None:
     assert "Signed in as alice@example.com (" in first.text
     assert '<span id="customer-id">cus_sandbox_alice</span>' in first.text
     assert '<span id="next-page">/overview</span>' in first.text
-    assert sb.portal_sessions == [{"customer_id": "cus_sandbox_alice", "next": "/overview"}]
+    assert list(sb.portal_sessions) == [{"customer_id": "cus_sandbox_alice", "next": "/overview"}]
 
     second = http.get(link)
     assert second.status_code == 403
@@ -478,11 +481,11 @@ def test_request_log_records_exchanges(sb: Sandbox, http: requests.Session) -> N
     assert exchange["response_headers"]["Content-Type"] == "application/json"
     assert json.loads(exchange["response_body"])["object"] == "magic_link"
     sb.reset_counts()
-    assert sb.calls == {} and sb.request_log == []
+    assert sb.calls == {} and list(sb.request_log) == []
 
 
 def test_records_are_rings_that_keep_the_newest(sb: Sandbox, http: requests.Session) -> None:
-    sb.request_log.size = 3
+    sb.request_log = deque(maxlen=3)
     for n in range(5):
         http.get(f"{sb.base_url}/subscriptions/sub_sandbox_alice?n={n}", headers=bearer(sb))
     assert len(sb.request_log) == 3
@@ -508,7 +511,7 @@ def test_reset_frees_every_record(sb: Sandbox, http: requests.Session) -> None:
     sb.mint_magic_link("cus_sandbox_alice", sb.base_url)
     http.get(f"{sb.base_url}/subscriptions/sub_sandbox_alice", headers=bearer(sb))
     assert http.post(f"{sb.base_url}/_sandbox/reset").status_code == 200
-    assert (sb.request_log, sb.portal_sessions, sb.webhook_deliveries) == ([], [], [])
+    assert (len(sb.request_log), len(sb.portal_sessions), len(sb.webhook_deliveries)) == (0, 0, 0)
     assert sb._magic_links == {} and sb.calls == {}
     assert "sub_sandbox_alice" in sb.subscriptions  # the data stays
 
@@ -644,6 +647,23 @@ def test_control_api(sb: Sandbox, http: requests.Session, receiver: Receiver) ->
 
 # -- in-process and CLI -------------------------------------------------------------------------
 
+def test_the_sandbox_and_its_webhooks_import_without_django() -> None:
+    # The package docstring's promise: the standard library and requests, nothing else.
+    code = ("import sys, nomos_billing.sandbox, nomos_billing.sandbox.__main__; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("secret", ["whsec_test", "whsec_ünïcode"])
+def test_the_sandboxs_own_signer_is_what_our_verifier_accepts(secret: str) -> None:
+    body = b'{"id":"evt_1","topic":"subscription.created"}'
+    header = sandbox_webhooks.sign_payload(body, secret, 1_700_000_000)
+    assert header == sign_payload(body, secret, 1_700_000_000)
+    verify_signature(body, header, [secret], tolerance=300, now=1_700_000_010)
+
+
 def test_wsgi_app_in_process_without_a_server() -> None:
     from wsgiref.util import setup_testing_defaults
 
@@ -661,7 +681,7 @@ def test_wsgi_app_in_process_without_a_server() -> None:
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
         captured.update(status=status, headers=dict(headers))
 
-    chunks = sandbox.wsgi_app(environ, start_response)
+    chunks = SandboxApp(sandbox)(environ, start_response)
     assert captured["status"] == "200 OK"
     link = json.loads(b"".join(chunks))["link"]
     assert link.startswith("http://sandbox.customerportal.localhost/auth/confirm?token_hash=")

@@ -160,7 +160,7 @@ def test_customer_id_in_the_request_is_ignored(alice: Any, nomos: Any) -> None:
         {"csrfmiddlewaretoken": CSRF, "customerId": seed.ACME, "customer_id": seed.ACME},
     )
     assert requests.get(response["Location"], timeout=5).status_code == 200
-    assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/overview"}]
+    assert list(nomos.portal_sessions) == [{"customer_id": seed.ALICE, "next": "/overview"}]
 
 
 # -- deep links ----------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_safe_deep_link_reaches_the_portal(as_alice: Client, nomos: Any) -> None
     assert host == urlsplit(nomos.portal_origin).netloc
     assert params["next"] == ["/invoices/inv_abc"]
     assert requests.get(response["Location"], timeout=5).status_code == 200
-    assert nomos.portal_sessions == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
+    assert list(nomos.portal_sessions) == [{"customer_id": seed.ALICE, "next": "/invoices/inv_abc"}]
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)

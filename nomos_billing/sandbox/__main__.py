@@ -13,7 +13,9 @@ from .hosts import checkout_origin
 from .ratelimit import NOMOS_RATE_LIMIT
 from .seeding import seed_subscriptions, seeded
 from .server import SandboxServer
-from .state import DEFAULT_PLAN, TOKEN_BODIES, UNSERVICEABLE_ZIP, Sandbox
+from .state import Sandbox
+from .stores import DEFAULT_PLAN, UNSERVICEABLE_ZIP
+from .tokens import TOKEN_BODIES
 
 #: The control API, in one place: ``--help``, the startup banner and the README's table say this.
 CONTROL_API = (

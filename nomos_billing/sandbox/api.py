@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import listing
 from .http import ApiError, Request, Response, json_response
 from .routing import Route
+from .shapes import list_subscription
 
 if TYPE_CHECKING:
     from .state import Sandbox
@@ -186,8 +187,6 @@ def get_subscription(sb: Sandbox, request: Request, id: str) -> Response:
 
 
 def list_subscriptions(sb: Sandbox, request: Request) -> Response:
-    from .shapes import list_subscription
-
     matches = _keep(_filters(request, SUBSCRIPTION_FILTERS))
     with sb.lock:
         body = listing.page(

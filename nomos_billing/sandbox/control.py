@@ -5,11 +5,13 @@ Loopback tooling, so no auth; these calls are neither counted nor logged.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .faults import Fault
 from .http import ApiError, Request, Response, json_response
 from .routing import Route
+from .seeding import seed_subscriptions, seeded
 
 if TYPE_CHECKING:
     from .state import Sandbox
@@ -78,7 +80,8 @@ def send_webhook(sb: Sandbox, request: Request) -> Response:
     times = int(payload.get("duplicate") or 1)
     with sb.lock:
         # The newest ones (a ring: counting from the end stays right when it is full).
-        deliveries = [d for d in sb.webhook_deliveries[-times:] if d["event_id"] == event["id"]]
+        newest = islice(reversed(sb.webhook_deliveries), times)
+        deliveries = [d for d in newest if d["event_id"] == event["id"]][::-1]
     statuses = [{"status": d["status"], "error": d["error"]} for d in deliveries]
     return json_response(200, {"event": event, "deliveries": statuses})
 
@@ -107,8 +110,6 @@ def add_customer(sb: Sandbox, request: Request) -> Response:
 
 
 def seed(sb: Sandbox, request: Request) -> Response:
-    from .seeding import seed_subscriptions, seeded
-
     total = _kwargs(_body(request), ("subscriptions",)).get("subscriptions")
     if not isinstance(total, int) or isinstance(total, bool):
         raise ApiError(400, 'Give "subscriptions": a whole number')

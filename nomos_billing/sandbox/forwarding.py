@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .webhooks import deliver
 
 if TYPE_CHECKING:
-    from .state import Sandbox
+    from .stores import SandboxStores
 
 #: Nomos retries 12 times after the first attempt.
 RETRIES = 12
@@ -43,7 +43,7 @@ class Forwarder:
 
     def __init__(
         self,
-        sandbox: Sandbox,
+        sandbox: SandboxStores,
         urls: list[str],
         secret: str,
         *,

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 PORTAL_SUFFIX = ".customerportal.localhost"
 CHECKOUT_SUFFIX = ".checkout.localhost"
@@ -102,3 +102,10 @@ def resolve_localhost() -> Iterator[None]:
         yield
     finally:
         socket.getaddrinfo = original  # type: ignore[assignment]
+
+
+def checkout_url(base_url: str, plan: str, **params: str) -> str:
+    """The sandbox's stand-in for ``https://{plan.slug}.checkout.energy/?...``: the plan's own
+    host under ``.checkout.localhost`` on the sandbox's port."""
+    query = urlencode(params)
+    return checkout_origin(base_url, plan) + "/" + (f"?{query}" if query else "")

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .state import Sandbox
+    from .stores import SandboxStores
 
 VERSION = 1
 _KEPT = ("customers", "subscriptions", "leads", "events")
 _PRIVATE = ("_lead_requests", "_subscription_leads")
 
 
-def dump(sb: Sandbox) -> dict[str, Any]:
+def dump(sb: SandboxStores) -> dict[str, Any]:
     with sb.lock:
         data: dict[str, Any] = {"version": VERSION}
         for name in (*_KEPT, *_PRIVATE):
@@ -29,7 +29,7 @@ def dump(sb: Sandbox) -> dict[str, Any]:
         return json.loads(json.dumps(data))  # a deep copy that is surely JSON
 
 
-def save(sb: Sandbox, path: str | os.PathLike[str]) -> None:
+def save(sb: SandboxStores, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     text = json.dumps(dump(sb), ensure_ascii=False, indent=1, sort_keys=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent or ".")
@@ -42,7 +42,7 @@ def save(sb: Sandbox, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def load(sb: Sandbox, path: str | os.PathLike[str]) -> bool:
+def load(sb: SandboxStores, path: str | os.PathLike[str]) -> bool:
     """Replace ``sb``'s data with the file's; False (data untouched) when there is no file.
 
     ``ValueError`` for a file that is not a sandbox state, so a typo in ``--state`` does not

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .state import Sandbox
+    from .accounts import Accounts
 
 ALICE = "cus_sandbox_alice"
 ALICE_SUBSCRIPTION = "sub_sandbox_alice"
@@ -18,7 +18,7 @@ FEED_IN_PLAN = "pln_sandbox_feed_in"
 _CREATED = "2026-01-05T10:00:00.000Z"
 
 
-def seed(sb: Sandbox) -> None:
+def seed(sb: Accounts) -> None:
     sb.add_customer("alice@example.com", "Alice", "Example", id=ALICE, created_at=_CREATED)
     # No seeded subscription names a user: a bare id in metadata would link whoever holds
     # that id on the site (often the first superuser). The demo links alice the way

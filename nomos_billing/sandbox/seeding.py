@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from . import shapes
-from .state import DEFAULT_PLAN
+from .stores import DEFAULT_PLAN
 
 if TYPE_CHECKING:
     from .state import Sandbox

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .app import STOP_EVENT
+from .app import STOP_EVENT, SandboxApp
 from .faults import DropConnectionError
 from .state import Sandbox
 
@@ -28,8 +28,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # tests open dozens of connections at once
 
-    def __init__(self, address: tuple[str, int], sandbox: Sandbox, verbose: bool) -> None:
+    def __init__(
+        self, address: tuple[str, int], sandbox: Sandbox, app: SandboxApp, verbose: bool
+    ) -> None:
         self.sandbox = sandbox
+        self.app = app
         self.verbose = verbose
         self.stopping = threading.Event()
         self.open_sockets: set[socket.socket] = set()
@@ -103,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
             if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
                 environ[key] = value
         try:
-            response = self.server.sandbox.wsgi_app.handle(environ)
+            response = self.server.app.handle(environ)
         except DropConnectionError:
             self.close_connection = True
             try:
@@ -146,13 +149,15 @@ def _unquote_latin1(path: str) -> str:
 class SandboxServer:
     """Serve ``sandbox`` on ``host:port`` (0 = ephemeral) in a daemon thread; a context manager.
 
-    While running, ``sandbox.base_url`` is this server's URL, so minted links point here.
+    While running, ``sandbox.base_url`` is this server's URL, so minted links point here. The
+    server builds the WSGI app (``SandboxApp``) from the state, which knows no HTTP.
     """
 
     def __init__(
         self, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
     ) -> None:
         self.sandbox = sandbox
+        self.app = SandboxApp(sandbox)
         self.host = host
         self.port = port
         self.verbose = verbose
@@ -169,7 +174,7 @@ class SandboxServer:
     def start(self) -> SandboxServer:
         if self._server is not None:
             return self
-        self._server = _Server((self.host, self.port), self.sandbox, self.verbose)
+        self._server = _Server((self.host, self.port), self.sandbox, self.app, self.verbose)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

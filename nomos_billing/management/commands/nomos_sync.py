@@ -37,8 +37,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
 from nomos_billing import api_rate, catchup
-from nomos_billing.client import ListWalk, get_client
+from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosError
+from nomos_billing.lists import ListWalk
 from nomos_billing.models import NomosCustomer
 from nomos_billing.stash import CustomerStash
 
