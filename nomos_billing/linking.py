@@ -147,6 +147,18 @@ def checkout_url(user: Any, *, zip: str | None = None, usage: int | str | None =
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, ""))
 
 
+def customer_relation(user: Any) -> Any:
+    """The reverse one-to-one (``nomos_customer``) of a signed-in user of the site's user model;
+    ``None`` for anonymous users and for stand-ins that are not that model (token auth).
+    ``__class__``, not ``type()``: request.user is a SimpleLazyObject."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        return user.__class__.nomos_customer.related
+    except AttributeError:
+        return None
+
+
 # -- resolvers ----------------------------------------------------------------------------
 
 

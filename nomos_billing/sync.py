@@ -1,10 +1,9 @@
 """Copy what Nomos says now into our rows: one subscription (with its customer) at a time.
 
-Webhooks, ``nomos_sync`` (also ``check_open_leads``) and the admin's "Refresh from Nomos" all
-end here, so the rules live
-in one place: upsert the customer and the subscription, never let an older read overwrite a
-newer one, link the customer to a user (``linking.link_customer``) and announce status
-changes (``subscription_status_changed``).
+Webhooks, ``nomos_sync`` (also ``leads.check_open_leads``) and the admin's "Refresh from
+Nomos" all end here, so the rules live in one place: upsert the customer and the subscription,
+never let an older read overwrite a newer one, link the customer to a user
+(``linking.link_customer``) and announce status changes (``subscription_status_changed``).
 """
 
 from __future__ import annotations
@@ -16,18 +15,16 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import bulk, linking
 from .client import get_client
-from .exceptions import NomosAPIError
 from .models import (
     STATUS_LENGTH,
     NomosCustomer,
-    NomosLead,
     NomosSubscription,
     SubscriptionStatus,
 )
@@ -422,70 +419,3 @@ def refresh_customer(customer: NomosCustomer) -> int:
         # A customer without subscriptions can still be linked by e-mail or a custom resolver.
         linking.link_customer(linking.LinkRequest(customer=customer))
     return count
-
-
-def open_leads(*, user: Any = None, since: datetime | None = None) -> QuerySet[NomosLead]:
-    """Leads we created that no stored subscription names yet, newest first; ``user`` and
-    ``since`` narrow them to one user's created since then."""
-    named = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
-    leads = NomosLead.objects.filter(~Exists(named))
-    if user is not None:
-        leads = leads.filter(user_id=user.pk)
-    if since is not None:
-        leads = leads.filter(created_at__gte=since)
-    return leads.order_by("-created_at", "-pk")
-
-
-def check_open_leads(
-    client: Any = None,
-    *,
-    user: Any = None,
-    since: datetime | None = None,
-    newest: int | None = None,
-) -> tuple[int, int, int]:
-    """Ask Nomos about each lead we created that no subscription of ours names yet
-    (``GET /leads/{id}``); store and link the subscription of each that converted.
-
-    For a site whose webhooks were lost: the lead, not the subscription's metadata, tells whose
-    subscription it is. ``user`` and ``since`` narrow it to one user's leads created since then,
-    ``newest`` to that many of the newest (a click right after the checkout, before its
-    webhook, asks about a few, not every form the user ever sent). Returns ``(checked, converted,
-    linked)``. Raises ``NomosError`` when Nomos cannot be asked (what was stored before stays).
-    """
-    client = client or get_client()
-    lead_ids = open_leads(user=user, since=since).values_list("lead_id", flat=True)
-    if newest is not None:
-        lead_ids = lead_ids[:newest]
-    checked = converted = linked = 0
-    # Ids only, read at once: a server-side cursor (iterator() on PostgreSQL) would hold a
-    # transaction open across the GET /leads calls below.
-    for lead_id in list(lead_ids):
-        checked += 1
-        try:
-            lead = client.get_lead(lead_id)
-        except NomosAPIError as exc:
-            if not exc.is_not_found:
-                raise
-            # Gone at Nomos (or never there): nothing will convert; the others still count.
-            logger.info("lead %s is unknown to Nomos (404); skipped", lead_id)
-            continue
-        subscription_id = lead.get("subscription") if isinstance(lead, dict) else None
-        if not isinstance(subscription_id, str) or not subscription_id:
-            continue
-        converted += 1
-        existing = (
-            NomosSubscription.objects.select_related("customer")
-            .filter(subscription_id=subscription_id)
-            .first()
-        )
-        if existing is None:
-            data = client.get_subscription(subscription_id)
-            linked += upsert_from_subscription(data, lead_id=lead_id).linked
-            continue
-        if not existing.lead_id:
-            NomosSubscription.objects.filter(pk=existing.pk, lead_id="").update(lead_id=lead_id)
-        if not existing.customer.is_linked:
-            linked += linking.link_customer(
-                linking.LinkRequest(customer=existing.customer, lead_id=lead_id)
-            )
-    return checked, converted, linked

@@ -40,7 +40,7 @@ from .exceptions import (
     RateLimited,
 )
 from .forms import LeadForm
-from .models import NomosLead
+from .leads import record_lead
 from .portal import customer_id_of, get_customer, is_allowed_link, mint_portal_link
 
 logger = logging.getLogger("nomos_billing.views")
@@ -517,8 +517,7 @@ def start(request: HttpRequest) -> HttpResponse:
             "Nomos answered POST /leads without a usable id/link for user %s", request.user.pk
         )
         return unavailable_page(request, NomosError("invalid lead response"))
-    NomosLead.objects.create(lead_id=lead_id, user=request.user, plan=plan)
-    logger.info("lead %s created for user %s", lead_id, request.user.pk)
+    record_lead(lead_id, request.user, plan)
     response = HttpResponseRedirect(link)
     response.status_code = 303
     return response

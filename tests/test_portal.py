@@ -11,11 +11,11 @@ import pytest
 import requests
 
 from nomos_billing.exceptions import NomosAPIError, NomosNotLinked
+from nomos_billing.leads import has_recent_checkout
 from nomos_billing.models import NomosCustomer, NomosLead
 from nomos_billing.portal import (
     INVALID_LINK,
     get_customer,
-    has_recent_checkout,
     is_allowed_link,
     is_checkout_link,
     link_kind,
