@@ -47,7 +47,7 @@ from ._errors import command_error, one_line
 #: New customers fetched one by one before walking ``GET /customers`` instead: a catch-up
 #: with a handful of new customers stays cheap, a first sync costs one call per 100 customers.
 WALK_AFTER = 20
-#: What ``sync.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
+#: What ``columns.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
 CUSTOMER_KEYS = ("id", "email", "first_name", "last_name", "company_name", "type")
 
 
