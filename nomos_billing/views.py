@@ -33,11 +33,7 @@ from .client import get_client
 from .conf import nomos_settings
 from .exceptions import (
     NomosAPIError,
-    NomosConfigurationError,
     NomosError,
-    NomosNotLinked,
-    NomosUnavailable,
-    RateLimited,
 )
 from .forms import LeadForm
 from .leads import record_lead
@@ -74,28 +70,30 @@ def _customer_id(user: Any) -> str:
     return customer_id_of(user) or "-"
 
 
-def _classify(exc: NomosError, user: Any) -> str:
-    """Return "not_linked", "misconfigured" or "unavailable", after logging what the operator
-    needs to know."""
-    if isinstance(exc, NomosNotLinked):
-        return "not_linked"
-    if isinstance(exc, RateLimited):
-        return "rate_limited"  # logged once per window by ratelimit
-    if isinstance(exc, NomosConfigurationError):
-        # Already logged at ERROR (once per cool-down) with the setting to fix, where raised.
-        return "misconfigured"
+#: The kinds of failure whose answer is "not linked" (Nomos no longer knows the customer of
+#: our row, too), and those only a person can fix (no quick recovery promised, no Retry-After).
+NOT_LINKED_KINDS = frozenset({"not_linked", "not_found"})
+OPERATOR_KINDS = frozenset({"misconfigured", "refused"})
+
+
+def log_failure(exc: NomosError, user: Any) -> None:
+    """Log what the operator needs to know of a failed click or lead for ``user``."""
+    kind = exc.kind
+    if kind in ("not_linked", "rate_limited") or exc.reported:
+        # Nothing for the operator, logged once per window by ratelimit, or already logged at
+        # ERROR (once per cool-down) with the setting to fix, where raised.
+        return
     customer_id = _customer_id(user)
-    if isinstance(exc, NomosAPIError) and exc.is_not_found:
+    if kind == "not_found":
         logger.error(
             "Nomos does not know customer %s (requestId %s); the user sees the not-linked page. "
             "Was the customer deleted at Nomos, or is the row from another account?",
             customer_id,
-            exc.request_id or "-",
+            getattr(exc, "request_id", "") or "-",
         )
-        return "not_linked"
-    if isinstance(exc, NomosUnavailable):
+    elif kind == "outage":
         logger.warning("Nomos unavailable for customer %s: %s", customer_id, type(exc).__name__)
-    elif isinstance(exc, NomosAPIError) and exc.is_auth_failure:
+    elif isinstance(exc, NomosAPIError) and kind == "refused":
         logger.error(
             "Nomos refused our credentials (HTTP %s %s, requestId %s): check "
             "NOMOS_BILLING['CLIENT_ID'] / ['CLIENT_SECRET'] and the client's write:* scope",
@@ -115,7 +113,6 @@ def _classify(exc: NomosError, user: Any) -> str:
         logger.error(
             "nomos_billing cannot reach Nomos for customer %s: %s", customer_id, type(exc).__name__
         )
-    return "unavailable"
 
 
 @contextmanager
@@ -175,14 +172,12 @@ def no_customer_page(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def is_operator_error(exc: BaseException) -> bool:
+def is_operator_error(exc: NomosError) -> bool:
     """Settings only a person can fix: refused or missing credentials, a scope without write.
 
     Waiting does not help, so the page promises no quick recovery and sends no Retry-After.
     """
-    if isinstance(exc, NomosConfigurationError):
-        return True
-    return isinstance(exc, NomosAPIError) and exc.is_auth_failure
+    return exc.kind in OPERATOR_KINDS
 
 
 def lead_try_again_page(request: HttpRequest, form: LeadForm, exc: BaseException) -> HttpResponse:
@@ -196,8 +191,8 @@ def lead_try_again_page(request: HttpRequest, form: LeadForm, exc: BaseException
     return response
 
 
-def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
-    if isinstance(exc, RateLimited):
+def unavailable_page(request: HttpRequest, exc: NomosError) -> HttpResponse:
+    if exc.kind == "rate_limited":
         return rate_limited_page(request, exc)
     if is_operator_error(exc):
         response = page(request, UNAVAILABLE_TEMPLATE, {"misconfigured": True}, status=503)
@@ -209,7 +204,7 @@ def unavailable_page(request: HttpRequest, exc: BaseException) -> HttpResponse:
     return response
 
 
-def rate_limited_page(request: HttpRequest, exc: RateLimited) -> HttpResponse:
+def rate_limited_page(request: HttpRequest, exc: NomosError) -> HttpResponse:
     """429: this user made too many requests of one kind in a short time; nothing reached Nomos."""
     retry_after = _retry_after(exc)
     context = {"retry_after": retry_after, "retry_minutes": -(-retry_after // 60)}
@@ -323,7 +318,8 @@ def portal(request: HttpRequest) -> HttpResponse:
         with click_budget():
             link = mint_portal_link(request.user, next=_requested_next(request))
     except NomosError as exc:
-        if _classify(exc, request.user) == "not_linked":
+        log_failure(exc, request.user)
+        if exc.kind in NOT_LINKED_KINDS:
             return no_customer_page(request)
         return unavailable_page(request, exc)
     response = HttpResponseRedirect(link)
@@ -420,8 +416,9 @@ def json_portal_error(exc: NomosError, user: Any) -> JsonResponse:
     """The JSON answer to a failed link for ``user`` (logged here): 404 not linked, 429 rate
     limited, 503 outage (with Retry-After) or misconfiguration (without). Also used by
     ``drf.PortalLinkView``."""
-    kind = _classify(exc, user)
-    if kind == "not_linked":
+    log_failure(exc, user)
+    kind = exc.kind
+    if kind in NOT_LINKED_KINDS:
         return _json_error(
             404, "not_linked", _("Your account is not linked to a customer account yet.")
         )
@@ -452,14 +449,9 @@ def json_database_outage() -> JsonResponse:
 # -- the lead form -------------------------------------------------------------------------
 
 
-def is_business_error(exc: BaseException) -> TypeGuard[NomosAPIError]:
+def is_business_error(exc: NomosError) -> TypeGuard[NomosAPIError]:
     """A 400/422 with an ``errors`` list: Nomos refused the input, it is not down."""
-    return (
-        isinstance(exc, NomosAPIError)
-        and not isinstance(exc, NomosUnavailable)
-        and exc.status in (400, 422)
-        and bool(exc.errors)
-    )
+    return exc.kind == "invalid"
 
 
 @signed_in_page("GET", "POST")
@@ -491,16 +483,11 @@ def start(request: HttpRequest) -> HttpResponse:
             )
             form.add_nomos_errors(exc.errors)
             return page(request, START_TEMPLATE, {"form": form})
-        if isinstance(exc, RateLimited):
-            # Before the outage branch: RateLimited is a NomosUnavailable, but Nomos is fine.
+        if exc.kind == "rate_limited":
+            # A per-user refusal, not an outage: Nomos is fine.
             return rate_limited_page(request, exc)
-        _classify(exc, request.user)
-        # A per-user refusal (RateLimited is a NomosUnavailable) is the 429 page, not an outage.
-        if (
-            isinstance(exc, NomosUnavailable)
-            and not isinstance(exc, RateLimited)
-            and not is_operator_error(exc)
-        ):
+        log_failure(exc, request.user)
+        if exc.kind == "outage":
             return lead_try_again_page(request, form, exc)
         return unavailable_page(request, exc)
     lead_id = lead.get("id") if isinstance(lead, dict) else None
