@@ -32,7 +32,6 @@ __all__ = [
     "customer_id_of",
     "get_customer",
     "is_allowed_link",
-    "is_checkout_link",
     "link_kind",
     "mint_portal_link",
     "portal_hosts",
@@ -163,19 +162,10 @@ def link_kind(link: str) -> str | None:
     return "checkout" if _on(host, checkout_hosts()) else None
 
 
-def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
+def is_allowed_link(link: str) -> bool:
     """True if ``link`` is https (http too against a loopback sandbox API) on a configured
-    portal or checkout host (``hosts`` overrides both)."""
-    if hosts is None:
-        return link_kind(link) is not None
-    host = _https_host(link)
-    return host is not None and _on(host, hosts)
-
-
-def is_checkout_link(link: str) -> bool:
-    """True if ``link`` goes to the hosted checkout rather than the portal (Nomos' answer for a
-    customer without a subscription); a portal page (``next``) means nothing there."""
-    return link_kind(link) == "checkout"
+    portal or checkout host."""
+    return link_kind(link) is not None
 
 
 def with_next(link: str, path: str) -> str:

@@ -25,6 +25,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
@@ -36,6 +37,7 @@ from .exceptions import (
     NomosError,
 )
 from .forms import LeadForm
+from .http import HttpResponseSeeOther
 from .leads import record_lead
 from .portal import customer_id_of, get_customer, is_allowed_link, mint_portal_link
 
@@ -123,7 +125,7 @@ def click_budget() -> Iterator[None]:
         yield
 
 
-def _signup_context(request: HttpRequest) -> dict[str, Any]:
+def _signup_context() -> dict[str, Any]:
     plan = nomos_settings.PLAN_ID
     return {
         "signup_url": nomos_settings.SIGNUP_URL or "",
@@ -166,7 +168,7 @@ def no_customer_page(request: HttpRequest) -> HttpResponse:
         # A contract waits for its mailbox's confirmation: no second sign-up to offer.
         context = {"held": confirmation.held_context(claim)}
     else:
-        context = _signup_context(request)
+        context = _signup_context()
     response = page(request, NO_CUSTOMER_TEMPLATE, context, status=200)
     add_never_cache_headers(response)
     return response
@@ -212,26 +214,6 @@ def rate_limited_page(request: HttpRequest, exc: NomosError) -> HttpResponse:
     response["Retry-After"] = str(retry_after)
     add_never_cache_headers(response)
     return response
-
-
-#: What ``never_cache`` writes. A click's answer is a single-use credential (or the page in its
-#: place), which no browser or proxy may keep.
-NEVER_CACHE = "max-age=0, no-cache, no-store, must-revalidate, private"
-
-
-def never_cached(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Django's ``never_cache`` for the click views, with the headers written at once instead of
-    parsed and patched: a tenth of its cost on the path measured against one HTTP call.
-    ``Expires: 0`` is the past for every cache (RFC 9111, 5.3)."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = view(request, *args, **kwargs)
-        response["Cache-Control"] = NEVER_CACHE
-        response["Expires"] = "0"
-        return response
-
-    return wrapper
 
 
 def is_prefetch(request: HttpRequest) -> bool:
@@ -294,7 +276,7 @@ def signed_in_page(*methods: str) -> Callable[[Callable[..., HttpResponse]], Any
         guarded = login_required(view)
         guarded = csrf_protect(guarded)
         guarded = require_http_methods(list(methods))(guarded)
-        guarded = never_cached(guarded)
+        guarded = never_cache(guarded)
         guarded = csrf_exempt(guarded)
         return database_outage_page(guarded)
 
@@ -322,10 +304,9 @@ def portal(request: HttpRequest) -> HttpResponse:
         if exc.kind in NOT_LINKED_KINDS:
             return no_customer_page(request)
         return unavailable_page(request, exc)
-    response = HttpResponseRedirect(link)
     if request.method == "POST":
-        response.status_code = 303
-    return response
+        return HttpResponseSeeOther(link)
+    return HttpResponseRedirect(link)
 
 
 # -- JSON for apps -------------------------------------------------------------------------
@@ -385,7 +366,7 @@ def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
 # database outage (503).
 @login_not_required
 @csrf_exempt
-@never_cached
+@never_cache
 def portal_link(request: HttpRequest) -> JsonResponse:
     """``{"url": ...}`` for single-page and mobile apps (session auth, CSRF token required)."""
     if request.method != "POST":
@@ -505,6 +486,4 @@ def start(request: HttpRequest) -> HttpResponse:
         )
         return unavailable_page(request, NomosError("invalid lead response"))
     record_lead(lead_id, request.user, plan)
-    response = HttpResponseRedirect(link)
-    response.status_code = 303
-    return response
+    return HttpResponseSeeOther(link)
