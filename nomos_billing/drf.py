@@ -32,8 +32,9 @@ from rest_framework.views import APIView
 
 from . import ratelimit
 from .exceptions import NomosError
+from .pages import click_budget
 from .portal import mint_portal_link
-from .views import click_budget, json_database_outage, json_portal_error
+from .views import json_database_outage, json_portal_error
 
 __all__ = ["PortalLinkView"]
 
