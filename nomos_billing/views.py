@@ -77,7 +77,7 @@ def portal(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" and is_prefetch(request):
         # A hover or a speculation rule is not a click: minting would spend an API call and a
         # single-use link the user never sees. Any non-2xx makes the browser drop the
-        # prefetch and load the page for real on the click; never_cached keeps it uncached.
+        # prefetch and load the page for real on the click; never_cache keeps it uncached.
         return HttpResponse(
             "Not prefetched: the portal link is made when you click.\n",
             status=403,
