@@ -217,8 +217,8 @@ def user_state(user: Any) -> list[str]:
     """The banner's lines for one demo user, read from the database when the banner is
     printed (a rerun shows what the first run left, never what a first run would say)."""
     from nomos_billing.confirmation import pending_claim
+    from nomos_billing.leads import has_recent_checkout
     from nomos_billing.models import NomosCustomer
-    from nomos_billing.portal import has_recent_checkout
 
     customer = NomosCustomer.objects.filter(user=user).first()
     if customer is not None:

@@ -175,7 +175,7 @@ GUARDS = [
              "    kind = link_kind(link)\n", '    kind = link_kind(link) or "portal"\n', HOSTS),
     Mutation("allowed host: lead checkout link", "nomos_billing/views.py",
              "        or not is_allowed_link(link)\n", "", HOSTS),
-    Mutation("budget: clicks", "nomos_billing/views.py",
+    Mutation("budget: clicks", "nomos_billing/pages.py",
              '    return budget.limit(nomos_settings.seconds("CLICK_BUDGET"))',
              "    return budget.limit(1000)", BUDGET),
     Mutation("budget: the lead form", "nomos_billing/views.py",

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
 from . import confirmation
-from .views import click_budget, page, signed_in_page
+from .pages import click_budget, page, signed_in_page
 
 CONFIRM_TEMPLATE = "nomos_billing/link_confirm.html"
 HELD_TEMPLATE = "nomos_billing/link_held.html"

@@ -24,6 +24,7 @@ from typing import Any
 
 from django.db import DatabaseError
 from django.http import HttpResponseBase
+from django.utils.cache import add_never_cache_headers
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -31,8 +32,9 @@ from rest_framework.views import APIView
 
 from . import ratelimit
 from .exceptions import NomosError
+from .pages import click_budget
 from .portal import mint_portal_link
-from .views import NEVER_CACHE, click_budget, json_database_outage, json_portal_error
+from .views import json_database_outage, json_portal_error
 
 __all__ = ["PortalLinkView"]
 
@@ -68,8 +70,7 @@ class PortalLinkView(APIView):
         self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
         response = super().finalize_response(request, response, *args, **kwargs)
-        response["Cache-Control"] = NEVER_CACHE
-        response["Expires"] = "0"
+        add_never_cache_headers(response)
         return response
 
 

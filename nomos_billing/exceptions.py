@@ -7,11 +7,40 @@ them to Nomos support; they never carry an access token, a client secret or a we
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+
+#: What went wrong, as the views, the commands and the logs tell it apart:
+#: ``failed`` (ours, or nothing more is known), ``outage`` (Nomos unreachable or answering
+#: 429/5xx), ``rate_limited`` (this user, no call made), ``misconfigured`` (a setting),
+#: ``refused`` (Nomos refused our credentials: 401/403), ``not_found`` (404), ``rejected``
+#: (another error status), ``invalid`` (400/422 with business errors the user can fix),
+#: ``filter_ignored`` (a list answer that ignored our filter), ``not_linked`` (no customer).
+Kind = Literal[
+    "failed",
+    "outage",
+    "rate_limited",
+    "misconfigured",
+    "refused",
+    "not_found",
+    "rejected",
+    "invalid",
+    "filter_ignored",
+    "not_linked",
+]
 
 
 class NomosError(Exception):
-    """Base class for every error raised by nomos_billing."""
+    """Base class for every error raised by nomos_billing.
+
+    ``kind`` says what went wrong (``Kind``), so that callers need not re-derive it from the
+    class; ``reported`` is True for errors already logged where they were raised
+    (``misconfiguration.report``), which callers do not log again.
+    """
+
+    kind: Kind = "failed"
+    reported: ClassVar[bool] = False
 
 
 class NomosConfigurationError(NomosError, ImproperlyConfigured):
@@ -23,6 +52,8 @@ class NomosConfigurationError(NomosError, ImproperlyConfigured):
     to come back in a few minutes. ``settings`` names the ``NOMOS_BILLING`` keys to fix.
     """
 
+    kind: Kind = "misconfigured"
+    reported: ClassVar[bool] = True
     settings: tuple[str, ...] = ()
 
     def __init__(self, message: str = "", *, settings: tuple[str, ...] = ()) -> None:
@@ -36,7 +67,9 @@ class NomosAPIError(NomosError):
 
     ``status`` is the HTTP status, ``code``/``message``/``request_id``/``errors`` come from the
     Nomos error envelope (``{"code", "message", "requestId", "errors": [...]}``) when there is
-    one. ``field_errors()`` maps each business error's ``field`` to its entries.
+    one. ``field_errors()`` maps each business error's ``field`` to its entries. ``kind``
+    follows the status: ``not_found`` (404), ``refused`` (401/403), ``invalid`` (400/422 with
+    business errors), else ``rejected``.
     """
 
     def __init__(
@@ -59,6 +92,7 @@ class NomosAPIError(NomosError):
         # The envelope's ``errors`` list (business errors such as ``unserviceable_zip`` on
         # ``address.zip``), each cut down to its string ``code``/``field``/``message``.
         self.errors: list[dict[str, str]] = list(errors or [])
+        self.kind = self._status_kind()
         # Not super(): in NomosServiceError the next class is NomosUnavailable, whose
         # __init__ would reset status and request_id.
         Exception.__init__(self, str(self))
@@ -80,6 +114,15 @@ class NomosAPIError(NomosError):
             f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
             f"request_id={self.request_id!r})"
         )
+
+    def _status_kind(self) -> Kind:
+        if self.is_not_found:
+            return "not_found"
+        if self.is_auth_failure:
+            return "refused"
+        if self.status in (400, 422) and self.errors:
+            return "invalid"
+        return "rejected"
 
     def field_errors(self) -> dict[str, list[dict[str, str]]]:
         """The ``errors`` entries grouped by ``field`` ("" for those without one)."""
@@ -103,6 +146,8 @@ class NomosUnavailable(NomosError):
 
     ``retry_after`` (seconds) is a hint for the ``Retry-After`` header of our own 503 page.
     """
+
+    kind: Kind = "outage"
 
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         self.retry_after = retry_after
@@ -128,6 +173,7 @@ class NomosServiceError(NomosAPIError, NomosUnavailable):
         retry_after: int | None = None,
     ) -> None:
         NomosAPIError.__init__(self, status, code, message, request_id, method=method, path=path)
+        self.kind = "outage"
         self.retry_after = retry_after
 
 
@@ -148,6 +194,7 @@ class NomosFilterIgnored(NomosAPIError):
             method="GET",
             path=path,
         )
+        self.kind = "filter_ignored"
         self.filter = filter
         self.item_id = item_id
 
@@ -170,6 +217,8 @@ class RateLimited(NomosUnavailable):
     that catches that shows its "try again later"; ours answer 429.
     """
 
+    kind: Kind = "rate_limited"
+
     def __init__(self, scope: str, retry_after: int) -> None:
         self.scope = scope
         super().__init__(
@@ -179,6 +228,8 @@ class RateLimited(NomosUnavailable):
 
 class NomosNotLinked(NomosError):
     """The Django user has no ``NomosCustomer`` yet, so there is nothing to mint a link for."""
+
+    kind: Kind = "not_linked"
 
 
 class WebhookError(SuspiciousOperation):

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from django.contrib.auth import get_user_model
@@ -43,10 +43,8 @@ from django.utils.module_loading import import_string
 
 from .addresses import normalized_address, same_address
 from .conf import nomos_settings
+from .models import NomosCustomer, NomosLead, NomosLinkClaim
 from .signals import customer_link_held, customer_linked, customer_unlinked
-
-if TYPE_CHECKING:
-    from .models import NomosCustomer
 
 logger = logging.getLogger("nomos_billing.linking")
 
@@ -147,6 +145,18 @@ def checkout_url(user: Any, *, zip: str | None = None, usage: int | str | None =
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, ""))
 
 
+def customer_relation(user: Any) -> Any:
+    """The reverse one-to-one (``nomos_customer``) of a signed-in user of the site's user model;
+    ``None`` for anonymous users and for stand-ins that are not that model (token auth).
+    ``__class__``, not ``type()``: request.user is a SimpleLazyObject."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        return user.__class__.nomos_customer.related
+    except AttributeError:
+        return None
+
+
 # -- resolvers ----------------------------------------------------------------------------
 
 
@@ -158,7 +168,6 @@ class LinkRequest:
     customer: NomosCustomer
     subscription: dict[str, Any] | None = None
     lead_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def by_metadata(link: LinkRequest) -> Any:
@@ -183,8 +192,6 @@ def by_metadata(link: LinkRequest) -> Any:
 
 def by_lead(link: LinkRequest) -> Any:
     """A lead this app created for a user (``NomosLead``) turned into this subscription."""
-    from .models import NomosLead
-
     lead_id = link.lead_id or (link.subscription or {}).get("lead")
     if not lead_id or not isinstance(lead_id, str):
         return None
@@ -291,8 +298,6 @@ def hold(customer: NomosCustomer, user: Any, rule: str) -> bool:
     (``customer_link_held``; our receiver mails the customer, ``confirmation.py``). Returns True
     when the claim is new: a claim is raised once per customer and user, whatever became of
     it, so redeliveries and re-syncs neither mail again nor revive a rejected claim."""
-    from .models import NomosCustomer, NomosLinkClaim
-
     if NomosCustomer.objects.filter(user=user).exists():
         logger.warning(
             "Nomos customer %s resolves (%s) to user %s, who is already linked to another "
@@ -327,8 +332,6 @@ def hold(customer: NomosCustomer, user: Any, rule: str) -> bool:
 
 def attach_user(customer: NomosCustomer, user: Any, linked_by: str) -> bool:
     """Set ``customer.user`` if the customer is unlinked and the user holds no other customer."""
-    from .models import NomosCustomer
-
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -366,8 +369,6 @@ def detach_user(customer: NomosCustomer, unlinked_by: str) -> Any:
 
     Conditional on the user we read, so a concurrent relink is not undone by mistake.
     """
-    from .models import NomosCustomer
-
     user_id = customer.user_id
     if user_id is None:
         return None

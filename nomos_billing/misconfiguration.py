@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+from typing import cast
 
 from django.conf import settings as django_settings
 from django.core.cache import caches
@@ -37,7 +38,9 @@ def setting_names(exc: NomosConfigurationError) -> str:
 
 def describe(exc: NomosConfigurationError) -> str:
     """One operator-facing sentence: what is wrong and which setting to fix."""
-    if isinstance(exc, NomosCredentialsRefused):
+    if exc.kind == "refused":
+        # The one configuration error that is also Nomos' answer (status, requestId).
+        exc = cast(NomosCredentialsRefused, exc)
         return (
             f"Nomos at {nomos_settings.API_BASE_URL} refused our credentials (HTTP {exc.status}, "
             f"requestId {exc.request_id or '-'}): fix {setting_names(exc)} (run "

@@ -9,18 +9,18 @@ never logged; the customer id is.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from django.utils import timezone
 from django.utils.http import is_same_domain
 
-from . import ratelimit
 from .client import get_client
 from .conf import DEFAULT_CHECKOUT_HOST_SUFFIX, DEFAULT_PORTAL_HOST_SUFFIX, nomos_settings
 from .deeplinks import clean_next, preview
 from .exceptions import NomosAPIError, NomosNotLinked
+from .leads import link_recent_checkout
+from .linking import customer_relation
+from .models import NomosCustomer
 
 logger = logging.getLogger("nomos_billing.portal")
 
@@ -28,15 +28,11 @@ INVALID_LINK = "INVALID_LINK"
 
 __all__ = [
     "INVALID_LINK",
-    "RECENT_CHECKOUT",
     "checkout_hosts",
     "customer_id_of",
     "get_customer",
-    "has_recent_checkout",
     "is_allowed_link",
-    "is_checkout_link",
     "link_kind",
-    "link_recent_checkout",
     "mint_portal_link",
     "portal_hosts",
     "with_next",
@@ -63,27 +59,6 @@ def get_customer(user: Any) -> Any:
 #: ``_perm_cache``: within a request, the button and the click ask once.
 _CUSTOMER_ID_ATTR = "_nomos_customer_id"
 _NONE = ""
-_RECENT_CHECKOUT_ATTR = "_nomos_recent_checkout"
-
-
-#: How far back a click looks for the user's own checkout (a lead this site created for them)
-#: when they are not linked yet: they came back from Nomos' checkout before its webhook did.
-RECENT_CHECKOUT = timedelta(days=1)
-#: ... and asks Nomos about this many of those leads at most, the newest first: each sign-up
-#: form sent makes a lead, and a click has a few seconds.
-RECENT_CHECKOUT_LEADS = 3
-
-
-def _related(user: Any) -> Any:
-    """The reverse one-to-one (``nomos_customer``) of a signed-in user of the site's user model;
-    ``None`` for anonymous users and for stand-ins that are not that model (token auth).
-    ``__class__``, not ``type()``: request.user is a SimpleLazyObject."""
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    try:
-        return user.__class__.nomos_customer.related
-    except AttributeError:
-        return None
 
 
 def customer_id_of(user: Any) -> str | None:
@@ -94,7 +69,7 @@ def customer_id_of(user: Any) -> str | None:
     whole row costs it more than the rest of our checks together. Asked again for the same user
     object, it answers without a query.
     """
-    related = _related(user)
+    related = customer_relation(user)
     if related is None:
         return None
     if related.is_cached(user):
@@ -102,80 +77,18 @@ def customer_id_of(user: Any) -> str | None:
         return customer.customer_id if customer is not None else None
     known = getattr(user, _CUSTOMER_ID_ATTR, None)
     if known is None:
-        from .models import NomosCustomer
-
         ids = NomosCustomer.objects.filter(user_id=user.pk).order_by()  # one row: no ORDER BY
         known = next(iter(ids.values_list("customer_id", flat=True)[:1]), _NONE)
         setattr(user, _CUSTOMER_ID_ATTR, known)
     return known or None
 
 
-def has_recent_checkout(user: Any) -> bool:
-    """True when ``user`` has a lead from the last ``RECENT_CHECKOUT`` that has not been settled
-    against them: no stored subscription names it, or the one that does belongs to a customer
-    that is not linked to another user and whose link was not rejected. They may have just
-    signed up, so the button offers the portal (whose view asks Nomos) rather than a second
-    sign-up. One query, no Nomos call.
-
-    The webhook stores the subscription and links (or holds) its customer one after the other,
-    and a page asks "linked?", "held?", "recent checkout?" one after the other too: a lead that
-    is being linked, or was linked to this user or held for them meanwhile, still counts, so
-    that no interleaving of the two answers "nothing" in between."""
-    if _related(user) is None:
-        return False
-    known = getattr(user, _RECENT_CHECKOUT_ATTR, None)
-    if known is None:
-        from django.db.models import Exists, OuterRef, Q
-
-        from .models import ClaimStatus, NomosLead, NomosLinkClaim, NomosSubscription
-
-        # Claims are per customer and user: only this user's rejected claim settles the lead.
-        rejected = NomosLinkClaim.objects.filter(
-            status=ClaimStatus.REJECTED, user_id=user.pk
-        ).values("customer_id")
-        settled_elsewhere = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id")).filter(
-            (Q(customer__user__isnull=False) & ~Q(customer__user_id=user.pk))
-            | Q(customer_id__in=rejected)
-        )
-        known = (
-            NomosLead.objects.filter(
-                user_id=user.pk, created_at__gte=timezone.now() - RECENT_CHECKOUT
-            )
-            .filter(~Exists(settled_elsewhere))
-            .exists()
-        )
-        setattr(user, _RECENT_CHECKOUT_ATTR, known)
-    return bool(known)
-
-
-def link_recent_checkout(user: Any) -> str | None:
-    """The customer id of ``user`` once their recent checkout has been asked about.
-
-    For a signed-in user who is not linked: each lead this site created for them in the last
-    ``RECENT_CHECKOUT`` that no stored subscription names yet (the newest
-    ``RECENT_CHECKOUT_LEADS``) is looked up at Nomos
-    (``GET /leads/{id}``, as ``nomos_sync`` does); a converted one is stored and linked to them
-    (``by_lead``: our own database says whose lead it is). One query and no Nomos call for a
-    user without such a lead. Raises ``NomosError`` when Nomos cannot be asked, and
-    ``RateLimited`` (no call made) past the user's ``RATE_LIMITS["recent_checkout"]``.
-    """
-    related = _related(user)
-    if related is None:
-        return None
-    if not has_recent_checkout(user):
-        return None
-    # Only clicks that would ask Nomos count: the page for a user without leads costs nothing.
-    ratelimit.hit(user, "recent_checkout")
-    from .sync import check_open_leads
-
-    _, converted, _ = check_open_leads(
-        user=user, since=timezone.now() - RECENT_CHECKOUT, newest=RECENT_CHECKOUT_LEADS
-    )
-    if not converted:
-        return None
-    # Linked (by us or by the webhook just now) through another object of this user: forget
-    # what this one remembers of "no customer".
-    if related.is_cached(user):
+def _fresh_customer_id(user: Any) -> str | None:
+    """``customer_id_of`` after a link made meanwhile (by us or by the webhook just now),
+    through another object of this user: what ``user`` remembers of "no customer" is
+    forgotten first."""
+    related = customer_relation(user)
+    if related is not None and related.is_cached(user):
         related.delete_cached_value(user)
     if getattr(user, _CUSTOMER_ID_ATTR, None) is not None:
         delattr(user, _CUSTOMER_ID_ATTR)
@@ -249,19 +162,10 @@ def link_kind(link: str) -> str | None:
     return "checkout" if _on(host, checkout_hosts()) else None
 
 
-def is_allowed_link(link: str, *, hosts: list[str] | None = None) -> bool:
+def is_allowed_link(link: str) -> bool:
     """True if ``link`` is https (http too against a loopback sandbox API) on a configured
-    portal or checkout host (``hosts`` overrides both)."""
-    if hosts is None:
-        return link_kind(link) is not None
-    host = _https_host(link)
-    return host is not None and _on(host, hosts)
-
-
-def is_checkout_link(link: str) -> bool:
-    """True if ``link`` goes to the hosted checkout rather than the portal (Nomos' answer for a
-    customer without a subscription); a portal page (``next``) means nothing there."""
-    return link_kind(link) == "checkout"
+    portal or checkout host."""
+    return link_kind(link) is not None
 
 
 def with_next(link: str, path: str) -> str:
@@ -291,7 +195,9 @@ def mint_portal_link(user: Any, next: str | None = None) -> str:
     ``INVALID_LINK`` when the link Nomos returned is not on an allowed portal host) or
     ``NomosUnavailable``.
     """
-    customer_id = customer_id_of(user) or link_recent_checkout(user)
+    customer_id = customer_id_of(user)
+    if customer_id is None and link_recent_checkout(user):
+        customer_id = _fresh_customer_id(user)
     if customer_id is None:
         raise NomosNotLinked("this user has no Nomos customer")
     deep_link = clean_next(next) if next else None

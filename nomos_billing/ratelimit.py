@@ -9,7 +9,7 @@ counts one request of ``user`` in ``scope`` and raises ``RateLimited`` (``retry_
 - ``portal``: portal clicks and ``portal/link/`` together (each mints a magic link);
 - ``signup``: sign-up forms sent (each creates a lead);
 - ``recent_checkout``: clicks of a user who is not linked yet that ask Nomos about their recent
-  leads (``portal.link_recent_checkout``, up to ``RECENT_CHECKOUT_LEADS`` calls each).
+  leads (``leads.link_recent_checkout``, up to ``RECENT_CHECKOUT_LEADS`` calls each).
 
 The counter is a sliding window made of two fixed ones: the current window's count plus the
 previous window's, weighted by how much of it the sliding window still covers. Unlike a fixed

@@ -1,10 +1,9 @@
 """Copy what Nomos says now into our rows: one subscription (with its customer) at a time.
 
-Webhooks, ``nomos_sync`` (also ``check_open_leads``) and the admin's "Refresh from Nomos" all
-end here, so the rules live
-in one place: upsert the customer and the subscription, never let an older read overwrite a
-newer one, link the customer to a user (``linking.link_customer``) and announce status
-changes (``subscription_status_changed``).
+Webhooks, ``nomos_sync`` (also ``leads.check_open_leads``) and the admin's "Refresh from
+Nomos" all end here, so the rules live in one place: upsert the customer and the subscription,
+never let an older read overwrite a newer one, link the customer to a user
+(``linking.link_customer``) and announce status changes (``subscription_status_changed``).
 """
 
 from __future__ import annotations
@@ -12,25 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from . import bulk, linking
 from .client import get_client
-from .exceptions import NomosAPIError
-from .models import (
-    STATUS_LENGTH,
-    NomosCustomer,
-    NomosLead,
-    NomosSubscription,
-    SubscriptionStatus,
-)
+from .columns import customer_fields, status_value, subscription_fields, text
+from .models import NomosCustomer, NomosSubscription, SubscriptionStatus
 from .signals import subscription_status_changed
 
 logger = logging.getLogger("nomos_billing.sync")
@@ -45,65 +36,18 @@ class Upserted(NamedTuple):
     linked: bool = False
 
 
-def _text(value: Any, max_length: int) -> str:
-    # Nomos may send null for optional strings; PostgreSQL would refuse an over-long value.
-    return "" if value is None else str(value)[:max_length]
-
-
-def _choice(value: Any, choices: frozenset[str]) -> str:
-    return value if isinstance(value, str) and value in choices else ""
-
-
-# ``Type.values`` builds a list on every read; a sync reads them once per item.
-_CUSTOMER_TYPES = frozenset(NomosCustomer.Type.values)
-_SUBSCRIPTION_TYPES = frozenset(NomosSubscription.Type.values)
-
-
-def _status(value: Any) -> str:
-    # A status Nomos added after this code was written is kept as sent (the admin shows it,
-    # a later read replaces it) rather than blanked; it announces no change (``_announce``).
-    return _text(value, STATUS_LENGTH) if isinstance(value, str) else ""
-
-
-def _datetime(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return parse_datetime(value)
-    except ValueError:
-        return None
-
-
-def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our ``NomosCustomer`` columns from a Nomos customer object."""
-    return {
-        "email": _text(data.get("email"), 254),
-        "first_name": _text(data.get("first_name"), 100),
-        "last_name": _text(data.get("last_name"), 100),
-        "company_name": _text(data.get("company_name"), 100),
-        "type": _choice(data.get("type"), _CUSTOMER_TYPES) or NomosCustomer.Type.PERSON,
-    }
-
-
-def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our ``NomosSubscription`` columns from a Nomos subscription object."""
-    metadata = data.get("metadata")
-    return {
-        "status": _status(data.get("status")),
-        "plan": _text(data.get("plan"), 64),
-        "type": _choice(data.get("type"), _SUBSCRIPTION_TYPES),
-        "number": _text(data.get("number"), 64),
-        "start_at": _datetime(data.get("start_at")),
-        "end_at": _datetime(data.get("end_at")),
-        "terminated_at": _datetime(data.get("terminated_at")),
-        "metadata": metadata if isinstance(metadata, dict) else {},
-        "nomos_created_at": _datetime(data.get("created_at")),
-        "nomos_updated_at": _datetime(data.get("updated_at")),
-    }
-
-
 def _changes(obj: Any, fields: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if getattr(obj, name) != value}
+
+
+def _save_changes(row: NomosCustomer, fields: dict[str, Any]) -> bool:
+    """Write the columns of ``fields`` that differ from ``row`` (nothing when none do)."""
+    changed = _changes(row, fields)
+    for name, value in changed.items():
+        setattr(row, name, value)
+    if changed:
+        row.save(update_fields=[*changed, "updated_at"])
+    return bool(changed)
 
 
 def _insert(model: Any, lookup: dict[str, Any], fields: dict[str, Any]) -> Any | None:
@@ -125,7 +69,7 @@ def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[N
     nothing is written when nothing changed. No lock: every writer writes what Nomos says.
     ``latest_status``: for a new customer, the status of the subscription being stored with it.
     """
-    customer_id = _text(data.get("id"), 64)
+    customer_id = text(data.get("id"), 64)
     if not customer_id:
         raise ValueError("Nomos customer object without id")
     fields = customer_fields(data)
@@ -137,11 +81,7 @@ def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[N
         if customer is not None:
             return customer, True
         customer = NomosCustomer.objects.get(customer_id=customer_id)
-    changed = _changes(customer, fields)
-    if changed:
-        for name, value in changed.items():
-            setattr(customer, name, value)
-        customer.save(update_fields=[*changed, "updated_at"])
+    _save_changes(customer, fields)
     return customer, False
 
 
@@ -149,19 +89,13 @@ def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     """Update our rows of the customers in ``items`` (Nomos customer objects) whose fields
     Nomos changed: one SELECT for them all, one UPDATE of the changed columns per changed
     customer. Returns the ids we have rows for and how many rows changed."""
-    ids = [_text(item.get("id"), 64) for item in items]
+    ids = [text(item.get("id"), 64) for item in items]
     rows = {c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=ids)}
     changed = 0
     for customer_id, item in zip(ids, items, strict=True):
         row = rows.get(customer_id)
-        if row is None:
-            continue
-        fields = _changes(row, customer_fields(item))
-        if fields:
-            for name, value in fields.items():
-                setattr(row, name, value)
-            row.save(update_fields=[*fields, "updated_at"])
-            changed += 1
+        if row is not None:
+            changed += _save_changes(row, customer_fields(item))
     return set(rows), changed
 
 
@@ -239,7 +173,7 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
     A read older than what we stored (``updated_at``) does not overwrite it: two deliveries
     processed at once may fetch in one order and write in the other.
     """
-    subscription_id = _text(data.get("id"), 64)
+    subscription_id = text(data.get("id"), 64)
     if not subscription_id:
         raise ValueError("Nomos subscription object without id")
     fields = subscription_fields(data)
@@ -287,7 +221,7 @@ def _link_and_announce(
 
 def _item_lead(data: dict[str, Any], lead_id: str | None = None) -> str:
     raw = lead_id or data.get("lead")
-    return _text(raw, 64) if isinstance(raw, str) else ""
+    return text(raw, 64) if isinstance(raw, str) else ""
 
 
 def upsert_subscriptions(
@@ -313,7 +247,7 @@ def upsert_subscriptions(
         newest: dict[str, tuple[str, str]] = {}
         for item in items:
             cid = _customer_id_of(item)
-            status = _status(item.get("status"))
+            status = status_value(item.get("status"))
             key = (str(item.get("created_at") or ""), status)
             newest[cid] = max(newest.get(cid, key), key)
         rows = [
@@ -337,13 +271,13 @@ def upsert_subscriptions(
     subscriptions = {
         s.subscription_id: s
         for s in NomosSubscription.objects.filter(
-            subscription_id__in=[_text(item["id"], 64) for item in items]
+            subscription_id__in=[text(item["id"], 64) for item in items]
         )
     }
     prepared = []
     inserts: dict[str, NomosSubscription] = {}
     for item in items:
-        subscription_id = _text(item["id"], 64)
+        subscription_id = text(item["id"], 64)
         customer = customers[_customer_id_of(item)]
         values = {**subscription_fields(item), "customer_id": customer.pk}
         lead_id = _item_lead(item)
@@ -391,7 +325,7 @@ def refresh_latest_status(customer_pk: int) -> None:
 
 def _customer_id_of(item: dict[str, Any]) -> str:
     customer = item["customer"]
-    return _text(customer["id"] if isinstance(customer, dict) else customer, 64)
+    return text(customer["id"] if isinstance(customer, dict) else customer, 64)
 
 
 def _bulk_insert(model: Any, rows: list[Any], key: str) -> bool:
@@ -422,70 +356,3 @@ def refresh_customer(customer: NomosCustomer) -> int:
         # A customer without subscriptions can still be linked by e-mail or a custom resolver.
         linking.link_customer(linking.LinkRequest(customer=customer))
     return count
-
-
-def open_leads(*, user: Any = None, since: datetime | None = None) -> QuerySet[NomosLead]:
-    """Leads we created that no stored subscription names yet, newest first; ``user`` and
-    ``since`` narrow them to one user's created since then."""
-    named = NomosSubscription.objects.filter(lead_id=OuterRef("lead_id"))
-    leads = NomosLead.objects.filter(~Exists(named))
-    if user is not None:
-        leads = leads.filter(user_id=user.pk)
-    if since is not None:
-        leads = leads.filter(created_at__gte=since)
-    return leads.order_by("-created_at", "-pk")
-
-
-def check_open_leads(
-    client: Any = None,
-    *,
-    user: Any = None,
-    since: datetime | None = None,
-    newest: int | None = None,
-) -> tuple[int, int, int]:
-    """Ask Nomos about each lead we created that no subscription of ours names yet
-    (``GET /leads/{id}``); store and link the subscription of each that converted.
-
-    For a site whose webhooks were lost: the lead, not the subscription's metadata, tells whose
-    subscription it is. ``user`` and ``since`` narrow it to one user's leads created since then,
-    ``newest`` to that many of the newest (a click right after the checkout, before its
-    webhook, asks about a few, not every form the user ever sent). Returns ``(checked, converted,
-    linked)``. Raises ``NomosError`` when Nomos cannot be asked (what was stored before stays).
-    """
-    client = client or get_client()
-    lead_ids = open_leads(user=user, since=since).values_list("lead_id", flat=True)
-    if newest is not None:
-        lead_ids = lead_ids[:newest]
-    checked = converted = linked = 0
-    # Ids only, read at once: a server-side cursor (iterator() on PostgreSQL) would hold a
-    # transaction open across the GET /leads calls below.
-    for lead_id in list(lead_ids):
-        checked += 1
-        try:
-            lead = client.get_lead(lead_id)
-        except NomosAPIError as exc:
-            if not exc.is_not_found:
-                raise
-            # Gone at Nomos (or never there): nothing will convert; the others still count.
-            logger.info("lead %s is unknown to Nomos (404); skipped", lead_id)
-            continue
-        subscription_id = lead.get("subscription") if isinstance(lead, dict) else None
-        if not isinstance(subscription_id, str) or not subscription_id:
-            continue
-        converted += 1
-        existing = (
-            NomosSubscription.objects.select_related("customer")
-            .filter(subscription_id=subscription_id)
-            .first()
-        )
-        if existing is None:
-            data = client.get_subscription(subscription_id)
-            linked += upsert_from_subscription(data, lead_id=lead_id).linked
-            continue
-        if not existing.lead_id:
-            NomosSubscription.objects.filter(pk=existing.pk, lead_id="").update(lead_id=lead_id)
-        if not existing.customer.is_linked:
-            linked += linking.link_customer(
-                linking.LinkRequest(customer=existing.customer, lead_id=lead_id)
-            )
-    return checked, converted, linked

@@ -21,7 +21,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from nomos_billing import sync, takeover, workers
+from nomos_billing import columns, sync, takeover, workers
 from nomos_billing.client import NomosClient
 from nomos_billing.exceptions import NomosAPIError
 from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
@@ -73,7 +73,7 @@ def test_a_writer_that_always_loses_its_race_gives_up_after_ten_tries(monkeypatc
     # and writes) our read never catches up with it.
     NomosSubscription.objects.filter(pk=row.pk).update(status="paused")
     monkeypatch.setattr(NomosSubscription, "refresh_from_db", lambda self, *a, **kw: None)
-    values = {**sync.subscription_fields({"id": "sub_race", "status": "canceled"}),
+    values = {**columns.subscription_fields({"id": "sub_race", "status": "canceled"}),
               "customer_id": customer.pk}
     values["nomos_updated_at"] = None
     started = time.monotonic()

@@ -59,7 +59,7 @@ def test_good_settings_pass(settings):
         ({**GOOD, "TOKEN_REFRESH_MARGIN": 4000}, "nomos_billing.E008"),
         ({**GOOD, "WEBHOOK_MAX_BYTES": 10}, "nomos_billing.E009"),
         ({**GOOD, "USER_RESOLVERS": ["no.such.resolver"]}, "nomos_billing.E010"),
-        ({**GOOD, "USER_RESOLVERS": "nomos_billing.resolvers.by_metadata"}, "nomos_billing.E010"),
+        ({**GOOD, "USER_RESOLVERS": "nomos_billing.linking.by_metadata"}, "nomos_billing.E010"),
         ({**GOOD, "PORTAL_NEXT_PREFIXES": ["invoices"]}, "nomos_billing.E011"),
         ({**GOOD, "EVENT_RETENTION_DAYS": 1}, "nomos_billing.E012"),
         ({**GOOD, "PORTAL_HOSTS": "portal.example"}, "nomos_billing.E013"),

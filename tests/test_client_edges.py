@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import responses
 
+from nomos_billing import exceptions
 from nomos_billing.client import NomosClient
 from nomos_billing.exceptions import (
     NomosAPIError,
@@ -350,3 +351,29 @@ def test_get_lead_asks_for_the_escaped_id_and_names_it_in_errors(api, client):
 ])
 def test_a_list_filter_matches_what_nomos_would_return(field, operator, value, item, matches):
     assert ListFilter(field, operator, value).matches(item) is matches
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (exceptions.NomosError("ours"), "failed"),
+        (exceptions.NomosUnavailable("timeout"), "outage"),
+        (exceptions.NomosServiceError(503), "outage"),
+        (exceptions.NomosServiceError(429), "outage"),
+        (exceptions.RateLimited("portal", 30), "rate_limited"),
+        (exceptions.NomosConfigurationError("CLIENT_ID is not set"), "misconfigured"),
+        (exceptions.NomosCredentialsRefused(401), "refused"),
+        (exceptions.NomosAPIError(403), "refused"),
+        (exceptions.NomosAPIError(404), "not_found"),
+        (exceptions.NomosAPIError(422, errors=[{"code": "too_small"}]), "invalid"),
+        (exceptions.NomosAPIError(422), "rejected"),
+        (exceptions.NomosAPIError(200, "INVALID_LINK"), "rejected"),
+        (exceptions.NomosFilterIgnored("/subscriptions", "status=active", "sub_1"),
+         "filter_ignored"),
+        (exceptions.NomosNotLinked("no customer"), "not_linked"),
+    ],
+)
+def test_each_error_carries_its_kind(error: exceptions.NomosError, kind: str) -> None:
+    assert error.kind == kind
+    assert error.reported is (kind == "misconfigured" or isinstance(
+        error, exceptions.NomosCredentialsRefused))

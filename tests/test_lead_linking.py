@@ -87,7 +87,7 @@ def test_nomos_sync_stores_a_converted_leads_subscription_it_did_not_list(nomos,
     # The list walk misses it (not readable yet when listed); the lead still names it.
     sub_id = converted["subscription"]["id"]
     NomosSubscription.objects.filter(subscription_id=sub_id).delete()
-    from nomos_billing.sync import check_open_leads
+    from nomos_billing.leads import check_open_leads
 
     assert check_open_leads() == (1, 1, 1)
     customer = NomosCustomer.objects.get(subscriptions__subscription_id=sub_id)

@@ -111,7 +111,7 @@ def test_subscription_created_for_the_lead_links_the_customer_to_the_user(
     if with_lead_resolver_only:
         settings.NOMOS_BILLING = {
             **settings.NOMOS_BILLING,
-            "USER_RESOLVERS": ["nomos_billing.resolvers.by_lead"],
+            "USER_RESOLVERS": ["nomos_billing.linking.by_lead"],
         }
     event = nomos.build_event("subscription.created", {"subscription": subscription["id"]})
     assert event["context"]["lead"] == lead_id

@@ -184,11 +184,12 @@ def test_user_reference_needs_a_saved_user(django_user_model):
         user_reference(django_user_model(username="unsaved"))
 
 
-def test_resolvers_module_is_the_linking_module():
-    from nomos_billing import resolvers
-
-    assert resolvers.by_metadata is linking.by_metadata
-    assert resolvers.link_customer is linking.link_customer
+def test_default_resolvers_are_the_linking_module_s():
+    assert [resolver for _, resolver in linking.get_resolvers()] == [
+        linking.by_lead,
+        linking.by_metadata,
+        linking.by_email,
+    ]
 
 
 @pytest.mark.django_db

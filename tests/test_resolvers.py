@@ -132,14 +132,14 @@ def test_site_resolver_by_dotted_path_links(nomos, client, settings, django_user
 def test_resolvers_run_in_order_and_first_match_wins(nomos, client, settings, user_1,
                                                      django_user_model):
     with_settings(settings, USER_RESOLVERS=["tests.test_resolvers.resolve_by_last_name",
-                                            "nomos_billing.resolvers.by_metadata"])
+                                            "nomos_billing.linking.by_metadata"])
     sign_alice_for(nomos, user_1)
     other = django_user_model.objects.create(username="other", last_name="Example")
     assert deliver(client).user == other
 
 
-def test_old_dotted_paths_still_name_the_resolvers(nomos, client, user_1, settings):
-    with_settings(settings, USER_RESOLVERS=["nomos_billing.resolvers.by_metadata"])
+def test_linking_dotted_paths_name_the_resolvers(nomos, client, user_1, settings):
+    with_settings(settings, USER_RESOLVERS=["nomos_billing.linking.by_metadata"])
     sign_alice_for(nomos, user_1)
     assert deliver(client).linked_by == "by_metadata"
 

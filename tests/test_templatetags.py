@@ -186,7 +186,7 @@ def test_the_moment_the_webhook_stores_the_checkout_keeps_the_portal_button(
     html = render("{% nomos_portal_button %}", django_user_model.objects.get(pk=bob.pk))
     # Read on its own (a page that asked "linked?" a moment before the webhook linked him):
     # never "nothing" while the checkout is his or on its way to him.
-    from nomos_billing.portal import has_recent_checkout
+    from nomos_billing.leads import has_recent_checkout
 
     expected = settled not in ("rejected", "linked to another user")
     assert has_recent_checkout(django_user_model.objects.get(pk=bob.pk)) is expected

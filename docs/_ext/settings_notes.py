@@ -99,7 +99,7 @@ NOTES: dict[str, tuple[str, str]] = {
     ),
     "USER_RESOLVERS": (
         "list of dotted paths",
-        "first match wins; see *Linking* (`nomos_billing.resolvers.*` paths still work)",
+        "first match wins; see *Linking*",
     ),
     "METADATA_USER_KEY": (
         "str",

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from nomos_billing.confirmation import held_context, pending_claim
-from nomos_billing.portal import has_recent_checkout
+from nomos_billing.leads import has_recent_checkout
 
 
 def link_state(user: Any) -> dict[str, Any]:

@@ -27,8 +27,9 @@ from django.utils.translation import gettext as _
 
 from ..conf import nomos_settings
 from ..confirmation import held_context, pending_claim
+from ..leads import has_recent_checkout
 from ..linking import checkout_url
-from ..portal import customer_id_of, has_recent_checkout
+from ..portal import customer_id_of
 
 register = template.Library()
 

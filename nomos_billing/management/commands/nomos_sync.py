@@ -48,7 +48,7 @@ from ._errors import command_error, one_line
 #: New customers fetched one by one before walking ``GET /customers`` instead: a catch-up
 #: with a handful of new customers stays cheap, a first sync costs one call per 100 customers.
 WALK_AFTER = 20
-#: What ``sync.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
+#: What ``columns.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
 CUSTOMER_KEYS = ("id", "email", "first_name", "last_name", "company_name", "type")
 
 
@@ -237,7 +237,7 @@ class Command(BaseCommand):
         """Leads we created that no stored subscription names: did they convert? With every
         webhook lost this is how a lead's customer gets linked (``by_lead``), since list items
         carry no lead and Nomos does not copy the lead's metadata onto the subscription."""
-        from nomos_billing.sync import check_open_leads
+        from nomos_billing.leads import check_open_leads
 
         self.leads_checked, self.leads_converted, linked = check_open_leads(self.client)
         self.counts["linked"] += linked
@@ -355,7 +355,7 @@ class _FoldInfo(logging.Filter):
 
 
 #: The loggers of the per-subscription code path (sync.upsert_from_subscription and linking).
-PER_ITEM_LOGGERS = ("nomos_billing.sync", "nomos_billing.linking", "nomos_billing.resolvers")
+PER_ITEM_LOGGERS = ("nomos_billing.sync", "nomos_billing.linking", "nomos_billing.leads")
 
 
 @contextmanager

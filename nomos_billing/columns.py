@@ -1,0 +1,71 @@
+"""What our rows hold of a Nomos object: the columns of a customer and of a subscription.
+
+Values are cut to their column's length and an unknown type is left out, so that no answer of
+Nomos' (a null, a longer string, a type added later) makes a write fail.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+
+from .models import STATUS_LENGTH, NomosCustomer, NomosSubscription
+
+
+def text(value: Any, max_length: int) -> str:
+    # Nomos may send null for optional strings; PostgreSQL would refuse an over-long value.
+    return "" if value is None else str(value)[:max_length]
+
+
+def choice(value: Any, choices: frozenset[str]) -> str:
+    return value if isinstance(value, str) and value in choices else ""
+
+
+# ``Type.values`` builds a list on every read; a sync reads them once per item.
+_CUSTOMER_TYPES = frozenset(NomosCustomer.Type.values)
+_SUBSCRIPTION_TYPES = frozenset(NomosSubscription.Type.values)
+
+
+def status_value(value: Any) -> str:
+    # A status Nomos added after this code was written is kept as sent (the admin shows it,
+    # a later read replaces it) rather than blanked; it announces no change.
+    return text(value, STATUS_LENGTH) if isinstance(value, str) else ""
+
+
+def datetime_or_none(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        return None
+
+
+def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Our ``NomosCustomer`` columns from a Nomos customer object."""
+    return {
+        "email": text(data.get("email"), 254),
+        "first_name": text(data.get("first_name"), 100),
+        "last_name": text(data.get("last_name"), 100),
+        "company_name": text(data.get("company_name"), 100),
+        "type": choice(data.get("type"), _CUSTOMER_TYPES) or NomosCustomer.Type.PERSON,
+    }
+
+
+def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Our ``NomosSubscription`` columns from a Nomos subscription object."""
+    metadata = data.get("metadata")
+    return {
+        "status": status_value(data.get("status")),
+        "plan": text(data.get("plan"), 64),
+        "type": choice(data.get("type"), _SUBSCRIPTION_TYPES),
+        "number": text(data.get("number"), 64),
+        "start_at": datetime_or_none(data.get("start_at")),
+        "end_at": datetime_or_none(data.get("end_at")),
+        "terminated_at": datetime_or_none(data.get("terminated_at")),
+        "metadata": metadata if isinstance(metadata, dict) else {},
+        "nomos_created_at": datetime_or_none(data.get("created_at")),
+        "nomos_updated_at": datetime_or_none(data.get("updated_at")),
+    }
