@@ -65,7 +65,7 @@ def sandbox_rate_limit(request: pytest.FixtureRequest) -> int:
     calls; the few that make more than ten on purpose (a hundred calls over one connection,
     fifty threads at a token's expiry, a sync walk of single-item pages) test our efficiency,
     not our pacing, and say so with ``@pytest.mark.sandbox_rate_limit(0)``. Pacing is tested
-    with both limits on (tests/test_api_rate.py, tests/test_sandbox_rate_limit.py).
+    with both limits on (tests/client/test_api_rate.py, tests/sandbox/test_sandbox_rate_limit.py).
     """
     marker = request.node.get_closest_marker("sandbox_rate_limit")
     return int(marker.args[0]) if marker is not None else NOMOS_RATE_LIMIT
