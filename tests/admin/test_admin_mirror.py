@@ -42,7 +42,7 @@ def linked(owner: Any) -> NomosCustomer:
 
 
 @pytest.fixture
-def signal_log() -> Any:
+def signal_log(connect_receiver: Any) -> Any:
     seen: list[tuple[str, str, Any, str]] = []
 
     def on_linked(sender, customer, user, resolver, **kwargs):
@@ -51,11 +51,9 @@ def signal_log() -> Any:
     def on_unlinked(sender, customer, user, unlinked_by, **kwargs):
         seen.append(("unlinked", customer.customer_id, user, unlinked_by))
 
-    signals.customer_linked.connect(on_linked)
-    signals.customer_unlinked.connect(on_unlinked)
-    yield seen
-    signals.customer_linked.disconnect(on_linked)
-    signals.customer_unlinked.disconnect(on_unlinked)
+    connect_receiver(signals.customer_linked, on_linked)
+    connect_receiver(signals.customer_unlinked, on_unlinked)
+    return seen
 
 
 def change_url(obj: Any) -> str:

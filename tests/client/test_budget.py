@@ -15,7 +15,7 @@ from django.test import Client
 from nomos_billing import budget
 from nomos_billing.checks import check_settings
 from nomos_billing.client import build_retry, get_client
-from nomos_billing.models import NomosCustomer, WebhookEvent
+from nomos_billing.models import WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
 
@@ -96,10 +96,8 @@ def test_backoff_after_a_5xx_is_urllib3s(monkeypatch):
 
 
 @pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
-    return user
+def alice(linked_alice: Any) -> Any:
+    return linked_alice
 
 
 @pytest.mark.django_db

@@ -37,12 +37,6 @@ RESOLVERS = {
 ALLOW_INACTIVE = ["django.contrib.auth.backends.AllowAllUsersModelBackend"]
 
 
-@pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    """Has the address of the sandbox's customer Alice (``cus_sandbox_alice``)."""
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-
-
 def only(settings: Any, rule: str, **extra: Any) -> None:
     settings.NOMOS_BILLING = {
         **settings.NOMOS_BILLING,

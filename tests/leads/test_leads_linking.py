@@ -24,11 +24,6 @@ PLAN = "pln_sandbox_home"
 
 
 @pytest.fixture
-def bob(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
-
-
-@pytest.fixture
 def converted(nomos: Any, bob: Any, settings: Any) -> dict[str, Any]:
     """Bob fills in the lead form (a real POST /leads), then finishes the sandbox checkout."""
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "PLAN_ID": PLAN}

@@ -54,15 +54,14 @@ def plan(settings: Any, nomos: Any) -> str:
 
 
 @pytest.fixture
-def held_signals() -> Any:
+def held_signals(connect_receiver: Any) -> Any:
     calls: list[dict[str, Any]] = []
 
     def receiver(sender: Any, **kwargs: Any) -> None:
         calls.append(kwargs)
 
-    customer_link_held.connect(receiver, weak=False)
-    yield calls
-    customer_link_held.disconnect(receiver)
+    connect_receiver(customer_link_held, receiver)
+    return calls
 
 
 def signed_in(user: Any) -> Client:
@@ -281,21 +280,19 @@ def held(nomos, plan, mallory, django_capture_on_commit_callbacks) -> dict[str, 
     return {"customer": customer_of(subscription), "url": link_in(mail.outbox[-1])}
 
 
-def test_following_the_link_signed_in_as_the_claims_user_asks_then_links(held, mallory):
+def test_following_the_link_signed_in_as_the_claims_user_asks_then_links(
+    held, mallory, connect_receiver
+):
     received: list[dict[str, Any]] = []
-    customer_linked.connect(lambda sender, **kw: received.append(kw), weak=False,
-                            dispatch_uid="test-confirm")
-    try:
-        client = signed_in(mallory)
-        asked = client.get(held["url"])
-        # GET only asks (mail scanners open links): nothing is linked yet.
-        assert asked.status_code == 200
-        assert 'method="post"' in asked.content.decode()
-        assert NomosCustomer.objects.get(pk=held["customer"].pk).user is None
+    connect_receiver(customer_linked, lambda sender, **kw: received.append(kw))
+    client = signed_in(mallory)
+    asked = client.get(held["url"])
+    # GET only asks (mail scanners open links): nothing is linked yet.
+    assert asked.status_code == 200
+    assert 'method="post"' in asked.content.decode()
+    assert NomosCustomer.objects.get(pk=held["customer"].pk).user is None
 
-        done = client.post(held["url"])
-    finally:
-        customer_linked.disconnect(dispatch_uid="test-confirm")
+    done = client.post(held["url"])
     assert done.status_code == 200
     customer = NomosCustomer.objects.get(pk=held["customer"].pk)
     assert (customer.user, customer.linked_by) == (mallory, "confirmed")
@@ -535,7 +532,7 @@ def test_an_operator_cannot_confirm_for_an_inactive_user(django_user_model):
     assert NomosCustomer.objects.get(pk=customer.pk).user is None
 
 
-def test_a_rejection_is_signalled_with_who_rejected(django_user_model):
+def test_a_rejection_is_signalled_with_who_rejected(django_user_model, connect_receiver):
     from nomos_billing.signals import customer_link_rejected
 
     customer = NomosCustomer.objects.create(customer_id="cus_r", email="c@example.com")
@@ -543,13 +540,9 @@ def test_a_rejection_is_signalled_with_who_rejected(django_user_model):
     claim = NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead")
     operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
     seen: list[dict[str, Any]] = []
-    customer_link_rejected.connect(lambda sender, **kw: seen.append(kw), weak=False,
-                                   dispatch_uid="test-reject")
-    try:
-        assert confirmation.reject(claim, operator) is True
-        assert confirmation.reject(claim, operator) is False
-    finally:
-        customer_link_rejected.disconnect(dispatch_uid="test-reject")
+    connect_receiver(customer_link_rejected, lambda sender, **kw: seen.append(kw))
+    assert confirmation.reject(claim, operator) is True
+    assert confirmation.reject(claim, operator) is False
     assert [(s["customer"], s["user"], s["rejected_by"]) for s in seen] == [
         (customer, user, f"admin:{operator.pk}")
     ]
@@ -658,18 +651,14 @@ def test_a_decision_is_stored_with_its_time_and_who_made_it(django_user_model):
     assert stored.decided_at == claim.decided_at
 
 
-def test_a_rejection_signal_carries_the_claim(django_user_model):
+def test_a_rejection_signal_carries_the_claim(django_user_model, connect_receiver):
     from nomos_billing.signals import customer_link_rejected
 
     claim = _claim(django_user_model, "u4")
     operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
     seen: list[Any] = []
-    customer_link_rejected.connect(lambda sender, **kw: seen.append(kw["claim"]), weak=False,
-                                   dispatch_uid="test-reject-claim")
-    try:
-        confirmation.reject(claim, operator)
-    finally:
-        customer_link_rejected.disconnect(dispatch_uid="test-reject-claim")
+    connect_receiver(customer_link_rejected, lambda sender, **kw: seen.append(kw["claim"]))
+    confirmation.reject(claim, operator)
     assert [(c.pk, c.status) for c in seen] == [(claim.pk, "rejected")]
 
 
@@ -709,19 +698,18 @@ def test_a_user_who_holds_a_customer_is_not_held_for_another(django_user_model, 
     ]
 
 
-def test_a_held_link_is_announced_by_the_customer_model_and_logged(django_user_model, caplog):
+def test_a_held_link_is_announced_by_the_customer_model_and_logged(
+    django_user_model, caplog, connect_receiver
+):
     from nomos_billing import linking
 
     user = django_user_model.objects.create_user("h2", "h2@example.com", "pw")
     customer = NomosCustomer.objects.create(customer_id="cus_h2", email="o@example.com")
     seen: list[Any] = []
-    customer_link_held.connect(lambda sender, **kw: seen.append(kw["claim"]),
-                               sender=NomosCustomer, weak=False, dispatch_uid="test-held-sender")
+    connect_receiver(customer_link_held,
+                     lambda sender, **kw: seen.append(kw["claim"]), sender=NomosCustomer)
     caplog.set_level("INFO", logger="nomos_billing.linking")
-    try:
-        assert linking.hold(customer, user, "by_lead") is True
-    finally:
-        customer_link_held.disconnect(sender=NomosCustomer, dispatch_uid="test-held-sender")
+    assert linking.hold(customer, user, "by_lead") is True
     assert [c.user_id for c in seen] == [user.pk]
     [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.linking"]
     assert line.startswith("Nomos customer cus_h2 ") and f"user {user.pk}" in line

@@ -30,11 +30,6 @@ def admin_user_1(django_user_model: Any) -> Any:
     return django_user_model.objects.create_superuser("root", "root@example.com", "pw")
 
 
-@pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-
-
 def deliver_with_metadata(client: Any, nomos: Any, value: Any) -> NomosCustomer:
     nomos.subscriptions[seed.ALICE_SUBSCRIPTION]["metadata"] = {"django_user_id": value}
     event = make_event("subscription.created", {"subscription": seed.ALICE_SUBSCRIPTION})

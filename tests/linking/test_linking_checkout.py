@@ -29,16 +29,6 @@ PLAN = "pln_sandbox_home"
 LUMIO = "https://lumio.checkout.energy/"
 
 
-@pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-
-
-@pytest.fixture
-def superuser(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_superuser("root", "root@example.com", "pw")
-
-
 def with_settings(settings: Any, **values: Any) -> None:
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, **values}
 

@@ -30,22 +30,12 @@ CHECKOUT = "https://home.checkout.energy/"
 
 
 @pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-
-
-@pytest.fixture
-def bob(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
-
-
-@pytest.fixture
 def customer() -> NomosCustomer:
     return NomosCustomer.objects.create(customer_id="cus_edge", email="edge@example.com")
 
 
 @pytest.fixture
-def received() -> Any:
+def received(connect_receiver: Any) -> Any:
     seen: list[tuple[str, dict[str, Any]]] = []
 
     def linked(**kwargs: Any) -> None:
@@ -54,11 +44,9 @@ def received() -> Any:
     def unlinked(**kwargs: Any) -> None:
         seen.append(("unlinked", kwargs))
 
-    signals.customer_linked.connect(linked)
-    signals.customer_unlinked.connect(unlinked)
-    yield seen
-    signals.customer_linked.disconnect(linked)
-    signals.customer_unlinked.disconnect(unlinked)
+    connect_receiver(signals.customer_linked, linked)
+    connect_receiver(signals.customer_unlinked, unlinked)
+    return seen
 
 
 #: checkout_url() came before its setting: until CHECKOUT_URL is a known setting (issue 8's

@@ -45,15 +45,14 @@ def user_1(django_user_model):
 
 
 @pytest.fixture
-def linked_signals():
+def linked_signals(connect_receiver):
     seen: list[tuple[str, Any, str]] = []
 
     def receiver(sender, customer, user, resolver, **kwargs):
         seen.append((customer.customer_id, user, resolver))
 
-    signals.customer_linked.connect(receiver)
-    yield seen
-    signals.customer_linked.disconnect(receiver)
+    connect_receiver(signals.customer_linked, receiver)
+    return seen
 
 
 def with_settings(settings, **values: Any) -> None:

@@ -15,8 +15,6 @@ import requests
 from django.test import Client
 from django.urls import path
 
-from nomos_billing.models import NomosCustomer
-from nomos_billing.sandbox import seed
 from nomos_billing.sandbox.faults import Fault
 
 pytest.importorskip("rest_framework", reason="djangorestframework is not installed")
@@ -43,13 +41,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
 URL = "/api/portal-link/"
 MAGIC = "POST /admin/magic_link"
-
-
-@pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
-    return user
 
 
 def app(user: Any | None = None, token: str | None = None) -> Client:

@@ -39,11 +39,6 @@ def alice(django_user_model: Any) -> Any:
     return django_user_model.objects.get(pk=user.pk)
 
 
-@pytest.fixture
-def bob(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
-
-
 def query(link: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(link).query, keep_blank_values=True)
 

@@ -59,13 +59,6 @@ def limits(settings: Any, **scopes: Any) -> None:
 
 
 @pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
-    return user
-
-
-@pytest.fixture
 def acme(django_user_model: Any) -> Any:
     user = django_user_model.objects.create_user("acme", "acme@example.com", "pw")
     NomosCustomer.objects.create(user=user, customer_id=seed.ACME, email="acme@example.com")

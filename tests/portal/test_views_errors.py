@@ -12,7 +12,6 @@ from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
-from nomos_billing.models import NomosCustomer
 from nomos_billing.sandbox import seed
 
 PORTAL = "/nomos/portal/"
@@ -20,13 +19,6 @@ PORTAL_LINK = "/nomos/portal/link/"
 CSRF = "a" * 32
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
-    return user
 
 
 def csrf_client(user: Any | None, *, cookie: bool = True) -> Client:

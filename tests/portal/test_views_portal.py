@@ -38,18 +38,6 @@ def _payloads() -> list[Any]:
 
 
 @pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
-    return user
-
-
-@pytest.fixture
-def bob(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
-
-
-@pytest.fixture
 def as_alice(client: Client, alice: Any) -> Client:
     client.force_login(alice)
     return client

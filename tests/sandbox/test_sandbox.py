@@ -41,12 +41,6 @@ def sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def bearer(sb: Sandbox) -> dict[str, str]:
     return {"Authorization": f"Bearer {sb.issue_token()}"}
 

@@ -41,12 +41,6 @@ def sb() -> Iterator[Sandbox]:
         sandbox.forwarder.stop()
 
 
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def token(sb: Sandbox) -> dict[str, str]:
     return {"Authorization": f"Bearer {sb.issue_token()}"}
 

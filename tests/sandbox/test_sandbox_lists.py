@@ -27,12 +27,6 @@ def sb() -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 def get(sb: Sandbox, http: requests.Session, path: str, **params: str) -> dict[str, Any]:
     answer = http.get(f"{sb.base_url}{path}", params=params,
                       headers={"Authorization": f"Bearer {sb.issue_token()}"}, timeout=5)

@@ -24,12 +24,6 @@ ALICE_SUB = "/subscriptions/sub_sandbox_alice"
 HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after")
 
 
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 @contextmanager
 def served(limit: int) -> Iterator[Sandbox]:
     sandbox = Sandbox(rate_limit=limit)

@@ -18,15 +18,14 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def status_changes():
+def status_changes(connect_receiver):
     seen: list[tuple[str, str | None, str]] = []
 
     def receiver(sender, subscription, previous, status, **kwargs):
         seen.append((subscription.subscription_id, previous, status))
 
-    signals.subscription_status_changed.connect(receiver)
-    yield seen
-    signals.subscription_status_changed.disconnect(receiver)
+    connect_receiver(signals.subscription_status_changed, receiver)
+    return seen
 
 
 def alice(sandbox) -> dict[str, Any]:

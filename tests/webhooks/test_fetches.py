@@ -35,15 +35,14 @@ def alice_events(n: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def announced() -> Iterator[list[str]]:
+def announced(connect_receiver: Any) -> list[str]:
     seen: list[str] = []
 
     def receiver(event: WebhookEvent, **kwargs: Any) -> None:
         seen.append(event.event_id)
 
-    signals.webhook_processed.connect(receiver, sender=WebhookEvent, weak=False)
-    yield seen
-    signals.webhook_processed.disconnect(receiver, sender=WebhookEvent)
+    connect_receiver(signals.webhook_processed, receiver, sender=WebhookEvent)
+    return seen
 
 
 @pytest.fixture
@@ -133,7 +132,7 @@ def test_a_failed_fetch_fails_the_whole_batch_for_a_retry(
 
 @pytest.mark.django_db
 def test_a_bug_while_processing_leaves_none_of_the_batch_claimed(
-    queued: Any, nomos: Sandbox, client: Client
+    queued: Any, nomos: Sandbox, client: Client, connect_receiver: Any
 ) -> None:
     events = alice_events(3)
     for event in events:
@@ -142,12 +141,9 @@ def test_a_bug_while_processing_leaves_none_of_the_batch_claimed(
     def broken(**kwargs: Any) -> None:
         raise RuntimeError("a bug in the site's receiver")
 
-    signals.webhook_processed.connect(broken, sender=WebhookEvent, weak=False)
-    try:
-        with pytest.raises(RuntimeError):
-            tasks.process_webhook_event.call(events[0]["id"])
-    finally:
-        signals.webhook_processed.disconnect(broken, sender=WebhookEvent)
+    connect_receiver(signals.webhook_processed, broken, sender=WebhookEvent)
+    with pytest.raises(RuntimeError):
+        tasks.process_webhook_event.call(events[0]["id"])
 
     assert set(WebhookEvent.objects.values_list("status", flat=True)) == {"failed"}
 

@@ -79,39 +79,31 @@ def test_handler_is_chosen_by_topic_or_its_prefix(topic, handler):
     assert processing.get_handler(topic) is handler
 
 
-def test_record_event_stores_once_and_announces_once():
+def test_record_event_stores_once_and_announces_once(connect_receiver):
     seen = []
-    signals.webhook_received.connect(lambda **kw: seen.append(kw["event"].event_id),
-                                     weak=False, dispatch_uid="rec")
-    try:
-        event = make_event("invoice.paid")
-        first, created_first = record_event(event, secret_index=1)
-        second, created_second = record_event(event, secret_index=0)
-    finally:
-        signals.webhook_received.disconnect(dispatch_uid="rec")
+    connect_receiver(signals.webhook_received, lambda **kw: seen.append(kw["event"].event_id))
+    event = make_event("invoice.paid")
+    first, created_first = record_event(event, secret_index=1)
+    second, created_second = record_event(event, secret_index=0)
     assert (created_first, created_second) == (True, False)
     assert first.pk == second.pk and second.secret_index == 1
     assert seen == [event["id"]]
 
 
 @pytest.mark.parametrize("path", ["one statement", "portable ORM path"])
-def test_record_delivery_stores_and_claims_once_then_counts(path, monkeypatch):
+def test_record_delivery_stores_and_claims_once_then_counts(path, monkeypatch, connect_receiver):
     if path == "portable ORM path":
         # The path of databases without INSERT ... ON CONFLICT ... RETURNING (not PostgreSQL,
         # not SQLite): the same outcome in a few more statements.
         monkeypatch.setattr(connections["default"], "vendor", "another")
     seen = []
-    signals.webhook_received.connect(lambda **kw: seen.append(kw["event"].event_id),
-                                     weak=False, dispatch_uid="rec2")
-    try:
-        # A topic that needs processing: one that needs none is stored finished instead.
-        data = make_event("subscription.created", {"subscription": "sub_1"})
-        first, created_first = record_delivery(data, secret_index=1)
-        again = {**data, "context": {"changed": True}}
-        second, created_second = record_delivery(again, secret_index=0)
-        third, created_third = record_delivery(data, secret_index=0, claim=False)
-    finally:
-        signals.webhook_received.disconnect(dispatch_uid="rec2")
+    connect_receiver(signals.webhook_received, lambda **kw: seen.append(kw["event"].event_id))
+    # A topic that needs processing: one that needs none is stored finished instead.
+    data = make_event("subscription.created", {"subscription": "sub_1"})
+    first, created_first = record_delivery(data, secret_index=1)
+    again = {**data, "context": {"changed": True}}
+    second, created_second = record_delivery(again, secret_index=0)
+    third, created_third = record_delivery(data, secret_index=0, claim=False)
     assert (created_first, created_second, created_third) == (True, False, False)
     assert (first.status, first.attempts, first.deliveries) == ("processing", 1, 1)
     assert first.claimed_at is not None
@@ -133,15 +125,12 @@ def test_record_delivery_without_claim_leaves_the_event_received(path, monkeypat
         "received", 0, None, 1)
 
 
-def test_failing_webhook_received_receiver_does_not_lose_the_event(caplog):
+def test_failing_webhook_received_receiver_does_not_lose_the_event(caplog, connect_receiver):
     def broken(**kwargs):
         raise RuntimeError("receiver bug")
 
-    signals.webhook_received.connect(broken)
-    try:
-        event, created = record_event(make_event("invoice.paid"))
-    finally:
-        signals.webhook_received.disconnect(broken)
+    connect_receiver(signals.webhook_received, broken)
+    event, created = record_event(make_event("invoice.paid"))
     assert created and WebhookEvent.objects.filter(pk=event.pk).exists()
     assert "receiver" in caplog.text
 
@@ -214,17 +203,12 @@ def test_concurrent_claims_of_one_event_have_exactly_one_winner(fields, force):
     assert (event.status, event.attempts) == ("processing", 1)
 
 
-def test_unknown_topic_is_ignored_without_signal():
-    seen = []
-    signals.webhook_processed.connect(lambda **kw: seen.append(kw), weak=False,
-                                      dispatch_uid="ign")
-    try:
-        result = process_event(stored("plan.created", {}))
-    finally:
-        signals.webhook_processed.disconnect(dispatch_uid="ign")
+def test_unknown_topic_is_ignored_without_signal(connect_receiver):
+    processed = connect_receiver(signals.webhook_processed)
+    result = process_event(stored("plan.created", {}))
     assert (result.claimed, result.status, result.retry) == (True, "ignored", False)
     assert result.event.processed_at is not None
-    assert seen == []
+    assert not processed.called
 
 
 def test_outage_is_a_retryable_failure_with_retry_after(nomos, settings):
@@ -277,17 +261,15 @@ def test_malformed_subscription_from_nomos_is_a_final_failure(monkeypatch, nomos
     assert "without customer" in result.event.last_error
 
 
-def test_crashing_receiver_marks_failed_and_raises(nomos):
+def test_crashing_receiver_marks_failed_and_raises(nomos, connect_receiver):
     def broken(**kwargs):
         raise ValueError("boom")
 
     event = stored()
-    signals.webhook_processed.connect(broken)
-    try:
-        with pytest.raises(ValueError, match="boom"):
-            process_event(event)
-    finally:
-        signals.webhook_processed.disconnect(broken)
+    connect_receiver(signals.webhook_processed, broken)
+    with pytest.raises(ValueError, match="boom"):
+        process_event(event)
+    signals.webhook_processed.disconnect(broken)  # off for the retry below
     event.refresh_from_db()
     assert (event.status, event.last_error, event.processed_at) == (
         "failed", "ValueError: boom", None)
@@ -296,15 +278,11 @@ def test_crashing_receiver_marks_failed_and_raises(nomos):
     assert NomosSubscription.objects.count() == 1
 
 
-def test_webhook_processed_sees_the_processed_event(nomos):
+def test_webhook_processed_sees_the_processed_event(nomos, connect_receiver):
     seen = []
-    signals.webhook_processed.connect(
-        lambda sender, event, **kw: seen.append((sender, event.status)), weak=False,
-        dispatch_uid="proc")
-    try:
-        process_event(stored())
-    finally:
-        signals.webhook_processed.disconnect(dispatch_uid="proc")
+    connect_receiver(signals.webhook_processed,
+                     lambda sender, event, **kw: seen.append((sender, event.status)))
+    process_event(stored())
     assert seen == [(WebhookEvent, "processed")]
 
 

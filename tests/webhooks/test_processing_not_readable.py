@@ -20,11 +20,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-
-
-@pytest.fixture
 def fresh(nomos: Any, alice: Any) -> dict[str, Any]:
     """A checkout that just finished: a new customer and subscription (carrying alice's signed
     reference, as ``checkout_url(alice)`` leaves it), unreadable for an hour."""

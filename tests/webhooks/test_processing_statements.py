@@ -112,17 +112,14 @@ def test_new_event_that_needs_processing_is_one_insert_and_one_update(client, mo
     assert event.claimed_at is None and event.processed_at is not None
 
 
-def test_site_receivers_get_the_finished_event_inside_one_transaction(client):
+def test_site_receivers_get_the_finished_event_inside_one_transaction(client, connect_receiver):
     seen: list[tuple[str, int, bool]] = []
 
     def receiver(event: WebhookEvent, **kwargs: Any) -> None:
         seen.append((event.status, event.attempts, connection.in_atomic_block))
 
-    signals.webhook_processed.connect(receiver)
-    try:
-        response, counted = deliver(client, make_event("invoice.paid"))
-    finally:
-        signals.webhook_processed.disconnect(receiver)
+    connect_receiver(signals.webhook_processed, receiver)
+    response, counted = deliver(client, make_event("invoice.paid"))
     assert response.status_code == 200
     assert seen == [("processed", 1, True)]
     assert len(counted.statements) == 2
@@ -170,7 +167,7 @@ def test_an_update_that_changes_nothing_writes_no_customer_or_subscription_row(
 
 
 def test_a_changed_subscription_updates_only_the_changed_columns(
-    client, nomos, linked_subscription
+    client, nomos, linked_subscription, connect_receiver
 ):
     sub_id = linked_subscription.sub["id"]
     post_event(client, make_event("subscription.created", {"subscription": sub_id}))
@@ -180,13 +177,10 @@ def test_a_changed_subscription_updates_only_the_changed_columns(
     def receiver(previous: str | None, status: str, **kwargs: Any) -> None:
         changes.append((previous, status))
 
-    signals.subscription_status_changed.connect(receiver)
-    try:
-        response, counted = deliver(
-            client, make_event("subscription.updated", {"subscription": sub_id})
-        )
-    finally:
-        signals.subscription_status_changed.disconnect(receiver)
+    connect_receiver(signals.subscription_status_changed, receiver)
+    response, counted = deliver(
+        client, make_event("subscription.updated", {"subscription": sub_id})
+    )
     assert response.status_code == 200
     [update] = counted.writes_to(SUBSCRIPTIONS)
     assigned = update.split(" SET ")[1].split(" WHERE ")[0]

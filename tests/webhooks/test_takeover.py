@@ -197,18 +197,15 @@ def test_a_rejected_delivery_takes_nothing_over(nomos, client):
     assert stuck.status == "processing"
 
 
-def test_a_failing_takeover_leaves_the_delivery_answered(nomos, client, caplog):
+def test_a_failing_takeover_leaves_the_delivery_answered(nomos, client, caplog, connect_receiver):
     stuck = claimed(timedelta(seconds=70))
 
     def receiver(event: WebhookEvent, **kwargs: Any) -> None:
         if event.event_id == stuck.event_id:
             raise RuntimeError("a bug in the site's receiver")
 
-    webhook_processed.connect(receiver, dispatch_uid="test-stuck-receiver")
-    try:
-        assert other_delivery(client) == 200
-    finally:
-        webhook_processed.disconnect(dispatch_uid="test-stuck-receiver")
+    connect_receiver(webhook_processed, receiver)
+    assert other_delivery(client) == 200
     stuck.refresh_from_db()
     assert (stuck.status, stuck.attempts) == ("failed", 2)
     assert "RuntimeError: a bug in the site's receiver" in stuck.last_error

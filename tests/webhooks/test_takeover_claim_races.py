@@ -156,18 +156,15 @@ def test_a_worker_that_lost_its_claim_records_nothing(race, entry, meanwhile, la
         assert result.status == race["after_b"][0]
 
 
-def test_a_late_worker_sends_no_webhook_processed(race):
+def test_a_late_worker_sends_no_webhook_processed(race, connect_receiver):
     seen: list[str] = []
 
     def receiver(sender: Any, event: WebhookEvent, **kwargs: Any) -> None:
         seen.append(event.status)
 
-    webhook_processed.connect(receiver, sender=WebhookEvent, weak=False)
-    try:
-        race["meanwhile"], race["late"] = b_finished, LATE_OUTCOMES["processed"]
-        processing.process_event(new_event())
-    finally:
-        webhook_processed.disconnect(receiver, sender=WebhookEvent)
+    connect_receiver(webhook_processed, receiver, sender=WebhookEvent)
+    race["meanwhile"], race["late"] = b_finished, LATE_OUTCOMES["processed"]
+    processing.process_event(new_event())
     # B's processing announced the event once; A, finishing late, did not again.
     assert seen == ["processed"]
 

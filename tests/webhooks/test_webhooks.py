@@ -258,16 +258,11 @@ def test_unknown_topic_answers_200_and_is_stored_as_ignored(nomos, client):
     assert nomos.calls.total() == 0
 
 
-def test_test_event_without_id_is_acknowledged_and_not_stored(client):
-    received = []
-    signals.webhook_received.connect(lambda **kw: received.append(kw), weak=False,
-                                     dispatch_uid="t1")
-    try:
-        response = post_event(client, {"topic": "test.event"})
-    finally:
-        signals.webhook_received.disconnect(dispatch_uid="t1")
+def test_test_event_without_id_is_acknowledged_and_not_stored(client, connect_receiver):
+    received = connect_receiver(signals.webhook_received)
+    response = post_event(client, {"topic": "test.event"})
     assert response.status_code == 200
-    assert nothing_stored() and received == []
+    assert nothing_stored() and not received.called
 
 
 def test_test_event_with_id_is_stored_as_processed(client):
@@ -277,18 +272,17 @@ def test_test_event_with_id_is_stored_as_processed(client):
 
 
 @pytest.mark.parametrize("topic", ["invoice.paid", "meter_order.scheduled"])
-def test_invoice_and_meter_order_events_are_processed_and_announced(topic, nomos, client):
+def test_invoice_and_meter_order_events_are_processed_and_announced(
+    topic, nomos, client, connect_receiver
+):
     seen = []
 
     def receiver(sender, event, **kwargs):
         seen.append((event.event_id, event.status))
 
-    signals.webhook_processed.connect(receiver)
-    try:
-        event = make_event(topic, {"invoice": "inv_1"})
-        assert post_event(client, event).status_code == 200
-    finally:
-        signals.webhook_processed.disconnect(receiver)
+    connect_receiver(signals.webhook_processed, receiver)
+    event = make_event(topic, {"invoice": "inv_1"})
+    assert post_event(client, event).status_code == 200
     assert seen == [(event["id"], "processed")]
     assert nomos.calls.total() == 0
 
@@ -329,16 +323,14 @@ def test_atomic_requests_site_keeps_the_failure_record_of_an_outage(
 
 @pytest.mark.django_db(transaction=True)
 def test_atomic_requests_site_keeps_the_failure_record_when_a_receiver_crashes(
-    atomic_requests, nomos, settings
+    atomic_requests, nomos, settings, connect_receiver
 ):
     def broken(**kwargs):
         raise RuntimeError("site bug")
 
-    signals.webhook_processed.connect(broken)
-    try:
-        response = post_event(Client(raise_request_exception=False), alice_event())
-    finally:
-        signals.webhook_processed.disconnect(broken)
+    connect_receiver(signals.webhook_processed, broken)
+    response = post_event(Client(raise_request_exception=False), alice_event())
+    signals.webhook_processed.disconnect(broken)  # off for the retry below
     assert response.status_code == 500
     event = WebhookEvent.objects.get()
     assert event.status == "failed"
@@ -351,18 +343,13 @@ def test_atomic_requests_site_keeps_the_failure_record_when_a_receiver_crashes(
 # -- exactly once ------------------------------------------------------------------------------
 
 
-def test_same_event_delivered_five_times_is_processed_once(nomos, client):
-    received = []
-    signals.webhook_received.connect(lambda **kw: received.append(kw), weak=False,
-                                     dispatch_uid="t5")
+def test_same_event_delivered_five_times_is_processed_once(nomos, client, connect_receiver):
+    received = connect_receiver(signals.webhook_received)
     event = alice_event()
-    try:
-        statuses = [post_event(client, event).status_code for _ in range(5)]
-    finally:
-        signals.webhook_received.disconnect(dispatch_uid="t5")
+    statuses = [post_event(client, event).status_code for _ in range(5)]
     assert statuses == [200] * 5
     assert nomos.count(SUB_GET) == 1
-    assert len(received) == 1
+    received.assert_called_once()
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts, stored.deliveries) == ("processed", 1, 5)
 
