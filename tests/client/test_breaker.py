@@ -15,7 +15,7 @@ from django.test import Client
 from nomos_billing import breaker
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosUnavailable
-from nomos_billing.models import NomosCustomer, WebhookEvent
+from nomos_billing.models import WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
 
@@ -36,11 +36,9 @@ def on(settings: Any, nomos: Any) -> Any:
 
 
 @pytest.fixture
-def alice_client(django_user_model: Any) -> Client:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+def alice_client(linked_alice: Any) -> Client:
     client = Client()
-    client.force_login(user)
+    client.force_login(linked_alice)
     return client
 
 

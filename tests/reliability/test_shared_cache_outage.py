@@ -24,7 +24,7 @@ from django.test import Client
 from nomos_billing import breaker, shared_cache
 from nomos_billing.client import reset_client
 from nomos_billing.conf import nomos_settings
-from nomos_billing.models import NomosCustomer, WebhookEvent
+from nomos_billing.models import WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event, post_event
 from tests.broken_cache import BrokenCache
@@ -39,11 +39,9 @@ PORTAL = "/nomos/portal/"
 
 
 @pytest.fixture
-def alice_client(django_user_model: Any) -> Client:
-    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
-    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+def alice_client(linked_alice: Any) -> Client:
     client = Client(raise_request_exception=False)
-    client.force_login(user)
+    client.force_login(linked_alice)
     return client
 
 
