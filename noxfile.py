@@ -4,7 +4,7 @@ Django 5.2 LTS on Python 3.10 and 3.11; Django 6.0 and 6.1 (which need Python 3.
 3.13. nox finds ``python3.X`` on PATH; pyenv's interpreters are added to PATH here, so the matrix
 runs on a machine with ``/root/.pyenv/versions/*`` (or any pyenv root) without activating them.
 Pass pytest arguments after ``--``:
-``nox -s "tests(3.10-django5.2)" -- -x tests/test_client.py``.
+``nox -s "tests(3.10-django5.2)" -- -x tests/client/test_client.py``.
 """
 
 from __future__ import annotations
@@ -46,4 +46,4 @@ def tests(session: nox.Session, django: str) -> None:
 def package(session: nox.Session) -> None:
     """Build sdist and wheel, then run the wheel-in-a-new-project test."""
     session.install("-e", ".[test,dev]")
-    session.run("python", "-m", "pytest", "-q", "tests/test_package.py")
+    session.run("python", "-m", "pytest", "-q", "tests/package/test_package.py")

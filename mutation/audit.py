@@ -36,10 +36,12 @@ class Mutation:
     tests: tuple[str, ...]
 
 
-SIG = ("tests/test_signatures.py", "tests/test_webhooks.py")
-PROC = ("tests/test_processing.py", "tests/test_webhooks.py")
-TOK = ("tests/test_tokens.py", "tests/test_token_branches.py", "tests/test_client.py")
-CLIENT = ("tests/test_client.py", "tests/test_views_portal.py", "tests/test_leads.py")
+SIG = ("tests/webhooks/test_signatures.py", "tests/webhooks/test_webhooks.py")
+PROC = ("tests/webhooks/test_processing.py", "tests/webhooks/test_webhooks.py")
+TOK = ("tests/client/test_tokens.py", "tests/client/test_tokens_branches.py",
+       "tests/client/test_client.py")
+CLIENT = ("tests/client/test_client.py", "tests/portal/test_views_portal.py",
+          "tests/leads/test_leads.py")
 
 MUTATIONS = [
     Mutation("compare_digest -> ==", "nomos_billing/signatures.py",
@@ -79,10 +81,11 @@ MUTATIONS = [
     Mutation("deep links: '..' allowed", "nomos_billing/deeplinks.py",
              "    return not any(_DOTS_ONLY.fullmatch(segment)",
              "    return True or not any(_DOTS_ONLY.fullmatch(segment)",
-             ("tests/test_deeplinks.py", "tests/test_views_portal.py", "tests/test_portal.py")),
+             ("tests/portal/test_deeplinks.py", "tests/portal/test_views_portal.py",
+              "tests/portal/test_portal.py")),
     Mutation("portal host: suffix instead of same-domain", "nomos_billing/portal.py",
              "is_same_domain(host, pattern)", "host.endswith(pattern.lstrip('.'))",
-             ("tests/test_portal.py", "tests/test_views_portal.py")),
+             ("tests/portal/test_portal.py", "tests/portal/test_views_portal.py")),
     Mutation("token lock: cache.set instead of cache.add", "nomos_billing/tokens.py",
              "            if self.cache.add(lock_key, owner, LOCK_TIMEOUT):\n",
              "            self.cache.set(lock_key, owner, LOCK_TIMEOUT)\n            if True:\n",
@@ -95,16 +98,16 @@ MUTATIONS = [
 ]
 
 # Issue 21: each guard removed where it stands, on each path, one at a time; each must fail a
-# test of the guard tables (tests/test_guard_*.py, test_admin_permissions.py, ...).
-ACTIVE = ("tests/test_guard_active_user.py",)
-ADMIN = ("tests/test_admin_permissions.py", "tests/test_admin_linking.py")
-CSRF = ("tests/test_guard_csrf.py",)
-HOSTS = ("tests/test_guard_allowed_host.py",)
-APIS = ("tests/test_two_apis.py",)
-LOOPS = ("tests/test_bounded_loops.py", "tests/test_tasks.py")
-RACES = ("tests/test_claim_races.py",)
-STORE = ("tests/test_storage_values.py",)
-BUDGET = ("tests/test_guard_budget.py",)
+# test of the guard tables (tests/guards/test_guard_*.py, test_admin_permissions.py, ...).
+ACTIVE = ("tests/guards/test_guard_active_user.py",)
+ADMIN = ("tests/admin/test_admin_permissions.py", "tests/admin/test_admin_linking.py")
+CSRF = ("tests/guards/test_guard_csrf.py",)
+HOSTS = ("tests/guards/test_guard_allowed_host.py",)
+APIS = ("tests/client/test_client_two_apis.py",)
+LOOPS = ("tests/guards/test_guard_bounded_loops.py", "tests/tasks/test_tasks.py")
+RACES = ("tests/webhooks/test_takeover_claim_races.py",)
+STORE = ("tests/webhooks/test_webhooks_storage_values.py",)
+BUDGET = ("tests/guards/test_guard_budget.py",)
 _LINK_CSRF = "    refused = _csrf_refusal(request)\n    if refused is not None:"
 
 

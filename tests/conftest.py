@@ -1,6 +1,9 @@
 """Fixtures shared by the whole suite.
 
 ``sandbox`` is a live fake Nomos on a loopback port; ``nomos`` also points NOMOS_BILLING at it.
+``alice``, ``bob`` and ``superuser`` are the site's users (a folder's conftest.py may give them
+more, e.g. Alice's customer in tests/portal/); ``connect_receiver`` connects a signal receiver for
+one test and disconnects it after.
 ``no_secrets_in_logs`` runs for every test: no log record may contain a client secret, a
 webhook secret or an access token the sandbox issued.
 """
@@ -10,16 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.cache import caches
+from django.dispatch import Signal
 
 from nomos_billing import shared_cache, takeover
 from nomos_billing.client import reset_client
-from nomos_billing.sandbox import Sandbox, SandboxServer
+from nomos_billing.models import NomosCustomer
+from nomos_billing.sandbox import Sandbox, SandboxServer, seed
 from nomos_billing.sandbox.hosts import resolve_localhost
 from nomos_billing.sandbox.ratelimit import NOMOS_RATE_LIMIT
 
@@ -65,7 +72,7 @@ def sandbox_rate_limit(request: pytest.FixtureRequest) -> int:
     calls; the few that make more than ten on purpose (a hundred calls over one connection,
     fifty threads at a token's expiry, a sync walk of single-item pages) test our efficiency,
     not our pacing, and say so with ``@pytest.mark.sandbox_rate_limit(0)``. Pacing is tested
-    with both limits on (tests/test_api_rate.py, tests/test_sandbox_rate_limit.py).
+    with both limits on (tests/client/test_api_rate.py, tests/sandbox/test_sandbox_rate_limit.py).
     """
     marker = request.node.get_closest_marker("sandbox_rate_limit")
     return int(marker.args[0]) if marker is not None else NOMOS_RATE_LIMIT
@@ -98,6 +105,58 @@ def nomos(sandbox: Sandbox, settings) -> Iterator[Sandbox]:
         "API_BASE_URL": sandbox.base_url,
     }
     yield sandbox
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    """A user with the address of the sandbox's customer Alice (``cus_sandbox_alice``), not
+    linked to it."""
+    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+
+
+@pytest.fixture
+def linked_alice(django_user_model: Any) -> Any:
+    """Alice, linked to the sandbox's customer Alice: instead of ``alice``, not beside it."""
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+    NomosCustomer.objects.create(user=user, customer_id=seed.ALICE, email="alice@example.com")
+    return user
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    """A user without a customer."""
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+
+
+@pytest.fixture
+def superuser(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+
+
+def _receiver(sender: Any, **kwargs: Any) -> None:
+    """A signal receiver's signature, for the mocks ``connect_receiver`` makes."""
+
+
+@pytest.fixture
+def connect_receiver() -> Iterator[Callable[..., Any]]:
+    """``connect_receiver(signal, handler=None, sender=None)`` connects ``handler`` for this test
+    only: disconnected after it, pass or fail, so no receiver outlives its test or needs a
+    ``dispatch_uid``. Held strongly, so a local function or a lambda stays connected. Without a
+    handler, an autospec'd mock (a receiver's signature) is connected and returned, for the
+    test to assert its calls, as anymail's webhook tests do."""
+    connected: list[tuple[Signal, Callable[..., Any], Any]] = []
+
+    def connect(signal: Signal, handler: Callable[..., Any] | None = None,
+                sender: Any = None) -> Any:
+        if handler is None:
+            handler = mock.create_autospec(_receiver)
+        signal.connect(handler, sender=sender, weak=False)
+        connected.append((signal, handler, sender))
+        return handler
+
+    yield connect
+    for signal, handler, sender in reversed(connected):
+        signal.disconnect(handler, sender=sender)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "nomos_billing",
 ]
-# The real task backends (test_task_workers.py), when the test extra installed them.
+# The real task backends (test_tasks_workers.py), when the test extra installed them.
 INSTALLED_APPS += [app for app in ("django_tasks_db", "django_rq") if find_spec(app)]
 # The allauth resolver and the DRF view against the real packages (the test extra has both).
 ALLAUTH = find_spec("allauth") is not None

@@ -1,8 +1,8 @@
-"""Servers and clients for the slow-client test and benchmark (tests/test_slow_clients.py,
-bench/bench_slow_clients.py): gunicorn started with deploy/gunicorn.conf.py, nginx with a
-configuration generated from deploy/nginx.conf, connections that send a request body one byte
-at a time, and timed clicks. Everything on loopback; every process started here is stopped here.
-"""
+"""Servers and clients for the slow-client test and benchmark
+(tests/reliability/test_slow_clients.py, bench/bench_slow_clients.py): gunicorn started with
+deploy/gunicorn.conf.py, nginx with a configuration generated from deploy/nginx.conf,
+connections that send a request body one byte at a time, and timed clicks. Everything on
+loopback; every process started here is stopped here."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A TCP proxy on loopback that fails the way networks and servers do: refused, or black-holed.
 
 Started and stopped by the test, in front of a real server: PostgreSQL (test_reliability.py),
-Redis (test_cache_outage.py).
+Redis (test_shared_cache_outage.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Settings of the task worker processes that test_task_workers.py starts: the suite's own,
+"""Settings of the task worker processes that test_tasks_workers.py starts: the suite's own,
 plus the sandbox URL, the task backend and the claim settings the test chose (environment
 variables)."""
 

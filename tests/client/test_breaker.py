@@ -1,0 +1,236 @@
+"""The outage breaker: after a few failures in a row, calls fail at once (no request reaches
+Nomos) for a cool-down, then one probe decides. Judged by the requests the sandbox counted, the
+answers, the log lines and the rows; the cool-down is made short instead of timing anything."""
+
+from __future__ import annotations
+
+import time
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from nomos_billing import breaker
+from nomos_billing.client import get_client
+from nomos_billing.exceptions import NomosUnavailable
+from nomos_billing.models import WebhookEvent
+from nomos_billing.sandbox import Fault, seed
+from nomos_billing.testing import make_event, post_event
+
+MAGIC = "POST /admin/magic_link"
+TOKEN = "POST /oauth/token"
+SUB_GET = "GET /subscriptions/{id}"
+
+
+@pytest.fixture
+def on(settings: Any, nomos: Any) -> Any:
+    """The breaker on: 3 failures open it for a 30 s cool-down; no retries, so each failed
+    call is one request."""
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 3,
+                              "BREAKER_COOLDOWN": 30, "MAX_RETRIES": 0}
+    get_client().tokens.get()
+    nomos.reset_counts()
+    return settings
+
+
+@pytest.fixture
+def alice_client(linked_alice: Any) -> Client:
+    client = Client()
+    client.force_login(linked_alice)
+    return client
+
+
+def breaker_lines(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "nomos_billing.breaker"]
+
+
+def cool_down_passes(settings: Any) -> None:
+    """Move the shared 'open until' into the past, as if the cool-down had elapsed."""
+    from django.core.cache import caches
+
+    key = breaker._key() + ":open"
+    cache = caches["default"]
+    cache.set(key, time.time() - 1, None)
+    breaker.reset()
+
+
+@pytest.mark.django_db
+def test_clicks_during_an_outage_fail_at_once_after_the_threshold(on, nomos, alice_client,
+                                                                  caplog):
+    nomos.add_fault(MAGIC, Fault(status=500), times=None)
+
+    statuses = [alice_client.get("/nomos/portal/").status_code for _ in range(10)]
+
+    assert statuses == [503] * 10
+    assert nomos.count(MAGIC) == 3  # the other 7 clicks never left the site
+    assert len([m for m in breaker_lines(caplog) if "opened" in m]) == 1
+    response = alice_client.get("/nomos/portal/")
+    assert 1 <= int(response["Retry-After"]) <= 30
+
+
+@pytest.mark.django_db
+def test_another_worker_sees_the_open_breaker_through_the_cache(on, nomos):
+    nomos.add_fault(MAGIC, Fault(status=502), times=None)
+    for _ in range(3):
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
+    breaker.reset()  # what another process knows: only the shared cache
+    with pytest.raises(breaker.CircuitOpen):
+        get_client().create_magic_link(seed.ALICE)
+    assert nomos.count(MAGIC) == 3
+
+
+@pytest.mark.django_db
+def test_after_the_cool_down_one_probe_closes_it_for_everyone(on, nomos, alice_client,
+                                                               caplog):
+    nomos.add_fault(MAGIC, Fault(status=500), times=3)
+    for _ in range(4):
+        alice_client.get("/nomos/portal/")
+    assert nomos.count(MAGIC) == 3
+    cool_down_passes(on)
+
+    statuses = [alice_client.get("/nomos/portal/").status_code for _ in range(3)]
+
+    assert statuses == [302, 302, 302]
+    assert nomos.count(MAGIC) == 6
+    assert len([m for m in breaker_lines(caplog) if "closed" in m]) == 1
+    assert not breaker.state().open
+
+
+@pytest.mark.django_db
+def test_a_failed_probe_opens_it_again_and_only_one_probe_goes_out(on, nomos):
+    nomos.add_fault(MAGIC, Fault(status=503), times=None)
+    for _ in range(3):
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
+    cool_down_passes(on)
+    for _ in range(5):
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
+    assert nomos.count(MAGIC) == 4  # the threshold's 3, then exactly one probe
+    state = breaker.state()
+    assert state.open and state.retry_in > 20
+
+
+@pytest.mark.django_db
+def test_refusals_and_rate_limits_are_not_outages(on, nomos, alice_client):
+    nomos.add_fault(MAGIC, Fault(status=404), times=5)
+    nomos.add_fault(MAGIC, Fault(status=429, retry_after=60), times=5)
+    for _ in range(10):
+        alice_client.get("/nomos/portal/")
+    assert nomos.count(MAGIC) == 10
+    assert not breaker.state().open
+
+
+# Twelve calls in a row: the breaker's count, not pacing.
+@pytest.mark.sandbox_rate_limit(0)
+@pytest.mark.django_db
+def test_a_success_resets_the_count(on, nomos):
+    for _ in range(4):
+        nomos.add_fault(MAGIC, Fault(status=500), times=2)
+        for _ in range(2):
+            with pytest.raises(NomosUnavailable):
+                get_client().create_magic_link(seed.ALICE)
+        get_client().create_magic_link(seed.ALICE)
+    assert nomos.count(MAGIC) == 12
+    assert not breaker.state().open
+
+
+@pytest.mark.django_db
+def test_off_switch(on, nomos, alice_client, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 0}
+    nomos.add_fault(MAGIC, Fault(status=500), times=None)
+    for _ in range(6):
+        alice_client.get("/nomos/portal/")
+    assert nomos.count(MAGIC) == 6
+    assert not breaker.state().enabled
+
+
+@pytest.mark.django_db
+def test_webhook_during_an_open_breaker_answers_503_at_once_and_keeps_the_event(on, nomos,
+                                                                              client):
+    nomos.add_fault(SUB_GET, Fault(drop_connection=True), times=None)
+    events = [make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
+              for _ in range(6)]
+
+    assert [post_event(client, e).status_code for e in events] == [503] * 6
+
+    assert nomos.count(SUB_GET) == 3
+    assert set(WebhookEvent.objects.values_list("status", flat=True)) == {"failed"}
+    assert WebhookEvent.objects.filter(last_error__contains="breaker").count() == 3
+    nomos.clear_faults()
+    cool_down_passes(on)
+    assert [post_event(client, e).status_code for e in events] == [200] * 6
+    assert set(WebhookEvent.objects.values_list("status", flat=True)) == {"processed"}
+
+
+@pytest.mark.django_db
+def test_a_failed_token_fetch_counts(on, nomos):
+    from django.core.cache import caches
+
+    store = get_client().tokens
+    nomos.add_fault(TOKEN, Fault(status=503), times=None)
+    for _ in range(5):
+        # No token anywhere, and the last failure's shared record has expired.
+        caches["default"].delete_many([store.key, store.key + ":failed"])
+        store._local = None
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
+    assert nomos.count(TOKEN) == 3  # then the breaker was open
+    assert nomos.count(MAGIC) == 0
+
+
+@pytest.mark.django_db
+def test_check_credentials_shows_the_breaker_state(on, nomos):
+    out = StringIO()
+    call_command("nomos_check_credentials", stdout=out)
+    assert "Breaker:    closed" in out.getvalue()
+
+    nomos.add_fault(MAGIC, Fault(status=500), times=None)
+    for _ in range(3):
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
+    out = StringIO()
+    nomos.reset_counts()
+    with pytest.raises(CommandError):  # the token fetch is refused by the open breaker
+        call_command("nomos_check_credentials", stdout=out, stderr=StringIO())
+    assert "Breaker:    OPEN after 3 failures" in out.getvalue()
+    assert nomos.count(TOKEN) == 0  # refused here, not sent
+
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("breaker_on", [True, False], ids=["shared", "breaker-off"])
+def test_a_failed_token_fetch_is_shared_so_the_next_caller_fails_at_once(breaker_on, on,
+                                                                         nomos, settings):
+    from django.core.cache import caches
+
+    if not breaker_on:
+        settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 0}
+    caches["default"].clear()
+    store = get_client().tokens
+    store._local = None
+    nomos.add_fault(TOKEN, Fault(status=503), times=1)
+    with pytest.raises(NomosUnavailable):
+        store.get()
+    if breaker_on:
+        # Another worker (no local copy) does not ask Nomos again while the failure is fresh.
+        with pytest.raises(NomosUnavailable, match="moments ago"):
+            store.get()
+        assert nomos.count(TOKEN) == 1
+        caches["default"].delete(store.key + ":failed")  # FAILED_FETCH_TTL has passed
+    assert store.get().value
+    assert nomos.count(TOKEN) == 2
+
+
+def test_the_state_of_a_closed_and_of_a_switched_off_breaker(on, settings):
+    from django.core.cache import caches
+
+    assert breaker.state() == breaker.State(enabled=True, open=False, failures=0, retry_in=0.0)
+    # A count the cache mangled is no count.
+    caches["default"].set(breaker._key() + ":failures", "garbage", None)
+    assert breaker.state() == breaker.State(enabled=True, open=False, failures=0, retry_in=0.0)
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 0}
+    assert breaker.state() == breaker.State(enabled=False, open=False, failures=0, retry_in=0.0)
