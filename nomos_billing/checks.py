@@ -16,8 +16,9 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from . import checks_deploy  # noqa: F401  (registers the check --deploy checks)
-from .checks_rules import RULES, key
-from .conf import DEFAULTS, SETTING_NAME
+from .checks_rules import RULES
+from .checks_secrets import check_webhook_secrets
+from .conf import DEFAULTS, SETTING_NAME, key
 from .settings_table import TABLE, Setting
 
 # Ids are stable: sites silence them with SILENCED_SYSTEM_CHECKS, so never reuse one. The
@@ -82,6 +83,6 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
     ]
     values, wrong = read(raw)
     messages.extend(wrong.values())
-    for rule in RULES:
+    for rule in (check_webhook_secrets, *RULES):
         messages.extend(rule(raw, values, set(wrong)))
     return messages

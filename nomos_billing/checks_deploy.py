@@ -14,7 +14,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS, SETTING_NAME
+from .conf import DEFAULTS, SETTING_NAME, key
 from .setting_parsers import is_loopback, webhook_secret_entries
 
 # Ids are stable: sites silence them with SILENCED_SYSTEM_CHECKS, so never reuse one.
@@ -31,10 +31,6 @@ SANDBOX_CLIENT_SECRET = "sandbox-secret"
 SANDBOX_WEBHOOK_SECRET = "whsec_sandbox"
 
 
-def _key(name: str) -> str:
-    return f"{SETTING_NAME}['{name}']"
-
-
 @register(Tags.security, "nomos_billing", deploy=True)
 def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """``check --deploy`` with ``DEBUG = False``: the development defaults (the sandbox's URL,
@@ -47,7 +43,7 @@ def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
     if isinstance(base_url, str) and is_loopback(urlsplit(base_url).hostname):
         messages.append(
             Error(
-                f"{_key('API_BASE_URL')} is {base_url!r}, a sandbox on loopback, with DEBUG off.",
+                f"{key('API_BASE_URL')} is {base_url!r}, a sandbox on loopback, with DEBUG off.",
                 hint='Set it to "https://api.nomos.energy" in production (e.g. from '
                 "NOMOS_API_BASE_URL); a forgotten variable leaves the development default.",
                 id=E_DEPLOY_SANDBOX_URL,
@@ -64,7 +60,7 @@ def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
     if sandbox_keys:
         messages.append(
             Error(
-                f"{' and '.join(_key(k) for k in sandbox_keys)}: the sandbox's published "
+                f"{' and '.join(key(k) for k in sandbox_keys)}: the sandbox's published "
                 "credentials, with DEBUG off.",
                 hint="Use the API credentials from the Nomos dashboard (e.g. NOMOS_CLIENT_ID and "
                 "NOMOS_CLIENT_SECRET from the environment).",
@@ -76,7 +72,7 @@ def check_deploy(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
         if secret == SANDBOX_WEBHOOK_SECRET:
             messages.append(
                 Error(
-                    f"{_key('WEBHOOK_SECRETS')} entry {position} is the sandbox's published "
+                    f"{key('WEBHOOK_SECRETS')} entry {position} is the sandbox's published "
                     "webhook secret, with DEBUG off: anyone can sign a delivery with it.",
                     hint="Use the signing secret of the endpoint you registered in the Nomos "
                     "dashboard (e.g. NOMOS_WEBHOOK_SECRETS from the environment).",

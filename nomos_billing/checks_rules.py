@@ -14,18 +14,16 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from . import tasks
-from .conf import SETTING_NAME
+from .conf import key
 from .setting_parsers import (
     API_VERSION,
     MAX_RATE_REQUESTS,
     MAX_RATE_WINDOW,
-    MIN_WEBHOOK_SECRET_LENGTH,
     is_loopback,
     is_rate,
 )
 
 E_CREDENTIALS = "nomos_billing.E001"
-E_WEBHOOK_SECRETS = "nomos_billing.E002"
 E_BASE_URL = "nomos_billing.E004"
 E_TOKEN_CACHE = "nomos_billing.E007"
 E_RESOLVERS = "nomos_billing.E010"
@@ -45,8 +43,6 @@ W_BUDGET_TIMEOUT = "nomos_billing.W052"
 # Linking and its confirmation mails start at 60.
 W_UNBOUND_LINKS = "nomos_billing.W060"
 W_NO_SITE_URL = "nomos_billing.W061"
-# Secrets start at 70.
-E_WEAK_WEBHOOK_SECRET = "nomos_billing.E070"
 # Per-user rate limits start at 80.
 E_RATE_LIMITS = "nomos_billing.E080"
 E_RATE_LIMIT_CACHE = "nomos_billing.E081"
@@ -61,11 +57,9 @@ _LOCAL_CACHE_BACKENDS = {
 }
 
 Messages = list[CheckMessage]
+#: A rule gets NOMOS_BILLING as written, every key as the run time reads it, and the keys the
+#: table loop found wrong.
 Rule = Callable[[dict[str, Any], dict[str, Any], set[str]], Messages]
-
-
-def key(name: str) -> str:
-    return f"{SETTING_NAME}['{name}']"
 
 
 def _credentials(raw: dict[str, Any], values: dict[str, Any], bad: set[str]) -> Messages:
@@ -82,57 +76,6 @@ def _credentials(raw: dict[str, Any], values: dict[str, Any], bad: set[str]) -> 
             id=E_CREDENTIALS,
         )
     ]
-
-
-def _webhook_secrets(raw: dict[str, Any], values: dict[str, Any], bad: set[str]) -> Messages:
-    if "WEBHOOK_SECRETS" in bad:
-        return []
-    entries: list[str] = values["WEBHOOK_SECRETS"]
-    messages = [] if any(entries) else [_no_webhook_secret()]
-    return messages + _weak_webhook_secrets(values, entries)
-
-
-def _weak_webhook_secrets(values: dict[str, Any], entries: list[str]) -> Messages:
-    """One error per blank entry, and per short one unless the API is a sandbox on loopback
-    (whose own secret is ``whsec_sandbox``), by position: a secret is never printed."""
-    sandbox = is_loopback(urlsplit(values["API_BASE_URL"]).hostname)
-    hint = (
-        "Copy the endpoint's signing secret from the Nomos dashboard, without spaces. "
-        "Positions count the comma-separated parts: a trailing comma or a doubled one "
-        'adds a blank entry ("whsec_new,whsec_old" or ["whsec_new", "whsec_old"]).'
-    )
-    messages: Messages = []
-    for position, secret in enumerate(entries, start=1):
-        where = f"{key('WEBHOOK_SECRETS')} entry {position}"
-        if not secret:
-            messages.append(
-                Error(
-                    f"{where} is empty or only whitespace; it is never used to verify.",
-                    hint=hint,
-                    id=E_WEAK_WEBHOOK_SECRET,
-                )
-            )
-        elif len(secret) < MIN_WEBHOOK_SECRET_LENGTH and not sandbox:
-            messages.append(
-                Error(
-                    f"{where} is shorter than {MIN_WEBHOOK_SECRET_LENGTH} characters, too short "
-                    "to be a Nomos signing secret; it is never used to verify.",
-                    hint=hint,
-                    id=E_WEAK_WEBHOOK_SECRET,
-                )
-            )
-    return messages
-
-
-def _no_webhook_secret() -> CheckMessage:
-    return Error(
-        f"{key('WEBHOOK_SECRETS')} must be a non-empty list of signing secrets (newest "
-        "first); without one every webhook delivery is rejected.",
-        hint="Copy the endpoint's signing secret from the Nomos dashboard: "
-        '"WEBHOOK_SECRETS": env.list("NOMOS_WEBHOOK_SECRETS"). During a rotation list '
-        "the new secret first and the old one after it.",
-        id=E_WEBHOOK_SECRETS,
-    )
 
 
 def _plain_http(raw: dict[str, Any], values: dict[str, Any], bad: set[str]) -> Messages:
@@ -400,7 +343,6 @@ def _rate_limits(raw: dict[str, Any], values: dict[str, Any], bad: set[str]) -> 
 
 RULES: list[Rule] = [
     _credentials,
-    _webhook_secrets,
     _plain_http,
     _api_version,
     _token_cache,

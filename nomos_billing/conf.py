@@ -36,6 +36,11 @@ _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
 
+def key(name: str) -> str:
+    """How messages name a key: ``NOMOS_BILLING['CLIENT_ID']``."""
+    return f"{SETTING_NAME}['{name}']"
+
+
 def raw_settings() -> dict[str, Any]:
     """``NOMOS_BILLING`` as written; an empty dict when it is not a dict (E003)."""
     value = getattr(settings, SETTING_NAME, None)

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from nomos_billing import checks, checks_deploy, checks_rules
+from nomos_billing import checks, checks_deploy, checks_rules, checks_secrets
 from nomos_billing.checks import check_settings
 from nomos_billing.checks_deploy import check_deploy
 from nomos_billing.sandbox import pytest_plugin
@@ -31,7 +31,8 @@ def ids(settings, value, **extra) -> set[str]:
 
 
 def test_check_ids_are_unique_and_stable():
-    values = [v for module in (checks, checks_deploy, checks_rules) for k, v in vars(module).items()
+    modules = (checks, checks_deploy, checks_rules, checks_secrets)
+    values = [v for module in modules for k, v in vars(module).items()
               if re.fullmatch(r"[EW]_[A-Z_]+", k)]
     assert len(values) == len(set(values))
     assert all(re.fullmatch(r"nomos_billing\.[EW]\d{3}", v) for v in values)
