@@ -99,7 +99,7 @@ class Settings:
     BIND_LINKS_TO_EMAIL: bool
     LINK_CONFIRMATION_DAYS: int
     SITE_URL: str | None
-    PORTAL_NEXT_PREFIXES: list[str] | None
+    PORTAL_NEXT_PREFIXES: list[Any] | None  # entries that are not paths are skipped
     PORTAL_HOSTS: list[str] | None
     CHECKOUT_HOSTS: list[str] | None
     SIGNUP_URL: str | None
