@@ -239,7 +239,7 @@ def sync_subscription(event: WebhookEvent) -> str:
 
 def _inside_not_found_window(event: WebhookEvent) -> bool:
     window = nomos_settings.NOT_FOUND_RETRY_WINDOW
-    if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+    if window <= 0:
         return False
     received = event.received_at or timezone.now()
     return timezone.now() - received < timedelta(seconds=window)
