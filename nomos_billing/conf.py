@@ -77,6 +77,19 @@ def value_of(name: str) -> Any:
         return setting.parse(setting.default)
 
 
+def is_wrong(name: str) -> bool:
+    """True when the key is written with a value its parser refuses (the run time then uses the
+    default): for what must not go ahead on a default the site did not choose."""
+    raw = raw_settings()
+    if name not in raw:
+        return False
+    try:
+        BY_NAME[name].parse(raw[name])
+    except ValueError:
+        return True
+    return False
+
+
 class Settings:
     """``nomos_settings.CLIENT_ID`` etc., typed; unknown attributes raise ``AttributeError``.
 

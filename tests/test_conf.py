@@ -117,3 +117,10 @@ def test_a_wrong_secret_is_never_printed(settings: Any, caplog: Any) -> None:
 def test_the_table_holds_every_default_of_conf() -> None:
     assert list(conf.DEFAULTS) == [s.name for s in TABLE]
     assert len({s.name for s in TABLE}) == len(TABLE)
+
+
+def test_is_wrong_tells_a_refused_value_from_a_missing_or_good_one(settings: Any) -> None:
+    configure(settings, EVENT_RETENTION_DAYS="30", WEBHOOK_TOLERANCE=60)
+    assert conf.is_wrong("EVENT_RETENTION_DAYS")
+    assert not conf.is_wrong("WEBHOOK_TOLERANCE")
+    assert not conf.is_wrong("CLICK_BUDGET")  # left out: the default is the site's choice
