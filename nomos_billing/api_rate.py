@@ -115,10 +115,7 @@ def current_priority() -> Priority:
 
 def configured_limit() -> float:
     """``API_RATE_LIMIT`` (requests per second); 0 when switched off (None or 0)."""
-    value = nomos_settings.get("API_RATE_LIMIT")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return 0.0
-    return float(value)
+    return nomos_settings.API_RATE_LIMIT
 
 
 def sustained_rate(kind: Priority, limit: float | None = None) -> float:

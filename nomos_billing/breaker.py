@@ -69,8 +69,7 @@ _snapshot: dict[str, tuple[float, float | None, int]] = {}  # key -> (read at, o
 
 
 def _threshold() -> int:
-    value = nomos_settings.get("BREAKER_FAILURES")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return nomos_settings.BREAKER_FAILURES
 
 
 def enabled() -> bool:
@@ -80,7 +79,7 @@ def enabled() -> bool:
 
 
 def _cooldown() -> float:
-    return nomos_settings.seconds("BREAKER_COOLDOWN")
+    return nomos_settings.BREAKER_COOLDOWN
 
 
 def _cache() -> Any:

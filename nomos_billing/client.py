@@ -89,7 +89,7 @@ class NomosClient(ListEndpoints):
             }
         )
         adapter = HTTPAdapter(
-            max_retries=build_retry(int(retries), float(wait)), pool_maxsize=32, pool_block=False
+            max_retries=build_retry(retries, wait), pool_maxsize=32, pool_block=False
         )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

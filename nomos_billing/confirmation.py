@@ -237,7 +237,7 @@ def resend(claim: NomosLinkClaim, *, base_url: str | None = None) -> tuple[bool,
 
 def read_token(token: str) -> tuple[NomosLinkClaim | None, TokenProblem | None]:
     """The claim a confirmation link names, or ``(None, why)``."""
-    max_age = timedelta(days=nomos_settings.seconds("LINK_CONFIRMATION_DAYS"))
+    max_age = timedelta(days=nomos_settings.LINK_CONFIRMATION_DAYS)
     try:
         value = signing.loads(token, salt=SALT, max_age=max_age)
     except signing.SignatureExpired:

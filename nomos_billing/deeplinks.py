@@ -53,7 +53,7 @@ def clean_next(value: str | None) -> str | None:
     if value is None or not isinstance(value, str) or not is_safe_path(value):
         return None
     prefixes = nomos_settings.PORTAL_NEXT_PREFIXES
-    if isinstance(prefixes, (list, tuple)) and not matches_prefix(value, prefixes):
+    if prefixes is not None and not matches_prefix(value, prefixes):
         return None
     return value
 

@@ -268,7 +268,7 @@ def user_address(user: Any) -> str:
 
 def is_bound(rule: str) -> bool:
     """True when what ``rule`` found must carry the user's own address to be linked at once."""
-    return rule in BOUND_RULES and nomos_settings.BIND_LINKS_TO_EMAIL is not False
+    return rule in BOUND_RULES and nomos_settings.BIND_LINKS_TO_EMAIL
 
 
 def link_customer(link: LinkRequest) -> bool:

@@ -113,7 +113,7 @@ def log_failure(exc: NomosError, user: Any) -> None:
 def click_budget() -> Iterator[None]:
     """The time budget of a click: the user sees the portal or the 503 page within it; its
     calls go first under Nomos' rate limit (``api_rate``)."""
-    with budget.limit(nomos_settings.seconds("CLICK_BUDGET")), api_rate.priority("click"):
+    with budget.limit(nomos_settings.CLICK_BUDGET), api_rate.priority("click"):
         yield
 
 

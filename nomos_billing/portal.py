@@ -96,10 +96,8 @@ def _fresh_customer_id(user: Any) -> str | None:
 
 
 def _hosts(name: str, default: list[str]) -> list[str]:
-    hosts = nomos_settings.get(name)
-    if isinstance(hosts, (list, tuple)) and hosts:
-        return [h.lower() for h in hosts if isinstance(h, str) and h]
-    return default
+    hosts: list[str] | None = getattr(nomos_settings, name)
+    return default if hosts is None else hosts
 
 
 def portal_hosts() -> list[str]:
@@ -111,7 +109,7 @@ def checkout_hosts() -> list[str]:
     """``CHECKOUT_HOSTS``, or any plan under Nomos' checkout domain plus the host of the
     site's own ``CHECKOUT_URL`` (so the two settings cannot disagree by default)."""
     default = [DEFAULT_CHECKOUT_HOST_SUFFIX]
-    checkout_url = nomos_settings.raw.get("CHECKOUT_URL")
+    checkout_url = nomos_settings.CHECKOUT_URL
     if isinstance(checkout_url, str) and checkout_url:
         try:
             own = urlsplit(checkout_url).hostname

@@ -44,7 +44,7 @@ def claim_timeout() -> timedelta:
     (or ``nomos_replay``) takes it over. ``CLAIM_TIMEOUT`` (default 60 s) is above
     ``WEBHOOK_BUDGET``, which bounds every processing (``process_event`` opens that budget), so
     a slow worker is never doubled, and a dead one's event waits about a minute, not five."""
-    return timedelta(seconds=nomos_settings.seconds("CLAIM_TIMEOUT"))
+    return timedelta(seconds=nomos_settings.CLAIM_TIMEOUT)
 
 
 def stuck_condition(now: datetime | None = None) -> Q:
@@ -239,7 +239,7 @@ def sync_subscription(event: WebhookEvent) -> str:
 
 def _inside_not_found_window(event: WebhookEvent) -> bool:
     window = nomos_settings.NOT_FOUND_RETRY_WINDOW
-    if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+    if window <= 0:
         return False
     received = event.received_at or timezone.now()
     return timezone.now() - received < timedelta(seconds=window)
@@ -421,7 +421,7 @@ def _process_claimed(event: WebhookEvent, *, exact: bool) -> Result:
         # One budget for the whole processing, whoever runs it (the webhook view, a replay, a
         # task worker): it ends before Nomos stops waiting, and before the claim goes stale.
         # Under Nomos' rate limit a webhook's fetch goes after clicks, before syncs.
-        with budget.limit(nomos_settings.seconds("WEBHOOK_BUDGET")), api_rate.priority("webhook"):
+        with budget.limit(nomos_settings.WEBHOOK_BUDGET), api_rate.priority("webhook"):
             status = handler(event) if handler is not None else str(Status.IGNORED)
         # A transaction only for the site's receivers: one that raises undoes "processed".
         announce = status == Status.PROCESSED and webhook_processed.has_listeners(WebhookEvent)

@@ -142,7 +142,7 @@ _by_alias: dict[str, SharedCache] = {}
 
 def token_cache() -> SharedCache:
     """The ``TOKEN_CACHE`` alias's ``SharedCache`` (one per alias and process)."""
-    alias = str(nomos_settings.TOKEN_CACHE)
+    alias = nomos_settings.TOKEN_CACHE
     found = _by_alias.get(alias)
     if found is None:
         with _lock:

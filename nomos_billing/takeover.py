@@ -133,7 +133,7 @@ def after_request(**kwargs: Any) -> None:
     _request_path.set(None)
     if path is None or time.monotonic() < _next_look or _is_webhook(path):
         return
-    after_delivery(time.monotonic() + nomos_settings.seconds("WEBHOOK_BUDGET"))
+    after_delivery(time.monotonic() + nomos_settings.WEBHOOK_BUDGET)
 
 
 def _is_webhook(path: str) -> bool:
@@ -157,7 +157,7 @@ def _process_one(deadline: float, *, queued: bool = False) -> bool:
     if event is None:
         return False
     left = deadline - time.monotonic()
-    if left < nomos_settings.seconds("WEBHOOK_BUDGET") / 2:
+    if left < nomos_settings.WEBHOOK_BUDGET / 2:
         return True  # this request used most of its budget; the next delivery takes it over
     left_as = "processing" if event.status == Status.PROCESSING else "queued"
     with budget.limit(left):

@@ -68,8 +68,7 @@ def framework_available() -> bool:
 
 def backend_alias() -> str | None:
     """``TASK_BACKEND`` when it is a non-empty string, else None (process inline)."""
-    alias = nomos_settings.TASK_BACKEND
-    return alias if isinstance(alias, str) and alias else None
+    return nomos_settings.TASK_BACKEND
 
 
 def get_backend() -> Any:

@@ -92,10 +92,7 @@ class TokenStore:
 
     @property
     def margin(self) -> float:
-        try:
-            return float(nomos_settings.TOKEN_REFRESH_MARGIN)
-        except (TypeError, ValueError):
-            return 300.0
+        return nomos_settings.TOKEN_REFRESH_MARGIN
 
     def cached(self) -> AccessToken | None:
         return AccessToken.from_cache_value(self.cache.get(self.key))

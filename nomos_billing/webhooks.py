@@ -138,7 +138,7 @@ class WebhookView(View):
                 **{"Retry-After": str(DATABASE_RETRY_AFTER)},
             )
         if self.recorded:
-            takeover.after_delivery(started + nomos_settings.seconds("WEBHOOK_BUDGET"))
+            takeover.after_delivery(started + nomos_settings.WEBHOOK_BUDGET)
         return response
 
     def receive(self, request: HttpRequest) -> HttpResponse:
@@ -159,7 +159,7 @@ class WebhookView(View):
                 503, "webhook secrets are not configured on this site; please redeliver later"
             )
         try:
-            body = read_body(request, int(nomos_settings.WEBHOOK_MAX_BYTES))
+            body = read_body(request, nomos_settings.WEBHOOK_MAX_BYTES)
         except BodyUnreadable:
             logger.warning(
                 "Rejected a Nomos webhook: a chunked body, which this server does not pass on "
@@ -181,7 +181,7 @@ class WebhookView(View):
                 body,
                 request.META.get(META_KEY),
                 secrets,
-                tolerance=int(nomos_settings.WEBHOOK_TOLERANCE),
+                tolerance=nomos_settings.WEBHOOK_TOLERANCE,
             )
         except WebhookError as exc:
             self._log_rejection(exc)

@@ -97,7 +97,7 @@ def make_backlog(sandbox: Any, kind: str, size: int) -> None:
     from django.test import override_settings
 
     from nomos_billing import tasks
-    from nomos_billing.conf import nomos_settings
+    from nomos_billing.conf import raw_settings
     from nomos_billing.models import WebhookEvent
 
     customer = sandbox.add_customer(f"backlog-{secrets.token_hex(4)}@example.com")
@@ -109,7 +109,7 @@ def make_backlog(sandbox: Any, kind: str, size: int) -> None:
             "id": event_id, "topic": "subscription.updated",
             "created_at": "2026-11-25T12:00:00Z", "context": {"subscription": sub}}))
     WebhookEvent.objects.bulk_create(events, batch_size=2000)
-    with override_settings(NOMOS_BILLING={**nomos_settings.raw, "TASK_BACKEND": kind}):
+    with override_settings(NOMOS_BILLING={**raw_settings(), "TASK_BACKEND": kind}):
         for start in range(0, size, 1000):
             with transaction.atomic():
                 for event in events[start:start + 1000]:

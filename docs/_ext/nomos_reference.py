@@ -1,9 +1,11 @@
 """Generates the settings and checks reference from the code, so the docs cannot drift.
 
 Before Sphinx reads the sources it writes ``reference/_generated/settings.md`` (every key of
-``nomos_billing.conf.DEFAULTS``, its default as the code holds it, and the notes of
-``settings_notes.py``) and ``reference/_generated/checks.md`` (every ``nomos_billing.E0xx`` /
-``W0xx`` id defined in ``nomos_billing/checks.py``, with the message and hint its code gives).
+``nomos_billing.settings_table.TABLE``: its type, default and check id as the code declares
+them, and the notes of ``settings_notes.py``) and ``reference/_generated/checks.md`` (every
+``nomos_billing.E0xx`` / ``W0xx`` id: those of the table, with what each key must be, and those
+defined in the ``nomos_billing/checks*.py`` modules, with the message and hint their code gives;
+the ids of ``checks_deploy.py`` are marked as ``check --deploy`` ones).
 A key without notes, notes for a key that is gone, or an id whose message cannot be found is a
 warning, and the build runs with warnings as errors.
 """
@@ -21,23 +23,13 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKS_SOURCE = ROOT / "nomos_billing" / "checks.py"
+CHECKS_SOURCES = sorted((ROOT / "nomos_billing").glob("checks*.py"))
 ID_PATTERN = re.compile(r"^nomos_billing\.[EW]\d{3}$")
 
 # Checks whose message is built by a shared helper from a template: what the template says
 # for each of them, in words.
 INDIRECT_MESSAGES = {
-    "E005": "`TIMEOUT` is not (connect, read) seconds in range (connect ≤ 30, read ≤ 60).",
-    "E006": "`WEBHOOK_TOLERANCE` is not a whole number of seconds from 1 to 3600.",
     "E007": "`TOKEN_CACHE` is not an alias of `CACHES`.",
-    "E008": "`TOKEN_REFRESH_MARGIN` is not a whole number of seconds from 0 to 3000.",
-    "E009": "`WEBHOOK_MAX_BYTES` is not from 1 KiB to 10 MiB.",
-    "E012": "`EVENT_RETENTION_DAYS` is not from 3 to 3650.",
-    "E013": "`PORTAL_HOSTS` is not a list of host names.",
-    "E014": "`MAX_RETRIES` is not a whole number from 0 to 10.",
-    "E040": "`NOT_FOUND_RETRY_WINDOW` is not a whole number of seconds (0 switches it off).",
-    "E042": "`CHECKOUT_HOSTS` is not a list of host names.",
-    "E060": "`LINK_CONFIRMATION_DAYS` is not a whole number of days from 1 to 90.",
     "E081": "`RATE_LIMIT_CACHE` is not an alias of `CACHES`.",
     "W001": "`TOKEN_CACHE` is a per-process (local memory or dummy) cache outside DEBUG.",
     "W080": "`RATE_LIMIT_CACHE` is a per-process (local memory or dummy) cache outside DEBUG.",
@@ -62,7 +54,7 @@ def _render(node: ast.expr) -> str | None:
                 if (
                     isinstance(inner, ast.Call)
                     and isinstance(inner.func, ast.Name)
-                    and inner.func.id == "_key"
+                    and inner.func.id == "key"
                     and inner.args
                     and isinstance(inner.args[0], ast.Constant)
                 ):
@@ -119,23 +111,38 @@ def check_ids(source: str) -> dict[str, dict[str, Any]]:
     return dict(sorted(found.items()))
 
 
+def table_ids() -> dict[str, dict[str, Any]]:
+    """The check id of each key of the table, with what a value of the key must be."""
+    from nomos_billing.checks import expectation
+    from nomos_billing.settings_table import TABLE
+
+    found: dict[str, dict[str, Any]] = {}
+    for setting in TABLE:
+        entry = found.setdefault(setting.check_id, {"name": "", "messages": [], "hints": []})
+        entry["messages"].append(f"`{setting.name}` is not {expectation(setting)}.")
+        if setting.hint and setting.hint not in entry["hints"]:
+            entry["hints"].append(setting.hint)
+    return found
+
+
 def settings_page() -> str:
     from settings_notes import NOTES
 
-    from nomos_billing.conf import DEFAULTS
+    from nomos_billing.settings_table import TABLE
 
     rows = [
-        "| key | type | default | notes |",
-        "|---|---|---|---|",
+        "| key | type | default | check | notes |",
+        "|---|---|---|---|---|",
     ]
-    for key, default in DEFAULTS.items():
+    for setting in TABLE:
+        key = setting.name
         if key not in NOTES:
             logger.warning("setting %s has no notes in docs/_ext/settings_notes.py", key)
-            typ, notes = "", ""
-        else:
-            typ, notes = NOTES[key]
-        rows.append(f"| `{key}` | {_cell(typ)} | `{default!r}` | {_cell(notes)} |")
-    for key in NOTES.keys() - DEFAULTS.keys():
+        notes = NOTES.get(key, "")
+        check = setting.check_id.split(".", 1)[1]
+        typ, default = _cell(setting.type), f"`{setting.default!r}`"
+        rows.append(f"| `{key}` | {typ} | {default} | {check} | {_cell(notes)} |")
+    for key in NOTES.keys() - {s.name for s in TABLE}:
         logger.warning("docs/_ext/settings_notes.py has notes for %s, not a setting", key)
     return "\n".join(rows) + "\n"
 
@@ -145,14 +152,22 @@ def checks_page() -> str:
         "| id | level | what the check says | hint |",
         "|---|---|---|---|",
     ]
-    for check_id, entry in check_ids(CHECKS_SOURCE.read_text()).items():
+    found = table_ids()
+    for source in CHECKS_SOURCES:
+        for check_id, entry in check_ids(source.read_text()).items():
+            known = found.setdefault(check_id, {"name": "", "messages": [], "hints": []})
+            known["messages"] += entry["messages"]
+            known["hints"] += [h for h in entry["hints"] if h not in known["hints"]]
+            if source.name == "checks_deploy.py":
+                known["name"] = "DEPLOY"
+    for check_id, entry in sorted(found.items()):
         short = check_id.split(".", 1)[1]
-        messages = entry["messages"] or (
+        messages = entry["messages"] + (
             [INDIRECT_MESSAGES[short]] if short in INDIRECT_MESSAGES else []
         )
         if not messages:
             logger.warning(
-                "check %s: no message found in checks.py nor in INDIRECT_MESSAGES", check_id
+                "check %s: no message found in the checks nor in INDIRECT_MESSAGES", check_id
             )
         level = "Error" if short.startswith("E") else "Warning"
         if "DEPLOY" in entry["name"]:

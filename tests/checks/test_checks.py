@@ -9,8 +9,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from nomos_billing import checks
-from nomos_billing.checks import check_deploy, check_settings
+from nomos_billing import checks, checks_deploy, checks_rules, checks_secrets
+from nomos_billing.checks import check_settings
+from nomos_billing.checks_deploy import check_deploy
 from nomos_billing.sandbox import pytest_plugin
 
 GOOD = {
@@ -30,7 +31,9 @@ def ids(settings, value, **extra) -> set[str]:
 
 
 def test_check_ids_are_unique_and_stable():
-    values = [v for k, v in vars(checks).items() if re.fullmatch(r"[EW]_[A-Z_]+", k)]
+    modules = (checks, checks_deploy, checks_rules, checks_secrets)
+    values = [v for module in modules for k, v in vars(module).items()
+              if re.fullmatch(r"[EW]_[A-Z_]+", k)]
     assert len(values) == len(set(values))
     assert all(re.fullmatch(r"nomos_billing\.[EW]\d{3}", v) for v in values)
 
@@ -72,7 +75,7 @@ def test_good_settings_pass(settings):
         ({**GOOD, "SITE_URL": "example.com"}, "nomos_billing.E061"),
         ({**GOOD, "SITE_URL": 42}, "nomos_billing.E061"),
         ({**GOOD, "BIND_LINKS_TO_EMAIL": False}, "nomos_billing.W060"),
-        ({**GOOD, "BIND_LINKS_TO_EMAIL": "no"}, "nomos_billing.W060"),
+        ({**GOOD, "BIND_LINKS_TO_EMAIL": "no"}, "nomos_billing.E015"),  # refused: True holds
     ],
 )
 def test_each_wrong_setting_has_its_check_id(settings, value, expected):
@@ -228,8 +231,8 @@ def test_manage_py_check_deploy_refuses_the_readme_defaults(settings):
 
 
 def test_the_refused_values_are_the_ones_the_sandbox_publishes():
-    assert (checks.SANDBOX_CLIENT_ID, checks.SANDBOX_CLIENT_SECRET,
-            checks.SANDBOX_WEBHOOK_SECRET) == (pytest_plugin.CLIENT_ID,
+    assert (checks_deploy.SANDBOX_CLIENT_ID, checks_deploy.SANDBOX_CLIENT_SECRET,
+            checks_deploy.SANDBOX_WEBHOOK_SECRET) == (pytest_plugin.CLIENT_ID,
                                                pytest_plugin.CLIENT_SECRET,
                                                pytest_plugin.WEBHOOK_SECRET)
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from django.test import Client
 from django.utils import timezone
 
 from nomos_billing import confirmation
-from nomos_billing.checks import W_MAIL_NO_TIMEOUT, check_mail_timeout
+from nomos_billing.checks_deploy import W_MAIL_NO_TIMEOUT, check_mail_timeout
 from nomos_billing.models import NomosLinkClaim
 from nomos_billing.testing import post_event
 from tests.linking.test_confirmation import (  # noqa: F401 - fixtures

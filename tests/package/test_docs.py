@@ -1,6 +1,6 @@
 """The documentation's reference pages against the code they describe.
 
-The settings and checks pages are generated from ``nomos_billing.conf.DEFAULTS`` and
+The settings and checks pages are generated from ``nomos_billing.settings_table`` and
 ``nomos_billing/checks.py`` when the docs are built (``docs/_ext/nomos_reference.py``); these
 tests read the code independently of that generator and demand that every key and every check
 id appears in what it generates, and in the built HTML.
@@ -27,10 +27,12 @@ import nomos_reference  # noqa: E402
 
 
 def defined_check_ids() -> set[str]:
-    """Every id string in checks.py, found by a plain search rather than the generator's parser."""
-    return set(
-        re.findall(r'"(nomos_billing\.[EW]\d{3})"', (ROOT / "nomos_billing/checks.py").read_text())
-    )
+    """Every id string of the checks and the settings table, found by a plain search rather
+    than the generator's parser."""
+    package = ROOT / "nomos_billing"
+    sources = [*package.glob("checks*.py"), package / "settings_table.py"]
+    text = "".join(p.read_text() for p in sources)
+    return set(re.findall(r'"(nomos_billing\.[EW]\d{3})"', text))
 
 
 def table_keys(page: str) -> set[str]:

@@ -222,8 +222,8 @@ def test_chunked_body_is_read_when_the_server_terminates_the_stream(nomos):
 
 
 def test_chunked_body_over_the_limit_is_413(settings):
-    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "WEBHOOK_MAX_BYTES": 100}
-    body = json.dumps({"id": "evt_big", "topic": "invoice.paid", "x": "x" * 500}).encode()
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "WEBHOOK_MAX_BYTES": 1024}
+    body = json.dumps({"id": "evt_big", "topic": "invoice.paid", "x": "x" * 2000}).encode()
     response = WebhookView.as_view()(_chunked_request(body, terminated=True))
     assert response.status_code == 413
     assert nothing_stored()

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from nomos_billing.conf import SETTING_NAME, nomos_settings
+from nomos_billing.conf import SETTING_NAME, is_wrong, nomos_settings
 from nomos_billing.models import WebhookEvent
 
 
@@ -37,7 +37,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         days = options["days"]
         if days is None:
-            days = nomos_settings.EVENT_RETENTION_DAYS
+            # Never delete by a default the site did not choose: a wrong setting refuses.
+            days = None if is_wrong("EVENT_RETENTION_DAYS") else nomos_settings.EVENT_RETENTION_DAYS
         if isinstance(days, bool) or not isinstance(days, int) or days < 1:
             raise CommandError(
                 f"The retention must be a whole number of days >= 1 (got {days!r}); check "

@@ -131,7 +131,7 @@ class Command(BaseCommand):
             for n in range(1, options["duplicate"] + 1):
                 timestamp = int(time.time())
                 if options["stale"]:
-                    timestamp -= int(nomos_settings.WEBHOOK_TOLERANCE) + 60
+                    timestamp -= nomos_settings.WEBHOOK_TOLERANCE + 60
                 headers = {
                     "Content-Type": "application/json",
                     HEADER: sign_payload(body, secret, timestamp),
