@@ -16,6 +16,8 @@ import pytest
 from django.test import Client
 
 from nomos_billing.models import NomosCustomer, NomosLead
+from nomos_billing.sandbox import accounts as sandbox_accounts
+from nomos_billing.sandbox import links as sandbox_links
 from nomos_billing.sandbox import seed
 
 pytestmark = pytest.mark.django_db
@@ -37,15 +39,16 @@ def users(nomos: Any, django_user_model: Any, settings: Any) -> dict[str, Any]:
 def links(request: Any, nomos: Any, monkeypatch: Any) -> str:
     """Where the sandbox's links point: its own loopback host, or look-alike hosts."""
     if request.param == "elsewhere":
-        from nomos_billing.sandbox import state
-
         monkeypatch.setattr(
             nomos, "mint_magic_link",
             lambda customer_id, base_url: f"{PORTAL_ELSEWHERE}/auth/confirm?token_hash=x"
             "&type=magiclink&next=/overview")
-        monkeypatch.setattr(
-            state, "checkout_url",
-            lambda base_url, plan, **params: f"{CHECKOUT_ELSEWHERE}/?{urlencode(params)}")
+        # Both of the sandbox's link makers (a lead's checkout, a magic link without a
+        # subscription) import the one builder by name.
+        for module in (sandbox_accounts, sandbox_links):
+            monkeypatch.setattr(
+                module, "checkout_url",
+                lambda base_url, plan, **params: f"{CHECKOUT_ELSEWHERE}/?{urlencode(params)}")
     return str(request.param)
 
 
