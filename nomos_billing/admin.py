@@ -39,7 +39,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import confirmation, health, linking, processing, sync, tasks
+from . import confirmation, health, lifecycle, linking, processing, sync, tasks
 from .counts import CountingPaginator
 from .exceptions import NomosError
 from .models import NomosCustomer, NomosLead, NomosLinkClaim, NomosSubscription, WebhookEvent
@@ -137,7 +137,7 @@ class StuckFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "yes":
             # On the list's own rows: the (status, received_at) index serves filter and order.
-            return queryset.filter(processing.stuck_condition())
+            return queryset & WebhookEvent.objects.stuck()
         return queryset
 
 
@@ -590,9 +590,9 @@ class WebhookEventAdmin(MirrorAdmin):
         """How long a claim has been held; flagged once a dead worker must have left it."""
         if obj.status != WebhookEvent.Status.PROCESSING or obj.claimed_at is None:
             return ""
-        age = timezone.now() - obj.claimed_at
-        text = _("%(seconds)d s") % {"seconds": int(age.total_seconds())}
-        if age > processing.claim_timeout():
+        now = timezone.now()
+        text = _("%(seconds)d s") % {"seconds": int((now - obj.claimed_at).total_seconds())}
+        if lifecycle.is_stuck(obj, now):
             return _("%(age)s (stuck)") % {"age": text}
         return text
 

@@ -7,6 +7,8 @@ them to Nomos support; they never carry an access token, a client secret or a we
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 
 
@@ -181,11 +183,18 @@ class NomosNotLinked(NomosError):
     """The Django user has no ``NomosCustomer`` yet, so there is nothing to mint a link for."""
 
 
-class WebhookError(SuspiciousOperation):
-    """A webhook delivery failed verification. Django answers 400 and logs on
-    ``django.security``; our view answers with a short reason instead."""
+# -- webhook deliveries ---------------------------------------------------------------------------
+# Raised before anything is stored; ``outcome`` names the answer in ``webhooks.ANSWERS``.
 
-    status_code = 400
+#: The outcomes of a delivery refused before it is stored (``deliveries.Outcome``).
+WebhookRejection = Literal["rejected", "too large", "unreadable"]
+
+
+class WebhookError(SuspiciousOperation):
+    """A webhook delivery failed verification, or is no event we can store. Django answers 400
+    and logs on ``django.security``; our view answers with a short reason instead."""
+
+    outcome: ClassVar[WebhookRejection] = "rejected"
 
 
 class WebhookSignatureMissing(WebhookError):
@@ -202,3 +211,15 @@ class WebhookTimestampOutOfRange(WebhookError):
 
 class WebhookSignatureMismatch(WebhookError):
     pass
+
+
+class WebhookBodyTooLarge(WebhookError):
+    """The body is over ``WEBHOOK_MAX_BYTES``."""
+
+    outcome = "too large"
+
+
+class BodyUnreadable(WebhookError):
+    """The server cannot give us the body (chunked, without ``wsgi.input_terminated``)."""
+
+    outcome = "unreadable"

@@ -23,9 +23,10 @@ from django.utils import timezone
 
 from nomos_billing import tasks
 from nomos_billing.client import get_client
+from nomos_billing.deliveries import record_event
 from nomos_billing.exceptions import NomosAPIError, NomosError
 from nomos_billing.models import WebhookEvent
-from nomos_billing.processing import InvalidEvent, process_event, record_event, stuck_events
+from nomos_billing.processing import InvalidEvent, process_event
 
 from ._errors import command_error, one_line
 
@@ -54,7 +55,7 @@ class Command(BaseCommand):
         if not ids and not options["failed"] and not options["stuck"]:
             raise CommandError("Name event ids (evt_...) or pass --failed or --stuck.")
         if options["failed"] or options["stuck"]:
-            stuck = stuck_events()
+            stuck = WebhookEvent.objects.stuck()
             now = timezone.now()
             for event_id, claimed_at in stuck.values_list("event_id", "claimed_at"):
                 age = int((now - claimed_at).total_seconds()) if claimed_at else 0
