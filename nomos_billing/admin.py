@@ -41,7 +41,7 @@ from django.utils.translation import ngettext
 
 from . import confirmation, health, lifecycle, linking, processing, sync, tasks
 from .counts import CountingPaginator
-from .exceptions import NomosError
+from .exceptions import EnqueueError, NomosError
 from .models import NomosCustomer, NomosLead, NomosLinkClaim, NomosSubscription, WebhookEvent
 from .topics import TOPICS
 
@@ -635,7 +635,7 @@ class WebhookEventAdmin(MirrorAdmin):
         for event in queryset.only("pk", "event_id"):
             try:
                 tasks.enqueue(event.event_id, force=True)
-            except tasks.EnqueueError:
+            except EnqueueError:
                 counts["refused"] += 1
             else:
                 counts["queued"] += 1

@@ -22,9 +22,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import lifecycle, tasks, workers
+from .exceptions import EnqueueError, InvalidEvent
 from .jsonsafe import problem
 from .models import WebhookEvent
-from .processing import InvalidEvent, Result, outcome_without_work, process_event
+from .processing import Result, outcome_without_work, process_event
 from .signals import webhook_received
 
 logger = logging.getLogger("nomos_billing.deliveries")
@@ -220,7 +221,7 @@ def _enqueue(event: WebhookEvent, created: bool) -> Answer:
         return _handed_over(event)  # its job waits in the queue
     try:
         tasks.enqueue(event.event_id)
-    except (tasks.EnqueueError, ImproperlyConfigured) as exc:
+    except (EnqueueError, ImproperlyConfigured) as exc:
         # ImproperlyConfigured: TASK_BACKEND names no backend (check W030 says so); keep
         # the event and let Nomos redeliver once the settings are fixed.
         logger.error("Could not enqueue Nomos webhook event %s: %s", event.event_id, exc)

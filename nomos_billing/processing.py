@@ -24,30 +24,17 @@ from django.utils import timezone
 from . import api_rate, budget, fetches, sync
 from .conf import nomos_settings
 from .exceptions import (
+    InvalidEvent,
     NomosAPIError,
     NomosConfigurationError,
     NomosUnavailable,
-    WebhookError,
+    NotReadableYet,
 )
 from .lifecycle import Status, error_text
 from .models import WebhookEvent
 from .signals import webhook_processed
 
 logger = logging.getLogger("nomos_billing.processing")
-
-
-class InvalidEvent(WebhookError, ValueError):
-    """The envelope or its context is not something we can process; retrying will not help."""
-
-
-class NotReadableYet(Exception):
-    """Nomos answered 404 for the subscription of a fresh ``subscription.*`` event.
-
-    Nomos fires ``subscription.created`` right after checkout, and a read may not find the new
-    subscription yet. Inside ``NOT_FOUND_RETRY_WINDOW`` (counted from our first receipt of the
-    event) the event stays ``failed`` and the webhook answers 503 so that Nomos redelivers;
-    after it, the 404 is final (200, ``failed``, kept for ``nomos_replay``).
-    """
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from django.urls import Resolver404, resolve
 
 from . import budget, tasks, workers
 from .conf import nomos_settings
+from .exceptions import EnqueueError
 from .lifecycle import claim_timeout
 from .models import WebhookEvent
 from .processing import process_event
@@ -182,7 +183,7 @@ def _requeue() -> bool:
             continue
         try:
             tasks.enqueue(event_id)
-        except (tasks.EnqueueError, ImproperlyConfigured) as exc:
+        except (EnqueueError, ImproperlyConfigured) as exc:
             WebhookEvent.objects.stuck_again(pk, claimed_at)
             logger.warning(
                 "Could not put stuck webhook event %s back in the queue: %s", event_id, exc

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from . import workers
 from .conf import SETTING_NAME, nomos_settings
+from .exceptions import EnqueueError
 from .lifecycle import claim_timeout, retry_delay
 from .models import WebhookEvent
 from .processing import process_event
@@ -56,10 +57,6 @@ except ImportError:  # pragma: no cover - Django 5.2 with or without the backpor
 #: Seconds after a claim goes stale that its watchdog runs: a clock step or a worker's poll
 #: interval must not let the watchdog find the claim still fresh, and end without a takeover.
 WATCHDOG_MARGIN = 1.0
-
-
-class EnqueueError(Exception):
-    """The queue did not take the event (broker down, database backend unwritable)."""
 
 
 def framework_available() -> bool:

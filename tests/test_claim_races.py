@@ -18,7 +18,7 @@ import pytest
 from django.utils import timezone
 
 from nomos_billing import deliveries, lifecycle, processing, takeover
-from nomos_billing.exceptions import NomosUnavailable
+from nomos_billing.exceptions import InvalidEvent, NomosUnavailable
 from nomos_billing.models import WebhookEvent
 from nomos_billing.signals import webhook_processed
 
@@ -57,7 +57,7 @@ def outage() -> str:
 
 
 def invalid() -> str:
-    raise processing.InvalidEvent("nothing to sync")
+    raise InvalidEvent("nothing to sync")
 
 
 def crash() -> str:

@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from nomos_billing import lifecycle, processing, signals
 from nomos_billing.deliveries import parse_envelope, record_delivery, record_event
+from nomos_billing.exceptions import InvalidEvent
 from nomos_billing.models import NomosSubscription, WebhookEvent
-from nomos_billing.processing import InvalidEvent, process_event
+from nomos_billing.processing import process_event
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event
 from tests.concurrency import is_claim, meet_at

@@ -24,9 +24,9 @@ from django.utils import timezone
 from nomos_billing import tasks
 from nomos_billing.client import get_client
 from nomos_billing.deliveries import record_event
-from nomos_billing.exceptions import NomosAPIError, NomosError
+from nomos_billing.exceptions import EnqueueError, InvalidEvent, NomosAPIError, NomosError
 from nomos_billing.models import WebhookEvent
-from nomos_billing.processing import InvalidEvent, process_event
+from nomos_billing.processing import process_event
 
 from ._errors import command_error, one_line
 
@@ -117,7 +117,7 @@ class Command(BaseCommand):
         if tasks.backend_alias() is not None:
             try:
                 tasks.enqueue(event.event_id, force=True)
-            except tasks.EnqueueError as exc:
+            except EnqueueError as exc:
                 raise CommandError(
                     one_line(
                         f"{event_id}: the task queue is unavailable ({exc}); stopped, run the "
