@@ -29,7 +29,7 @@ ROW = ("status", "claimed_at", "attempts", "last_error", "processed_at", "update
 
 
 class Clock:
-    """``django.utils.timezone.now`` under the test's hand (the claim, ``_finish``, auto_now)."""
+    """``django.utils.timezone.now`` under the test's hand (the claim, ``finish``, auto_now)."""
 
     def __init__(self) -> None:
         self.now = datetime(2026, 5, 27, 12, 0, tzinfo=dt_timezone.utc)

@@ -16,7 +16,7 @@ stops at once with one line saying so, since every further event would fail the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
@@ -29,6 +29,9 @@ from nomos_billing.models import WebhookEvent
 from nomos_billing.processing import process_event
 
 from ._errors import command_error, one_line
+
+#: What became of one replayed event.
+Replayed = Literal["processed", "ignored", "failed", "busy", "queued"]
 
 
 class Command(BaseCommand):
@@ -71,7 +74,7 @@ class Command(BaseCommand):
         if not ids:
             self.stdout.write("No failed events." if options["failed"] else "No stuck events.")
             return
-        counts = {"processed": 0, "ignored": 0, "failed": 0, "busy": 0, "queued": 0}
+        counts: dict[Replayed, int] = dict.fromkeys(get_args(Replayed), 0)
         for event_id in ids:
             outcome = self._replay(event_id)
             counts[outcome] += 1
@@ -110,7 +113,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{event_id}: fetched from Nomos and recorded")
         return event
 
-    def _replay(self, event_id: str) -> str:
+    def _replay(self, event_id: str) -> Replayed:
         event = self._event(event_id)
         if event is None:
             return "failed"
