@@ -46,11 +46,11 @@ CLIENT = ("tests/client/test_client.py", "tests/portal/test_views_portal.py",
 MUTATIONS = [
     Mutation("compare_digest -> ==", "nomos_billing/signatures.py",
              "hmac.compare_digest(expected, candidate)", "expected == candidate", SIG),
-    Mutation("claim: check, then update", "nomos_billing/processing.py",
-             "    won = WebhookEvent.objects.filter(claimable, pk=event.pk).update(\n",
-             "    if not WebhookEvent.objects.filter(claimable, pk=event.pk).exists():\n"
-             "        return False\n"
-             "    won = WebhookEvent.objects.filter(pk=event.pk).update(\n", PROC),
+    Mutation("claim: check, then update", "nomos_billing/lifecycle.py",
+             "        won = self.filter(claimable, pk=event.pk).update(\n",
+             "        if not self.filter(claimable, pk=event.pk).exists():\n"
+             "            return False\n"
+             "        won = self.filter(pk=event.pk).update(\n", PROC),
     Mutation("tokens: no re-check under the lock", "nomos_billing/tokens.py",
              "                    if token is not None and token.remaining() > self.margin:\n"
              "                        return token\n", "", TOK),
@@ -64,17 +64,18 @@ MUTATIONS = [
              "current - parsed.timestamp > tolerance", SIG),
     Mutation("secret rotation: first secret only", "nomos_billing/signatures.py",
              "enumerate(secrets)", "enumerate(secrets[:1])", SIG),
-    Mutation("claim freshness: any claim taken over", "nomos_billing/processing.py",
-             "claimed_at__lt=now - CLAIM_TIMEOUT", "claimed_at__lt=now", PROC),
+    Mutation("claim freshness: any claim taken over", "nomos_billing/lifecycle.py",
+             "claimed_at__lt=(now or timezone.now()) - claim_timeout()",
+             "claimed_at__lt=(now or timezone.now())", PROC),
     # The webhook path records with one INSERT ... ON CONFLICT: the same bug there is a
     # conflict that overwrites the stored envelope (what update_or_create would do).
-    Mutation("dedupe via update_or_create", "nomos_billing/processing.py",
+    Mutation("dedupe via update_or_create", "nomos_billing/deliveries.py",
              'f"DO UPDATE SET {count} = {table}.{count} + 1 "',
              'f"DO UPDATE SET {count} = {table}.{count} + 1, "\n'
              '        f"{quote(\'payload\')} = excluded.{quote(\'payload\')}, "\n'
              '        f"{quote(\'secret_index\')} = excluded.{quote(\'secret_index\')} "',
              PROC),
-    Mutation("dedupe via update_or_create (record_event)", "nomos_billing/processing.py",
+    Mutation("dedupe via update_or_create (record_event)", "nomos_billing/deliveries.py",
              "    event, created = WebhookEvent.objects.get_or_create(\n        event_id=event_id,",
              "    event, created = WebhookEvent.objects.update_or_create(\n"
              "        event_id=event_id,", PROC),
@@ -171,8 +172,8 @@ GUARDS = [
       for kind in ("application/x-www-form-urlencoded", "multipart/form-data",
                    "application/json", "text/plain")),
     Mutation("signature: text/plain unsigned", "nomos_billing/webhooks.py",
-             "            secret_index = verify_signature(\n",
-             '            secret_index = 0 if request.content_type == "text/plain" else '
+             "    secret_index = verify_signature(\n",
+             '    secret_index = 0 if request.content_type == "text/plain" else '
              "verify_signature(\n", CSRF),
     Mutation("allowed host: portal links", "nomos_billing/portal.py",
              "    kind = link_kind(link)\n", '    kind = link_kind(link) or "portal"\n', HOSTS),
@@ -185,8 +186,8 @@ GUARDS = [
              '        ratelimit.hit(request.user, "signup")\n        with click_budget():',
              '        ratelimit.hit(request.user, "signup")\n        if True:', BUDGET),
     Mutation("budget: webhook processing", "nomos_billing/processing.py",
-             '        with budget.limit(nomos_settings.WEBHOOK_BUDGET):',
-             "        with budget.limit(1000):", BUDGET),
+             'with budget.limit(nomos_settings.WEBHOOK_BUDGET), api_rate',
+             "with budget.limit(1000), api_rate", BUDGET),
     Mutation("per API: token cache key", "nomos_billing/conf.py",
              'ident = f"{client_id}|{base_url}".encode()', 'ident = f"{client_id}".encode()',
              APIS),
@@ -194,7 +195,7 @@ GUARDS = [
              "    return _key_for(nomos_settings.API_BASE_URL)", '    return _key_for("")', APIS),
     Mutation("per API: misconfiguration report", "nomos_billing/misconfiguration.py",
              "|{nomos_settings.token_cache_key}\"", '"', APIS),
-    Mutation("late worker: outcome without the claim token", "nomos_billing/processing.py",
+    Mutation("late worker: outcome without the claim token", "nomos_billing/lifecycle.py",
              "pk=event.pk, status=Status.PROCESSING, claimed_at=event.claimed_at",
              "pk=event.pk, status=Status.PROCESSING", RACES),
     Mutation("late worker: announces anyway", "nomos_billing/processing.py",
@@ -208,7 +209,7 @@ GUARDS = [
              '"claimed_at")[:QUEUED_BATCH]', '"claimed_at")', LOOPS),
     Mutation("storage: NaN from Nomos kept", "nomos_billing/jsonsafe.py",
              "        return data if math.isfinite(data) else None", "        return data", STORE),
-    Mutation("storage: NaN literal parsed", "nomos_billing/webhooks.py",
+    Mutation("storage: NaN literal parsed", "nomos_billing/deliveries.py",
              "json.loads(body, parse_constant=_reject_constant)", "json.loads(body)", STORE),
 ]
 MUTATIONS += GUARDS

@@ -232,11 +232,20 @@ class NomosNotLinked(NomosError):
     kind: Kind = "not_linked"
 
 
-class WebhookError(SuspiciousOperation):
-    """A webhook delivery failed verification. Django answers 400 and logs on
-    ``django.security``; our view answers with a short reason instead."""
+# -- webhook deliveries ---------------------------------------------------------------------------
+# Each webhook error is a ``NomosError``. Those raised before a delivery is stored are also a
+# ``SuspiciousOperation`` (anymail's ``AnymailWebhookValidationFailure``), and their ``outcome``
+# names the webhook view's answer (``webhooks.ANSWERS``).
 
-    status_code = 400
+#: The outcomes of a delivery refused before it is stored (``deliveries.Outcome``).
+WebhookRejection = Literal["rejected", "too large", "unreadable"]
+
+
+class WebhookError(NomosError, SuspiciousOperation):
+    """A webhook delivery failed verification, or is no event we can store. Django answers 400
+    and logs on ``django.security``; our view answers with a short reason instead."""
+
+    outcome: ClassVar[WebhookRejection] = "rejected"
 
 
 class WebhookSignatureMissing(WebhookError):
@@ -253,3 +262,36 @@ class WebhookTimestampOutOfRange(WebhookError):
 
 class WebhookSignatureMismatch(WebhookError):
     pass
+
+
+class WebhookBodyTooLarge(WebhookError):
+    """The body is over ``WEBHOOK_MAX_BYTES``."""
+
+    outcome = "too large"
+
+
+class BodyUnreadable(WebhookError):
+    """The server cannot give us the body (chunked, without ``wsgi.input_terminated``)."""
+
+    outcome = "unreadable"
+
+
+class InvalidEvent(WebhookError, ValueError):
+    """The envelope or its context is not something we can process; retrying will not help.
+
+    Raised for a delivery (answered 400, nothing stored) and by a handler on a stored event
+    (kept ``failed``)."""
+
+
+class NotReadableYet(NomosError):
+    """Nomos answered 404 for the subscription of a fresh ``subscription.*`` event.
+
+    Nomos fires ``subscription.created`` right after checkout, and a read may not find the new
+    subscription yet. Inside ``NOT_FOUND_RETRY_WINDOW`` (counted from our first receipt of the
+    event) the event stays ``failed`` and the webhook answers 503 so that Nomos redelivers;
+    after it, the 404 is final (200, ``failed``, kept for ``nomos_replay``).
+    """
+
+
+class EnqueueError(NomosError):
+    """The task queue did not take the event (broker down, database backend unwritable)."""

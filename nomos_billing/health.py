@@ -22,7 +22,7 @@ from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import breaker, catchup, counts, processing, tasks, workers
+from . import breaker, catchup, counts, tasks, workers
 from .conf import nomos_settings
 from .models import NomosCustomer, WebhookEvent
 from .tokens import AccessToken
@@ -174,7 +174,6 @@ def collect() -> Health:
     """Everything on the health page, in a fixed number of queries."""
     now = timezone.now()
     since = now - WINDOW
-    stuck = processing.stuck_condition(now)
     events = WebhookEvent.objects
     more: list[str] = []
     at_least: list[str] = []
@@ -197,9 +196,8 @@ def collect() -> Health:
         day["events"] = counts.BOUND
     # Failed events through the (status, received_at) index, up to the bound; the stuck ones
     # among the few in processing.
-    problem = Q(status=Status.FAILED) | stuck
     failed, more_failed = counts.bounded(events.filter(status=Status.FAILED))
-    stuck_count, more_stuck = counts.bounded(events.filter(stuck))
+    stuck_count, more_stuck = counts.bounded(events.stuck(now))
     unlinked, more_unlinked = counts.bounded(NomosCustomer.objects.filter(user__isnull=True))
     more += [
         name
@@ -219,9 +217,10 @@ def collect() -> Health:
             received_at=e.received_at,
             attempts=e.attempts,
             last_error=shown(e.last_error, TEXT_LENGTH),
+            # Only stuck ones among the processing events listed here.
             stuck=e.status == Status.PROCESSING,
         )
-        for e in events.filter(problem)
+        for e in events.stuck_or_failed(now)
         .only("event_id", "topic", "status", "received_at", "attempts", "last_error")
         .order_by("-received_at")[:LISTED_EVENTS]
     ]

@@ -13,6 +13,8 @@ from django.db import models
 from django.db.models.fields.json import KeyTransform
 from django.utils.translation import gettext_lazy as _
 
+from . import lifecycle
+
 #: Room for a subscription status Nomos adds later, stored as sent (``sync``).
 STATUS_LENGTH = 64
 
@@ -215,23 +217,10 @@ class NomosLinkClaim(models.Model):
         return f"{self.customer_id} -> {self.user_id} ({self.status})"
 
 
-class WebhookEventQuerySet(models.QuerySet["WebhookEvent"]):
-    def stuck(self) -> WebhookEventQuerySet:
-        """Events left ``processing`` by a worker that died (``processing.stuck_condition``)."""
-        from .processing import stuck_condition
-
-        return self.filter(stuck_condition())
-
-
 class WebhookEvent(models.Model):
-    class Status(models.TextChoices):
-        RECEIVED = "received", _("Received")
-        # Internal: a worker has claimed the event (conditional UPDATE) and is processing it;
-        # ``claimed_at`` says since when, so a claim left by a crashed worker can be taken over.
-        PROCESSING = "processing", _("Processing")
-        PROCESSED = "processed", _("Processed")
-        FAILED = "failed", _("Failed")
-        IGNORED = "ignored", _("Ignored")
+    """One delivered Nomos event; its states and the rules that move it: ``lifecycle``."""
+
+    Status = lifecycle.Status
 
     # Unique: the database, not Python memory, is what makes processing exactly-once.
     event_id = models.CharField(_("event id"), max_length=64, unique=True)
@@ -251,7 +240,7 @@ class WebhookEvent(models.Model):
     processed_at = models.DateTimeField(_("processed"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
-    objects = WebhookEventQuerySet.as_manager()
+    objects = lifecycle.WebhookEventQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("webhook event")
@@ -261,7 +250,7 @@ class WebhookEvent(models.Model):
             models.Index(fields=["status", "received_at"], name="nomos_evt_status_idx"),
             # The admin's topic filter in its default ordering.
             models.Index(fields=["topic", "received_at"], name="nomos_evt_topic_idx"),
-            # The queued events of one subscription (``processing.claim_waiting``, once per
+            # The queued events of one subscription (``lifecycle.queued_for``, once per
             # event a worker takes): without it each look reads the whole backlog, so that
             # draining N queued events costs N^2 rows. Partial: only queued events are in it.
             models.Index(

@@ -1,7 +1,7 @@
 """Stuck events taken over while deliveries come in: no redelivery and no operator needed.
 
 A web worker killed mid-event (SIGKILL, the OOM killer, gunicorn's timeout) leaves its event
-``processing`` (``processing.stuck_condition``), and Nomos may never redeliver it in time, or at
+``processing`` (``WebhookEvent.objects.stuck()``), and Nomos may never redeliver it in time, or at
 all when a task worker died after the view answered 202. After each delivery it recorded, the
 webhook view calls ``after_delivery``; at most once per ``interval()`` in each process (one query
 on the status index) it looks for stuck events and:
@@ -17,7 +17,8 @@ Any other request to the site gives the look its turn too (``after_request``, on
 ``request_finished``), and task workers watch their own claims (``tasks``): a site without
 deliveries is covered as long as it gets traffic or runs a worker.
 The claim stays the one arbiter: whoever takes an event over does so with the conditional UPDATE
-of ``processing.claim``, so it is processed once however many processes look at the same time.
+of ``WebhookEvent.objects.claim``, so it is processed once however many processes look at the
+same time.
 An event whose claim went stale is thus taken over within ``interval()`` (plus the gap to the
 next delivery), well inside 2 x ``CLAIM_TIMEOUT`` of the claim.
 """
@@ -32,14 +33,14 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
-from django.db.models import Q
 from django.urls import Resolver404, resolve
-from django.utils import timezone
 
 from . import budget, tasks, workers
 from .conf import nomos_settings
+from .exceptions import EnqueueError
+from .lifecycle import claim_timeout
 from .models import WebhookEvent
-from .processing import claim_timeout, process_event, stuck_condition
+from .processing import process_event
 
 logger = logging.getLogger("nomos_billing.takeover")
 
@@ -149,11 +150,8 @@ def _process_one(deadline: float, *, queued: bool = False) -> bool:
     ``queued``: no task worker has been seen for ``CLAIM_TIMEOUT``, so an event waiting in the
     queue as long (``received``; Nomos had its 202) is abandoned too.
     """
-    abandoned = stuck_condition()
-    if queued:
-        stale = timezone.now() - claim_timeout()
-        abandoned |= Q(status=Status.RECEIVED, updated_at__lt=stale)
-    event = WebhookEvent.objects.filter(abandoned).order_by("updated_at").first()
+    events = WebhookEvent.objects.abandoned() if queued else WebhookEvent.objects.stuck()
+    event = events.order_by("updated_at").first()
     if event is None:
         return False
     left = deadline - time.monotonic()
@@ -181,20 +179,12 @@ def _requeue() -> bool:
         .values_list("pk", "event_id", "claimed_at")[:QUEUED_BATCH]
     )
     for pk, event_id, claimed_at in stuck:
-        # The same conditional UPDATE as a claim: one process puts the event back, once.
-        back = WebhookEvent.objects.filter(stuck_condition(), pk=pk).update(
-            status=Status.RECEIVED, claimed_at=None, updated_at=timezone.now()
-        )
-        if not back:
+        if not WebhookEvent.objects.put_back(pk):
             continue
         try:
             tasks.enqueue(event_id)
-        except (tasks.EnqueueError, ImproperlyConfigured) as exc:
-            # Stuck again rather than failed: Nomos had its 202 and will not redeliver, so the
-            # next look must find it.
-            WebhookEvent.objects.filter(pk=pk, status=Status.RECEIVED).update(
-                status=Status.PROCESSING, claimed_at=claimed_at
-            )
+        except (EnqueueError, ImproperlyConfigured) as exc:
+            WebhookEvent.objects.stuck_again(pk, claimed_at)
             logger.warning(
                 "Could not put stuck webhook event %s back in the queue: %s", event_id, exc
             )

@@ -8,8 +8,9 @@ conditional-UPDATE claim as inline processing, so an event is processed once how
 processes, workers, replays and redeliveries meet it.
 
 Only ids cross the queue (JSON, small, and the row stays the one truth). A worker that meets a
-Nomos outage re-enqueues the event with growing delays, a bounded number of times; after that the
-event stays ``failed`` for ``nomos_replay`` or the admin's "Process again".
+Nomos outage re-enqueues the event with growing delays (``lifecycle.retry_delay``), a bounded
+number of times; after that the event stays ``failed`` for ``nomos_replay`` or the admin's
+"Process again".
 
 A worker that is killed mid-event (OOM, a deploy's SIGKILL) leaves it ``processing`` after the
 view already answered 202, so no redelivery will come. Hence every claim a worker takes is
@@ -32,7 +33,10 @@ from django.utils import timezone
 
 from . import workers
 from .conf import SETTING_NAME, nomos_settings
+from .exceptions import EnqueueError
+from .lifecycle import claim_timeout, retry_delay
 from .models import WebhookEvent
+from .processing import process_event
 
 logger = logging.getLogger("nomos_billing.tasks")
 
@@ -50,16 +54,9 @@ except ImportError:  # pragma: no cover - Django 5.2 with or without the backpor
         task_backends = None  # type: ignore[assignment]
         InvalidTaskBackendError = ImproperlyConfigured  # type: ignore[misc,assignment]
 
-#: Seconds a worker waits before trying an event again after a Nomos outage; one entry per
-#: re-enqueue. About an hour in all, like the first part of Nomos' own 3-day redelivery.
-RETRY_DELAYS: tuple[int, ...] = (30, 120, 600, 1800)
 #: Seconds after a claim goes stale that its watchdog runs: a clock step or a worker's poll
 #: interval must not let the watchdog find the claim still fresh, and end without a takeover.
 WATCHDOG_MARGIN = 1.0
-
-
-class EnqueueError(Exception):
-    """The queue did not take the event (broker down, database backend unwritable)."""
 
 
 def framework_available() -> bool:
@@ -89,8 +86,6 @@ def _run(event_id: str, force: bool = False, retry: int = 0, takeover: bool = Fa
 
     ``takeover``: the watchdog copy of a job, which only takes over a stuck event.
     """
-    from .processing import process_event
-
     _seen()
     event = WebhookEvent.objects.filter(event_id=event_id).first()
     if event is None:
@@ -141,7 +136,8 @@ def _claimed(event_id: str, retry: int, takeover: bool) -> None:
 
 
 def _retry_later(event_id: str, retry: int, retry_after: int | None) -> None:
-    if retry >= len(RETRY_DELAYS):
+    delay = retry_delay(retry, retry_after)
+    if delay is None:
         logger.warning(
             "Webhook event %s failed %d times in the worker; kept as failed for nomos_replay",
             event_id,
@@ -153,7 +149,6 @@ def _retry_later(event_id: str, retry: int, retry_after: int | None) -> None:
         # Re-enqueueing at once would hammer Nomos while it is down; the event stays failed
         # and replayable (nomos_replay --failed, the admin's "Process again").
         return
-    delay = max(RETRY_DELAYS[retry], retry_after or 0)
     try:
         enqueue(event_id, retry=retry + 1, delay=delay)
     except EnqueueError:
@@ -269,39 +264,3 @@ def queue_depth() -> int | None:
     except Exception:  # a monitoring read must never take the page down
         logger.info("Could not read the queue depth of %s", path, exc_info=True)
     return None
-
-
-def needs_enqueue(event: WebhookEvent) -> bool:
-    """Whether a repeated delivery of a stored, unfinished event should enqueue it again.
-
-    A received event is assumed to sit in the queue, and a processing one to be in a worker's
-    hands, unless that has lasted past the claim timeout (the job was lost, the worker died). A
-    failed event (an outage, or an earlier enqueue that failed) is always enqueued again.
-    """
-    stale = timezone.now() - claim_timeout()
-    if event.status == WebhookEvent.Status.FAILED:
-        return True
-    if event.status == WebhookEvent.Status.RECEIVED:
-        return event.updated_at < stale
-    if event.status == WebhookEvent.Status.PROCESSING:
-        return event.claimed_at is None or event.claimed_at < stale
-    return False
-
-
-def claim_timeout() -> timedelta:
-    """How old a claim (or a queued, never-claimed event) must be to count as abandoned:
-    ``CLAIM_TIMEOUT`` (``processing.claim_timeout()``)."""
-    from . import processing
-
-    return processing.claim_timeout()
-
-
-def mark_enqueue_failed(event: WebhookEvent, exc: BaseException) -> None:
-    """Record that the queue refused a received or failed event (never one in a worker)."""
-    WebhookEvent.objects.filter(
-        pk=event.pk, status__in=[WebhookEvent.Status.RECEIVED, WebhookEvent.Status.FAILED]
-    ).update(
-        status=WebhookEvent.Status.FAILED,
-        last_error=f"Could not enqueue: {exc}"[:2000],
-        updated_at=timezone.now(),
-    )

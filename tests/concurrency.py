@@ -22,9 +22,9 @@ GATE_TIMEOUT = 10.0
 
 
 def is_claim(sql: str) -> bool:
-    """A statement that claims a webhook event: ``processing.claim``'s conditional UPDATE, or
-    the INSERT with which ``record_delivery`` stores and claims a first delivery (both write
-    ``attempts``)."""
+    """A statement that claims a webhook event: the conditional UPDATE of
+    ``WebhookEvent.objects.claim``, or the INSERT with which ``record_delivery`` stores and
+    claims a first delivery (both write ``attempts``)."""
     words = sql.lstrip().upper()
     return words.startswith(("UPDATE", "INSERT")) and '"attempts"' in sql and (
         "webhookevent" in sql.lower())

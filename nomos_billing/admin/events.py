@@ -14,7 +14,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from .. import health, processing, tasks
+from .. import health, lifecycle, processing, tasks
+from ..exceptions import EnqueueError
 from ..models import WebhookEvent
 from .base import MirrorAdmin, admin_page_context
 from .filters import StuckFilter, TopicFilter
@@ -73,9 +74,9 @@ class WebhookEventAdmin(MirrorAdmin):
         """How long a claim has been held; flagged once a dead worker must have left it."""
         if obj.status != WebhookEvent.Status.PROCESSING or obj.claimed_at is None:
             return ""
-        age = timezone.now() - obj.claimed_at
-        text = _("%(seconds)d s") % {"seconds": int(age.total_seconds())}
-        if age > processing.claim_timeout():
+        now = timezone.now()
+        text = _("%(seconds)d s") % {"seconds": int((now - obj.claimed_at).total_seconds())}
+        if lifecycle.is_stuck(obj, now):
             return _("%(age)s (stuck)") % {"age": text}
         return text
 
@@ -118,7 +119,7 @@ class WebhookEventAdmin(MirrorAdmin):
         for event in queryset.only("pk", "event_id"):
             try:
                 tasks.enqueue(event.event_id, force=True)
-            except tasks.EnqueueError:
+            except EnqueueError:
                 counts["refused"] += 1
             else:
                 counts["queued"] += 1

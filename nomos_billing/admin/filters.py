@@ -9,8 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from .. import processing
-from ..models import NomosSubscription
+from ..models import NomosSubscription, WebhookEvent
 from ..topics import TOPICS
 
 
@@ -70,5 +69,5 @@ class StuckFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "yes":
             # On the list's own rows: the (status, received_at) index serves filter and order.
-            return queryset.filter(processing.stuck_condition())
+            return queryset & WebhookEvent.objects.stuck()
         return queryset

@@ -14,8 +14,8 @@ from django.contrib.admin.models import LogEntry
 from django.utils import timezone
 
 from nomos_billing import health, tasks
+from nomos_billing.deliveries import record_event
 from nomos_billing.models import NomosCustomer, WebhookEvent
-from nomos_billing.processing import record_event
 from nomos_billing.sandbox import seed
 from nomos_billing.testing import make_event
 

@@ -104,7 +104,7 @@ def test_admin_page_is_linked_from_the_app_index_and_staff_only(nomos, admin_cli
 
 
 def test_process_again_from_the_page_processes_the_listed_event(nomos, admin_client):
-    from nomos_billing.processing import record_event
+    from nomos_billing.deliveries import record_event
     from nomos_billing.sandbox import seed
     from nomos_billing.testing import make_event
 

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from nomos_billing import tasks
+from nomos_billing import lifecycle, tasks
 from nomos_billing.checks import check_settings
 from nomos_billing.models import NomosSubscription, WebhookEvent
 from nomos_billing.sandbox import Fault, seed
@@ -205,20 +205,20 @@ def test_outage_in_the_worker_is_retried_later_with_growing_delays_then_left_fai
     post_event(client, event)
     outcomes = work(queued)
     # The first job and one re-enqueue per delay, then no more.
-    assert len(jobs(queued)) == 1 + len(tasks.RETRY_DELAYS)
+    assert len(jobs(queued)) == 1 + len(lifecycle.RETRY_DELAYS)
     assert outcomes == ["failed"] * len(jobs(queued))
     assert [r.kwargs for r in jobs(queued)] == [
         {"force": False, "retry": n} for n in range(len(jobs(queued)))]
     delays = [(r.task.run_after - r.enqueued_at).total_seconds() for r in jobs(queued)[1:]]
-    assert [round(d) for d in delays] == list(tasks.RETRY_DELAYS)
+    assert [round(d) for d in delays] == list(lifecycle.RETRY_DELAYS)
     stored = WebhookEvent.objects.get()
-    assert (stored.status, stored.attempts) == ("failed", 1 + len(tasks.RETRY_DELAYS))
-    assert (f"Webhook event {event['id']} failed {1 + len(tasks.RETRY_DELAYS)} times in the "
+    assert (stored.status, stored.attempts) == ("failed", 1 + len(lifecycle.RETRY_DELAYS))
+    assert (f"Webhook event {event['id']} failed {1 + len(lifecycle.RETRY_DELAYS)} times in the "
             "worker; kept as failed for nomos_replay") in [r.getMessage() for r in caplog.records]
     # Nomos is back: the event is still replayable.
     nomos.clear_faults()
     call_command("nomos_replay", event["id"], stdout=_Sink())
-    assert len(jobs(queued)) == 2 + len(tasks.RETRY_DELAYS)
+    assert len(jobs(queued)) == 2 + len(lifecycle.RETRY_DELAYS)
     assert work(queued)[-1] == "processed"
     assert WebhookEvent.objects.get().status == "processed"
 
@@ -268,7 +268,7 @@ def test_replay_stops_when_the_queue_is_down(queued, nomos, client, settings):
 
 def test_admin_process_again_enqueues_when_a_backend_is_set(queued, nomos, admin_client):
     event = alice_event()
-    from nomos_billing.processing import record_event
+    from nomos_billing.deliveries import record_event
 
     stored, _ = record_event(event)
     response = admin_client.post(
@@ -465,7 +465,7 @@ def test_admin_process_again_counts_each_event_the_queue_refuses(queued, nomos, 
                                                                   settings):
     from django.contrib.messages import ERROR, SUCCESS
 
-    from nomos_billing.processing import record_event
+    from nomos_billing.deliveries import record_event
 
     stored = [record_event(alice_event())[0] for _ in range(2)]
     everything = {"action": "process_again", "_selected_action": [e.pk for e in stored]}

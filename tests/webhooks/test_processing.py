@@ -12,15 +12,11 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from nomos_billing import processing, signals
+from nomos_billing import lifecycle, processing, signals
+from nomos_billing.deliveries import parse_envelope, record_delivery, record_event
+from nomos_billing.exceptions import InvalidEvent
 from nomos_billing.models import NomosSubscription, WebhookEvent
-from nomos_billing.processing import (
-    InvalidEvent,
-    parse_envelope,
-    process_event,
-    record_delivery,
-    record_event,
-)
+from nomos_billing.processing import process_event
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.testing import make_event
 from tests.concurrency import is_claim, meet_at
@@ -155,8 +151,8 @@ def test_force_never_takes_a_fresh_claim(nomos):
 
 @pytest.mark.parametrize(
     ("age", "claimed"),
-    [(processing.claim_timeout() - timedelta(seconds=5), False),
-     (processing.claim_timeout() + timedelta(seconds=5), True)],
+    [(lifecycle.claim_timeout() - timedelta(seconds=5), False),
+     (lifecycle.claim_timeout() + timedelta(seconds=5), True)],
 )
 def test_claim_is_taken_over_only_when_stale(age, claimed, nomos):
     event = stored(status="processing", claimed_at=timezone.now() - age)
@@ -175,7 +171,7 @@ def test_claim_is_taken_over_only_when_stale(age, claimed, nomos):
 def test_concurrent_claims_of_one_event_have_exactly_one_winner(fields, force):
     """Eight workers reach the claim at the same moment (on SQLite too: a file in WAL mode)."""
     if fields.get("status") == "processing":
-        fields = {**fields, "claimed_at": timezone.now() - processing.claim_timeout() * 2}
+        fields = {**fields, "claimed_at": timezone.now() - lifecycle.claim_timeout() * 2}
     event = stored(**fields)
     workers = 8
     barrier = threading.Barrier(workers)
@@ -185,7 +181,8 @@ def test_concurrent_claims_of_one_event_have_exactly_one_winner(fields, force):
     def worker() -> None:
         try:
             with meet_at(barrier, is_claim):
-                won.append(processing.claim(WebhookEvent.objects.get(pk=event.pk), force=force))
+                stored = WebhookEvent.objects.get(pk=event.pk)
+                won.append(WebhookEvent.objects.claim(stored, force=force))
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
@@ -289,6 +286,6 @@ def test_webhook_processed_sees_the_processed_event(nomos, connect_receiver):
 def test_error_text_is_truncated():
     event = stored("invoice.paid", {})
     WebhookEvent.objects.filter(pk=event.pk).update(status="processing")
-    processing._finish(event, "failed", processing._error_text(ValueError("x" * 5000)))
+    WebhookEvent.objects.finish(event, "failed", lifecycle.error_text(ValueError("x" * 5000)))
     event.refresh_from_db()
-    assert len(event.last_error) == processing.MAX_ERROR_LENGTH
+    assert len(event.last_error) == lifecycle.MAX_ERROR_LENGTH

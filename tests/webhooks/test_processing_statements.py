@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from nomos_billing import processing, signals, takeover
+from nomos_billing import deliveries, processing, signals, takeover
 from nomos_billing.linking import user_reference
 from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
 from nomos_billing.testing import make_event, post_event
@@ -197,8 +197,8 @@ def test_other_databases_record_deliveries_through_the_orm(monkeypatch):
     event = make_event("subscription.created", {"subscription": "sub_1"})
     # Any vendor without INSERT ... ON CONFLICT ... RETURNING takes get_or_create.
     monkeypatch.setattr(connection, "vendor", "other")
-    first, created = processing.record_delivery(event)
-    again, created_again = processing.record_delivery(event)
+    first, created = deliveries.record_delivery(event)
+    again, created_again = deliveries.record_delivery(event)
     monkeypatch.undo()
     assert (created, created_again) == (True, False)
     assert (first.status, first.attempts) == ("processing", 1)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from nomos_billing import processing, takeover
-from nomos_billing.exceptions import NomosUnavailable
+from nomos_billing import deliveries, lifecycle, processing, takeover
+from nomos_billing.exceptions import InvalidEvent, NomosUnavailable
 from nomos_billing.models import WebhookEvent
 from nomos_billing.signals import webhook_processed
 
@@ -29,7 +29,7 @@ ROW = ("status", "claimed_at", "attempts", "last_error", "processed_at", "update
 
 
 class Clock:
-    """``django.utils.timezone.now`` under the test's hand (the claim, ``_finish``, auto_now)."""
+    """``django.utils.timezone.now`` under the test's hand (the claim, ``finish``, auto_now)."""
 
     def __init__(self) -> None:
         self.now = datetime(2026, 5, 27, 12, 0, tzinfo=dt_timezone.utc)
@@ -57,7 +57,7 @@ def outage() -> str:
 
 
 def invalid() -> str:
-    raise processing.InvalidEvent("nothing to sync")
+    raise InvalidEvent("nothing to sync")
 
 
 def crash() -> str:
@@ -75,7 +75,7 @@ LATE_OUTCOMES: dict[str, Callable[[], str]] = {
 
 def b_holds(event: WebhookEvent) -> None:
     """B took the stale claim over and is still working."""
-    assert processing.claim(WebhookEvent.objects.get(pk=event.pk), takeover=True)
+    assert WebhookEvent.objects.claim(WebhookEvent.objects.get(pk=event.pk), takeover=True)
 
 
 def b_finished(event: WebhookEvent) -> None:
@@ -107,7 +107,7 @@ def race(monkeypatch, clock) -> Iterator[dict[str, Any]]:
         state["calls"] += 1
         if state["calls"] > 1:
             return "processed"
-        clock.advance(processing.claim_timeout().total_seconds() + 1)
+        clock.advance(lifecycle.claim_timeout().total_seconds() + 1)
         state["meanwhile"](event)
         state["after_b"] = row(event.pk)
         clock.advance(5)
@@ -128,7 +128,7 @@ def run_a(entry: str) -> processing.Result:
     as the delivery that recorded the event already claimed (the webhook view, inline)."""
     if entry == "claim":
         return processing.process_event(new_event())
-    event, created = processing.record_delivery({"id": "evt_race", "topic": TOPIC})
+    event, created = deliveries.record_delivery({"id": "evt_race", "topic": TOPIC})
     assert created and event.status == "processing"
     return processing.process_event(event, claimed=True)
 
@@ -189,7 +189,7 @@ def test_the_holder_still_records_its_outcome(clock, monkeypatch):
     """The other side: a slow worker that keeps its claim (nobody took it over) records its
     outcome, however long it took."""
     def slow(event: WebhookEvent) -> str:
-        clock.advance(processing.claim_timeout().total_seconds() * 3)
+        clock.advance(lifecycle.claim_timeout().total_seconds() * 3)
         return "processed"
 
     monkeypatch.setitem(processing.HANDLERS, "race", slow)
@@ -201,9 +201,9 @@ def test_the_holder_still_records_its_outcome(clock, monkeypatch):
 
 def test_a_claim_takeover_needs_the_claim_to_be_stale(clock, monkeypatch):
     event = new_event()
-    assert processing.claim(event)
-    clock.advance(processing.claim_timeout().total_seconds() - 1)
-    assert not processing.claim(WebhookEvent.objects.get(), takeover=True)
+    assert WebhookEvent.objects.claim(event)
+    clock.advance(lifecycle.claim_timeout().total_seconds() - 1)
+    assert not WebhookEvent.objects.claim(WebhookEvent.objects.get(), takeover=True)
     clock.advance(2)
-    assert processing.claim(WebhookEvent.objects.get(), takeover=True)
+    assert WebhookEvent.objects.claim(WebhookEvent.objects.get(), takeover=True)
     assert WebhookEvent.objects.get().attempts == 2

@@ -13,13 +13,14 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from django.core.exceptions import SuspiciousOperation
 from django.core.handlers.asgi import ASGIRequest
 from django.db import InterfaceError, OperationalError, connection, connections
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 from django.utils import timezone
 
-from nomos_billing import signals, signatures
+from nomos_billing import exceptions, signals, signatures
 from nomos_billing.models import NomosCustomer, NomosSubscription, WebhookEvent
 from nomos_billing.sandbox import Fault, seed
 from nomos_billing.signatures import HEADER, compute_signature
@@ -566,3 +567,17 @@ def test_database_outage_answers_503_so_nomos_redelivers(error, nomos, client, c
     # The redelivery, with the database back, is processed.
     assert post_event(client, event).status_code == 200
     assert WebhookEvent.objects.get().status == "processed"
+
+
+@pytest.mark.parametrize("name", [
+    "WebhookError", "WebhookSignatureMissing", "WebhookSignatureMalformed",
+    "WebhookTimestampOutOfRange", "WebhookSignatureMismatch", "WebhookBodyTooLarge",
+    "BodyUnreadable", "InvalidEvent", "NotReadableYet", "EnqueueError",
+])
+def test_every_webhook_error_is_a_nomos_error_and_a_refused_delivery_a_suspicious_one(name):
+    error = getattr(exceptions, name)
+    assert issubclass(error, exceptions.NomosError)
+    refused_before_storing = issubclass(error, exceptions.WebhookError)
+    assert issubclass(error, SuspiciousOperation) == refused_before_storing
+    assert (error.outcome in ("rejected", "too large", "unreadable")) if refused_before_storing \
+        else not hasattr(error, "outcome")

@@ -16,18 +16,22 @@ stops at once with one line saying so, since every further event would fail the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from nomos_billing import tasks
 from nomos_billing.client import get_client
-from nomos_billing.exceptions import NomosAPIError, NomosError
+from nomos_billing.deliveries import record_event
+from nomos_billing.exceptions import EnqueueError, InvalidEvent, NomosAPIError, NomosError
 from nomos_billing.models import WebhookEvent
-from nomos_billing.processing import InvalidEvent, process_event, record_event, stuck_events
+from nomos_billing.processing import process_event
 
 from ._errors import command_error, one_line
+
+#: What became of one replayed event.
+Replayed = Literal["processed", "ignored", "failed", "busy", "queued"]
 
 
 class Command(BaseCommand):
@@ -54,7 +58,7 @@ class Command(BaseCommand):
         if not ids and not options["failed"] and not options["stuck"]:
             raise CommandError("Name event ids (evt_...) or pass --failed or --stuck.")
         if options["failed"] or options["stuck"]:
-            stuck = stuck_events()
+            stuck = WebhookEvent.objects.stuck()
             now = timezone.now()
             for event_id, claimed_at in stuck.values_list("event_id", "claimed_at"):
                 age = int((now - claimed_at).total_seconds()) if claimed_at else 0
@@ -70,7 +74,7 @@ class Command(BaseCommand):
         if not ids:
             self.stdout.write("No failed events." if options["failed"] else "No stuck events.")
             return
-        counts = {"processed": 0, "ignored": 0, "failed": 0, "busy": 0, "queued": 0}
+        counts: dict[Replayed, int] = dict.fromkeys(get_args(Replayed), 0)
         for event_id in ids:
             outcome = self._replay(event_id)
             counts[outcome] += 1
@@ -109,14 +113,14 @@ class Command(BaseCommand):
         self.stdout.write(f"{event_id}: fetched from Nomos and recorded")
         return event
 
-    def _replay(self, event_id: str) -> str:
+    def _replay(self, event_id: str) -> Replayed:
         event = self._event(event_id)
         if event is None:
             return "failed"
         if tasks.backend_alias() is not None:
             try:
                 tasks.enqueue(event.event_id, force=True)
-            except tasks.EnqueueError as exc:
+            except EnqueueError as exc:
                 raise CommandError(
                     one_line(
                         f"{event_id}: the task queue is unavailable ({exc}); stopped, run the "
