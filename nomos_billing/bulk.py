@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from django.db import connections, models, router
 from django.utils import timezone
@@ -65,6 +65,17 @@ def _adapter(field: models.Field[Any, Any], connection: Any) -> Adapter:
     return slow
 
 
+class _Page(NamedTuple):
+    """One statement's worth: where, which columns, which rows, and the unique field that
+    matches each row back to its new primary key."""
+
+    connection: Any
+    model: type[models.Model]
+    fields: list[models.Field[Any, Any]]
+    objs: Sequence[models.Model]
+    key: models.Field[Any, Any]
+
+
 def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str) -> None:
     """INSERT ``objs`` (new, unsaved ``model`` instances) in one statement and set their
     primary keys, matched back by ``key`` (a unique field); raises ``IntegrityError`` as
@@ -73,7 +84,7 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
         return
     alias = router.db_for_write(model)
     connection = connections[alias]
-    inserted: Callable[..., list[tuple[Any, Any]] | None]
+    inserted: Callable[[_Page], list[tuple[Any, Any]] | None]
     if connection.vendor == "postgresql":
         inserted = _insert_postgresql
     elif connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert:
@@ -94,7 +105,9 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
                 setattr(obj, field.attname, now)
             else:
                 field.pre_save(obj, True)
-    pairs = inserted(connection, model, fields, objs, meta.get_field(key))  # type: ignore[arg-type]
+    # get_field's type allows a relation; ``key`` names one of our unique columns.
+    unique = cast("models.Field[Any, Any]", meta.get_field(key))
+    pairs = inserted(_Page(connection, model, fields, objs, unique))
     if pairs is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
@@ -105,14 +118,9 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
         obj._state.db = alias
 
 
-def _insert_postgresql(
-    connection: Any,
-    model: type[models.Model],
-    fields: list[models.Field[Any, Any]],
-    objs: Sequence[models.Model],
-    key: models.Field[Any, Any],
-) -> list[tuple[Any, Any]] | None:
+def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     """None when a value is not plain JSON (or a naive datetime): left to bulk_create."""
+    connection, model, fields, objs, key = page
     # The page as one JSON document that PostgreSQL unpacks (json_to_recordset): json.dumps
     # is C, where adapting each value, or each column as an array (Django's UNNEST insert),
     # is Python per value.
@@ -149,13 +157,8 @@ def _insert_postgresql(
         return cursor.fetchall()
 
 
-def _insert_values(
-    connection: Any,
-    model: type[models.Model],
-    fields: list[models.Field[Any, Any]],
-    objs: Sequence[models.Model],
-    key: models.Field[Any, Any],
-) -> list[tuple[Any, Any]]:
+def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
+    connection, model, fields, objs, key = page
     quote = connection.ops.quote_name
     adapters = [_adapter(field, connection) for field in fields]
     head = (

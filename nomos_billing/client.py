@@ -230,28 +230,20 @@ class NomosClient(ListEndpoints):
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> requests.Response:
         token = self.tokens.get()
+
+        def send() -> requests.Response:
+            headers = {"Authorization": f"Bearer {token.value}"}
+            return self._send(method, path, json=json, params=params, headers=headers)
+
         try:
-            response = self._send(
-                method,
-                path,
-                json=json,
-                params=params,
-                headers={"Authorization": f"Bearer {token.value}"},
-            )
+            return send()
         except NomosAPIError as exc:
             if exc.status != 401:
                 raise
             # The token was revoked or expired early: drop it everywhere, retry once.
             self.tokens.invalidate(token)
             token = self.tokens.get()
-            response = self._send(
-                method,
-                path,
-                json=json,
-                params=params,
-                headers={"Authorization": f"Bearer {token.value}"},
-            )
-        return response
+            return send()
 
     # -- the endpoints the app uses -------------------------------------------------------
 

@@ -7,7 +7,7 @@ them to Nomos support; they never carry an access token, a client secret or a we
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 
@@ -161,18 +161,9 @@ class NomosServiceError(NomosAPIError, NomosUnavailable):
     (``except NomosUnavailable`` catches it, and it carries ``retry_after``).
     """
 
-    def __init__(
-        self,
-        status: int,
-        code: str = "",
-        message: str = "",
-        request_id: str = "",
-        *,
-        method: str = "",
-        path: str = "",
-        retry_after: int | None = None,
-    ) -> None:
-        NomosAPIError.__init__(self, status, code, message, request_id, method=method, path=path)
+    def __init__(self, *args: Any, retry_after: int | None = None, **kwargs: Any) -> None:
+        # NomosAPIError's arguments, and the outage's Retry-After.
+        NomosAPIError.__init__(self, *args, **kwargs)
         self.kind = "outage"
         self.retry_after = retry_after
 

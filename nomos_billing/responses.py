@@ -90,25 +90,12 @@ def error_for(method: str, path: str, response: requests.Response) -> NomosError
     # credentials are reported once per cool-down by misconfiguration.report.
     log = logger.error if status >= 500 else logger.warning
     log("Nomos %s %s -> %s %s (requestId %s)", method, path, status, code, request_id or "-")
+    where = {"method": method, "path": path}
     if status == 429 or status >= 500:
         return NomosServiceError(
-            status,
-            code,
-            message,
-            request_id,
-            method=method,
-            path=path,
-            retry_after=retry_after(response),
+            status, code, message, request_id, retry_after=retry_after(response), **where
         )
-    return NomosAPIError(
-        status,
-        code,
-        message,
-        request_id,
-        method=method,
-        path=path,
-        errors=business_errors(body),
-    )
+    return NomosAPIError(status, code, message, request_id, errors=business_errors(body), **where)
 
 
 def decode(response: requests.Response, method: str, path: str) -> Any:

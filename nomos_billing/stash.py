@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 #: SQLite's page cache for the stash, in KiB (a negative ``cache_size``): what it may keep
@@ -64,15 +63,5 @@ class CustomerStash:
         return found
 
     def close(self) -> None:
+        """Drop the stash (``contextlib.closing`` makes it a context manager)."""
         self._db.close()
-
-    def __enter__(self) -> CustomerStash:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime, timezone
 from io import StringIO
 from typing import Any
@@ -97,7 +98,7 @@ def test_fast_insert_writes_what_bulk_create_writes() -> None:
 
 
 def test_the_stash_gives_each_customer_back_once() -> None:
-    with CustomerStash() as stash:
+    with closing(CustomerStash()) as stash:
         stash.put({"id": f"cus_{n}", "email": f"{n}@example.com"} for n in range(1200))
         stash.put([{"id": "cus_5", "email": "new@example.com"}])
         found = stash.take(["cus_5", "cus_7", "cus_unknown", *[f"cus_{n}" for n in range(600)]])
