@@ -46,6 +46,7 @@ from typing import Literal
 
 from . import budget
 from .conf import nomos_settings
+from .httpdates import retry_after_seconds
 from .shared_cache import SharedCache, token_cache
 
 logger = logging.getLogger("nomos_billing.api_rate")
@@ -245,8 +246,6 @@ class SiteRate:
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """Follow an answer's ``ratelimit-*`` headers and a 429's ``Retry-After``."""
-        from .httpdates import retry_after_seconds
-
         limit = _number(headers.get("ratelimit-limit"))
         if limit is not None and limit > 0:
             self._nomos_limit = limit

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
-from nomos_billing import api_rate, catchup
+from nomos_billing import api_rate, catchup, leads, sync
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.lists import ListWalk
@@ -169,14 +169,12 @@ class Command(BaseCommand):
     # -- the loop -------------------------------------------------------------------------
 
     def _run(self, customer: str | None) -> None:
-        from nomos_billing.sync import upsert_subscriptions
-
         since = self.walk.updated_since if self.walk is not None else None
         self.fetched_one_by_one = 0
         self.new_customers: CustomerStash | None = None  # filled by a customer walk
         self.customers_refreshed = 0
         try:
-            self._walk_subscriptions(customer, since, upsert_subscriptions)
+            self._walk_subscriptions(customer, since, sync.upsert_subscriptions)
         finally:
             if self.new_customers is not None:
                 self.new_customers.close()
@@ -237,9 +235,7 @@ class Command(BaseCommand):
         """Leads we created that no stored subscription names: did they convert? With every
         webhook lost this is how a lead's customer gets linked (``by_lead``), since list items
         carry no lead and Nomos does not copy the lead's metadata onto the subscription."""
-        from nomos_billing.leads import check_open_leads
-
-        self.leads_checked, self.leads_converted, linked = check_open_leads(self.client)
+        self.leads_checked, self.leads_converted, linked = leads.check_open_leads(self.client)
         self.counts["linked"] += linked
 
     def _fetch_customers(self, ids: set[str]) -> dict[str, dict[str, Any]]:
@@ -260,8 +256,6 @@ class Command(BaseCommand):
         """The Nomos customers we have no row for, stashed on disk (``stash``: memory stays
         one page however many there are); with ``refresh_known`` the rows of those we have
         are updated where Nomos changed them (``sync.refresh_customers``)."""
-        from nomos_billing.sync import refresh_customers
-
         # Held by the command at once: if the walk fails, _run's finally closes (deletes) it.
         new = self.new_customers = CustomerStash()
         page: list[dict[str, Any]] = []
@@ -272,7 +266,7 @@ class Command(BaseCommand):
                 page.append({k: data.get(k) for k in CUSTOMER_KEYS})
             if len(page) == 100 or (data is None and page):
                 if refresh_known:
-                    known, changed = refresh_customers(page)
+                    known, changed = sync.refresh_customers(page)
                     self.customers_refreshed += changed
                 else:
                     known = set(
