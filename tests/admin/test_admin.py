@@ -3,6 +3,9 @@ pages that never show a secret."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -308,3 +311,10 @@ def test_the_health_page_shows_the_failed_events_count(admin_client):
                                     status="failed")
     page = admin_client.get(reverse("admin:nomos_billing_health")).content.decode()
     assert f'href="{EVENTS}?status__exact=failed">3</a>' in page
+
+
+@pytest.mark.django_db
+def test_the_linked_filter_offers_linked_and_unlinked(admin_client: Any) -> None:
+    response = admin_client.get(reverse("admin:nomos_billing_nomoscustomer_changelist"))
+    choices = re.findall(r'<a href="\?linked=(\w+)"[^>]*>([^<]+)</a>', response.content.decode())
+    assert choices == [("yes", "Linked"), ("no", "Unlinked")]

@@ -12,6 +12,8 @@ from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
+from nomos_billing.exceptions import NomosAPIError
+from nomos_billing.pages import log_failure
 from nomos_billing.sandbox import seed
 
 PORTAL = "/nomos/portal/"
@@ -153,3 +155,13 @@ def test_a_json_click_during_a_nomos_outage_logs_whose_click_it_was(alice, nomos
     csrf_client(alice).post(PORTAL_LINK, {"csrfmiddlewaretoken": CSRF})
     lines = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
     assert lines and all(f"customer {seed.ALICE}" in line for line in lines)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [404, 401, 500])
+def test_a_failure_without_a_request_id_is_logged_with_a_dash(status: int, bob: Any,
+                                                              caplog: Any) -> None:
+    with caplog.at_level("ERROR", logger="nomos_billing.views"):
+        log_failure(NomosAPIError(status), bob)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
+    assert "requestId -)" in line

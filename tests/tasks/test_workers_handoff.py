@@ -231,3 +231,11 @@ def test_the_default_with_a_small_budget_is_no_error(settings):
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "WEBHOOK_BUDGET": 5}
     assert handoff_messages() == []
     assert nomos_settings.handoff_timeout == 2.5
+
+
+@pytest.mark.django_db
+def test_a_fresh_stamp_is_enough_without_a_look_at_the_row(queued, django_assert_num_queries):
+    event = WebhookEvent.objects.create(event_id="evt_stamp", topic="subscription.updated")
+    workers.seen("nomos")
+    with django_assert_num_queries(0):
+        assert workers.handed_over(event, "nomos")
