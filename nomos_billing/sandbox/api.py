@@ -199,27 +199,6 @@ def list_subscriptions(sb: Sandbox, request: Request) -> Response:
     return json_response(200, body)
 
 
-def get_customer(sb: Sandbox, request: Request, id: str) -> Response:
-    customer = sb.customers.get(id)
-    if customer is None:
-        raise ApiError(404, f"Customer {id} not found")
-    return json_response(200, customer)
-
-
-def list_customers(sb: Sandbox, request: Request) -> Response:
-    matches = _keep(_filters(request, CUSTOMER_FILTERS))
-    with sb.lock:
-        body = listing.page(request, sb.customers, sb.orders["customers"], matches)
-    return json_response(200, body)
-
-
-def get_event(sb: Sandbox, request: Request, id: str) -> Response:
-    event = sb.events.get(id)
-    if event is None:
-        raise ApiError(404, f"Event {id} not found")
-    return json_response(200, event)
-
-
 def _validate_lead(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ApiError(400, "Request body must be a JSON object")
@@ -281,18 +260,35 @@ def create_lead(sb: Sandbox, request: Request) -> Response:
     return json_response(200, sb.create_lead(payload, base_url(sb, request)))
 
 
-def list_leads(sb: Sandbox, request: Request) -> Response:
-    matches = _keep(_filters(request, LEAD_FILTERS))
-    with sb.lock:
-        body = listing.page(request, sb.leads, sb.orders["leads"], matches)
-    return json_response(200, body)
+def _read(store: str, noun: str) -> Callable[[Sandbox, Request, str], Response]:
+    """``GET /<store>/{id}``: the stored item as it is, or Nomos' 404."""
+
+    def read(sb: Sandbox, request: Request, id: str) -> Response:
+        item = getattr(sb, store).get(id)
+        if item is None:
+            raise ApiError(404, f"{noun} {id} not found")
+        return json_response(200, item)
+
+    return read
 
 
-def get_lead(sb: Sandbox, request: Request, id: str) -> Response:
-    lead = sb.leads.get(id)
-    if lead is None:
-        raise ApiError(404, f"Lead {id} not found")
-    return json_response(200, lead)
+def _list(store: str, filters: dict[str, str]) -> Callable[[Sandbox, Request], Response]:
+    """``GET /<store>``: a page of the items the known filters keep (unknown ones ignored)."""
+
+    def list_page(sb: Sandbox, request: Request) -> Response:
+        matches = _keep(_filters(request, filters))
+        with sb.lock:
+            body = listing.page(request, getattr(sb, store), sb.orders[store], matches)
+        return json_response(200, body)
+
+    return list_page
+
+
+get_customer = _read("customers", "Customer")
+get_event = _read("events", "Event")
+get_lead = _read("leads", "Lead")
+list_customers = _list("customers", CUSTOMER_FILTERS)
+list_leads = _list("leads", LEAD_FILTERS)
 
 
 ROUTES = [
