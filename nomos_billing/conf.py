@@ -9,6 +9,7 @@ never raises here: it falls back to the default with one logged warning per key 
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -64,16 +65,36 @@ def _warn_once(name: str, value: Any, expected: str) -> None:
     )
 
 
+#: The last parse of each key: (the value as written, a copy of it, its parse). A click reads a
+#: few dozen keys; parsing each on every read cost it measurably (bench_goals' click goal). A
+#: new value (override_settings, a new dict, a new object in the dict) or a list changed in
+#: place (compared with the copy) is parsed again.
+_parsed: dict[str, tuple[Any, Any, Any]] = {}
+_MISSING = object()
+
+
 def value_of(name: str) -> Any:
     """The key's normalised value; its default when it is missing or wrong."""
+    written = raw_settings().get(name, _MISSING)
+    cached = _parsed.get(name)
+    if cached is not None and cached[0] is written and cached[1] == written:
+        value = cached[2]
+    else:
+        value = _parse(name, written)
+        mutable = isinstance(written, (list, dict, set))
+        _parsed[name] = (written, copy.deepcopy(written) if mutable else written, value)
+    # A fresh container each read, as a parse would give: a caller may change what it got.
+    return value.copy() if isinstance(value, (list, dict)) else value
+
+
+def _parse(name: str, written: Any) -> Any:
     setting = BY_NAME[name]
-    raw = raw_settings()
-    if name not in raw:
+    if written is _MISSING:
         return setting.parse(setting.default)
     try:
-        return setting.parse(raw[name])
+        return setting.parse(written)
     except ValueError as exc:
-        _warn_once(name, raw[name], str(exc))
+        _warn_once(name, written, str(exc))
         return setting.parse(setting.default)
 
 
