@@ -88,17 +88,30 @@ class Server:
         self.process.wait(timeout=30)
 
 
+#: Worker kinds: the task backend each runs, and its command. ``rq`` forks a process per job
+#: (RQ's default ``Worker``); ``rq-simple`` runs each job in the worker's own process.
+WORKER_KINDS = {
+    "db": ("db", ["db_worker", "--backend", "db", "--interval", "0.05", "--no-startup-delay"]),
+    "rq": ("rq", ["rqworker", "default", "--job-class", "django_tasks_rq.Job"]),
+    "rq-simple": ("rq", ["rqworker", "default", "--job-class", "django_tasks_rq.Job",
+                         "--worker-class", "rq.worker.SimpleWorker"]),
+}
+
+
+def backend_of(kind: str) -> str:
+    return WORKER_KINDS[kind][0]
+
+
 class Workers:
-    def __init__(self, kind: str, count: int, env: dict[str, str]):
-        if kind == "db":
-            command = ["db_worker", "--backend", "db", "--interval", "0.05",
-                       "--no-startup-delay"]
-        else:
-            command = ["rqworker", "default", "--job-class", "django_tasks_rq.Job"]
-        worker_env = {**env, "BENCH_TASK_BACKEND": kind}
+    def __init__(self, kind: str, count: int, env: dict[str, str], nice: int = 0):
+        backend, command = WORKER_KINDS[kind]
+        worker_env = {**env, "BENCH_TASK_BACKEND": backend}
+        # A niced worker leaves the CPU to the web server whenever both want it: the backlog
+        # still drains at the budget (it waits on Nomos' turns, not on the CPU).
         self.processes = [
             subprocess.Popen([sys.executable, "-m", "django", *command], cwd=ROOT,
-                             env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
             for _ in range(count)
         ]
 
@@ -165,8 +178,11 @@ def main() -> None:
                         help="backlog: seconds of clicks without and with the backlog draining")
     parser.add_argument("--backlog-workers", type=int, nargs="+", default=[2],
                         help="backlog: worker processes (each number a run)")
-    parser.add_argument("--backlog-kinds", nargs="+", choices=["db", "rq"], default=["db", "rq"],
-                        help="backlog: task backends to drain with")
+    parser.add_argument("--backlog-kinds", nargs="+", choices=sorted(WORKER_KINDS),
+                        default=["db", "rq-simple"],
+                        help="backlog: workers to drain with (rq forks per job, rq-simple not)")
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="backlog: niceness of the task workers (10: the web server first)")
     parser.add_argument("--click-rate", type=float, default=1.0,
                         help="backlog: portal clicks per second (at random moments)")
     parser.add_argument("--api-rate-limit", type=float, default=10,
@@ -258,7 +274,7 @@ def main() -> None:
         from bench.load.backlog import backlog
 
         backlog(sandbox, args, {**env, "BENCH_API_RATE_LIMIT": f"{args.api_rate_limit:g}"},
-                Server, Workers, table, wait_until)
+                Server, Workers, backend_of, table, wait_until)
     server.stop()
     os.unlink(subs_file.name)
 

@@ -118,7 +118,8 @@ def make_backlog(sandbox: Any, kind: str, size: int) -> None:
 
 def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
             server: Callable[..., Any], workers: Callable[..., Any],
-            table: Callable[..., None], wait_until: Callable[..., None]) -> None:
+            backend_of: Callable[[str], str], table: Callable[..., None],
+            wait_until: Callable[..., None]) -> None:
     import django_rq
     from django_tasks_db.models import DBTaskResult
 
@@ -142,9 +143,9 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
             # the next, so that load from elsewhere on the machine hits both alike.
             quiet, quiet_failed, quiet_bare = clicks(web.url, session_key, args.click_rate,
                                                      seconds, 1)
-            make_backlog(sandbox, kind, args.backlog)
+            make_backlog(sandbox, backend_of(kind), args.backlog)
             started = time.monotonic()
-            pool = workers(kind, count, env)
+            pool = workers(kind, count, env, args.worker_nice)
             try:
                 wait_until(lambda: WebhookEvent.objects.filter(status="processed").exists(),
                            120, f"the {kind} workers to start")
@@ -171,9 +172,10 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
         clicked = seen.get(CLICK, 0) / elapsed
         room = share - clicked
         calls = sum(v for k, v in seen.items() if not k.startswith("POST /oauth")) / elapsed
-        figures.append((f"{kind} x{count}", quiet, busy, quiet_failed, busy_failed,
+        name = f"{kind} x{count}" + (f" nice {args.worker_nice}" if args.worker_nice else "")
+        figures.append((name, quiet, busy, quiet_failed, busy_failed,
                         quiet_bare, busy_bare))
-        rows.append([f"{kind} x{count}", f"{processed / elapsed:.2f}", f"{fetches:.2f}",
+        rows.append([name, f"{processed / elapsed:.2f}", f"{fetches:.2f}",
                      f"{clicked:.2f}", f"{room:.2f}",
                      f"{100 * fetches / room:.0f} %" if math.isfinite(room) else "-",
                      f"{calls:.2f}", f"{refused}", f"{startup:.1f}", f"{left}",

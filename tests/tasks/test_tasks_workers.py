@@ -90,14 +90,17 @@ def _worker_env(alias: str, sandbox_url: str, **settings: Any) -> dict[str, str]
     }
 
 
-def run_workers(alias: str, sandbox_url: str, count: int = 2) -> list[str]:
-    """Start ``count`` worker processes at once, each draining the queue and exiting."""
+def run_workers(alias: str, sandbox_url: str, count: int = 2, *, simple: bool = False
+                ) -> list[str]:
+    """Start ``count`` worker processes at once, each draining the queue and exiting.
+    ``simple``: RQ's ``SimpleWorker``, which runs each job in its own process (no fork)."""
     env = _worker_env(alias, sandbox_url)
     if alias == "db":
         command = ["db_worker", "--batch", "--backend", "db", "--no-startup-delay",
                    "--interval", "0.1"]
     else:
         command = ["rqworker", "default", "--burst", "--job-class", "django_tasks_rq.Job"]
+        command += ["--worker-class", "rq.worker.SimpleWorker"] if simple else []
     processes = [
         subprocess.Popen([sys.executable, "-m", "django", *command], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -133,6 +136,24 @@ def test_50_concurrent_deliveries_of_one_event_fetch_once(backend, nomos):
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts, stored.deliveries) == ("processed", 1, 50)
     assert nomos.count(SUB_GET) == 1
+
+
+@pytest.mark.sandbox_rate_limit(0)  # the fetches as fast as the workers go: none refused
+def test_rq_simple_workers_process_each_event_once(backend, nomos):
+    """The docs suggest ``--worker-class rq.worker.SimpleWorker`` where workers share the web
+    servers' CPU: jobs then run in the worker's own process, one Django set-up for all."""
+    if backend != "rq":
+        pytest.skip(f"{NOT_APPLICABLE}a worker class of RQ's")
+    customer = nomos.add_customer("simple@example.com")
+    subs = [nomos.add_subscription(customer["id"], status="active") for _ in range(20)]
+    events = [make_event("subscription.created", {"subscription": s["id"]}) for s in subs]
+    assert deliver_concurrently(events + events[:5]) == [202] * 25
+    assert nomos.count(SUB_GET) == 0
+    run_workers(backend, nomos.base_url, simple=True)
+    stored = WebhookEvent.objects.all()
+    assert {(e.status, e.attempts) for e in stored} == {("processed", 1)}
+    assert sorted(e.deliveries for e in stored) == [1] * 15 + [2] * 5
+    assert nomos.count(SUB_GET) == 20
 
 
 # Two hundred fetches as fast as the worker goes: all processed, not pacing.
