@@ -234,3 +234,65 @@ def test_the_state_of_a_closed_and_of_a_switched_off_breaker(on, settings):
     assert breaker.state() == breaker.State(enabled=True, open=False, failures=0, retry_in=0.0)
     settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "BREAKER_FAILURES": 0}
     assert breaker.state() == breaker.State(enabled=False, open=False, failures=0, retry_in=0.0)
+
+
+@pytest.mark.django_db
+def test_after_a_failed_probe_the_next_cool_down_probes_again(on, nomos):
+    # The failed probe gives its lock back: the next cool-down's probe must not wait for the
+    # lock's own expiry (the request timeouts), which may outlast a short cool-down.
+    nomos.add_fault(MAGIC, Fault(status=503), times=None)
+    for _ in range(3):
+        with pytest.raises(NomosUnavailable):
+            get_client().create_magic_link(seed.ALICE)
+    cool_down_passes(on)
+    with pytest.raises(NomosUnavailable):
+        get_client().create_magic_link(seed.ALICE)  # the first probe, failed
+    cool_down_passes(on)
+    with pytest.raises(NomosUnavailable) as excinfo:
+        get_client().create_magic_link(seed.ALICE)
+    assert "another worker is probing" not in str(excinfo.value)
+    assert nomos.count(MAGIC) == 5  # the threshold's 3, then one probe per cool-down
+
+
+@pytest.mark.django_db
+def test_a_process_looks_at_the_shared_state_once_per_refresh_while_nothing_fails(
+        on, nomos, monkeypatch):
+    # A click pays no cache read while the last look is fresh: another worker's opening is
+    # seen at the next look, not at once. REFRESH made long so that no timing matters.
+    from django.core.cache import caches
+
+    monkeypatch.setattr(breaker, "REFRESH", 3600.0)
+    get_client().create_magic_link(seed.ALICE)  # looks: closed
+    caches["default"].set(breaker._key() + ":open", time.time() + 30, None)  # another worker
+    get_client().create_magic_link(seed.ALICE)
+    assert nomos.count(MAGIC) == 2
+    breaker.reset()  # the next look
+    with pytest.raises(breaker.CircuitOpen):
+        get_client().create_magic_link(seed.ALICE)
+    assert nomos.count(MAGIC) == 2
+
+
+class NotedTTLs:
+    """The shared cache as the breaker uses it, noting the lifetime each key is added with."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache, self.ttl = cache, {}
+
+    def add(self, key: str, value: Any, timeout: Any = None) -> Any:
+        self.ttl[key.rsplit(":", 1)[1]] = timeout
+        return self.cache.add(key, value, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cache, name)
+
+
+@pytest.mark.parametrize(("cooldown", "window"), [(5, 60), (10, 60), (30, 180), (10.5, 63)])
+def test_failures_count_as_in_a_row_for_six_cool_downs_and_at_least_a_minute(
+        on, cooldown, window, monkeypatch):
+    # How long the shared count of failures lives: a failure older than that starts afresh.
+    on.NOMOS_BILLING = {**on.NOMOS_BILLING, "BREAKER_COOLDOWN": cooldown}
+    noted = NotedTTLs(breaker._cache())
+    monkeypatch.setattr(breaker, "_cache", lambda: noted)
+    breaker.record_failure("HTTP 503")
+    assert noted.ttl["failures"] == window
+    assert breaker.state().failures == 1

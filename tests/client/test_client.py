@@ -381,6 +381,11 @@ def test_a_filter_on_a_field_nomos_does_not_filter_on_is_caught(client, nomos):
     (ListFilter("updated_at", "gte", "2026-01-01T00:00:00Z"),
      {"updated_at": "2025-12-31T23:59:59.999Z"}, False),
     (ListFilter("updated_at", "lte", "2026-01-01T00:00:00Z"), {"updated_at": None}, False),
+    # "lte" takes the bound itself in, as "gte" does: the same moment in another offset.
+    (ListFilter("updated_at", "lte", "2026-01-01T00:00:00Z"),
+     {"updated_at": "2026-01-01T01:00:00+01:00"}, True),
+    (ListFilter("updated_at", "lte", "2026-01-01T00:00:00Z"),
+     {"updated_at": "2026-01-01T00:00:00.001Z"}, False),
     (ListFilter("plan", "starts_with", "pln_"), {"plan": "pln_x"}, True),
     (ListFilter("plan", "is_null", True), {"plan": "pln_x"}, False),
 ])

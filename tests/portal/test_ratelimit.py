@@ -207,6 +207,20 @@ def test_429_page_counts_seconds_when_the_wait_is_short(
     assert "Please try again in 9 seconds." in late.content.decode()
 
 
+def test_429_page_rounds_a_wait_of_minutes_up(
+    nomos: Any, alice: Any, settings: Any, clock: Clock
+) -> None:
+    # A minute and a second is "2 minutes": a user who comes back after "1 minute" is refused.
+    limits(settings, portal=(1, 60))
+    clock.now = T0 + 59
+    client = logged_in(alice)
+    assert client.get(PORTAL).status_code == 302
+    response = client.get(PORTAL)
+    assert_429(response)
+    assert response["Retry-After"] == "61"
+    assert "Please try again in 2 minutes." in response.content.decode()
+
+
 def test_a_site_can_override_the_429_page(
     nomos: Any, alice: Any, settings: Any, tmp_path: Any
 ) -> None:

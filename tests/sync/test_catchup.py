@@ -330,6 +330,14 @@ def test_a_walk_with_no_clock_and_no_change_leaves_the_watermark(nomos):
     assert NomosSyncState.objects.get().last_error == ""
 
 
+def test_a_complete_walk_is_stamped_for_the_health_view(nomos):
+    before = timezone.now()
+    sync("--since", "auto")
+    state = catchup.get_state()
+    assert before <= state.last_started_at <= state.last_completed_at <= timezone.now()
+    assert state.last_error == ""
+
+
 def test_the_watermark_never_moves_back(nomos):
     sync("--since", "auto")
     mark = watermark()

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
@@ -347,10 +348,15 @@ def test_redelivery_during_a_workers_claim_is_409_and_enqueues_nothing(queued, c
 
 def test_a_delivery_puts_a_stuck_event_back_in_the_queue_once(queued, nomos, client, caplog):
     event = stuck_in_a_worker()
+    # Last changed when its worker claimed it; being put back is a change (the admin's column).
+    claimed_at = WebhookEvent.objects.get().claimed_at
+    WebhookEvent.objects.update(updated_at=claimed_at)
     other = make_event("subscription.updated", {"subscription": seed.ALICE_SUBSCRIPTION})
+    before = timezone.now()
     assert post_event(client, other).status_code == 202
     stored = WebhookEvent.objects.get(event_id=event["id"])
     assert (stored.status, stored.claimed_at) == ("received", None)
+    assert stored.updated_at >= before
     assert [r.args for r in jobs(queued)] == [[other["id"]], [event["id"]]]
     assert f"Put webhook event {event['id']} back in the queue" in caplog.text
     # Another process looking now finds nothing stuck: no second copy.
@@ -368,12 +374,18 @@ def test_a_stuck_event_the_queue_refuses_stays_stuck_for_the_next_look(
         queued, nomos, client, settings):
     event = stuck_in_a_worker()
     claimed_at = WebhookEvent.objects.get().claimed_at
+    # An event waiting in the queue for its job, which no worker has taken yet.
+    waiting = make_event("invoice.paid", {"invoice": "inv_0"})
+    WebhookEvent.objects.create(event_id=waiting["id"], topic=waiting["topic"], payload=waiting)
     settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
     # The queue refuses this delivery too (503, Nomos redelivers it); the look still runs.
     assert post_event(client, make_event("invoice.paid", {"invoice": "inv_1"})).status_code == 503
     stored = WebhookEvent.objects.get(event_id=event["id"])
     # Not failed: Nomos had its 202 and will not redeliver.
     assert (stored.status, stored.claimed_at) == ("processing", claimed_at)
+    # Only the stuck event is made stuck again: the waiting one stays the queue's.
+    other = WebhookEvent.objects.get(event_id=waiting["id"])
+    assert (other.status, other.claimed_at) == ("received", None)
 
 
 # -- what the worker and the health page read from the backend -------------------------------
@@ -517,3 +529,44 @@ def test_an_outage_on_a_backend_that_cannot_defer_is_left_failed_without_a_retry
     assert nomos.count(SUB_GET) == 1
     # Not even tried: a retry at once would hammer Nomos while it is down.
     assert not [r for r in caplog.records if "re-enqueue" in r.getMessage()]
+
+
+def test_a_worker_whose_queue_refuses_its_watchdog_and_its_retry_says_so(
+        queued, nomos, client, settings, caplog):
+    # The queue went down between the job's enqueue and its run: the worker still processes,
+    # and tells the operator what it could not queue (the event stays failed, replayable).
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    nomos.add_fault(SUB_GET, Fault(status=503), times=None)
+    event = alice_event()
+    post_event(client, event)
+    [job] = jobs(queued)
+    settings.TASKS = {**settings.TASKS, "nomos": {"BACKEND": f"{__name__}.RefusingBackend"}}
+    caplog.set_level("WARNING", logger="nomos_billing.tasks")
+    assert run(job) == "failed"
+    assert [r.getMessage() for r in caplog.records if r.name == "nomos_billing.tasks"] == [
+        f"Could not enqueue the watchdog of webhook event {event['id']}: ConnectionError: "
+        "Error 111 connecting to 127.0.0.1:6379. Connection refused.",
+        f"Could not re-enqueue webhook event {event['id']}; kept as failed",
+    ]
+    assert WebhookEvent.objects.get().status == "failed"
+
+
+def test_an_alias_missing_from_tasks_is_named_when_enqueueing(queued, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": "not-in-tasks"}
+    with pytest.raises(ImproperlyConfigured) as raised:
+        tasks.enqueue("evt_1")
+    assert str(raised.value).startswith("NOMOS_BILLING['TASK_BACKEND'] = 'not-in-tasks': ")
+
+
+def test_without_the_tasks_framework_task_backend_is_explained_and_the_depth_unknown(
+        queued, monkeypatch):
+    # Django 5.2 without the backport: what the import finds then.
+    monkeypatch.setattr(tasks, "task", None)
+    monkeypatch.setattr(tasks, "task_backends", None)
+    with pytest.raises(ImproperlyConfigured) as raised:
+        tasks.get_backend()
+    assert str(raised.value) == (
+        "NOMOS_BILLING['TASK_BACKEND'] is set but Django's tasks framework is not installed: "
+        "use Django 6.0+, or install nomos-billing[tasks] on Django 5.2.")
+    # The health page's read of the queue never raises: there is no queue to count.
+    assert tasks.queue_depth() is None

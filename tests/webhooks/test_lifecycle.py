@@ -27,6 +27,17 @@ def test_a_claim_as_old_as_the_claim_timeout_is_not_stuck_a_tick_older_is() -> N
     assert lifecycle.is_stuck(claimed(edge - TICK), now)
 
 
+@pytest.mark.parametrize("status", ["received", "processed", "failed", "ignored"])
+def test_only_a_processing_claim_is_stuck_however_old(status: str) -> None:
+    # As for the queryset (status=processing): an old claimed_at left on a row that is no
+    # longer in a worker's hands does not make it stuck, nor does a claim without a time.
+    long_ago = timezone.now() - 10 * lifecycle.claim_timeout()
+    event = claimed(long_ago)
+    event.status = status
+    assert not lifecycle.is_stuck(event)
+    assert not lifecycle.is_stuck(claimed(None))
+
+
 @pytest.mark.django_db
 def test_the_queryset_draws_the_same_line() -> None:
     now = timezone.now()

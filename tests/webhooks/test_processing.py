@@ -224,8 +224,10 @@ def test_a_failure_is_logged_once_naming_the_event_topic_and_why(nomos, settings
     with caplog.at_level(logging.WARNING, logger="nomos_billing.processing"):
         process_event(event)
     [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.processing"]
-    assert line.startswith(f"Webhook event {event.event_id} (subscription.created) failed: "
-                           "Nomos is unavailable: ")
+    prefix = f"Webhook event {event.event_id} (subscription.created) failed: Nomos is unavailable: "
+    assert line.startswith(prefix)
+    # Then the error itself, as stored on the row: what Nomos answered.
+    assert "503" in line[len(prefix):]
 
 
 def test_not_found_is_a_final_failure_past_the_window(nomos):
