@@ -167,6 +167,45 @@ def test_customer_filters_and_search(query, expected, admin_client, django_user_
     assert shown == expected
 
 
+@pytest.mark.parametrize(
+    ("url", "term", "expected"),
+    [
+        (CUSTOMERS, "cus_one", {"cus_one"}),
+        (SUBSCRIPTIONS, "sub_one", {"sub_one"}),
+    ],
+)
+def test_an_id_typed_into_search_finds_that_id_alone(
+    url, term, expected, admin_client, django_user_model
+):
+    # An id is looked up on its own column only: a user or an address that happens to read
+    # like the id (a login name "cus_one", an address "sub_one" as Nomos sent it) is no match.
+    named_like_it = django_user_model.objects.create(username="cus_one", email="x@example.com")
+    one = NomosCustomer.objects.create(customer_id="cus_one")
+    two = NomosCustomer.objects.create(customer_id="cus_two", email="sub_one", user=named_like_it)
+    NomosSubscription.objects.create(customer=one, subscription_id="sub_one")
+    NomosSubscription.objects.create(customer=two, subscription_id="sub_two")
+
+    response = admin_client.get(url, {"q": term})
+
+    shown = {getattr(row, "subscription_id", None) or row.customer_id
+             for row in response.context["cl"].result_list}
+    assert shown == expected
+
+
+def test_a_customers_subscriptions_are_listed_but_never_added_on_its_page(admin_client):
+    # Subscriptions come from Nomos only: the inline shows them and offers no empty row.
+    customer = NomosCustomer.objects.create(customer_id="cus_inline")
+    NomosSubscription.objects.create(customer=customer, subscription_id="sub_inline")
+
+    page = admin_client.get(
+        reverse("admin:nomos_billing_nomoscustomer_change", args=[customer.pk])
+    ).content.decode()
+
+    assert "sub_inline" in page
+    assert 'id="subscriptions-empty"' not in page
+    assert 'name="subscriptions-MAX_NUM_FORMS" value="0"' in page
+
+
 def test_pages_render_without_secrets(nomos, admin_client, django_user_model, settings):
     make_rows(3, django_user_model)
     customer = NomosCustomer.objects.first()

@@ -8,6 +8,7 @@ anything, and each change is a ``LogEntry`` naming the staff member.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -264,3 +265,23 @@ def test_the_user_search_says_what_to_type(admin_client, customer_and_user):
     selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
     html = admin_client.post(CUSTOMERS, selected).content.decode()
     assert 'data-placeholder="Search users…"' in html
+    # Wide enough for an address; and the form's own attributes are kept beside ours: the
+    # label points at the field, which is required and described by its help text.
+    [select] = re.findall(r'<select name="user"[^>]*>', html)
+    assert 'style="width: 30em"' in select
+    assert '<label for="id_user">' in html and 'id="id_user"' in select
+    assert " required " in select and 'aria-describedby="id_user_helptext"' in select
+
+
+def test_the_typed_user_field_takes_a_login_name_as_long_as_djangos(
+    admin_client, customer_and_user, monkeypatch
+):
+    from django.contrib import admin
+    from django.contrib.auth import get_user_model
+
+    customer, _ = customer_and_user
+    monkeypatch.setattr(admin.site._registry[get_user_model()], "search_fields", ())
+    selected = {"action": "link_to_user", "_selected_action": [customer.pk]}
+    html = admin_client.post(CUSTOMERS, selected).content.decode()
+    # 150: AbstractUser.username's max_length; the field is focused for typing at once.
+    assert re.search(r'<input type="text" name="user"[^>]* maxlength="150"[^>]* autofocus', html)

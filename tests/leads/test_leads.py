@@ -84,6 +84,16 @@ def test_lead_is_created_with_the_users_data_and_redirects_303_to_checkout(
     assert response["Location"] == f"{nomos.checkout_origin(PLAN)}/?id={lead.lead_id}"
 
 
+def test_a_stored_lead_is_logged_with_its_id_and_user(
+    as_bob: Client, bob: Any, nomos: Any, with_plan: None, caplog: Any
+) -> None:
+    # The line an operator searches for when a subscription did not link by its lead.
+    caplog.set_level("INFO", logger="nomos_billing.leads")
+    assert as_bob.post(START, {"zip_code": "10115", "estimated_usage": "3200"}).status_code == 303
+    lead = NomosLead.objects.get()
+    assert f"lead {lead.lead_id} created for user {bob.pk}" in caplog.messages
+
+
 def test_empty_names_are_left_out_of_the_lead(
     client: Client, django_user_model: Any, nomos: Any, with_plan: None
 ) -> None:

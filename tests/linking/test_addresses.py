@@ -92,6 +92,7 @@ def test_a_missing_or_odd_login_name_is_masked_to_nothing(value: Any) -> None:
         ("a@b.c", "a\u2022\u2022\u2022@b\u2022\u2022\u2022.c"),
         ("", ""),
         (None, ""),
+        (12345, ""),
         ("nodomain", "n\u2022\u2022\u2022\u2022\u2022\u2022\u2022"),
     ],
 )

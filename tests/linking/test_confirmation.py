@@ -733,3 +733,98 @@ def test_a_signed_value_that_is_not_json_is_an_invalid_link():
     token = signing.TimestampSigner(salt=confirmation.SALT).sign_object(
         None, serializer=NotJson)
     assert confirmation.read_token(token) == (None, "invalid")
+
+
+# -- what the survivors of the mutation run showed untested ----------------------------------
+
+
+def test_confirming_a_claim_leaves_the_claims_on_other_customers_pending(django_user_model):
+    # Only the confirmed customer's other claims are moot; another customer's wait on their
+    # own mailbox.
+    claim, elsewhere = _claim(django_user_model, "s1"), _claim(django_user_model, "s2")
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+
+    assert confirmation.confirm_by_operator(claim, operator) == "linked"
+
+    other = NomosLinkClaim.objects.get(pk=elsewhere.pk)
+    assert (other.status, other.decided_by, other.decided_at) == ("pending", "", None)
+
+
+def test_a_refused_link_keeps_the_customer_and_user_it_was_read_with(
+    django_user_model, django_assert_num_queries
+):
+    # Rolled back: only the decision is read again, not the rows the admin already joined.
+    customer = NomosCustomer.objects.create(customer_id="cus_k", email="c@example.com")
+    user = django_user_model.objects.create_user("k", "k@example.com", "pw")
+    NomosCustomer.objects.create(customer_id="cus_own_k", email="k@example.com", user=user)
+    claim = NomosLinkClaim.objects.select_related("customer", "user").get(
+        pk=NomosLinkClaim.objects.create(customer=customer, user=user, rule="by_lead").pk)
+    operator = django_user_model.objects.create_superuser("op", "op@example.com", "pw")
+
+    assert confirmation.confirm_by_operator(claim, operator) == "taken"
+    with django_assert_num_queries(0):
+        assert (claim.customer.customer_id, claim.user.username) == ("cus_k", "k")
+
+
+def test_a_confirmation_link_reads_its_claim_customer_and_user_in_one_query(
+    django_user_model, django_assert_num_queries
+):
+    from urllib.parse import parse_qs, urlsplit
+
+    assert confirmation.send_confirmation(_claim(django_user_model, "q1")) is True
+    [token] = parse_qs(urlsplit(link_in(mail.outbox[0])).query)["t"]
+    with django_assert_num_queries(1):
+        found, problem = confirmation.read_token(token)
+        assert problem is None and found is not None
+        assert (found.customer.customer_id, found.user.username) == ("cus_q1", "q1")
+
+
+def test_without_an_address_of_this_site_no_mail_is_sent_and_the_caller_is_told(
+    django_user_model, settings, caplog
+):
+    # No SITE_URL and no django.contrib.sites (W061): "send again" must not say it was sent.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "SITE_URL": None}
+    claim = _claim(django_user_model, "n1")
+    caplog.set_level("ERROR", logger="nomos_billing.confirmation")
+
+    assert confirmation.send_confirmation(claim) is False
+    assert mail.outbox == []
+    assert NomosLinkClaim.objects.get(pk=claim.pk).sends == 0
+    assert any("no confirmation mail" in m for m in caplog.messages)
+
+
+def test_the_confirmation_mail_says_how_many_days_its_link_works(django_user_model, settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "LINK_CONFIRMATION_DAYS": 5}
+    assert confirmation.send_confirmation(_claim(django_user_model, "d1")) is True
+    assert "open this link within 5 days" in " ".join(mail.outbox[0].body.split())
+
+
+def test_a_site_url_under_a_path_keeps_its_path_in_the_link(django_user_model, settings):
+    # Only trailing slashes are trimmed: a path ending in a capital X (or any letter) stays.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "SITE_URL": "https://example.com/BOX/"}
+    assert confirmation.send_confirmation(_claim(django_user_model, "p1")) is True
+    assert "https://example.com/BOX/nomos/link/confirm/?t=" in mail.outbox[0].body
+
+
+def test_a_link_held_outside_any_request_budget_is_mailed(
+    django_user_model, django_capture_on_commit_callbacks
+):
+    # A hold from a command or a shell has no budget: the mail goes out, with no limit.
+    from nomos_billing import budget, linking
+
+    customer = NomosCustomer.objects.create(customer_id="cus_nb", email="c@example.com")
+    user = django_user_model.objects.create_user("nb", "nb@example.com", "pw")
+    assert budget.remaining() is None
+    with django_capture_on_commit_callbacks(execute=True):
+        assert linking.hold(customer, user, "by_lead") is True
+    assert [m.to for m in mail.outbox] == [["c@example.com"]]
+    assert NomosLinkClaim.objects.get(user=user).sends == 1
+
+
+def test_an_account_whose_address_is_not_a_string_is_named_by_its_login_name():
+    # A user model may keep its address as a value object: that is no address to mask, so
+    # the page names the account by its login name instead of by nothing.
+    from types import SimpleNamespace
+
+    user = SimpleNamespace(email=object(), get_username=lambda: "alice")
+    assert confirmation.account_label(user) == "a\u2022\u2022\u2022\u2022"

@@ -96,7 +96,9 @@ def test_checkout_url_leaves_out_empty_zip_and_usage(settings, alice):
     with_checkout(settings, CHECKOUT + "start")
     url = urlsplit(checkout_url(alice, zip="", usage=None))
     assert url.path == "/start"
-    assert parse_qsl(url.query) == [("metadata.django_user_id", reference(alice))]
+    # keep_blank_values: a "zip=" with nothing after it must not be there either.
+    assert parse_qsl(url.query, keep_blank_values=True) == [
+        ("metadata.django_user_id", reference(alice))]
 
 
 @needs_checkout_setting
@@ -198,6 +200,23 @@ def test_a_reference_to_an_inactive_user_is_logged_as_such(customer, alice, capl
 def test_a_reference_to_a_deleted_user_is_logged_as_naming_no_user(customer, alice, caplog):
     value = reference(alice)
     alice.delete()
+    link = LinkRequest(customer, {"metadata": {"django_user_id": value}})
+    with caplog.at_level(logging.INFO, logger="nomos_billing.linking"):
+        assert by_metadata(link) is None
+    assert caplog.messages == ["Nomos customer cus_edge: metadata 'django_user_id' is names no "
+                               "user; not linked by metadata"]
+
+
+def test_a_reference_whose_pk_is_not_written_as_the_user_writes_it_names_no_user(
+    customer, alice, caplog
+):
+    # Signed by us, but "0<pk>" is not how the user's pk writes itself: the same "names no
+    # user" as a deleted user, not a reason of its own.
+    from django.core import signing
+
+    from nomos_billing.linking import REFERENCE_SALT
+
+    value = signing.Signer(salt=REFERENCE_SALT).sign(f"0{alice.pk}")
     link = LinkRequest(customer, {"metadata": {"django_user_id": value}})
     with caplog.at_level(logging.INFO, logger="nomos_billing.linking"):
         assert by_metadata(link) is None

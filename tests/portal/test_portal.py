@@ -384,6 +384,11 @@ def test_sandbox_links_are_refused_where_the_site_does_not_accept_its_hosts(
             "https://p.customerportal.energy/a?n%65xt=/one&token_hash=t",
             "https://p.customerportal.energy/a?token_hash=t&next=/invoices/x",
         ),
+        # The name ends at the first "=": a value with "=" in it, or a bare "next", is a next.
+        (
+            "https://p.customerportal.energy/a?next=/a=b&token_hash=t&next",
+            "https://p.customerportal.energy/a?token_hash=t&next=/invoices/x",
+        ),
     ],
 )
 def test_with_next_replaces_every_next_and_keeps_other_bytes(link: str, expected: str) -> None:
