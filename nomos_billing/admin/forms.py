@@ -12,6 +12,9 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import NomosCustomer
 
+#: The largest key a 64-bit signed column holds: a typed id above it names nobody.
+MAX_KEY = 2**63 - 1
+
 
 class UserField(forms.ModelChoiceField):
     """A user by the autocomplete's id, or typed: a login name, else a numeric id."""
@@ -23,9 +26,11 @@ class UserField(forms.ModelChoiceField):
         User = get_user_model()  # noqa: N806
         queryset = self.queryset if self.queryset is not None else User._default_manager.all()
         user = queryset.filter(**{User.USERNAME_FIELD: text}).first()
-        # ASCII digits only, and no more than a 64-bit key has: never a lenient or huge number.
-        if user is None and text.isascii() and text.isdigit() and len(text) <= 18:
-            user = queryset.filter(pk=int(text)).first()
+        # ASCII digits only (never a lenient number), and no more than a 64-bit key holds: a
+        # database cannot bind more (SQLite raises OverflowError).
+        if user is None and text.isascii() and text.isdigit() and len(text) <= len(str(MAX_KEY)):
+            pk = int(text)
+            user = queryset.filter(pk=pk).first() if pk <= MAX_KEY else None
         if user is None:
             raise ValidationError(self.error_messages["invalid_choice"], code="invalid_choice")
         return user
@@ -43,8 +48,9 @@ class UserAutocomplete(AutocompleteSelect):
     def optgroups(self, name: str, value: Any, attr: Any = None) -> Any:
         try:
             return super().optgroups(name, value, attr)
-        except (ValueError, ValidationError):
-            # A login name posted without the browser's widget is no id to show as chosen.
+        except (ValueError, ValidationError, OverflowError):
+            # A login name posted without the browser's widget is no id to show as chosen, nor
+            # is a number past what the database can bind.
             return super().optgroups(name, [], attr)
 
 

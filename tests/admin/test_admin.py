@@ -277,7 +277,20 @@ def test_link_to_user_accepts_a_user_id(admin_client, django_user_model):
     assert customer.user == user
 
 
-@pytest.mark.parametrize("value", ["nobody", "99999", "taken"])
+def test_link_to_user_takes_the_largest_id_the_user_table_holds(admin_client, django_user_model):
+    # SQLite's integer key holds 64 bits (19 digits); contrib.auth's on PostgreSQL holds 32.
+    largest = 2**63 - 1 if connection.vendor == "sqlite" else 2**31 - 1
+    user = django_user_model.objects.create(pk=largest, username="far")
+    customer = NomosCustomer.objects.create(customer_id="cus_far")
+    _link(admin_client, customer, apply="Link", user=str(largest))
+    customer.refresh_from_db()
+    assert customer.user == user
+
+
+# Numbers past a 64-bit key: the re-shown autocomplete looks them up too, and SQLite cannot
+# bind them (OverflowError); the answer is the form's error, never a 500.
+@pytest.mark.parametrize("value", ["nobody", "99999", "taken", "9223372036854775808",
+                                   "9999999999999999999", "9" * 40])
 def test_link_to_user_refuses_unknown_or_taken_users(value, admin_client, django_user_model):
     taken = django_user_model.objects.create(username="taken")
     NomosCustomer.objects.create(customer_id="cus_taken", user=taken)
