@@ -16,7 +16,10 @@ until the attempt fits:
   views, webhook processing and the sync set) decides how much of the window it may fill: a
   click all of it, webhook processing ``SHARES["webhook"]`` and a sync or catch-up
   ``SHARES["background"]``. So a backlog or a sync of 100k subscriptions never spends what a
-  click needs: clicks are served first, webhooks next, syncs last.
+  click needs: clicks are served first, webhooks next, syncs last. The room kept for clicks
+  also grows with the clicks of the last ``CLICK_SECONDS`` (``click_room``): clicks come at
+  random moments, and a fixed share keeps too little room for the few that come together,
+  which would then wait behind a backlog.
 - **Nomos' own word.** When an answer carries ``ratelimit-limit`` / ``ratelimit-remaining`` /
   ``ratelimit-reset`` (IETF draft), a limit lower than ours is followed, and a ``remaining``
   that leaves only what higher priorities need pauses the lower ones until ``reset``, in every
@@ -56,11 +59,13 @@ __all__ = [
     "Priority",
     "RateBudgetExhausted",
     "acquire",
+    "click_room",
     "current_priority",
     "observe",
     "prepaid",
     "priority",
     "sustained_rate",
+    "sustained_rate_beside_clicks",
 ]
 
 Priority = Literal["click", "webhook", "background"]
@@ -72,8 +77,18 @@ SHARES: Mapping[str, float] = {"click": 1.0, "webhook": 0.8, "background": 0.5}
 #: without Nomos counting more than the limit in one of its seconds.
 SLOT = 0.1
 SLOTS = 11
-#: Seconds a slot's count is kept (the window looks back at most 1.2 s).
-KEY_TIMEOUT = 3
+#: Seconds a turn counts for (the window).
+WINDOW = (SLOTS + 1) * SLOT
+#: The clicks of the last this many seconds tell how much room to keep for the next ones.
+CLICK_SECONDS = 10
+CLICK_SLOTS = round(CLICK_SECONDS / SLOT)
+#: How sure a click may be to find a turn free, however much other work is queued.
+CLICK_CONFIDENCE = 0.99
+#: A click adds this to its slot's count, any other turn 1: one atomic count per slot keeps
+#: the window exact (as one key per kind would not) and tells the clicks apart.
+CLICK_WEIGHT = 1000
+#: Seconds a slot's count is kept (the clicks' history, and the window's 1.2 s).
+KEY_TIMEOUT = CLICK_SECONDS + 1
 #: Processes are counted per period of this many seconds (for the share when the cache fails).
 PROCESS_PERIOD = 60
 
@@ -128,7 +143,7 @@ def sustained_rate(kind: Priority, limit: float | None = None) -> float:
     limit = configured_limit() if limit is None else limit
     if limit <= 0:
         return math.inf
-    return _allowed(limit, kind) / ((SLOTS + 1) * SLOT)
+    return _allowed(limit, kind) / WINDOW
 
 
 class SiteRate:
@@ -169,21 +184,34 @@ class SiteRate:
         now = time.time() if now is None else now
         slot = math.floor(now / SLOT)
         keys = [self._slot_key(slot - back) for back in range(1, SLOTS + 1)]
+        # Only the kinds below clicks need the clicks' history.
+        history = (
+            []
+            if kind == "click"
+            else [self._slot_key(slot - back) for back in range(SLOTS + 1, CLICK_SLOTS + 1)]
+        )
         pause_key = self.prefix + "pause:" + kind
-        found = self.cache.get_many([*keys, pause_key, *self._process_keys(now)])
+        found = self.cache.get_many([*keys, *history, pause_key, *self._process_keys(now)])
         paused_until = found.get(pause_key)
         if isinstance(paused_until, (int, float)) and paused_until > now:
             return float(paused_until - now)
         self._count_processes(now, found)
         # Each process counting alone (the cache failed) keeps to its part of what all may use.
-        allowed = _allowed(limit, kind, self._processes if self.cache.failing else 1)
-        before = sum(int(found.get(k) or 0) for k in keys)
-        if before >= allowed:
+        processes = self._processes if self.cache.failing else 1
+        allowed = _allowed(limit, kind, processes)
+        before, clicks = _turns(*(found.get(k) for k in keys))
+        others = before - clicks
+        left = math.inf
+        if kind != "click":
+            recent = clicks + _turns(*(found.get(k) for k in history))[1]
+            left = _left_by_clicks(limit / processes, recent / CLICK_SECONDS)
+        if before >= allowed or others >= left:
             return self._wait_for_room(slot, now)
-        mine = self._count(self._slot_key(slot))
-        if before + mine <= allowed:
+        key, weight = self._slot_key(slot), CLICK_WEIGHT if kind == "click" else 1
+        mine, mine_clicks = _turns(self._count(key, weight))
+        if before + mine <= allowed and others + mine - mine_clicks <= left:
             return 0.0
-        self._give_back(self._slot_key(slot))
+        self._give_back(key, weight)
         return self._wait_for_room(slot, now)
 
     def limit(self) -> float:
@@ -202,18 +230,18 @@ class SiteRate:
     def _slot_key(self, slot: int) -> str:
         return f"{self.prefix}slot:{slot}"
 
-    def _count(self, key: str) -> int:
-        if self.cache.add(key, 1, KEY_TIMEOUT):
-            return 1
+    def _count(self, key: str, weight: int) -> int:
+        if self.cache.add(key, weight, KEY_TIMEOUT):
+            return weight
         try:
-            return self.cache.incr(key)
+            return self.cache.incr(key, weight)
         except ValueError:  # expired between the two calls
-            self.cache.add(key, 1, KEY_TIMEOUT)
-            return 1
+            self.cache.add(key, weight, KEY_TIMEOUT)
+            return weight
 
-    def _give_back(self, key: str) -> None:
+    def _give_back(self, key: str, weight: int) -> None:
         try:
-            self.cache.incr(key, -1)
+            self.cache.incr(key, -weight)
         except ValueError:
             pass
 
@@ -274,6 +302,50 @@ class SiteRate:
 def _allowed(limit: float, kind: str, processes: int = 1) -> int:
     """Requests of ``kind`` a window may hold: at least one, so that no kind waits forever."""
     return max(1, math.floor(limit * SHARES[kind] / processes + 1e-9))
+
+
+def _turns(*counts: object) -> tuple[int, int]:
+    """``(turns, of them clicks)`` in slots' counts (``CLICK_WEIGHT``)."""
+    total = sum(int(c) if isinstance(c, int) else 0 for c in counts)
+    clicks = total // CLICK_WEIGHT
+    return total - clicks * (CLICK_WEIGHT - 1), clicks
+
+
+def click_room(click_rate: float) -> int:
+    """Turns a window keeps free for clicks that come at ``click_rate`` a second, at random
+    moments: the fewest ``r`` such that ``r`` or more clicks fall in one window with a chance
+    below ``1 - CLICK_CONFIDENCE`` (Poisson), so that a click finds a turn free; 0 when no
+    click came."""
+    mean = click_rate * WINDOW
+    if mean <= 0:
+        return 0
+    term = below = math.exp(-mean)
+    room = 1
+    while below < CLICK_CONFIDENCE:
+        term *= mean / room
+        below += term
+        room += 1
+    return room
+
+
+def _left_by_clicks(limit: float, click_rate: float) -> int:
+    """Turns of a window the other kinds may hold beside the clicks' room: at least one, so
+    that no kind waits forever."""
+    return max(1, math.floor(limit + 1e-9) - click_room(click_rate))
+
+
+def sustained_rate_beside_clicks(
+    kind: Priority, click_rate: float, limit: float | None = None
+) -> float:
+    """``sustained_rate`` of ``kind`` while clicks come at ``click_rate`` a second: what a
+    backlog drains at on a site in use (docs: the task queue how-to)."""
+    limit = configured_limit() if limit is None else limit
+    if limit <= 0:
+        return math.inf
+    if kind == "click":
+        return sustained_rate(kind, limit)
+    shared = _allowed(limit, kind) / WINDOW - click_rate
+    return max(0.0, min(shared, _left_by_clicks(limit, click_rate) / WINDOW))
 
 
 def _number(value: str | None) -> float | None:

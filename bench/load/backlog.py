@@ -167,10 +167,10 @@ def backlog(sandbox: Any, args: argparse.Namespace, env: dict[str, str],
         finally:
             web.stop()
         fetches = seen.get(SUB_GET, 0) / elapsed
-        # A click's call counts in the room webhook processing may fill (api_rate): what the
-        # clicks took is not the backlog's to take.
+        # What webhook processing may take beside the clicks that came (api_rate keeps them
+        # their room): the share the backlog is given on a site in use.
         clicked = seen.get(CLICK, 0) / elapsed
-        room = share - clicked
+        room = api_rate.sustained_rate_beside_clicks("webhook", clicked, limit)
         calls = sum(v for k, v in seen.items() if not k.startswith("POST /oauth")) / elapsed
         name = f"{kind} x{count}" + (f" nice {args.worker_nice}" if args.worker_nice else "")
         figures.append((name, quiet, busy, quiet_failed, busy_failed,

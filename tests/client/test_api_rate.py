@@ -216,6 +216,49 @@ def test_each_kind_of_work_fills_the_window_up_to_its_share(rate, order, expecte
     assert [turns(rate, kind, now) for kind in order] == expected
 
 
+def clicked(rate: api_rate.SiteRate, moments: list[float]) -> None:
+    for moment in moments:
+        assert rate.try_acquire("click", moment) == 0
+
+
+@pytest.mark.parametrize(("per_second", "room"), [(0, 0), (0.1, 2), (0.5, 4), (1, 5), (2, 8)])
+def test_the_room_kept_for_clicks_follows_how_often_they_came(per_second, room) -> None:
+    # Poisson: with 1.2 clicks a window on average, 5 or more come together less than 1 % of
+    # the time, so 5 turns are kept.
+    assert api_rate.click_room(per_second) == room
+
+
+def test_after_a_click_a_second_a_backlog_leaves_room_for_five_clicks(rate) -> None:
+    now = 1_000_000.05
+    # Ten clicks in the last ten seconds, none in the current window.
+    clicked(rate, [now - 9.9 + i * 0.9 for i in range(10)])
+    assert turns(rate, "webhook", now) == 5
+    assert turns(rate, "background", now) == 0
+    assert turns(rate, "click", now) == 5  # the window holds the limit, no more
+    # The same backlog with no click in ten seconds takes its whole share.
+    later = now + 20
+    assert turns(rate, "webhook", later) == 8
+
+
+def test_clicks_in_the_window_do_not_take_the_turns_left_to_a_backlog(rate) -> None:
+    now = 1_000_000.05
+    # Ten clicks in ten seconds again, three of them in the current window: they use three
+    # of the five turns kept for clicks, not the five left to the backlog.
+    clicked(rate, [now - 9.9 + i * 1.2 for i in range(7)])
+    clicked(rate, [now - 0.5, now - 0.4, now - 0.3])
+    assert turns(rate, "webhook", now) == 5
+    assert turns(rate, "click", now) == 2
+
+
+def test_busy_clicks_never_starve_a_backlog(rate) -> None:
+    now = 1_000_000.05
+    clicked(rate, [now - 9.95 + i * 0.45 for i in range(20)])  # 2 a second
+    assert turns(rate, "webhook", now) == 2
+    assert api_rate.sustained_rate_beside_clicks("webhook", 2, 10) == pytest.approx(2 / 1.2)
+    assert api_rate.sustained_rate_beside_clicks("webhook", 0, 10) == pytest.approx(8 / 1.2)
+    assert api_rate.sustained_rate_beside_clicks("webhook", 1, 10) == pytest.approx(5 / 1.2)
+
+
 def test_the_window_moves_on_after_one_second_and_a_margin(rate) -> None:
     now = 1_000_000.05
     assert turns(rate, "click", now) == RATE
