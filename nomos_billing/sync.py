@@ -26,6 +26,9 @@ from .signals import subscription_status_changed
 
 logger = logging.getLogger("nomos_billing.sync")
 
+# ``SubscriptionStatus.values`` builds a list on every read; a sync reads it once per item.
+_KNOWN_STATUSES = frozenset(SubscriptionStatus.values)
+
 
 class Upserted(NamedTuple):
     customer: NomosCustomer
@@ -90,7 +93,7 @@ def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     Nomos changed: one SELECT for them all, one UPDATE of the changed columns per changed
     customer. Returns the ids we have rows for and how many rows changed."""
     ids = [text(item.get("id"), 64) for item in items]
-    rows = {c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=ids)}
+    rows = bulk.by_key(NomosCustomer, "customer_id", ids)
     changed = 0
     for customer_id, item in zip(ids, items, strict=True):
         row = rows.get(customer_id)
@@ -195,7 +198,12 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
 
 
 def _link_and_announce(
-    result: Upserted, data: dict[str, Any], lead_id: str, previous: str | None, changed: bool
+    result: Upserted,
+    data: dict[str, Any],
+    lead_id: str,
+    previous: str | None,
+    changed: bool,
+    resolvers: list[tuple[str, Any]] | None = None,
 ) -> Upserted:
     customer, subscription = result.customer, result.subscription
     if not customer.is_linked:
@@ -204,10 +212,11 @@ def _link_and_announce(
                 customer=customer,
                 subscription=data,
                 lead_id=lead_id or subscription.lead_id or None,
-            )
+            ),
+            resolvers=resolvers,
         )
         result = result._replace(linked=linked)
-    if changed and subscription.status in SubscriptionStatus.values:
+    if changed and subscription.status in _KNOWN_STATUSES:
         # Receivers act on the statuses they know: one Nomos added later is stored, not
         # announced (its meaning is unknown to them).
         subscription_status_changed.send(
@@ -236,49 +245,24 @@ def upsert_subscriptions(
     customer objects of those we have no row for (``nomos_sync`` fetches them by page). Every
     item must have a string ``id`` and ``customer``.
     """
-    customer_ids = {_customer_id_of(item) for item in items}
-    customers = {
-        c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=customer_ids)
-    }
+    keys = [(text(item["id"], 64), _customer_id_of(item)) for item in items]
+    customer_ids = {cid for _, cid in keys}
+    customers = bulk.by_key(NomosCustomer, "customer_id", customer_ids)
     new_customers = customer_ids - customers.keys()
+    # Customers this call inserted: they have no subscriptions yet.
+    inserted: set[str] = set()
     if new_customers:
-        fetched = fetch_customers(new_customers)
-        # A new customer's latest status: its newest subscription on this page.
-        newest: dict[str, tuple[str, str]] = {}
-        for item in items:
-            cid = _customer_id_of(item)
-            status = status_value(item.get("status"))
-            key = (str(item.get("created_at") or ""), status)
-            newest[cid] = max(newest.get(cid, key), key)
-        rows = [
-            bulk.new(
-                NomosCustomer,
-                {
-                    "customer_id": cid,
-                    "latest_status": newest[cid][1],
-                    **customer_fields(fetched[cid]),
-                },
-            )
-            for cid in sorted(new_customers)
-        ]
-        if _bulk_insert(NomosCustomer, rows, "customer_id"):
-            customers.update((c.customer_id, c) for c in rows)
-        else:  # someone else stored one of them meanwhile: one at a time
-            for cid in new_customers:
-                customers[cid] = upsert_customer(
-                    {**fetched[cid], "id": cid}, latest_status=newest[cid][1]
-                )[0]
-    subscriptions = {
-        s.subscription_id: s
-        for s in NomosSubscription.objects.filter(
-            subscription_id__in=[text(item["id"], 64) for item in items]
-        )
-    }
+        inserted = _insert_customers(items, keys, new_customers, customers, fetch_customers)
+    # Only the subscriptions of customers we had are looked for (none on a first sync's
+    # page), as ``upsert_from_subscription`` does: one stored meanwhile fails the INSERT below
+    # and each is then stored the careful way.
+    subscriptions = bulk.by_key(
+        NomosSubscription, "subscription_id", {sid for sid, cid in keys if cid not in inserted}
+    )
     prepared = []
     inserts: dict[str, NomosSubscription] = {}
-    for item in items:
-        subscription_id = text(item["id"], 64)
-        customer = customers[_customer_id_of(item)]
+    for item, (subscription_id, cid) in zip(items, keys, strict=True):
+        customer = customers[cid]
         values = {**subscription_fields(item), "customer_id": customer.pk}
         lead_id = _item_lead(item)
         if subscription_id not in subscriptions and subscription_id not in inserts:
@@ -291,6 +275,8 @@ def upsert_subscriptions(
         inserts = {}  # a concurrent writer got one in first: store each the careful way
     results = []
     stale: set[int] = set()
+    # Resolved once for the page, not per item (``USER_RESOLVERS`` is read and imported).
+    resolvers = linking.get_resolvers()
     for item, subscription_id, customer, values, lead_id in prepared:
         created_customer = customer.customer_id in new_customers
         row = inserts.pop(subscription_id, None)
@@ -304,12 +290,45 @@ def upsert_subscriptions(
                 subscription_id, values, lead_id, new_customer=False
             )
         result = Upserted(customer, row, created_customer, created)
-        results.append(_link_and_announce(result, item, lead_id, previous, changed))
+        results.append(_link_and_announce(result, item, lead_id, previous, changed, resolvers))
         if changed and not created_customer:
             stale.add(customer.pk)
     for pk in sorted(stale):
         refresh_latest_status(pk)
     return results
+
+
+def _insert_customers(
+    items: list[dict[str, Any]],
+    keys: list[tuple[str, str]],
+    new_customers: set[str],
+    customers: dict[str, NomosCustomer],
+    fetch_customers: Callable[[set[str]], dict[str, dict[str, Any]]],
+) -> set[str]:
+    """Store the page's ``new_customers`` into ``customers``; the ids of those inserted by one
+    INSERT (none when a concurrent writer stored one first and each went the careful way)."""
+    fetched = fetch_customers(new_customers)
+    # A new customer's latest status: its newest subscription on this page.
+    newest: dict[str, tuple[str, str]] = {}
+    for item, (_, cid) in zip(items, keys, strict=True):
+        if cid in new_customers:
+            status = status_value(item.get("status"))
+            key = (str(item.get("created_at") or ""), status)
+            newest[cid] = max(newest.get(cid, key), key)
+    rows = [
+        bulk.new(
+            NomosCustomer,
+            {"customer_id": cid, "latest_status": newest[cid][1], **customer_fields(fetched[cid])},
+        )
+        for cid in sorted(new_customers)
+    ]
+    if _bulk_insert(NomosCustomer, rows, "customer_id"):
+        customers.update((c.customer_id, c) for c in rows)
+        return new_customers
+    for cid in new_customers:  # someone else stored one of them meanwhile: one at a time
+        data = {**fetched[cid], "id": cid}
+        customers[cid] = upsert_customer(data, latest_status=newest[cid][1])[0]
+    return set()
 
 
 def refresh_latest_status(customer_pk: int) -> None:
