@@ -74,6 +74,8 @@ class _Page(NamedTuple):
     fields: list[models.Field[Any, Any]]
     objs: Sequence[models.Model]
     key: models.Field[Any, Any]
+    #: What the auto_now and auto_now_add fields of every row were set to.
+    now: datetime
 
 
 def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str) -> None:
@@ -107,7 +109,7 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
                 field.pre_save(obj, True)
     # get_field's type allows a relation; ``key`` names one of our unique columns.
     unique = cast("models.Field[Any, Any]", meta.get_field(key))
-    pairs = inserted(_Page(connection, model, fields, objs, unique))
+    pairs = inserted(_Page(connection, model, fields, objs, unique, now))
     if pairs is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
@@ -120,13 +122,15 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
 
 def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     """None when a value is not plain JSON (or a naive datetime): left to bulk_create."""
-    connection, model, fields, objs, key = page
+    connection, model, fields, objs, key, _ = page
     # The page as one JSON document that PostgreSQL unpacks (json_to_recordset): json.dumps
     # is C, where adapting each value, or each column as an array (Django's UNNEST insert),
     # is Python per value.
     quote = connection.ops.quote_name
     attnames = [(field.attname, field.column) for field in fields]
     moments = [f.column for f in fields if isinstance(f, models.DateTimeField)]
+    # The statement's one auto_now moment (two columns of every row) is written out once.
+    stamp = page.now.isoformat()
     rows = []
     for obj in objs:
         values = obj.__dict__
@@ -136,7 +140,7 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
             if value is not None:
                 if value.tzinfo is None:
                     return None  # naive: the field's way (made aware, with its warning)
-                row[column] = value.isoformat()
+                row[column] = stamp if value is page.now else value.isoformat()
         rows.append(row)
     try:
         document = json.dumps(rows, allow_nan=False)
@@ -158,7 +162,7 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
 
 
 def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
-    connection, model, fields, objs, key = page
+    connection, model, fields, objs, key, _ = page
     quote = connection.ops.quote_name
     adapters = [_adapter(field, connection) for field in fields]
     head = (
@@ -232,19 +236,33 @@ def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[
         return {row[0] for row in cursor.fetchall()}
 
 
-_LAYOUTS: dict[type[models.Model], list[tuple[str, Callable[[], Any]]]] = {}
+#: Per model, its attnames and its concrete fields in order as ``(attname, default factory or
+#: None, default)``: a default that is the same object for every row (none given: None or "";
+#: a value, not a callable) is read once, a callable or a database default for each row.
+_LAYOUTS: dict[type[models.Model], tuple[frozenset[str], list[tuple[str, Any, Any]]]] = {}
+
+
+def _layout(model: type[models.Model]) -> tuple[frozenset[str], list[tuple[str, Any, Any]]]:
+    layout = [
+        (f.attname, f.get_default, None)
+        if (f.has_default() and callable(f.default)) or f.has_db_default()
+        else (f.attname, None, f.get_default())
+        for f in model._meta.concrete_fields
+    ]
+    _LAYOUTS[model] = frozenset(attname for attname, _, _ in layout), layout
+    return _LAYOUTS[model]
 
 
 def new(model: type[models.Model], values: dict[str, Any]) -> Any:
     """``model(**values)`` (``values`` by attname: ``customer_id``, not ``customer``), built the
     way Django builds a row it read: positionally, without matching each keyword to a field
     (a page of 100 subscriptions builds 200 objects)."""
-    layout = _LAYOUTS.get(model)
-    if layout is None:
-        layout = _LAYOUTS[model] = [(f.attname, f.get_default) for f in model._meta.concrete_fields]
-    unknown = values.keys() - {attname for attname, _ in layout}
-    if unknown:
-        raise TypeError(f"{model.__name__} has no fields {sorted(unknown)}")
+    attnames, layout = _LAYOUTS.get(model) or _layout(model)
+    if not values.keys() <= attnames:
+        raise TypeError(f"{model.__name__} has no fields {sorted(values.keys() - attnames)}")
     return model(
-        *[values[attname] if attname in values else default() for attname, default in layout]
+        *[
+            values[attname] if attname in values else make() if make else default
+            for attname, make, default in layout
+        ]
     )

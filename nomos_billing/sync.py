@@ -188,24 +188,21 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
     )
     if changed_status and not customer_created:
         refresh_latest_status(customer.pk)
-    return _link_and_announce(
-        Upserted(customer, subscription, customer_created, created),
-        data,
-        lead_id,
-        previous,
-        changed_status,
-    )
+    linked = _link_and_announce(customer, subscription, data, lead_id, previous, changed_status)
+    return Upserted(customer, subscription, customer_created, created, linked)
 
 
 def _link_and_announce(
-    result: Upserted,
+    customer: NomosCustomer,
+    subscription: NomosSubscription,
     data: dict[str, Any],
     lead_id: str,
     previous: str | None,
     changed: bool,
     resolvers: list[tuple[str, Any]] | None = None,
-) -> Upserted:
-    customer, subscription = result.customer, result.subscription
+) -> bool:
+    """Link an unlinked customer (True if linked now) and announce a status change."""
+    linked = False
     if not customer.is_linked:
         linked = linking.link_customer(
             linking.LinkRequest(
@@ -215,7 +212,6 @@ def _link_and_announce(
             ),
             resolvers=resolvers,
         )
-        result = result._replace(linked=linked)
     if changed and subscription.status in _KNOWN_STATUSES:
         # Receivers act on the statuses they know: one Nomos added later is stored, not
         # announced (its meaning is unknown to them).
@@ -225,7 +221,7 @@ def _link_and_announce(
             previous=previous,
             status=subscription.status,
         )
-    return result
+    return linked
 
 
 def _item_lead(data: dict[str, Any], lead_id: str | None = None) -> str:
@@ -289,8 +285,8 @@ def upsert_subscriptions(
             row, created, previous, changed = _store_subscription(
                 subscription_id, values, lead_id, new_customer=False
             )
-        result = Upserted(customer, row, created_customer, created)
-        results.append(_link_and_announce(result, item, lead_id, previous, changed, resolvers))
+        linked = _link_and_announce(customer, row, item, lead_id, previous, changed, resolvers)
+        results.append(Upserted(customer, row, created_customer, created, linked))
         if changed and not created_customer:
             stale.add(customer.pk)
     for pk in sorted(stale):
