@@ -14,18 +14,20 @@ values we built ourselves (``str``, ``int``, aware ``datetime``, a ``dict`` for 
   through the field's own ``get_db_prep_save``;
 - on other databases with ``bulk_create``.
 
-Like ``bulk_create``: primary keys set on the objects (matched back by a unique field, so the
-order rows come back in does not matter), no signals, ``auto_now``/``auto_now_add`` filled in.
+Like ``bulk_create``: all rows or none, primary keys set on the objects (matched back by a
+unique field, so the order rows come back in does not matter), no signals,
+``auto_now``/``auto_now_add`` filled in.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from django.db import connections, models, router
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 Adapter = Callable[[Any], Any]
@@ -174,16 +176,19 @@ def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
     # Within the backend's limit on bound parameters (999 on an old SQLite).
     size = max(1, connection.ops.bulk_batch_size(fields, objs))
     keys: list[tuple[Any, Any]] = []
-    for start in range(0, len(objs), size):
-        batch = objs[start : start + size]
-        params = [
-            adapt(getattr(obj, field.attname))
-            for obj in batch
-            for field, adapt in zip(fields, adapters, strict=True)
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
-            keys += cursor.fetchall()
+    # Several statements are all or nothing, as bulk_create's batches are.
+    several = len(objs) > size
+    with transaction.atomic(using=connection.alias, savepoint=False) if several else nullcontext():
+        for start in range(0, len(objs), size):
+            batch = objs[start : start + size]
+            params = [
+                adapt(getattr(obj, field.attname))
+                for obj in batch
+                for field, adapt in zip(fields, adapters, strict=True)
+            ]
+            with connection.cursor() as cursor:
+                cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
+                keys += cursor.fetchall()
     return keys
 
 

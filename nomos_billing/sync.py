@@ -346,8 +346,11 @@ def _customer_id_of(item: dict[str, Any]) -> str:
 def _bulk_insert(model: Any, rows: list[Any], key: str) -> bool:
     """One INSERT for all ``rows`` (primary keys set on PostgreSQL and SQLite); False, with
     nothing inserted, when one of them already exists."""
+    # As in _insert: a savepoint only inside a transaction. In autocommit the INSERT fails
+    # alone (bulk.insert is all or nothing), and a block would add BEGIN and COMMIT.
+    nested = transaction.get_connection(router.db_for_write(model)).in_atomic_block
     try:
-        with transaction.atomic():
+        with transaction.atomic() if nested else nullcontext():
             bulk.insert(model, rows, key=key)
     except IntegrityError:
         for row in rows:
