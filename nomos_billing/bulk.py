@@ -103,11 +103,12 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
     ]
     now = timezone.now()
     for field in stamped:
-        for obj in objs:
-            # What pre_save does for a new row, one moment for the whole statement.
-            if isinstance(field, models.DateTimeField):
+        # What pre_save does for a new row, one moment for the whole statement.
+        if isinstance(field, models.DateTimeField):
+            for obj in objs:
                 setattr(obj, field.attname, now)
-            else:
+        else:
+            for obj in objs:
                 field.pre_save(obj, True)
     # get_field's type allows a relation; ``key`` names one of our unique columns.
     unique = cast("models.Field[Any, Any]", meta.get_field(key))
@@ -197,16 +198,20 @@ def _base_type(field: models.Field[Any, Any], connection: Any) -> str:
     return str(field.db_type(connection)).split("(")[0]
 
 
-def _any_sql(model: type[models.Model], key: str, *, whole_rows: bool) -> tuple[Any, str]:
-    """``(connection, "SELECT * | <key> FROM <table> WHERE <key> = ANY(%s)")``."""
+def _any_sql(model: type[models.Model], key: str, names: Sequence[str]) -> tuple[Any, str]:
+    """``(connection, "SELECT <names> FROM <table> WHERE <key> = ANY(%s)")`` ("*" for no
+    names)."""
     connection: Any = connections[router.db_for_read(model)]
     quote = connection.ops.quote_name
-    # get_field's type allows a relation; ``key`` names one of our unique columns.
-    column = quote(cast("models.Field[Any, Any]", model._meta.get_field(key)).column)
+
+    def column(name: str) -> str:
+        # get_field's type allows a relation; these name our own concrete fields.
+        return str(quote(cast("models.Field[Any, Any]", model._meta.get_field(name)).column))
+
     # Names from the model's metadata, quoted; the keys go in as the one parameter.
     return connection, (
-        f"SELECT {'*' if whole_rows else column} "  # noqa: S608
-        f"FROM {quote(model._meta.db_table)} WHERE {column} = ANY(%s)"
+        f"SELECT {', '.join(map(column, names)) or '*'} "  # noqa: S608
+        f"FROM {quote(model._meta.db_table)} WHERE {column(key)} = ANY(%s)"
     )
 
 
@@ -219,7 +224,7 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
     if not keys:
         return {}
     manager = model._default_manager
-    connection, sql = _any_sql(model, key, whole_rows=True)
+    connection, sql = _any_sql(model, key, ())
     if connection.vendor == "postgresql":
         rows = manager.raw(sql, [list(keys)])
     else:
@@ -227,18 +232,28 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
     return {getattr(row, key): row for row in rows}
 
 
-def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[Any]:
-    """Which of ``keys`` (values of the unique field ``key``) ``model`` has rows for, in one
-    SELECT of that column alone (on PostgreSQL with the keys as one array, as ``by_key``)."""
+def values_by_key(
+    model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
+) -> dict[Any, tuple[Any, ...]]:
+    """``values_list(key, *names)`` of the rows whose ``key`` is one of ``keys``, by key: a
+    row's columns without building its object. On PostgreSQL one raw SELECT with the keys as
+    one array (as ``by_key``), for columns read as they are (no ``from_db_value``)."""
     if not keys:
-        return set()
-    connection, sql = _any_sql(model, key, whole_rows=False)
-    if connection.vendor != "postgresql":
-        found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(key, flat=True)
-        return set(found)
+        return {}
+    connection, sql = _any_sql(model, key, (key, *names))
+    fields = [model._meta.get_field(name) for name in (key, *names)]
+    if connection.vendor != "postgresql" or any(hasattr(f, "from_db_value") for f in fields):
+        found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(key, *names)
+        return {row[0]: row[1:] for row in found}
     with connection.cursor() as cursor:
         cursor.execute(sql, [list(keys)])
-        return {row[0] for row in cursor.fetchall()}
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[Any]:
+    """Which of ``keys`` (values of the unique field ``key``) ``model`` has rows for (one
+    SELECT of that column alone, as ``values_by_key``)."""
+    return set(values_by_key(model, key, keys, ()))
 
 
 #: Per model, its attnames and its concrete fields in order as ``(attname, default factory or

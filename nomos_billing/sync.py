@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from . import bulk, linking
 from .client import get_client
-from .columns import customer_fields, status_value, subscription_fields, text
+from .columns import CUSTOMER_COLUMNS, customer_fields, status_value, subscription_fields, text
 from .models import NomosCustomer, NomosSubscription, SubscriptionStatus
 from .signals import subscription_status_changed
 
@@ -90,16 +90,23 @@ def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[N
 
 def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     """Update our rows of the customers in ``items`` (Nomos customer objects) whose fields
-    Nomos changed: one SELECT for them all, one UPDATE of the changed columns per changed
-    customer. Returns the ids we have rows for and how many rows changed."""
+    Nomos changed: one SELECT of their columns for them all, then per changed customer its
+    row and one UPDATE of the changed columns. Returns the ids we have rows for and how many
+    rows changed."""
     ids = [text(item.get("id"), 64) for item in items]
-    rows = bulk.by_key(NomosCustomer, "customer_id", ids)
+    # Columns, not objects: a catch-up walks every customer and finds few changed.
+    stored = bulk.values_by_key(NomosCustomer, "customer_id", ids, CUSTOMER_COLUMNS)
     changed = 0
     for customer_id, item in zip(ids, items, strict=True):
-        row = rows.get(customer_id)
-        if row is not None:
-            changed += _save_changes(row, customer_fields(item))
-    return set(rows), changed
+        columns = stored.get(customer_id)
+        if columns is None:
+            continue
+        fields = customer_fields(item)
+        if dict(zip(CUSTOMER_COLUMNS, columns, strict=True)) != fields:
+            row = NomosCustomer.objects.filter(customer_id=customer_id).first()
+            if row is not None:  # (deleted meanwhile: nothing to update)
+                changed += _save_changes(row, fields)
+    return set(stored), changed
 
 
 def _customer_for(data: dict[str, Any], status: str) -> tuple[NomosCustomer, bool]:
