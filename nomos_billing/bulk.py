@@ -14,18 +14,23 @@ values we built ourselves (``str``, ``int``, aware ``datetime``, a ``dict`` for 
   through the field's own ``get_db_prep_save``;
 - on other databases with ``bulk_create``.
 
-Like ``bulk_create``: primary keys set on the objects (matched back by a unique field, so the
-order rows come back in does not matter), no signals, ``auto_now``/``auto_now_add`` filled in.
+Like ``bulk_create``: all rows or none, primary keys set on the objects (matched back by a
+unique field, so the order rows come back in does not matter), no signals,
+``auto_now``/``auto_now_add`` filled in.
+
+The page's reads by key (``by_key``, ``values_by_key``, ``existing``) are one SELECT each, on
+PostgreSQL with the keys as one array parameter (``= ANY(%s)``) instead of an ``IN`` list.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from django.db import connections, models, router
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 Adapter = Callable[[Any], Any]
@@ -74,6 +79,8 @@ class _Page(NamedTuple):
     fields: list[models.Field[Any, Any]]
     objs: Sequence[models.Model]
     key: models.Field[Any, Any]
+    #: What the auto_now and auto_now_add fields of every row were set to.
+    now: datetime
 
 
 def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str) -> None:
@@ -99,15 +106,16 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
     ]
     now = timezone.now()
     for field in stamped:
-        for obj in objs:
-            # What pre_save does for a new row, one moment for the whole statement.
-            if isinstance(field, models.DateTimeField):
+        # What pre_save does for a new row, one moment for the whole statement.
+        if isinstance(field, models.DateTimeField):
+            for obj in objs:
                 setattr(obj, field.attname, now)
-            else:
+        else:
+            for obj in objs:
                 field.pre_save(obj, True)
     # get_field's type allows a relation; ``key`` names one of our unique columns.
     unique = cast("models.Field[Any, Any]", meta.get_field(key))
-    pairs = inserted(_Page(connection, model, fields, objs, unique))
+    pairs = inserted(_Page(connection, model, fields, objs, unique, now))
     if pairs is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
@@ -120,13 +128,15 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
 
 def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     """None when a value is not plain JSON (or a naive datetime): left to bulk_create."""
-    connection, model, fields, objs, key = page
+    connection, model, fields, objs, key, _ = page
     # The page as one JSON document that PostgreSQL unpacks (json_to_recordset): json.dumps
     # is C, where adapting each value, or each column as an array (Django's UNNEST insert),
     # is Python per value.
     quote = connection.ops.quote_name
     attnames = [(field.attname, field.column) for field in fields]
     moments = [f.column for f in fields if isinstance(f, models.DateTimeField)]
+    # The statement's one auto_now moment (two columns of every row) is written out once.
+    stamp = page.now.isoformat()
     rows = []
     for obj in objs:
         values = obj.__dict__
@@ -136,7 +146,7 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
             if value is not None:
                 if value.tzinfo is None:
                     return None  # naive: the field's way (made aware, with its warning)
-                row[column] = value.isoformat()
+                row[column] = stamp if value is page.now else value.isoformat()
         rows.append(row)
     try:
         document = json.dumps(rows, allow_nan=False)
@@ -158,7 +168,7 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
 
 
 def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
-    connection, model, fields, objs, key = page
+    connection, model, fields, objs, key, _ = page
     quote = connection.ops.quote_name
     adapters = [_adapter(field, connection) for field in fields]
     head = (
@@ -170,16 +180,19 @@ def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
     # Within the backend's limit on bound parameters (999 on an old SQLite).
     size = max(1, connection.ops.bulk_batch_size(fields, objs))
     keys: list[tuple[Any, Any]] = []
-    for start in range(0, len(objs), size):
-        batch = objs[start : start + size]
-        params = [
-            adapt(getattr(obj, field.attname))
-            for obj in batch
-            for field, adapt in zip(fields, adapters, strict=True)
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
-            keys += cursor.fetchall()
+    # Several statements are all or nothing, as bulk_create's batches are.
+    several = len(objs) > size
+    with transaction.atomic(using=connection.alias, savepoint=False) if several else nullcontext():
+        for start in range(0, len(objs), size):
+            batch = objs[start : start + size]
+            params = [
+                adapt(getattr(obj, field.attname))
+                for obj in batch
+                for field, adapt in zip(fields, adapters, strict=True)
+            ]
+            with connection.cursor() as cursor:
+                cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
+                keys += cursor.fetchall()
     return keys
 
 
@@ -188,19 +201,90 @@ def _base_type(field: models.Field[Any, Any], connection: Any) -> str:
     return str(field.db_type(connection)).split("(")[0]
 
 
-_LAYOUTS: dict[type[models.Model], list[tuple[str, Callable[[], Any]]]] = {}
+def _any_sql(model: type[models.Model], key: str, names: Sequence[str]) -> tuple[Any, str]:
+    """``(connection, "SELECT <names> FROM <table> WHERE <key> = ANY(%s)")``."""
+    connection: Any = connections[router.db_for_read(model)]
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        # get_field's type allows a relation; these name our own concrete fields.
+        return str(quote(cast("models.Field[Any, Any]", model._meta.get_field(name)).column))
+
+    # Names from the model's metadata, quoted; the keys go in as the one parameter.
+    return connection, (
+        f"SELECT {', '.join(map(column, names))} "  # noqa: S608
+        f"FROM {quote(model._meta.db_table)} WHERE {column(key)} = ANY(%s)"
+    )
+
+
+def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[Any, Any]:
+    """The rows of ``model`` whose ``key`` (a unique field) is one of ``keys``, by key, read
+    in one SELECT: ``filter(key__in=keys)``, except that on PostgreSQL the keys are one array
+    parameter (``= ANY(%s)``) of a raw query. Django compiles an ``IN`` list value by value
+    and psycopg parses a statement with more than 50 parameters afresh on every call (it
+    caches only smaller ones): for a page of 100 keys, most of the SELECT's cost."""
+    if not keys:
+        return {}
+    manager = model._default_manager
+    connection, sql = _any_sql(model, key, [f.name for f in model._meta.concrete_fields])
+    if connection.vendor == "postgresql":
+        rows = manager.raw(sql, [list(keys)])
+    else:
+        rows = manager.filter(**{f"{key}__in": keys})
+    return {getattr(row, key): row for row in rows}
+
+
+def values_by_key(
+    model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
+) -> dict[Any, tuple[Any, ...]]:
+    """``values_list(key, *names)`` of the rows whose ``key`` is one of ``keys``, by key: a
+    row's columns without building its object. On PostgreSQL one raw SELECT with the keys as
+    one array (as ``by_key``), for columns read as they are (no ``from_db_value``)."""
+    if not keys:
+        return {}
+    connection, sql = _any_sql(model, key, (key, *names))
+    fields = [model._meta.get_field(name) for name in (key, *names)]
+    if connection.vendor != "postgresql" or any(hasattr(f, "from_db_value") for f in fields):
+        found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(key, *names)
+        return {row[0]: row[1:] for row in found}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(keys)])
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[Any]:
+    """Which of ``keys`` (values of the unique field ``key``) ``model`` has rows for (one
+    SELECT of that column alone, as ``values_by_key``)."""
+    return set(values_by_key(model, key, keys, ()))
+
+
+#: Per model, its attnames and its concrete fields in order as ``(attname, default factory or
+#: None, default)``: a default that is the same object for every row (none given: None or "";
+#: a value, not a callable) is read once, a callable or a database default for each row.
+_LAYOUTS: dict[type[models.Model], tuple[frozenset[str], list[tuple[str, Any, Any]]]] = {}
+
+
+def _layout(model: type[models.Model]) -> tuple[frozenset[str], list[tuple[str, Any, Any]]]:
+    layout = [
+        (f.attname, f.get_default, None)
+        if (f.has_default() and callable(f.default)) or f.has_db_default()
+        else (f.attname, None, f.get_default())
+        for f in model._meta.concrete_fields
+    ]
+    _LAYOUTS[model] = frozenset(attname for attname, _, _ in layout), layout
+    return _LAYOUTS[model]
 
 
 def new(model: type[models.Model], values: dict[str, Any]) -> Any:
     """``model(**values)`` (``values`` by attname: ``customer_id``, not ``customer``), built the
     way Django builds a row it read: positionally, without matching each keyword to a field
     (a page of 100 subscriptions builds 200 objects)."""
-    layout = _LAYOUTS.get(model)
-    if layout is None:
-        layout = _LAYOUTS[model] = [(f.attname, f.get_default) for f in model._meta.concrete_fields]
-    unknown = values.keys() - {attname for attname, _ in layout}
-    if unknown:
-        raise TypeError(f"{model.__name__} has no fields {sorted(unknown)}")
+    attnames, layout = _LAYOUTS.get(model) or _layout(model)
+    if not values.keys() <= attnames:
+        raise TypeError(f"{model.__name__} has no fields {sorted(values.keys() - attnames)}")
     return model(
-        *[values[attname] if attname in values else default() for attname, default in layout]
+        *[
+            values[attname] if attname in values else make() if make else default
+            for attname, make, default in layout
+        ]
     )

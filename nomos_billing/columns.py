@@ -43,8 +43,12 @@ def datetime_or_none(value: Any) -> datetime | None:
         return None
 
 
+#: The ``NomosCustomer`` columns ``customer_fields`` fills.
+CUSTOMER_COLUMNS = ("email", "first_name", "last_name", "company_name", "type")
+
+
 def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our ``NomosCustomer`` columns from a Nomos customer object."""
+    """Our ``NomosCustomer`` columns (``CUSTOMER_COLUMNS``) from a Nomos customer object."""
     return {
         "email": text(data.get("email"), 254),
         "first_name": text(data.get("first_name"), 100),

@@ -243,8 +243,12 @@ def get_resolvers() -> list[tuple[str, Any]]:
     return [(path, import_string(path)) for path in nomos_settings.USER_RESOLVERS]
 
 
-def resolve_user(link: LinkRequest) -> tuple[Any, str] | tuple[None, None]:
-    for path, resolver in get_resolvers():
+def resolve_user(
+    link: LinkRequest, resolvers: list[tuple[str, Any]] | None = None
+) -> tuple[Any, str] | tuple[None, None]:
+    """The first user a resolver finds, and that resolver's name. ``resolvers``: those of
+    ``get_resolvers()``, read once by a caller that links many customers (a sync's page)."""
+    for path, resolver in get_resolvers() if resolvers is None else resolvers:
         user = resolver(link)
         if user is not None:
             return user, path.rsplit(".", 1)[-1]
@@ -271,18 +275,19 @@ def is_bound(rule: str) -> bool:
     return rule in BOUND_RULES and nomos_settings.BIND_LINKS_TO_EMAIL
 
 
-def link_customer(link: LinkRequest) -> bool:
+def link_customer(link: LinkRequest, *, resolvers: list[tuple[str, Any]] | None = None) -> bool:
     """Link ``link.customer`` to the user the resolvers find. Returns True if it was linked now.
 
     A find by a bound rule (lead, signed reference) whose customer has another address than
     the user is held for confirmation instead (``confirmation.hold``) and returns False. An
     already linked customer stays with its user, and a user already holding another customer
-    is not given a second one (one-to-one); both are logged for an operator.
+    is not given a second one (one-to-one); both are logged for an operator. ``resolvers``:
+    as ``resolve_user``'s.
     """
     customer = link.customer
     if customer.user_id is not None:
         return False
-    user, resolver = resolve_user(link)
+    user, resolver = resolve_user(link, resolvers)
     if user is None:
         logger.info("Nomos customer %s could not be linked to a user", customer.customer_id)
         return False

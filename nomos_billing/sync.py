@@ -20,11 +20,14 @@ from django.utils import timezone
 
 from . import bulk, linking
 from .client import get_client
-from .columns import customer_fields, status_value, subscription_fields, text
+from .columns import CUSTOMER_COLUMNS, customer_fields, status_value, subscription_fields, text
 from .models import NomosCustomer, NomosSubscription, SubscriptionStatus
 from .signals import subscription_status_changed
 
 logger = logging.getLogger("nomos_billing.sync")
+
+# ``SubscriptionStatus.values`` builds a list on every read; a sync reads it once per item.
+_KNOWN_STATUSES = frozenset(SubscriptionStatus.values)
 
 
 class Upserted(NamedTuple):
@@ -87,16 +90,23 @@ def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[N
 
 def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     """Update our rows of the customers in ``items`` (Nomos customer objects) whose fields
-    Nomos changed: one SELECT for them all, one UPDATE of the changed columns per changed
-    customer. Returns the ids we have rows for and how many rows changed."""
+    Nomos changed: one SELECT of their columns for them all, then per changed customer its
+    row and one UPDATE of the changed columns. Returns the ids we have rows for and how many
+    rows changed."""
     ids = [text(item.get("id"), 64) for item in items]
-    rows = {c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=ids)}
+    # Columns, not objects: a catch-up walks every customer and finds few changed.
+    stored = bulk.values_by_key(NomosCustomer, "customer_id", ids, CUSTOMER_COLUMNS)
     changed = 0
     for customer_id, item in zip(ids, items, strict=True):
-        row = rows.get(customer_id)
-        if row is not None:
-            changed += _save_changes(row, customer_fields(item))
-    return set(rows), changed
+        columns = stored.get(customer_id)
+        if columns is None:
+            continue
+        fields = customer_fields(item)
+        if dict(zip(CUSTOMER_COLUMNS, columns, strict=True)) != fields:
+            row = NomosCustomer.objects.filter(customer_id=customer_id).first()
+            if row is not None:  # (deleted meanwhile: nothing to update)
+                changed += _save_changes(row, fields)
+    return set(stored), changed
 
 
 def _customer_for(data: dict[str, Any], status: str) -> tuple[NomosCustomer, bool]:
@@ -185,29 +195,31 @@ def upsert_from_subscription(data: dict[str, Any], *, lead_id: str | None = None
     )
     if changed_status and not customer_created:
         refresh_latest_status(customer.pk)
-    return _link_and_announce(
-        Upserted(customer, subscription, customer_created, created),
-        data,
-        lead_id,
-        previous,
-        changed_status,
-    )
+    linked = _link_and_announce(customer, subscription, data, lead_id, previous, changed_status)
+    return Upserted(customer, subscription, customer_created, created, linked)
 
 
 def _link_and_announce(
-    result: Upserted, data: dict[str, Any], lead_id: str, previous: str | None, changed: bool
-) -> Upserted:
-    customer, subscription = result.customer, result.subscription
+    customer: NomosCustomer,
+    subscription: NomosSubscription,
+    data: dict[str, Any],
+    lead_id: str,
+    previous: str | None,
+    changed: bool,
+    resolvers: list[tuple[str, Any]] | None = None,
+) -> bool:
+    """Link an unlinked customer (True if linked now) and announce a status change."""
+    linked = False
     if not customer.is_linked:
         linked = linking.link_customer(
             linking.LinkRequest(
                 customer=customer,
                 subscription=data,
                 lead_id=lead_id or subscription.lead_id or None,
-            )
+            ),
+            resolvers=resolvers,
         )
-        result = result._replace(linked=linked)
-    if changed and subscription.status in SubscriptionStatus.values:
+    if changed and subscription.status in _KNOWN_STATUSES:
         # Receivers act on the statuses they know: one Nomos added later is stored, not
         # announced (its meaning is unknown to them).
         subscription_status_changed.send(
@@ -216,7 +228,7 @@ def _link_and_announce(
             previous=previous,
             status=subscription.status,
         )
-    return result
+    return linked
 
 
 def _item_lead(data: dict[str, Any], lead_id: str | None = None) -> str:
@@ -236,49 +248,24 @@ def upsert_subscriptions(
     customer objects of those we have no row for (``nomos_sync`` fetches them by page). Every
     item must have a string ``id`` and ``customer``.
     """
-    customer_ids = {_customer_id_of(item) for item in items}
-    customers = {
-        c.customer_id: c for c in NomosCustomer.objects.filter(customer_id__in=customer_ids)
-    }
+    keys = [(text(item["id"], 64), _customer_id_of(item)) for item in items]
+    customer_ids = {cid for _, cid in keys}
+    customers = bulk.by_key(NomosCustomer, "customer_id", customer_ids)
     new_customers = customer_ids - customers.keys()
+    # Customers this call inserted: they have no subscriptions yet.
+    inserted: set[str] = set()
     if new_customers:
-        fetched = fetch_customers(new_customers)
-        # A new customer's latest status: its newest subscription on this page.
-        newest: dict[str, tuple[str, str]] = {}
-        for item in items:
-            cid = _customer_id_of(item)
-            status = status_value(item.get("status"))
-            key = (str(item.get("created_at") or ""), status)
-            newest[cid] = max(newest.get(cid, key), key)
-        rows = [
-            bulk.new(
-                NomosCustomer,
-                {
-                    "customer_id": cid,
-                    "latest_status": newest[cid][1],
-                    **customer_fields(fetched[cid]),
-                },
-            )
-            for cid in sorted(new_customers)
-        ]
-        if _bulk_insert(NomosCustomer, rows, "customer_id"):
-            customers.update((c.customer_id, c) for c in rows)
-        else:  # someone else stored one of them meanwhile: one at a time
-            for cid in new_customers:
-                customers[cid] = upsert_customer(
-                    {**fetched[cid], "id": cid}, latest_status=newest[cid][1]
-                )[0]
-    subscriptions = {
-        s.subscription_id: s
-        for s in NomosSubscription.objects.filter(
-            subscription_id__in=[text(item["id"], 64) for item in items]
-        )
-    }
+        inserted = _insert_customers(items, keys, new_customers, customers, fetch_customers)
+    # Only the subscriptions of customers we had are looked for (none on a first sync's
+    # page), as ``upsert_from_subscription`` does: one stored meanwhile fails the INSERT below
+    # and each is then stored the careful way.
+    subscriptions = bulk.by_key(
+        NomosSubscription, "subscription_id", {sid for sid, cid in keys if cid not in inserted}
+    )
     prepared = []
     inserts: dict[str, NomosSubscription] = {}
-    for item in items:
-        subscription_id = text(item["id"], 64)
-        customer = customers[_customer_id_of(item)]
+    for item, (subscription_id, cid) in zip(items, keys, strict=True):
+        customer = customers[cid]
         values = {**subscription_fields(item), "customer_id": customer.pk}
         lead_id = _item_lead(item)
         if subscription_id not in subscriptions and subscription_id not in inserts:
@@ -291,6 +278,8 @@ def upsert_subscriptions(
         inserts = {}  # a concurrent writer got one in first: store each the careful way
     results = []
     stale: set[int] = set()
+    # Resolved once for the page, not per item (``USER_RESOLVERS`` is read and imported).
+    resolvers = linking.get_resolvers()
     for item, subscription_id, customer, values, lead_id in prepared:
         created_customer = customer.customer_id in new_customers
         row = inserts.pop(subscription_id, None)
@@ -303,13 +292,46 @@ def upsert_subscriptions(
             row, created, previous, changed = _store_subscription(
                 subscription_id, values, lead_id, new_customer=False
             )
-        result = Upserted(customer, row, created_customer, created)
-        results.append(_link_and_announce(result, item, lead_id, previous, changed))
+        linked = _link_and_announce(customer, row, item, lead_id, previous, changed, resolvers)
+        results.append(Upserted(customer, row, created_customer, created, linked))
         if changed and not created_customer:
             stale.add(customer.pk)
     for pk in sorted(stale):
         refresh_latest_status(pk)
     return results
+
+
+def _insert_customers(
+    items: list[dict[str, Any]],
+    keys: list[tuple[str, str]],
+    new_customers: set[str],
+    customers: dict[str, NomosCustomer],
+    fetch_customers: Callable[[set[str]], dict[str, dict[str, Any]]],
+) -> set[str]:
+    """Store the page's ``new_customers`` into ``customers``; the ids of those inserted by one
+    INSERT (none when a concurrent writer stored one first and each went the careful way)."""
+    fetched = fetch_customers(new_customers)
+    # A new customer's latest status: its newest subscription on this page.
+    newest: dict[str, tuple[str, str]] = {}
+    for item, (_, cid) in zip(items, keys, strict=True):
+        if cid in new_customers:
+            status = status_value(item.get("status"))
+            key = (str(item.get("created_at") or ""), status)
+            newest[cid] = max(newest.get(cid, key), key)
+    rows = [
+        bulk.new(
+            NomosCustomer,
+            {"customer_id": cid, "latest_status": newest[cid][1], **customer_fields(fetched[cid])},
+        )
+        for cid in sorted(new_customers)
+    ]
+    if _bulk_insert(NomosCustomer, rows, "customer_id"):
+        customers.update((c.customer_id, c) for c in rows)
+        return new_customers
+    for cid in new_customers:  # someone else stored one of them meanwhile: one at a time
+        data = {**fetched[cid], "id": cid}
+        customers[cid] = upsert_customer(data, latest_status=newest[cid][1])[0]
+    return set()
 
 
 def refresh_latest_status(customer_pk: int) -> None:
@@ -331,8 +353,11 @@ def _customer_id_of(item: dict[str, Any]) -> str:
 def _bulk_insert(model: Any, rows: list[Any], key: str) -> bool:
     """One INSERT for all ``rows`` (primary keys set on PostgreSQL and SQLite); False, with
     nothing inserted, when one of them already exists."""
+    # As in _insert: a savepoint only inside a transaction. In autocommit the INSERT fails
+    # alone (bulk.insert is all or nothing), and a block would add BEGIN and COMMIT.
+    nested = transaction.get_connection(router.db_for_write(model)).in_atomic_block
     try:
-        with transaction.atomic():
+        with transaction.atomic() if nested else nullcontext():
             bulk.insert(model, rows, key=key)
     except IntegrityError:
         for row in rows:

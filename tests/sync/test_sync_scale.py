@@ -19,6 +19,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from nomos_billing import bulk
+from nomos_billing.columns import CUSTOMER_COLUMNS, customer_fields
 from nomos_billing.models import NomosCustomer, NomosSubscription
 from nomos_billing.sandbox.seeding import seed_subscriptions
 from nomos_billing.stash import CustomerStash
@@ -95,6 +96,29 @@ def test_fast_insert_writes_what_bulk_create_writes() -> None:
     assert [o.subscription_id for o in NomosSubscription.objects.filter(
         pk__in=[o.pk for o in fast]).order_by("pk")] == [o.subscription_id for o in fast]
     assert all(o.created_at is not None and o.updated_at is not None for o in fast)
+
+
+@pytest.mark.django_db
+def test_reads_by_key_give_what_the_orm_gives() -> None:
+    moment = datetime(2026, 3, 1, 12, 30, 15, tzinfo=timezone.utc)
+    customer = NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
+    NomosSubscription.objects.create(
+        customer=customer, subscription_id="sub_a", metadata={"n": [1, None]}, start_at=moment
+    )
+    found = bulk.by_key(NomosSubscription, "subscription_id", ["sub_a", "sub_missing"])
+    assert list(found) == ["sub_a"]
+    assert found["sub_a"] == NomosSubscription.objects.get()
+    assert (found["sub_a"].metadata, found["sub_a"].start_at) == ({"n": [1, None]}, moment)
+    assert not found["sub_a"]._state.adding
+    assert bulk.values_by_key(NomosCustomer, "customer_id", ["cus_a", "cus_b"], ("email",)) == {
+        "cus_a": ("a@b.example",)}
+    assert bulk.existing(NomosCustomer, "customer_id", {"cus_a", "cus_b"}) == {"cus_a"}
+    assert bulk.by_key(NomosCustomer, "customer_id", []) == {}
+    assert bulk.existing(NomosCustomer, "customer_id", []) == set()
+
+
+def test_the_customer_columns_are_those_customer_fields_fills() -> None:
+    assert tuple(customer_fields({})) == CUSTOMER_COLUMNS
 
 
 def test_the_stash_gives_each_customer_back_once() -> None:
