@@ -219,9 +219,40 @@ def test_without_search_fields_on_the_user_admin_the_form_takes_a_typed_user(
     html = admin_client.post(CUSTOMERS, selected).content.decode()
 
     assert "admin-autocomplete" not in html and 'type="text" name="user"' in html
+    # The help says what to type, not what to search.
+    assert "The user&#x27;s id or login name" in html and "Type to search" not in html
     admin_client.post(CUSTOMERS, {**selected, "apply": "1", "user": "target"})
     customer.refresh_from_db()
     assert customer.user == user
+
+
+def test_a_refused_user_stays_chosen_in_the_search_when_the_form_comes_back(
+    admin_client, customer_and_user, django_user_model
+):
+    customer, _ = customer_and_user
+    taken = django_user_model.objects.create(username="taken-one")
+    NomosCustomer.objects.create(customer_id="cus_other", user=taken)
+
+    page = admin_client.post(CUSTOMERS, {"action": "link_to_user", "apply": "1",
+                                         "_selected_action": [customer.pk], "user": taken.pk})
+
+    html = page.content.decode()
+    assert "already linked to a Nomos customer" in html
+    # The operator sees whom they chose, to pick another.
+    assert re.search(rf'<option value="{taken.pk}" selected>\s*taken-one', html)
+    customer.refresh_from_db()
+    assert customer.user is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("typed", ["nobody", "12345"])
+def test_an_unknown_typed_user_is_djangos_invalid_choice(typed):
+    # The code a site's subclass or template tells errors apart by, as ModelChoiceField's.
+    from nomos_billing.admin.forms import LinkUserForm
+
+    form = LinkUserForm(data={"user": typed})
+    assert not form.is_valid()
+    assert [e.code for e in form.errors.as_data()["user"]] == ["invalid_choice"]
 
 
 @pytest.mark.parametrize(("action", "what"), [("confirm_claims", "Confirmed"),
