@@ -50,6 +50,7 @@ from typing import Literal
 from . import budget
 from .conf import nomos_settings
 from .httpdates import retry_after_seconds
+from .setting_parsers import MAX_RATE_REQUESTS
 from .shared_cache import SharedCache, token_cache
 
 logger = logging.getLogger("nomos_billing.api_rate")
@@ -85,8 +86,9 @@ CLICK_SLOTS = round(CLICK_SECONDS / SLOT)
 #: How sure a click may be to find a turn free, however much other work is queued.
 CLICK_CONFIDENCE = 0.99
 #: A click adds this to its slot's count, any other turn 1: one atomic count per slot keeps
-#: the window exact (as one key per kind would not) and tells the clicks apart.
-CLICK_WEIGHT = 1000
+#: the window exact (as one key per kind would not) and tells the clicks apart. Above the
+#: most turns of other kinds a slot can hold (the largest ``API_RATE_LIMIT`` allowed).
+CLICK_WEIGHT = 10 * MAX_RATE_REQUESTS
 #: Seconds a slot's count is kept (the clicks' history, and the window's 1.2 s).
 KEY_TIMEOUT = CLICK_SECONDS + 1
 #: Processes are counted per period of this many seconds (for the share when the cache fails).
@@ -306,9 +308,18 @@ def _allowed(limit: float, kind: str, processes: int = 1) -> int:
 
 def _turns(*counts: object) -> tuple[int, int]:
     """``(turns, of them clicks)`` in slots' counts (``CLICK_WEIGHT``)."""
-    total = sum(int(c) if isinstance(c, int) else 0 for c in counts)
+    total = sum(_count_of(c) for c in counts)
     clicks = total // CLICK_WEIGHT
     return total - clicks * (CLICK_WEIGHT - 1), clicks
+
+
+def _count_of(value: object) -> int:
+    # A counter the cache incremented comes back as an int from Redis and local memory, as
+    # the bytes of its digits from memcached (pymemcache); anything else counts nothing.
+    try:
+        return int(value) if isinstance(value, (int, str, bytes)) else 0
+    except ValueError:
+        return 0
 
 
 def click_room(click_rate: float) -> int:

@@ -259,6 +259,21 @@ def test_busy_clicks_never_starve_a_backlog(rate) -> None:
     assert api_rate.sustained_rate_beside_clicks("webhook", 1, 10) == pytest.approx(5 / 1.2)
 
 
+def test_slot_counts_are_read_as_each_cache_returns_them() -> None:
+    # Redis and local memory give ints back, pymemcache the bytes of an incremented counter.
+    click = api_rate.CLICK_WEIGHT
+    assert api_rate._turns(2 * click + 3, b"%d" % (click + 1), "4", None, b"junk") == (11, 3)
+
+
+def test_a_click_outweighs_the_most_other_turns_a_slot_can_hold(settings, rate) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "API_RATE_LIMIT": 100_000}
+    now = 1_000_000.05
+    assert turns(rate, "webhook", now, tries=2_000) == 2_000
+    assert turns(rate, "click", now, tries=3) == 3
+    assert api_rate._turns(rate.cache.get(rate._slot_key(int(now / api_rate.SLOT)))) == (
+        2_003, 3)
+
+
 def test_the_window_moves_on_after_one_second_and_a_margin(rate) -> None:
     now = 1_000_000.05
     assert turns(rate, "click", now) == RATE
