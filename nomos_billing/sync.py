@@ -96,16 +96,18 @@ def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     ids = [text(item.get("id"), 64) for item in items]
     # Columns, not objects: a catch-up walks every customer and finds few changed.
     stored = bulk.values_by_key(NomosCustomer, "customer_id", ids, CUSTOMER_COLUMNS)
-    changed = 0
+    differing = {}
     for customer_id, item in zip(ids, items, strict=True):
         columns = stored.get(customer_id)
-        if columns is None:
-            continue
-        fields = customer_fields(item)
-        if dict(zip(CUSTOMER_COLUMNS, columns, strict=True)) != fields:
-            row = NomosCustomer.objects.filter(customer_id=customer_id).first()
-            if row is not None:  # (deleted meanwhile: nothing to update)
-                changed += _save_changes(row, fields)
+        if columns is not None:
+            fields = customer_fields(item)
+            if dict(zip(CUSTOMER_COLUMNS, columns, strict=True)) != fields:
+                differing[customer_id] = fields
+    changed = 0
+    if differing:
+        # The rows to update in one SELECT (one deleted meanwhile is simply not there).
+        for row in NomosCustomer.objects.filter(customer_id__in=differing):
+            changed += _save_changes(row, differing[row.customer_id])
     return set(stored), changed
 
 

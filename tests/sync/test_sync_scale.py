@@ -191,3 +191,26 @@ def test_a_first_sync_holds_no_more_python_memory_for_more_customers(sandbox_pro
     # 0.6 KB each: 1,200 more were 900 KB more. What a page needs is the same at both sizes;
     # what differs (about 200 KB) is noise such as CPython's free lists.
     assert large - small < 450 * 1024, (small, large)
+
+
+@pytest.mark.django_db
+def test_a_catch_up_page_reads_the_customers_nomos_changed_in_one_select(
+    django_assert_num_queries,
+):
+    from nomos_billing.sync import refresh_customers
+
+    items = [{"id": f"cus_page{i}", "email": f"p{i}@example.com", "name": f"P {i}"}
+             for i in range(6)]
+    for item in items:
+        NomosCustomer.objects.create(customer_id=item["id"], **customer_fields(item))
+    NomosCustomer.objects.filter(customer_id="cus_page5").delete()  # gone meanwhile
+    walked = [{**item, "email": f"new{i}@example.com"} if i in (1, 3, 5) else item
+              for i, item in enumerate(items)]
+
+    # The page's columns, the changed rows, one UPDATE for each of the two still stored.
+    with django_assert_num_queries(4):
+        known, changed = refresh_customers(walked)
+
+    assert known == {f"cus_page{i}" for i in range(5)} and changed == 2
+    assert sorted(NomosCustomer.objects.filter(email__startswith="new").values_list(
+        "customer_id", flat=True)) == ["cus_page1", "cus_page3"]
