@@ -206,6 +206,24 @@ def test_linking_by_hand_searches_users_where_the_operator_may_see_them(role, cu
 
 
 
+@pytest.mark.parametrize("typed", ["9223372036854775808", "9" * 40])
+def test_a_number_past_any_key_is_nobody_on_both_forms(role, customer_and_user, typed):
+    # The typed form (staff who may not see users) and the user search (who may) alike: the
+    # form's error, never a 500, and nobody linked.
+    name, client, _ = role
+    customer, _ = customer_and_user
+    page = client.post(CUSTOMERS, {"action": "link_to_user", "apply": "1", "user": typed,
+                                   "_selected_action": [customer.pk]})
+    if name in ALLOWED:
+        assert page.status_code == 200
+        assert "No user with this id or login name." in page.content.decode()
+        assert ("admin-autocomplete" in page.content.decode()) == (name in SEES_USERS)
+    else:
+        refused(name, page)
+    customer.refresh_from_db()
+    assert customer.user is None
+
+
 def test_without_search_fields_on_the_user_admin_the_form_takes_a_typed_user(
     admin_client, customer_and_user, monkeypatch
 ):
