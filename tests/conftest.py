@@ -55,6 +55,23 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """The SQLite test database file of this process, named when the session starts.
+
+    tests/settings.py names it by the pid that imported the settings; mutmut imports them once
+    and forks a pytest session per mutant, two at a time, which then shared one file (each
+    session creating and deleting it under the other) and let a few killable mutants survive.
+    """
+    from django.db import connections
+
+    test = connections["default"].settings_dict.get("TEST") or {}
+    name = test.get("NAME") or ""
+    prefix = os.path.join(os.path.dirname(name), "nomos_billing_tests_")
+    if name.startswith(prefix):
+        test["NAME"] = f"{prefix}{os.getpid()}.sqlite3"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _localhost_names_are_loopback() -> Iterator[None]:
     """The sandbox's portal and checkout hosts are ``*.localhost`` names, which browsers

@@ -165,3 +165,17 @@ def test_a_failure_without_a_request_id_is_logged_with_a_dash(status: int, bob: 
         log_failure(NomosAPIError(status), bob)
     [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
     assert "requestId -)" in line
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("status", "ends"), [
+    (422, "failed: HTTP 422 - (requestId -)"),
+    (401, "(HTTP 401 -, requestId -): check NOMOS_BILLING['CLIENT_ID'] / ['CLIENT_SECRET'] and the "
+          "client's write:* scope"),
+])
+def test_a_failure_without_an_error_code_is_logged_with_a_dash(status: int, ends: str, bob: Any,
+                                                               caplog: Any) -> None:
+    with caplog.at_level("ERROR", logger="nomos_billing.views"):
+        log_failure(NomosAPIError(status), bob)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nomos_billing.views"]
+    assert line.endswith(ends)

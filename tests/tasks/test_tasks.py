@@ -323,7 +323,9 @@ def test_the_watchdog_of_a_worker_that_died_takes_the_event_over(queued, nomos, 
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.attempts) == ("processed", 2)
     assert nomos.count(SUB_GET) == 1
-    assert f"Took over webhook event {event['id']}" in caplog.text
+    assert f"Took over webhook event {event['id']}, left processing by a worker that stopped" in [
+        r.getMessage() for r in caplog.records
+    ]
     # Its own claim is watched in turn.
     assert len(watchdogs(queued)) == 2
 
