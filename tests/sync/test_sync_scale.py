@@ -117,6 +117,43 @@ def test_reads_by_key_give_what_the_orm_gives() -> None:
     assert bulk.existing(NomosCustomer, "customer_id", []) == set()
 
 
+@pytest.mark.django_db
+def test_objects_read_by_key_are_those_django_builds() -> None:
+    customer = NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
+    NomosSubscription.objects.create(customer=customer, subscription_id="sub_a", plan="p")
+    orm = NomosSubscription.objects.get()
+    fast = bulk.by_key(NomosSubscription, "subscription_id", ["sub_a"])["sub_a"]
+    fields = [f.attname for f in NomosSubscription._meta.concrete_fields]
+    assert [getattr(fast, n) for n in fields] == [getattr(orm, n) for n in fields]
+    assert (fast._state.adding, fast._state.db) == (False, orm._state.db)
+    assert fast.customer == customer  # the relation loads as on any instance
+    fast.plan = "q"
+    fast.save(update_fields=["plan"])
+    assert NomosSubscription.objects.get().plan == "q"
+    built = bulk.new(NomosCustomer, {"customer_id": "cus_b"})
+    assert (built.type, built.user_id, built._state.adding) == ("person", None, True)
+
+
+@pytest.mark.django_db
+def test_a_post_init_receiver_still_sees_every_object_built() -> None:
+    from django.db.models.signals import post_init
+
+    NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
+    seen: list[Any] = []
+
+    def receiver(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append(instance)
+
+    post_init.connect(receiver, sender=NomosCustomer)
+    try:
+        found = bulk.by_key(NomosCustomer, "customer_id", ["cus_a"])["cus_a"]
+        built = bulk.new(NomosCustomer, {"customer_id": "cus_b"})
+    finally:
+        post_init.disconnect(receiver, sender=NomosCustomer)
+    assert seen == [found, built]
+    assert seen[0] is found and seen[1] is built
+
+
 def test_the_customer_columns_are_those_customer_fields_fills() -> None:
     assert tuple(customer_fields({})) == CUSTOMER_COLUMNS
 
