@@ -31,11 +31,9 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from django.db import connections, models, router, transaction
-from django.db.models import signals
-from django.db.models.base import ModelState
-from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
-from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
+
+from .instances import builder, layout, new
 
 Adapter = Callable[[Any], Any]
 #: Types a field of this class stores as they are (its ``get_db_prep_save`` returns them).
@@ -75,16 +73,34 @@ def _adapter(field: models.Field[Any, Any], connection: Any) -> Adapter:
 
 
 class _Page(NamedTuple):
-    """One statement's worth: where, which columns, which rows, and the unique field that
-    matches each row back to its new primary key."""
+    """One statement's worth: where, which columns, which rows (values by attname: an
+    object's ``__dict__`` or a row of ``insert_rows``), and the unique field that matches each
+    row back to its new primary key."""
 
     connection: Any
     model: type[models.Model]
     fields: list[models.Field[Any, Any]]
-    objs: Sequence[models.Model]
+    rows: Sequence[dict[str, Any]]
     key: models.Field[Any, Any]
     #: What the auto_now and auto_now_add fields of every row were set to.
     now: datetime
+
+
+def _inserter(connection: Any) -> Callable[[_Page], list[tuple[Any, Any]] | None] | None:
+    if connection.vendor == "postgresql":
+        return _insert_postgresql
+    if connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert:
+        return _insert_values
+    return None
+
+
+def _columns(model: type[models.Model]) -> tuple[list[Any], list[Any]]:
+    """The fields an INSERT writes, and those of them it stamps (auto_now, auto_now_add)."""
+    fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
+    stamped = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
+    return fields, stamped
 
 
 def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str) -> None:
@@ -95,19 +111,11 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
         return
     alias = router.db_for_write(model)
     connection = connections[alias]
-    inserted: Callable[[_Page], list[tuple[Any, Any]] | None]
-    if connection.vendor == "postgresql":
-        inserted = _insert_postgresql
-    elif connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert:
-        inserted = _insert_values
-    else:
+    inserted = _inserter(connection)
+    if inserted is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
-    meta = model._meta
-    fields = [f for f in meta.local_concrete_fields if not f.primary_key]
-    stamped = [
-        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-    ]
+    fields, stamped = _columns(model)
     now = timezone.now()
     for field in stamped:
         # What pre_save does for a new row, one moment for the whole statement.
@@ -118,8 +126,10 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
             for obj in objs:
                 field.pre_save(obj, True)
     # get_field's type allows a relation; ``key`` names one of our unique columns.
-    unique = cast("models.Field[Any, Any]", meta.get_field(key))
-    pairs = inserted(_Page(connection, model, fields, objs, unique, now))
+    unique = cast("models.Field[Any, Any]", model._meta.get_field(key))
+    # An instance's values are its __dict__, by attname (every concrete field is set there).
+    rows = [obj.__dict__ for obj in objs]
+    pairs = inserted(_Page(connection, model, fields, rows, unique, now))
     if pairs is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
@@ -130,9 +140,48 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
         obj._state.db = alias
 
 
+def insert_rows(
+    model: type[models.Model], rows: Sequence[dict[str, Any]], *, key: str
+) -> dict[Any, Any]:
+    """``insert`` for rows given as values by attname (as ``new`` takes them) instead of
+    objects: no object is built for a row where the database takes the page as it is. Fills
+    each row's auto_now and auto_now_add fields (as ``insert`` sets them on an object) and the
+    defaults of fields it lacks; returns the new primary keys by ``key``."""
+    if not rows:
+        return {}
+    connection = connections[router.db_for_write(model)]
+    inserted = _inserter(connection)
+    fields, stamped = _columns(model)
+    if inserted is None or not all(isinstance(f, models.DateTimeField) for f in stamped):
+        objs = [new(model, row) for row in rows]
+        insert(model, objs, key=key)
+        for row, obj in zip(rows, objs, strict=True):
+            row.update((f.attname, getattr(obj, f.attname)) for f in stamped)
+        return {getattr(obj, key): obj.pk for obj in objs}
+    attnames, defaults = layout(model)
+    needed = {f.attname for f in fields} - {f.attname for f in stamped}
+    now = timezone.now()
+    for row in rows:
+        if not row.keys() <= attnames:
+            raise TypeError(f"{model.__name__} has no fields {sorted(row.keys() - attnames)}")
+        if not needed <= row.keys():
+            for attname, make, default in defaults:
+                if attname in needed and attname not in row:
+                    row[attname] = make() if make else default
+        for field in stamped:
+            row[field.attname] = now
+    unique = cast("models.Field[Any, Any]", model._meta.get_field(key))
+    pairs = inserted(_Page(connection, model, fields, rows, unique, now))
+    if pairs is None:
+        objs = [new(model, row) for row in rows]
+        model._default_manager.using(connection.alias).bulk_create(objs)
+        return {getattr(obj, key): obj.pk for obj in objs}
+    return dict(pairs)
+
+
 def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     """None when a value is not plain JSON (or a naive datetime): left to bulk_create."""
-    connection, model, fields, objs, key, _ = page
+    connection, model, fields, given, key, _ = page
     # The page as one JSON document that PostgreSQL unpacks (json_to_recordset): json.dumps
     # is C, where adapting each value, or each column as an array (Django's UNNEST insert),
     # is Python per value.
@@ -142,8 +191,7 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     # The statement's one auto_now moment (two columns of every row) is written out once.
     stamp = page.now.isoformat()
     rows = []
-    for obj in objs:
-        values = obj.__dict__
+    for values in given:
         row = {column: values[attname] for attname, column in attnames}
         for column in moments:
             value = row[column]
@@ -172,7 +220,7 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
 
 
 def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
-    connection, model, fields, objs, key, _ = page
+    connection, model, fields, given, key, _ = page
     quote = connection.ops.quote_name
     adapters = [_adapter(field, connection) for field in fields]
     head = (
@@ -182,27 +230,22 @@ def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     tail = f" RETURNING {quote(key.column)}, {quote(model._meta.pk.column)}"
     # Within the backend's limit on bound parameters (999 on an old SQLite).
-    size = max(1, connection.ops.bulk_batch_size(fields, objs))
+    size = max(1, connection.ops.bulk_batch_size(fields, given))
     keys: list[tuple[Any, Any]] = []
     # Several statements are all or nothing, as bulk_create's batches are.
-    several = len(objs) > size
+    several = len(given) > size
     with transaction.atomic(using=connection.alias, savepoint=False) if several else nullcontext():
-        for start in range(0, len(objs), size):
-            batch = objs[start : start + size]
+        for start in range(0, len(given), size):
+            batch = given[start : start + size]
             params = [
-                adapt(getattr(obj, field.attname))
-                for obj in batch
+                adapt(values[field.attname])
+                for values in batch
                 for field, adapt in zip(fields, adapters, strict=True)
             ]
             with connection.cursor() as cursor:
                 cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
                 keys += cursor.fetchall()
     return keys
-
-
-def _base_type(field: models.Field[Any, Any], connection: Any) -> str:
-    # varchar, not varchar(64): a value too long fails on the INSERT, as it would without us.
-    return str(field.db_type(connection)).split("(")[0]
 
 
 def _any_sql(model: type[models.Model], key: str, names: Sequence[str]) -> tuple[Any, str]:
@@ -227,7 +270,7 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
     parameter (``= ANY(%s)``) of a raw query. Django compiles an ``IN`` list value by value
     and psycopg parses a statement with more than 50 parameters afresh on every call (it
     caches only smaller ones): for a page of 100 keys, most of the SELECT's cost. The objects
-    are built as ``from_db`` builds them (``_builder``)."""
+    are built as ``from_db`` builds them (``instances.builder``)."""
     if not keys:
         return {}
     meta = model._meta
@@ -253,7 +296,7 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
     else:
         found = model._default_manager.filter(**{f"{key}__in": keys})
         rows = list(found.values_list(*[f.attname for f in fields]))
-    build = _builder(model)
+    build = builder(model)
     position = [f.attname for f in fields].index(
         cast("models.Field[Any, Any]", meta.get_field(key)).attname
     )
@@ -288,73 +331,3 @@ def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[
     """Which of ``keys`` (values of the unique field ``key``) ``model`` has rows for (one
     SELECT of that column alone, as ``values_by_key``)."""
     return set(values_by_key(model, key, keys, ()))
-
-
-#: Per model, its attnames and its concrete fields in order as ``(attname, default factory or
-#: None, default)``: a default that is the same object for every row (none given: None or "";
-#: a value, not a callable) is read once, a callable or a database default for each row.
-_LAYOUTS: dict[type[models.Model], tuple[frozenset[str], list[tuple[str, Any, Any]]]] = {}
-
-
-def _layout(model: type[models.Model]) -> tuple[frozenset[str], list[tuple[str, Any, Any]]]:
-    layout = [
-        (f.attname, f.get_default, None)
-        if (f.has_default() and callable(f.default)) or f.has_db_default()
-        else (f.attname, None, f.get_default())
-        for f in model._meta.concrete_fields
-    ]
-    _LAYOUTS[model] = frozenset(attname for attname, _, _ in layout), layout
-    return _LAYOUTS[model]
-
-
-def new(model: type[models.Model], values: dict[str, Any]) -> Any:
-    """``model(**values)`` (``values`` by attname: ``customer_id``, not ``customer``), built the
-    way Django builds a row it read: positionally, without matching each keyword to a field
-    (a page of 100 subscriptions builds 200 objects)."""
-    attnames, layout = _LAYOUTS.get(model) or _layout(model)
-    if not values.keys() <= attnames:
-        raise TypeError(f"{model.__name__} has no fields {sorted(values.keys() - attnames)}")
-    return _builder(model)(
-        [
-            values[attname] if attname in values else make() if make else default
-            for attname, make, default in layout
-        ]
-    )
-
-
-#: Per model: whether ``model(*values)`` does nothing but store each value under its attname
-#: (the model's own ``__init__`` is Django's, and each attname is a plain or a foreign key
-#: attribute, whose setter only drops a cached related object a new instance cannot have).
-_BARE: dict[type[models.Model], bool] = {}
-
-
-def _bare(model: type[models.Model]) -> bool:
-    plain = (DeferredAttribute, ForeignKeyDeferredAttribute)
-    _BARE[model] = model.__init__ is models.Model.__init__ and all(
-        type(getattr(model, f.attname, None)) in plain for f in model._meta.concrete_fields
-    )
-    return _BARE[model]
-
-
-def _builder(model: type[models.Model]) -> Callable[[Sequence[Any]], Any]:
-    """``model(*values)`` for values of every concrete field in order. Django's ``__init__``
-    costs about 5 µs a row (signals, a ``setattr`` per field); where it would only store the
-    values and no one listens to ``pre_init``/``post_init`` for ``model``, they are stored
-    directly."""
-    if (
-        not (_BARE.get(model) if model in _BARE else _bare(model))
-        or signals.pre_init.has_listeners(model)
-        or signals.post_init.has_listeners(model)
-    ):
-        return lambda values: model(*values)
-    attnames = [f.attname for f in model._meta.concrete_fields]
-    blank = object.__new__
-
-    def build(values: Sequence[Any]) -> Any:
-        obj = blank(model)
-        state = obj.__dict__
-        state["_state"] = ModelState()
-        state.update(zip(attnames, values, strict=True))
-        return obj
-
-    return build

@@ -98,6 +98,38 @@ def test_fast_insert_writes_what_bulk_create_writes() -> None:
     assert all(o.created_at is not None and o.updated_at is not None for o in fast)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_receiver_gets_each_new_subscription_of_a_sync_saved(nomos, connect_receiver) -> None:
+    from nomos_billing import signals
+
+    seen: list[tuple[NomosSubscription, dict[str, Any], str | None, str]] = []
+
+    def receiver(sender: Any, subscription: Any, previous: Any, status: Any, **kwargs: Any) -> None:
+        # The row as stored at the moment of the signal, beside the object sent.
+        stored = NomosSubscription.objects.filter(pk=subscription.pk).values().first()
+        seen.append((subscription, stored, previous, status))
+
+    seed_subscriptions(nomos, 30)
+    connect_receiver(signals.subscription_status_changed, receiver)
+    call_command("nomos_sync", "--page-size", "7", stdout=StringIO())
+    assert len(seen) == NomosSubscription.objects.count() == 33
+    fields = [f.attname for f in NomosSubscription._meta.concrete_fields]
+    for subscription, stored, previous, status in seen:
+        assert type(subscription) is NomosSubscription
+        assert subscription.pk is not None and not subscription._state.adding
+        assert {name: getattr(subscription, name) for name in fields} == stored
+        assert (previous, status) == (None, stored["status"])
+    with_receiver = rows()
+
+    # The same walk with no one listening stores the same rows.
+    seen.clear()
+    signals.subscription_status_changed.disconnect(receiver)
+    NomosSubscription.objects.all().delete()
+    NomosCustomer.objects.all().delete()
+    call_command("nomos_sync", "--page-size", "7", stdout=StringIO())
+    assert rows() == with_receiver and seen == []
+
+
 @pytest.mark.django_db
 def test_reads_by_key_give_what_the_orm_gives() -> None:
     moment = datetime(2026, 3, 1, 12, 30, 15, tzinfo=timezone.utc)
@@ -234,7 +266,7 @@ def test_a_first_sync_holds_no_more_python_memory_for_more_customers(sandbox_pro
 def test_a_catch_up_page_reads_the_customers_nomos_changed_in_one_select(
     django_assert_num_queries,
 ):
-    from nomos_billing.sync import refresh_customers
+    from nomos_billing.sync_pages import refresh_customers
 
     items = [{"id": f"cus_page{i}", "email": f"p{i}@example.com", "name": f"P {i}"}
              for i in range(6)]
