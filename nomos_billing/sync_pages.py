@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
 
-from . import bulk, instances, linking
+from . import bulk, conf, instances, linking
 from .columns import CUSTOMER_COLUMNS, customer_fields, status_value, subscription_fields, text
 from .models import NomosCustomer, NomosSubscription
 from .signals import subscription_status_changed
@@ -76,6 +76,14 @@ def upsert_subscriptions(
     customer objects of those we have no row for (``nomos_sync`` fetches them by page). Every
     item must have a string ``id`` and ``customer``.
     """
+    # The resolvers read the same settings for every customer of the page: once each.
+    with conf.held():
+        return _store_page(items, fetch_customers)
+
+
+def _store_page(
+    items: list[dict[str, Any]], fetch_customers: Callable[[set[str]], dict[str, dict[str, Any]]]
+) -> list[Stored]:
     keys = [(text(item["id"], 64), _customer_id_of(item)) for item in items]
     customer_ids = {cid for _, cid in keys}
     customers = bulk.by_key(NomosCustomer, "customer_id", customer_ids)
