@@ -19,7 +19,8 @@ unique field, so the order rows come back in does not matter), no signals,
 ``auto_now``/``auto_now_add`` filled in.
 
 The page's reads by key (``by_key``, ``values_by_key``, ``existing``) are one SELECT each, on
-PostgreSQL with the keys as one array parameter (``= ANY(%s)``) instead of an ``IN`` list.
+PostgreSQL with the keys as one parameter (a JSON array, ``= ANY(...)``) instead of an ``IN``
+list.
 """
 
 from __future__ import annotations
@@ -249,7 +250,9 @@ def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
 
 
 def _any_sql(model: type[models.Model], key: str, names: Sequence[str]) -> tuple[Any, str]:
-    """``(connection, "SELECT <names> FROM <table> WHERE <key> = ANY(%s)")``."""
+    """``(connection, "SELECT <names> FROM <table> WHERE <key> = ANY(<the keys>)")``, the keys
+    one parameter: a JSON array (``_keys``). psycopg adapts a list as an array in Python,
+    item by item; ``json.dumps`` is C, and PostgreSQL still matches the array on the index."""
     connection: Any = connections[router.db_for_read(model)]
     quote = connection.ops.quote_name
 
@@ -257,20 +260,28 @@ def _any_sql(model: type[models.Model], key: str, names: Sequence[str]) -> tuple
         # get_field's type allows a relation; these name our own concrete fields.
         return str(quote(cast("models.Field[Any, Any]", model._meta.get_field(name)).column))
 
-    # Names from the model's metadata, quoted; the keys go in as the one parameter.
+    field = cast("models.Field[Any, Any]", model._meta.get_field(key))
+    # varchar, not varchar(64): the column's own type, whatever its length.
+    kind = str(field.db_type(connection)).split("(")[0]
+    # Names and a type from the model's metadata; the keys go in as the one parameter.
     return connection, (
         f"SELECT {', '.join(map(column, names))} "  # noqa: S608
-        f"FROM {quote(model._meta.db_table)} WHERE {column(key)} = ANY(%s)"
+        f"FROM {quote(model._meta.db_table)} WHERE {column(key)} = "
+        f"ANY(ARRAY(SELECT json_array_elements_text(%s::json)::{kind}))"
     )
+
+
+def _keys(keys: Collection[Any]) -> str:
+    return json.dumps(list(keys))
 
 
 def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[Any, Any]:
     """The rows of ``model`` whose ``key`` (a unique field) is one of ``keys``, by key, read
-    in one SELECT: ``filter(key__in=keys)``, except that on PostgreSQL the keys are one array
-    parameter (``= ANY(%s)``) of a raw query. Django compiles an ``IN`` list value by value
-    and psycopg parses a statement with more than 50 parameters afresh on every call (it
-    caches only smaller ones): for a page of 100 keys, most of the SELECT's cost. The objects
-    are built as ``from_db`` builds them (``instances.builder``)."""
+    in one SELECT: ``filter(key__in=keys)``, except that on PostgreSQL the keys are one
+    parameter (``= ANY(...)`` of a JSON array) of a raw query. Django compiles an ``IN`` list
+    value by value and psycopg parses a statement with more than 50 parameters afresh on every
+    call (it caches only smaller ones): for a page of 100 keys, most of the SELECT's cost.
+    The objects are built as ``from_db`` builds them (``instances.builder``)."""
     if not keys:
         return {}
     meta = model._meta
@@ -278,7 +289,7 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
     connection, sql = _any_sql(model, key, [f.name for f in fields])
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(sql, [list(keys)])
+            cursor.execute(sql, [_keys(keys)])
             rows = cursor.fetchall()
         # What the compiler would apply to each column (JSONField's from_db_value, say).
         converters = [
@@ -314,7 +325,7 @@ def values_by_key(
 ) -> dict[Any, tuple[Any, ...]]:
     """``values_list(key, *names)`` of the rows whose ``key`` is one of ``keys``, by key: a
     row's columns without building its object. On PostgreSQL one raw SELECT with the keys as
-    one array (as ``by_key``), for columns read as they are (no ``from_db_value``)."""
+    one parameter (as ``by_key``), for columns read as they are (no ``from_db_value``)."""
     if not keys:
         return {}
     connection, sql = _any_sql(model, key, (key, *names))
@@ -323,7 +334,7 @@ def values_by_key(
         found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(key, *names)
         return {row[0]: row[1:] for row in found}
     with connection.cursor() as cursor:
-        cursor.execute(sql, [list(keys)])
+        cursor.execute(sql, [_keys(keys)])
         return {row[0]: row[1:] for row in cursor.fetchall()}
 
 
