@@ -201,6 +201,21 @@ def test_the_stash_gives_each_customer_back_once() -> None:
             "cus_1199": {"id": "cus_1199", "email": "1199@example.com"}}
 
 
+def test_a_stash_of_given_keys_gives_each_customer_back_as_put() -> None:
+    odd = {"id": "cus_odd", "email": 7, "first_name": ["x"], "last_name": True, "type": None}
+    plain = {"id": "cus_plain", "email": "a@b.example", "first_name": "", "extra": "dropped"}
+    with closing(CustomerStash(("id", "email", "first_name", "last_name", "type"))) as stash:
+        stash.put([odd, plain])
+        found = stash.take(["cus_odd", "cus_plain", "cus_unknown"])
+        assert found == {
+            "cus_odd": {k: odd[k] for k in ("id", "email", "first_name", "last_name", "type")},
+            "cus_plain": {"id": "cus_plain", "email": "a@b.example", "first_name": "",
+                          "last_name": None, "type": None},
+        }
+        assert type(found["cus_odd"]["last_name"]) is bool
+        assert stash.take(["cus_odd", "cus_plain"]) == {}
+
+
 @pytest.mark.django_db
 def test_a_sync_with_debug_on_does_not_keep_every_query(nomos, settings) -> None:
     settings.DEBUG = True

@@ -257,7 +257,7 @@ class Command(BaseCommand):
         one page however many there are); with ``refresh_known`` the rows of those we have
         are updated where Nomos changed them (``sync_pages.refresh_customers``)."""
         # Held by the command at once: if the walk fails, _run's finally closes (deletes) it.
-        new = self.new_customers = CustomerStash()
+        new = self.new_customers = CustomerStash(CUSTOMER_KEYS)
         page: list[dict[str, Any]] = []
         listing = self.client.iter_customers(limit=100)
         # A None after the last item flushes the last page (the walk is never held whole).
