@@ -48,7 +48,7 @@ from ._errors import command_error, one_line
 #: New customers fetched one by one before walking ``GET /customers`` instead: a catch-up
 #: with a handful of new customers stays cheap, a first sync costs one call per 100 customers.
 WALK_AFTER = 20
-#: What ``columns.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
+#: What ``columns.customer_fields`` reads of a Nomos customer: all the stash keeps of one.
 CUSTOMER_KEYS = ("id", "email", "first_name", "last_name", "company_name", "type")
 
 
@@ -263,7 +263,8 @@ class Command(BaseCommand):
         # A None after the last item flushes the last page (the walk is never held whole).
         for data in chain(listing, [None]):
             if data is not None and isinstance(data.get("id"), str):
-                page.append({k: data.get(k) for k in CUSTOMER_KEYS})
+                # As Nomos sent it: what outlives the page is only what the stash keeps.
+                page.append(data)
             if len(page) == 100 or (data is None and page):
                 if refresh_known:
                     known, changed = sync_pages.refresh_customers(page)
