@@ -85,6 +85,8 @@ class _Page(NamedTuple):
     key: models.Field[Any, Any]
     #: What the auto_now and auto_now_add fields of every row were set to.
     now: datetime
+    #: The rows are dicts of attnames only (``insert_rows``), not objects' ``__dict__``.
+    plain: bool = False
 
 
 def _inserter(connection: Any) -> Callable[[_Page], list[tuple[Any, Any]] | None] | None:
@@ -172,7 +174,7 @@ def insert_rows(
         for field in stamped:
             row[field.attname] = now
     unique = cast("models.Field[Any, Any]", model._meta.get_field(key))
-    pairs = inserted(_Page(connection, model, fields, rows, unique, now))
+    pairs = inserted(_Page(connection, model, fields, rows, unique, now, plain=True))
     if pairs is None:
         objs = [new(model, row) for row in rows]
         model._default_manager.using(connection.alias).bulk_create(objs)
@@ -182,18 +184,20 @@ def insert_rows(
 
 def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     """None when a value is not plain JSON (or a naive datetime): left to bulk_create."""
-    connection, model, fields, given, key, _ = page
+    connection, model, fields, given, key, *_ = page
     # The page as one JSON document that PostgreSQL unpacks (json_to_recordset): json.dumps
     # is C, where adapting each value, or each column as an array (Django's UNNEST insert),
     # is Python per value.
-    quote = connection.ops.quote_name
-    attnames = [(field.attname, field.column) for field in fields]
-    moments = [f.column for f in fields if isinstance(f, models.DateTimeField)]
+    attnames = [(field.attname, str(field.column)) for field in fields]
+    moments = [str(f.column) for f in fields if isinstance(f, models.DateTimeField)]
+    # Rows of insert_rows hold only attnames; where each is its column, a copy is the row
+    # (an object's __dict__ holds more: its state).
+    copy = page.plain and all(attname == column for attname, column in attnames)
     # The statement's one auto_now moment (two columns of every row) is written out once.
     stamp = page.now.isoformat()
     rows = []
     for values in given:
-        row = {column: values[attname] for attname, column in attnames}
+        row = values.copy() if copy else {column: values[attname] for attname, column in attnames}
         for column in moments:
             value = row[column]
             if value is not None:
@@ -205,6 +209,26 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
         document = json.dumps(rows, allow_nan=False)
     except (TypeError, ValueError):
         return None  # a value that is not plain JSON: the field's way
+    with connection.cursor() as cursor:
+        cursor.execute(_recordset_sql(connection, model, fields, key), [document])
+        return cursor.fetchall()
+
+
+#: The INSERT of ``_insert_postgresql`` per database, model and key: ``db_type`` of every
+#: field on every page cost more than the rest of the statement's making.
+_RECORDSET_SQL: dict[tuple[str, type[models.Model], str], str] = {}
+
+
+def _recordset_sql(
+    connection: Any,
+    model: type[models.Model],
+    fields: list[models.Field[Any, Any]],
+    key: models.Field[Any, Any],
+) -> str:
+    cached = _RECORDSET_SQL.get((connection.alias, model, key.name))
+    if cached is not None:
+        return cached
+    quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     types = ", ".join(
         f"{quote(f.column)} {str(f.db_type(connection)).split('(')[0]}" for f in fields
@@ -215,13 +239,12 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
         f"SELECT {columns} FROM json_to_recordset(%s::json) AS page({types}) "
         f"RETURNING {quote(key.column)}, {quote(model._meta.pk.column)}"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [document])
-        return cursor.fetchall()
+    _RECORDSET_SQL[connection.alias, model, key.name] = sql
+    return sql
 
 
 def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
-    connection, model, fields, given, key, _ = page
+    connection, model, fields, given, key, *_ = page
     quote = connection.ops.quote_name
     adapters = [_adapter(field, connection) for field in fields]
     head = (

@@ -24,6 +24,7 @@ from typing import Any
 #: SQLite's page cache for the stash, in KiB (a negative ``cache_size``): what it may keep
 #: in memory whatever the number of customers.
 CACHE_KIB = 2048
+_AS_THEY_ARE = frozenset({str, type(None)})
 
 
 class CustomerStash:
@@ -48,8 +49,9 @@ class CustomerStash:
         keys, empty = self._keys, [None] * len(self._keys)
         rows = []
         for customer in customers:
-            values = [customer.get(k) for k in keys]
-            if keys and all(v is None or type(v) is str for v in values):
+            values = list(map(customer.get, keys))
+            # Only these come back from a column as they went in (a bool would come back 1).
+            if keys and set(map(type, values)) <= _AS_THEY_ARE:
                 rows.append((customer["id"], None, *values))
             else:
                 kept = customer

@@ -131,6 +131,38 @@ def test_a_receiver_gets_each_new_subscription_of_a_sync_saved(nomos, connect_re
 
 
 @pytest.mark.django_db
+def test_rows_inserted_as_values_are_those_objects_would_be() -> None:
+    moment = datetime(2026, 3, 1, 12, 30, 15, 123000, tzinfo=timezone.utc)
+    customer = NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
+
+    def values(n: int) -> dict[str, Any]:
+        return {"customer_id": customer.pk, "subscription_id": f"sub_{n}", "status": "active",
+                "start_at": moment, "metadata": {"n": [n, None]}, "nomos_updated_at": moment}
+
+    rows = [values(n) for n in range(3)]
+    pks = bulk.insert_rows(NomosSubscription, rows, key="subscription_id")
+    objs = [NomosSubscription(**values(n + 3)) for n in range(3)]
+    bulk.insert(NomosSubscription, objs, key="subscription_id")
+    assert set(pks) == {"sub_0", "sub_1", "sub_2"}
+    # The given rows now carry the moments the INSERT stamped, and kept their own values.
+    assert all(row["created_at"] == row["updated_at"] is not None for row in rows)
+    assert rows[0]["start_at"] == moment and rows[0]["metadata"] == {"n": [0, None]}
+    stored = {r["subscription_id"]: r for r in NomosSubscription.objects.values()}
+    skip = {"id", "subscription_id", "created_at", "updated_at", "metadata"}
+    for n in range(3):
+        row = stored[f"sub_{n}"]
+        assert row["id"] == pks[f"sub_{n}"]
+        assert (row["created_at"], row["metadata"]) == (rows[n]["created_at"], {"n": [n, None]})
+        assert {k: v for k, v in row.items() if k not in skip} == {
+            k: v for k, v in stored[f"sub_{n + 3}"].items() if k not in skip}
+    # A naive datetime takes Django's way (made aware, with its warning), as for objects.
+    naive = {**values(9), "start_at": moment.replace(tzinfo=None)}
+    with pytest.warns(RuntimeWarning):
+        pk = bulk.insert_rows(NomosSubscription, [naive], key="subscription_id")["sub_9"]
+    assert NomosSubscription.objects.get(pk=pk).start_at == moment
+
+
+@pytest.mark.django_db
 def test_reads_by_key_give_what_the_orm_gives() -> None:
     moment = datetime(2026, 3, 1, 12, 30, 15, tzinfo=timezone.utc)
     customer = NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
