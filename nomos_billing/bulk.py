@@ -298,6 +298,36 @@ def _keys(keys: Collection[Any]) -> str:
     return json.dumps(list(keys))
 
 
+def _rows(
+    model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
+) -> tuple[Any, list[Any]]:
+    """``(connection, rows)``: ``values_list(*names)`` of the rows whose ``key`` is one of
+    ``keys``, in one SELECT; on PostgreSQL a raw one (``_any_sql``) whose columns get what the
+    compiler would apply to them (JSONField's ``from_db_value``, say)."""
+    connection, sql = _any_sql(model, key, names)
+    if connection.vendor != "postgresql":
+        found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(*names)
+        return connection, list(found)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_keys(keys)])
+        rows: list[Any] = cursor.fetchall()
+    table = model._meta.db_table
+    converters = [
+        (i, converter, col)
+        for i, name in enumerate(names)
+        for field in [cast("models.Field[Any, Any]", model._meta.get_field(name))]
+        for col in [field.get_col(table)]
+        for converter in connection.ops.get_db_converters(col)
+        + field.get_db_converters(connection)
+    ]
+    if converters:
+        rows = [list(row) for row in rows]
+        for row in rows:
+            for i, converter, col in converters:
+                row[i] = converter(row[i], col, connection)
+    return connection, rows
+
+
 def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[Any, Any]:
     """The rows of ``model`` whose ``key`` (a unique field) is one of ``keys``, by key, read
     in one SELECT: ``filter(key__in=keys)``, except that on PostgreSQL the keys are one
@@ -307,33 +337,10 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
     The objects are built as ``from_db`` builds them (``instances.builder``)."""
     if not keys:
         return {}
-    meta = model._meta
-    fields = meta.concrete_fields
-    connection, sql = _any_sql(model, key, [f.name for f in fields])
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [_keys(keys)])
-            rows = cursor.fetchall()
-        # What the compiler would apply to each column (JSONField's from_db_value, say).
-        converters = [
-            (i, converter, col)
-            for i, field in enumerate(fields)
-            for col in [field.get_col(meta.db_table)]
-            for converter in connection.ops.get_db_converters(col)
-            + field.get_db_converters(connection)
-        ]
-        if converters:
-            rows = [list(row) for row in rows]
-            for row in rows:
-                for i, converter, col in converters:
-                    row[i] = converter(row[i], col, connection)
-    else:
-        found = model._default_manager.filter(**{f"{key}__in": keys})
-        rows = list(found.values_list(*[f.attname for f in fields]))
+    fields = model._meta.concrete_fields
+    connection, rows = _rows(model, key, keys, [f.name for f in fields])
     build = builder(model)
-    position = [f.attname for f in fields].index(
-        cast("models.Field[Any, Any]", meta.get_field(key)).attname
-    )
+    position = [f.name for f in fields].index(key)
     result = {}
     for row in rows:
         obj = build(row)
@@ -347,18 +354,11 @@ def values_by_key(
     model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
 ) -> dict[Any, tuple[Any, ...]]:
     """``values_list(key, *names)`` of the rows whose ``key`` is one of ``keys``, by key: a
-    row's columns without building its object. On PostgreSQL one raw SELECT with the keys as
-    one parameter (as ``by_key``), for columns read as they are (no ``from_db_value``)."""
+    row's columns without building its object (one SELECT, as ``by_key``'s)."""
     if not keys:
         return {}
-    connection, sql = _any_sql(model, key, (key, *names))
-    fields = [model._meta.get_field(name) for name in (key, *names)]
-    if connection.vendor != "postgresql" or any(hasattr(f, "from_db_value") for f in fields):
-        found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(key, *names)
-        return {row[0]: row[1:] for row in found}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [_keys(keys)])
-        return {row[0]: row[1:] for row in cursor.fetchall()}
+    _, rows = _rows(model, key, keys, (key, *names))
+    return {row[0]: tuple(row[1:]) for row in rows}
 
 
 def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[Any]:

@@ -63,8 +63,24 @@ def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The ``NomosSubscription`` columns ``subscription_fields`` fills.
+SUBSCRIPTION_COLUMNS = (
+    "status",
+    "plan",
+    "type",
+    "number",
+    "start_at",
+    "end_at",
+    "terminated_at",
+    "metadata",
+    "nomos_created_at",
+    "nomos_updated_at",
+)
+
+
 def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our ``NomosSubscription`` columns from a Nomos subscription object."""
+    """Our ``NomosSubscription`` columns (``SUBSCRIPTION_COLUMNS``) from a Nomos subscription
+    object."""
     get = data.get
     metadata = get("metadata")
     return {

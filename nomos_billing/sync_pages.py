@@ -18,7 +18,14 @@ from typing import Any, NamedTuple
 from django.db import IntegrityError, router, transaction
 
 from . import bulk, conf, instances, linking
-from .columns import CUSTOMER_COLUMNS, customer_fields, status_value, subscription_fields, text
+from .columns import (
+    CUSTOMER_COLUMNS,
+    SUBSCRIPTION_COLUMNS,
+    customer_fields,
+    status_value,
+    subscription_fields,
+    text,
+)
 from .models import NomosCustomer, NomosSubscription
 from .signals import subscription_status_changed
 from .sync import (
@@ -94,23 +101,34 @@ def _store_page(
         inserted = _insert_customers(items, keys, new_customers, customers, fetch_customers)
     # Only the subscriptions of customers we had are looked for (none on a first sync's
     # page), as ``upsert_from_subscription`` does: one stored meanwhile fails the INSERT below
-    # and each is then stored the careful way.
-    subscriptions = bulk.by_key(
-        NomosSubscription, "subscription_id", {sid for sid, cid in keys if cid not in inserted}
+    # and each is then stored the careful way. Their columns first, not objects: a re-sync
+    # finds most unchanged.
+    stored = bulk.values_by_key(
+        NomosSubscription,
+        "subscription_id",
+        {sid for sid, cid in keys if cid not in inserted},
+        _COMPARED,
     )
     prepared = []
     inserts: dict[str, dict[str, Any]] = {}
+    differing: set[str] = set()
     for item, (subscription_id, cid) in zip(items, keys, strict=True):
         customer = customers[cid]
         values = {**subscription_fields(item), "customer_id": customer.pk}
         lead_id = item_lead(item)
-        if subscription_id not in subscriptions and subscription_id not in inserts:
-            inserts[subscription_id] = {
-                "subscription_id": subscription_id,
-                "lead_id": lead_id,
-                **values,
-            }
+        columns = stored.get(subscription_id)
+        if columns is None:
+            if subscription_id not in inserts:
+                inserts[subscription_id] = {
+                    "subscription_id": subscription_id,
+                    "lead_id": lead_id,
+                    **values,
+                }
+        elif _differs(columns, values, lead_id):
+            differing.add(subscription_id)
         prepared.append((item, subscription_id, customer, values, lead_id))
+    # The rows this page changes (or reads older than) as objects, for the careful update.
+    subscriptions = bulk.by_key(NomosSubscription, "subscription_id", differing)
     pks = _insert_rows(list(inserts.values())) if inserts else {}
     if pks is None:
         inserts, pks = {}, {}  # a concurrent writer got one in first: each the careful way
@@ -127,6 +145,11 @@ def _store_page(
             linked = link(customer, item, lead_id, resolvers)
             if saved is not None:
                 announce(saved(new_row, pks[subscription_id]), None)
+        elif subscription_id in stored and subscription_id not in differing:
+            # Unchanged: what update_subscription and link_and_announce would do for it.
+            created, changed = False, False
+            stored_lead = stored[subscription_id][_LEAD]
+            linked = link(customer, item, lead_id or stored_lead, resolvers)
         else:
             if subscription_id in subscriptions:
                 row, created = subscriptions[subscription_id], False
@@ -142,6 +165,24 @@ def _store_page(
     for pk in sorted(stale):
         refresh_latest_status(pk)
     return results
+
+
+#: What a page compares of a stored subscription with a list item's: the columns of
+#: ``subscription_fields``, the customer and the lead.
+_COMPARED = (*SUBSCRIPTION_COLUMNS, "customer_id", "lead_id")
+_LEAD = _COMPARED.index("lead_id")
+
+
+def _differs(columns: tuple[Any, ...], values: dict[str, Any], lead_id: str) -> bool:
+    """Whether ``update_subscription`` would do more than nothing with the stored ``columns``
+    (those of ``_COMPARED``): write a changed column or the lead, or log an older read."""
+    row = dict(zip(_COMPARED, columns, strict=True))
+    stored_at, incoming = row["nomos_updated_at"], values["nomos_updated_at"]
+    if stored_at and incoming and incoming < stored_at:
+        return True
+    if lead_id and not row["lead_id"]:
+        return True
+    return any(row[name] != value for name, value in values.items())
 
 
 def _saved_subscription() -> Callable[[dict[str, Any], Any], NomosSubscription] | None:

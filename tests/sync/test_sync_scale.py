@@ -19,7 +19,12 @@ from django.core.management import call_command
 from django.db import connection
 
 from nomos_billing import bulk
-from nomos_billing.columns import CUSTOMER_COLUMNS, customer_fields
+from nomos_billing.columns import (
+    CUSTOMER_COLUMNS,
+    SUBSCRIPTION_COLUMNS,
+    customer_fields,
+    subscription_fields,
+)
 from nomos_billing.models import NomosCustomer, NomosSubscription
 from nomos_billing.sandbox.seeding import seed_subscriptions
 from nomos_billing.stash import CustomerStash
@@ -220,6 +225,7 @@ def test_a_post_init_receiver_still_sees_every_object_built() -> None:
 
 def test_the_customer_columns_are_those_customer_fields_fills() -> None:
     assert tuple(customer_fields({})) == CUSTOMER_COLUMNS
+    assert tuple(subscription_fields({})) == SUBSCRIPTION_COLUMNS
 
 
 def test_the_stash_gives_each_customer_back_once() -> None:
@@ -330,3 +336,44 @@ def test_a_catch_up_page_reads_the_customers_nomos_changed_in_one_select(
     assert known == {f"cus_page{i}" for i in range(5)} and changed == 2
     assert sorted(NomosCustomer.objects.filter(email__startswith="new").values_list(
         "customer_id", flat=True)) == ["cus_page1", "cus_page3"]
+
+
+@pytest.mark.django_db
+def test_a_page_compares_columns_and_touches_only_what_changed(connect_receiver, caplog) -> None:
+    from nomos_billing import signals
+    from nomos_billing.sync_pages import upsert_subscriptions
+
+    def item(sid: str, **changes: Any) -> dict[str, Any]:
+        return {"id": sid, "customer": "cus_page", "status": "active", "plan": "p",
+                "metadata": {"k": [1]}, "created_at": "2026-01-01T00:00:00Z",
+                "updated_at": "2026-02-01T00:00:00Z", **changes}
+
+    upsert_from_subscription({**item("sub_a"), "customer": {"id": "cus_page", "email": "c@e.x"}})
+    for sid in ("sub_b", "sub_c", "sub_d"):
+        upsert_from_subscription(item(sid))
+    before = {s.subscription_id: s for s in NomosSubscription.objects.all()}
+    seen: list[tuple[str, Any, Any]] = []
+    connect_receiver(signals.subscription_status_changed,
+                     lambda sender, subscription, previous, status, **kw: seen.append(
+                         (subscription.subscription_id, previous, status)))
+
+    def no_fetch(ids: set[str]) -> dict[str, dict[str, Any]]:
+        raise AssertionError(ids)
+
+    page = [
+        item("sub_a"),
+        item("sub_b", status="ended", updated_at="2026-03-01T00:00:00Z"),
+        item("sub_c", plan="older", updated_at="2026-01-15T00:00:00Z"),
+        item("sub_d", lead="lead_1"),
+        item("sub_a"),
+    ]
+    with caplog.at_level("INFO", logger="nomos_billing.sync"):
+        results = upsert_subscriptions(page, no_fetch)
+    after = {s.subscription_id: s for s in NomosSubscription.objects.all()}
+    assert [r.subscription_created for r in results] == [False] * 5
+    assert seen == [("sub_b", "active", "ended")]
+    assert after["sub_a"].updated_at == before["sub_a"].updated_at
+    assert (after["sub_b"].status, after["sub_c"].plan, after["sub_d"].lead_id) == (
+        "ended", "p", "lead_1")
+    assert after["sub_c"].updated_at == before["sub_c"].updated_at
+    assert "sub_c: ignoring a read older than the stored one" in caplog.text
