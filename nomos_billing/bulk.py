@@ -25,6 +25,7 @@ list.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Sequence
 from contextlib import nullcontext
@@ -298,17 +299,40 @@ def _keys(keys: Collection[Any]) -> str:
     return json.dumps(list(keys))
 
 
+@functools.cache
+def _tz_loader() -> Any:
+    """psycopg's own loader of timestamptz (C in psycopg[binary]), which Django's wraps; None
+    under psycopg2 (Django uses psycopg 3 whenever it is installed)."""
+    try:
+        from psycopg import adapters, pq
+        from psycopg.postgres import types
+    except ImportError:
+        return None
+    return adapters.get_loader(types["timestamptz"].oid, pq.Format.TEXT)
+
+
 def _rows(
-    model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
+    model: type[models.Model],
+    key: str,
+    keys: Collection[Any],
+    names: Sequence[str],
+    *,
+    compared: bool = False,
 ) -> tuple[Any, list[Any]]:
     """``(connection, rows)``: ``values_list(*names)`` of the rows whose ``key`` is one of
     ``keys``, in one SELECT; on PostgreSQL a raw one (``_any_sql``) whose columns get what the
-    compiler would apply to them (JSONField's ``from_db_value``, say)."""
+    compiler would apply to them (JSONField's ``from_db_value``, say). ``compared``: the
+    values are only compared, so an aware datetime may carry psycopg's ``tzinfo`` for the
+    session's zone rather than the connection's (the same moment)."""
     connection, sql = _any_sql(model, key, names)
     if connection.vendor != "postgresql":
         found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(*names)
         return connection, list(found)
     with connection.cursor() as cursor:
+        if compared and connection.timezone is not None and _tz_loader() is not None:
+            # Django's loader calls psycopg's (C) and then replaces each value's tzinfo, in
+            # Python: a re-sync reads five datetimes per subscription only to compare them.
+            cursor.cursor.adapters.register_loader("timestamptz", _tz_loader())
         cursor.execute(sql, [_keys(keys)])
         rows: list[Any] = cursor.fetchall()
     table = model._meta.db_table
@@ -351,13 +375,19 @@ def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[A
 
 
 def values_by_key(
-    model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
+    model: type[models.Model],
+    key: str,
+    keys: Collection[Any],
+    names: Sequence[str],
+    *,
+    compared: bool = False,
 ) -> dict[Any, tuple[Any, ...]]:
     """``values_list(key, *names)`` of the rows whose ``key`` is one of ``keys``, by key: a
-    row's columns without building its object (one SELECT, as ``by_key``'s)."""
+    row's columns without building its object (one SELECT, as ``by_key``'s). ``compared``:
+    as ``_rows``'."""
     if not keys:
         return {}
-    _, rows = _rows(model, key, keys, (key, *names))
+    _, rows = _rows(model, key, keys, (key, *names), compared=compared)
     return {row[0]: tuple(row[1:]) for row in rows}
 
 

@@ -108,6 +108,7 @@ def _store_page(
         "subscription_id",
         {sid for sid, cid in keys if cid not in inserted},
         _COMPARED,
+        compared=True,
     )
     prepared = []
     inserts: dict[str, dict[str, Any]] = {}

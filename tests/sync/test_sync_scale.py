@@ -187,6 +187,21 @@ def test_reads_by_key_give_what_the_orm_gives() -> None:
 
 
 @pytest.mark.django_db
+def test_columns_read_to_compare_are_the_same_moments_and_change_no_other_read() -> None:
+    moment = datetime(2026, 3, 1, 12, 30, 15, 123000, tzinfo=timezone.utc)
+    customer = NomosCustomer.objects.create(customer_id="cus_a")
+    NomosSubscription.objects.create(customer=customer, subscription_id="sub_a", start_at=moment)
+    compared = bulk.values_by_key(
+        NomosSubscription, "subscription_id", ["sub_a"], ("start_at", "metadata"), compared=True)
+    assert compared == {"sub_a": (moment, {})}
+    # Django's reads on the same connection still carry its tzinfo.
+    orm = NomosSubscription.objects.get()
+    fast = bulk.by_key(NomosSubscription, "subscription_id", ["sub_a"])["sub_a"]
+    assert fast.start_at.tzinfo is orm.start_at.tzinfo
+    assert orm.start_at == moment
+
+
+@pytest.mark.django_db
 def test_objects_read_by_key_are_those_django_builds() -> None:
     customer = NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
     NomosSubscription.objects.create(customer=customer, subscription_id="sub_a", plan="p")
