@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from django.db import IntegrityError, router, transaction
 
-from . import bulk, conf, instances, linking
+from . import bulk, conf, instances, linking, reads
 from .columns import (
     CUSTOMER_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -57,7 +57,7 @@ def refresh_customers(items: list[dict[str, Any]]) -> tuple[set[str], int]:
     rows changed."""
     ids = [text(item.get("id"), 64) for item in items]
     # Columns, not objects: a catch-up walks every customer and finds few changed.
-    stored = bulk.values_by_key(NomosCustomer, "customer_id", ids, CUSTOMER_COLUMNS)
+    stored = reads.values_by_key(NomosCustomer, "customer_id", ids, CUSTOMER_COLUMNS)
     differing = {}
     for customer_id, item in zip(ids, items, strict=True):
         columns = stored.get(customer_id)
@@ -93,7 +93,7 @@ def _store_page(
 ) -> list[Stored]:
     keys = [(text(item["id"], 64), _customer_id_of(item)) for item in items]
     customer_ids = {cid for _, cid in keys}
-    customers = bulk.by_key(NomosCustomer, "customer_id", customer_ids)
+    customers = reads.by_key(NomosCustomer, "customer_id", customer_ids)
     new_customers = customer_ids - customers.keys()
     # Customers this call inserted: they have no subscriptions yet.
     inserted: set[str] = set()
@@ -103,7 +103,7 @@ def _store_page(
     # page), as ``upsert_from_subscription`` does: one stored meanwhile fails the INSERT below
     # and each is then stored the careful way. Their columns first, not objects: a re-sync
     # finds most unchanged.
-    stored = bulk.values_by_key(
+    stored = reads.values_by_key(
         NomosSubscription,
         "subscription_id",
         {sid for sid, cid in keys if cid not in inserted},
@@ -129,7 +129,7 @@ def _store_page(
             differing.add(subscription_id)
         prepared.append((item, subscription_id, customer, values, lead_id))
     # The rows this page changes (or reads older than) as objects, for the careful update.
-    subscriptions = bulk.by_key(NomosSubscription, "subscription_id", differing)
+    subscriptions = reads.by_key(NomosSubscription, "subscription_id", differing)
     pks = _insert_rows(list(inserts.values())) if inserts else {}
     if pks is None:
         inserts, pks = {}, {}  # a concurrent writer got one in first: each the careful way

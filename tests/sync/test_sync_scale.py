@@ -18,7 +18,7 @@ import requests
 from django.core.management import call_command
 from django.db import connection
 
-from nomos_billing import bulk
+from nomos_billing import bulk, reads
 from nomos_billing.columns import (
     CUSTOMER_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -174,16 +174,16 @@ def test_reads_by_key_give_what_the_orm_gives() -> None:
     NomosSubscription.objects.create(
         customer=customer, subscription_id="sub_a", metadata={"n": [1, None]}, start_at=moment
     )
-    found = bulk.by_key(NomosSubscription, "subscription_id", ["sub_a", "sub_missing"])
+    found = reads.by_key(NomosSubscription, "subscription_id", ["sub_a", "sub_missing"])
     assert list(found) == ["sub_a"]
     assert found["sub_a"] == NomosSubscription.objects.get()
     assert (found["sub_a"].metadata, found["sub_a"].start_at) == ({"n": [1, None]}, moment)
     assert not found["sub_a"]._state.adding
-    assert bulk.values_by_key(NomosCustomer, "customer_id", ["cus_a", "cus_b"], ("email",)) == {
+    assert reads.values_by_key(NomosCustomer, "customer_id", ["cus_a", "cus_b"], ("email",)) == {
         "cus_a": ("a@b.example",)}
-    assert bulk.existing(NomosCustomer, "customer_id", {"cus_a", "cus_b"}) == {"cus_a"}
-    assert bulk.by_key(NomosCustomer, "customer_id", []) == {}
-    assert bulk.existing(NomosCustomer, "customer_id", []) == set()
+    assert reads.existing(NomosCustomer, "customer_id", {"cus_a", "cus_b"}) == {"cus_a"}
+    assert reads.by_key(NomosCustomer, "customer_id", []) == {}
+    assert reads.existing(NomosCustomer, "customer_id", []) == set()
 
 
 @pytest.mark.django_db
@@ -191,12 +191,12 @@ def test_columns_read_to_compare_are_the_same_moments_and_change_no_other_read()
     moment = datetime(2026, 3, 1, 12, 30, 15, 123000, tzinfo=timezone.utc)
     customer = NomosCustomer.objects.create(customer_id="cus_a")
     NomosSubscription.objects.create(customer=customer, subscription_id="sub_a", start_at=moment)
-    compared = bulk.values_by_key(
+    compared = reads.values_by_key(
         NomosSubscription, "subscription_id", ["sub_a"], ("start_at", "metadata"), compared=True)
     assert compared == {"sub_a": (moment, {})}
     # Django's reads on the same connection still carry its tzinfo.
     orm = NomosSubscription.objects.get()
-    fast = bulk.by_key(NomosSubscription, "subscription_id", ["sub_a"])["sub_a"]
+    fast = reads.by_key(NomosSubscription, "subscription_id", ["sub_a"])["sub_a"]
     assert fast.start_at.tzinfo is orm.start_at.tzinfo
     assert orm.start_at == moment
 
@@ -206,7 +206,7 @@ def test_objects_read_by_key_are_those_django_builds() -> None:
     customer = NomosCustomer.objects.create(customer_id="cus_a", email="a@b.example")
     NomosSubscription.objects.create(customer=customer, subscription_id="sub_a", plan="p")
     orm = NomosSubscription.objects.get()
-    fast = bulk.by_key(NomosSubscription, "subscription_id", ["sub_a"])["sub_a"]
+    fast = reads.by_key(NomosSubscription, "subscription_id", ["sub_a"])["sub_a"]
     fields = [f.attname for f in NomosSubscription._meta.concrete_fields]
     assert [getattr(fast, n) for n in fields] == [getattr(orm, n) for n in fields]
     assert (fast._state.adding, fast._state.db) == (False, orm._state.db)
@@ -230,7 +230,7 @@ def test_a_post_init_receiver_still_sees_every_object_built() -> None:
 
     post_init.connect(receiver, sender=NomosCustomer)
     try:
-        found = bulk.by_key(NomosCustomer, "customer_id", ["cus_a"])["cus_a"]
+        found = reads.by_key(NomosCustomer, "customer_id", ["cus_a"])["cus_a"]
         built = bulk.new(NomosCustomer, {"customer_id": "cus_b"})
     finally:
         post_init.disconnect(receiver, sender=NomosCustomer)

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
-from nomos_billing import api_rate, bulk, catchup, leads, sync_pages
+from nomos_billing import api_rate, catchup, leads, reads, sync_pages
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.lists import ListWalk
@@ -270,7 +270,7 @@ class Command(BaseCommand):
                     known, changed = sync_pages.refresh_customers(page)
                     self.customers_refreshed += changed
                 else:
-                    known = bulk.existing(NomosCustomer, "customer_id", [c["id"] for c in page])
+                    known = reads.existing(NomosCustomer, "customer_id", [c["id"] for c in page])
                 new.put(c for c in page if c["id"] not in known)
                 page = []
         if not listing.complete:
