@@ -82,12 +82,17 @@ def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Our ``NomosSubscription`` columns (``SUBSCRIPTION_COLUMNS``) from a Nomos subscription
     object."""
     get = data.get
-    metadata = get("metadata")
+    metadata, status, plan, kind, number = map(
+        get, ("metadata", "status", "plan", "type", "number")
+    )
+    # A plain string (what Nomos sends) is cut here; anything else takes the functions' way.
     return {
-        "status": status_value(get("status")),
-        "plan": text(get("plan"), 64),
-        "type": choice(get("type"), _SUBSCRIPTION_TYPES),
-        "number": text(get("number"), 64),
+        "status": status[:STATUS_LENGTH] if type(status) is str else status_value(status),
+        "plan": plan[:64] if type(plan) is str else text(plan, 64),
+        "type": kind
+        if type(kind) is str and kind in _SUBSCRIPTION_TYPES
+        else choice(kind, _SUBSCRIPTION_TYPES),
+        "number": number[:64] if type(number) is str else text(number, 64),
         "start_at": datetime_or_none(get("start_at")),
         "end_at": datetime_or_none(get("end_at")),
         "terminated_at": datetime_or_none(get("terminated_at")),
