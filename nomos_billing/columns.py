@@ -54,12 +54,18 @@ CUSTOMER_COLUMNS = ("email", "first_name", "last_name", "company_name", "type")
 
 def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Our ``NomosCustomer`` columns (``CUSTOMER_COLUMNS``) from a Nomos customer object."""
+    email, first, last, company, kind = map(
+        data.get, ("email", "first_name", "last_name", "company_name", "type")
+    )
+    # As in subscription_fields: a plain string is cut here, anything else by ``text``.
     return {
-        "email": text(data.get("email"), 254),
-        "first_name": text(data.get("first_name"), 100),
-        "last_name": text(data.get("last_name"), 100),
-        "company_name": text(data.get("company_name"), 100),
-        "type": choice(data.get("type"), _CUSTOMER_TYPES) or NomosCustomer.Type.PERSON,
+        "email": email[:254] if type(email) is str else text(email, 254),
+        "first_name": first[:100] if type(first) is str else text(first, 100),
+        "last_name": last[:100] if type(last) is str else text(last, 100),
+        "company_name": company[:100] if type(company) is str else text(company, 100),
+        "type": (kind if type(kind) is str and kind in _CUSTOMER_TYPES else "")
+        or choice(kind, _CUSTOMER_TYPES)
+        or NomosCustomer.Type.PERSON,
     }
 
 
