@@ -16,22 +16,21 @@ values we built ourselves (``str``, ``int``, aware ``datetime``, a ``dict`` for 
 
 Like ``bulk_create``: all rows or none, primary keys set on the objects (matched back by a
 unique field, so the order rows come back in does not matter), no signals,
-``auto_now``/``auto_now_add`` filled in.
-
-The page's reads by key (``by_key``, ``values_by_key``, ``existing``) are one SELECT each, on
-PostgreSQL with the keys as one array parameter (``= ANY(%s)``) instead of an ``IN`` list.
+``auto_now``/``auto_now_add`` filled in. (A page's reads by key are ``reads``.)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from django.db import connections, models, router, transaction
 from django.utils import timezone
+
+from .instances import layout, new
 
 Adapter = Callable[[Any], Any]
 #: Types a field of this class stores as they are (its ``get_db_prep_save`` returns them).
@@ -71,16 +70,36 @@ def _adapter(field: models.Field[Any, Any], connection: Any) -> Adapter:
 
 
 class _Page(NamedTuple):
-    """One statement's worth: where, which columns, which rows, and the unique field that
-    matches each row back to its new primary key."""
+    """One statement's worth: where, which columns, which rows (values by attname: an
+    object's ``__dict__`` or a row of ``insert_rows``), and the unique field that matches each
+    row back to its new primary key."""
 
     connection: Any
     model: type[models.Model]
     fields: list[models.Field[Any, Any]]
-    objs: Sequence[models.Model]
+    rows: Sequence[dict[str, Any]]
     key: models.Field[Any, Any]
     #: What the auto_now and auto_now_add fields of every row were set to.
     now: datetime
+    #: The rows are dicts of attnames only (``insert_rows``), not objects' ``__dict__``.
+    plain: bool = False
+
+
+def _inserter(connection: Any) -> Callable[[_Page], list[tuple[Any, Any]] | None] | None:
+    if connection.vendor == "postgresql":
+        return _insert_postgresql
+    if connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert:
+        return _insert_values
+    return None
+
+
+def _columns(model: type[models.Model]) -> tuple[list[Any], list[Any]]:
+    """The fields an INSERT writes, and those of them it stamps (auto_now, auto_now_add)."""
+    fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
+    stamped = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
+    return fields, stamped
 
 
 def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str) -> None:
@@ -91,19 +110,11 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
         return
     alias = router.db_for_write(model)
     connection = connections[alias]
-    inserted: Callable[[_Page], list[tuple[Any, Any]] | None]
-    if connection.vendor == "postgresql":
-        inserted = _insert_postgresql
-    elif connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert:
-        inserted = _insert_values
-    else:
+    inserted = _inserter(connection)
+    if inserted is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
-    meta = model._meta
-    fields = [f for f in meta.local_concrete_fields if not f.primary_key]
-    stamped = [
-        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-    ]
+    fields, stamped = _columns(model)
     now = timezone.now()
     for field in stamped:
         # What pre_save does for a new row, one moment for the whole statement.
@@ -114,8 +125,10 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
             for obj in objs:
                 field.pre_save(obj, True)
     # get_field's type allows a relation; ``key`` names one of our unique columns.
-    unique = cast("models.Field[Any, Any]", meta.get_field(key))
-    pairs = inserted(_Page(connection, model, fields, objs, unique, now))
+    unique = cast("models.Field[Any, Any]", model._meta.get_field(key))
+    # An instance's values are its __dict__, by attname (every concrete field is set there).
+    rows = [obj.__dict__ for obj in objs]
+    pairs = inserted(_Page(connection, model, fields, rows, unique, now))
     if pairs is None:
         model._default_manager.using(alias).bulk_create(objs)
         return
@@ -126,21 +139,61 @@ def insert(model: type[models.Model], objs: Sequence[models.Model], *, key: str)
         obj._state.db = alias
 
 
+def insert_rows(
+    model: type[models.Model], rows: Sequence[dict[str, Any]], *, key: str
+) -> dict[Any, Any]:
+    """``insert`` for rows given as values by attname (as ``new`` takes them) instead of
+    objects: no object is built for a row where the database takes the page as it is. Fills
+    each row's auto_now and auto_now_add fields (as ``insert`` sets them on an object) and the
+    defaults of fields it lacks; returns the new primary keys by ``key``."""
+    if not rows:
+        return {}
+    connection = connections[router.db_for_write(model)]
+    inserted = _inserter(connection)
+    fields, stamped = _columns(model)
+    if inserted is None or not all(isinstance(f, models.DateTimeField) for f in stamped):
+        objs = [new(model, row) for row in rows]
+        insert(model, objs, key=key)
+        for row, obj in zip(rows, objs, strict=True):
+            row.update((f.attname, getattr(obj, f.attname)) for f in stamped)
+        return {getattr(obj, key): obj.pk for obj in objs}
+    attnames, defaults = layout(model)
+    needed = {f.attname for f in fields} - {f.attname for f in stamped}
+    now = timezone.now()
+    for row in rows:
+        if not row.keys() <= attnames:
+            raise TypeError(f"{model.__name__} has no fields {sorted(row.keys() - attnames)}")
+        if not needed <= row.keys():
+            for attname, make, default in defaults:
+                if attname in needed and attname not in row:
+                    row[attname] = make() if make else default
+        for field in stamped:
+            row[field.attname] = now
+    unique = cast("models.Field[Any, Any]", model._meta.get_field(key))
+    pairs = inserted(_Page(connection, model, fields, rows, unique, now, plain=True))
+    if pairs is None:
+        objs = [new(model, row) for row in rows]
+        model._default_manager.using(connection.alias).bulk_create(objs)
+        return {getattr(obj, key): obj.pk for obj in objs}
+    return dict(pairs)
+
+
 def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
     """None when a value is not plain JSON (or a naive datetime): left to bulk_create."""
-    connection, model, fields, objs, key, _ = page
+    connection, model, fields, given, key, *_ = page
     # The page as one JSON document that PostgreSQL unpacks (json_to_recordset): json.dumps
     # is C, where adapting each value, or each column as an array (Django's UNNEST insert),
     # is Python per value.
-    quote = connection.ops.quote_name
-    attnames = [(field.attname, field.column) for field in fields]
-    moments = [f.column for f in fields if isinstance(f, models.DateTimeField)]
+    attnames = [(field.attname, str(field.column)) for field in fields]
+    moments = [str(f.column) for f in fields if isinstance(f, models.DateTimeField)]
+    # Rows of insert_rows hold only attnames; where each is its column, a copy is the row
+    # (an object's __dict__ holds more: its state).
+    copy = page.plain and all(attname == column for attname, column in attnames)
     # The statement's one auto_now moment (two columns of every row) is written out once.
     stamp = page.now.isoformat()
     rows = []
-    for obj in objs:
-        values = obj.__dict__
-        row = {column: values[attname] for attname, column in attnames}
+    for values in given:
+        row = values.copy() if copy else {column: values[attname] for attname, column in attnames}
         for column in moments:
             value = row[column]
             if value is not None:
@@ -152,6 +205,26 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
         document = json.dumps(rows, allow_nan=False)
     except (TypeError, ValueError):
         return None  # a value that is not plain JSON: the field's way
+    with connection.cursor() as cursor:
+        cursor.execute(_recordset_sql(connection, model, fields, key), [document])
+        return cursor.fetchall()
+
+
+#: The INSERT of ``_insert_postgresql`` per database, model and key: ``db_type`` of every
+#: field on every page cost more than the rest of the statement's making.
+_RECORDSET_SQL: dict[tuple[str, type[models.Model], str], str] = {}
+
+
+def _recordset_sql(
+    connection: Any,
+    model: type[models.Model],
+    fields: list[models.Field[Any, Any]],
+    key: models.Field[Any, Any],
+) -> str:
+    cached = _RECORDSET_SQL.get((connection.alias, model, key.name))
+    if cached is not None:
+        return cached
+    quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     types = ", ".join(
         f"{quote(f.column)} {str(f.db_type(connection)).split('(')[0]}" for f in fields
@@ -162,13 +235,12 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
         f"SELECT {columns} FROM json_to_recordset(%s::json) AS page({types}) "
         f"RETURNING {quote(key.column)}, {quote(model._meta.pk.column)}"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [document])
-        return cursor.fetchall()
+    _RECORDSET_SQL[connection.alias, model, key.name] = sql
+    return sql
 
 
 def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
-    connection, model, fields, objs, key, _ = page
+    connection, model, fields, given, key, *_ = page
     quote = connection.ops.quote_name
     adapters = [_adapter(field, connection) for field in fields]
     head = (
@@ -178,113 +250,19 @@ def _insert_values(page: _Page) -> list[tuple[Any, Any]]:
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     tail = f" RETURNING {quote(key.column)}, {quote(model._meta.pk.column)}"
     # Within the backend's limit on bound parameters (999 on an old SQLite).
-    size = max(1, connection.ops.bulk_batch_size(fields, objs))
+    size = max(1, connection.ops.bulk_batch_size(fields, given))
     keys: list[tuple[Any, Any]] = []
     # Several statements are all or nothing, as bulk_create's batches are.
-    several = len(objs) > size
+    several = len(given) > size
     with transaction.atomic(using=connection.alias, savepoint=False) if several else nullcontext():
-        for start in range(0, len(objs), size):
-            batch = objs[start : start + size]
+        for start in range(0, len(given), size):
+            batch = given[start : start + size]
             params = [
-                adapt(getattr(obj, field.attname))
-                for obj in batch
+                adapt(values[field.attname])
+                for values in batch
                 for field, adapt in zip(fields, adapters, strict=True)
             ]
             with connection.cursor() as cursor:
                 cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
                 keys += cursor.fetchall()
     return keys
-
-
-def _base_type(field: models.Field[Any, Any], connection: Any) -> str:
-    # varchar, not varchar(64): a value too long fails on the INSERT, as it would without us.
-    return str(field.db_type(connection)).split("(")[0]
-
-
-def _any_sql(model: type[models.Model], key: str, names: Sequence[str]) -> tuple[Any, str]:
-    """``(connection, "SELECT <names> FROM <table> WHERE <key> = ANY(%s)")``."""
-    connection: Any = connections[router.db_for_read(model)]
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        # get_field's type allows a relation; these name our own concrete fields.
-        return str(quote(cast("models.Field[Any, Any]", model._meta.get_field(name)).column))
-
-    # Names from the model's metadata, quoted; the keys go in as the one parameter.
-    return connection, (
-        f"SELECT {', '.join(map(column, names))} "  # noqa: S608
-        f"FROM {quote(model._meta.db_table)} WHERE {column(key)} = ANY(%s)"
-    )
-
-
-def by_key(model: type[models.Model], key: str, keys: Collection[Any]) -> dict[Any, Any]:
-    """The rows of ``model`` whose ``key`` (a unique field) is one of ``keys``, by key, read
-    in one SELECT: ``filter(key__in=keys)``, except that on PostgreSQL the keys are one array
-    parameter (``= ANY(%s)``) of a raw query. Django compiles an ``IN`` list value by value
-    and psycopg parses a statement with more than 50 parameters afresh on every call (it
-    caches only smaller ones): for a page of 100 keys, most of the SELECT's cost."""
-    if not keys:
-        return {}
-    manager = model._default_manager
-    connection, sql = _any_sql(model, key, [f.name for f in model._meta.concrete_fields])
-    if connection.vendor == "postgresql":
-        rows = manager.raw(sql, [list(keys)])
-    else:
-        rows = manager.filter(**{f"{key}__in": keys})
-    return {getattr(row, key): row for row in rows}
-
-
-def values_by_key(
-    model: type[models.Model], key: str, keys: Collection[Any], names: Sequence[str]
-) -> dict[Any, tuple[Any, ...]]:
-    """``values_list(key, *names)`` of the rows whose ``key`` is one of ``keys``, by key: a
-    row's columns without building its object. On PostgreSQL one raw SELECT with the keys as
-    one array (as ``by_key``), for columns read as they are (no ``from_db_value``)."""
-    if not keys:
-        return {}
-    connection, sql = _any_sql(model, key, (key, *names))
-    fields = [model._meta.get_field(name) for name in (key, *names)]
-    if connection.vendor != "postgresql" or any(hasattr(f, "from_db_value") for f in fields):
-        found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(key, *names)
-        return {row[0]: row[1:] for row in found}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [list(keys)])
-        return {row[0]: row[1:] for row in cursor.fetchall()}
-
-
-def existing(model: type[models.Model], key: str, keys: Collection[Any]) -> set[Any]:
-    """Which of ``keys`` (values of the unique field ``key``) ``model`` has rows for (one
-    SELECT of that column alone, as ``values_by_key``)."""
-    return set(values_by_key(model, key, keys, ()))
-
-
-#: Per model, its attnames and its concrete fields in order as ``(attname, default factory or
-#: None, default)``: a default that is the same object for every row (none given: None or "";
-#: a value, not a callable) is read once, a callable or a database default for each row.
-_LAYOUTS: dict[type[models.Model], tuple[frozenset[str], list[tuple[str, Any, Any]]]] = {}
-
-
-def _layout(model: type[models.Model]) -> tuple[frozenset[str], list[tuple[str, Any, Any]]]:
-    layout = [
-        (f.attname, f.get_default, None)
-        if (f.has_default() and callable(f.default)) or f.has_db_default()
-        else (f.attname, None, f.get_default())
-        for f in model._meta.concrete_fields
-    ]
-    _LAYOUTS[model] = frozenset(attname for attname, _, _ in layout), layout
-    return _LAYOUTS[model]
-
-
-def new(model: type[models.Model], values: dict[str, Any]) -> Any:
-    """``model(**values)`` (``values`` by attname: ``customer_id``, not ``customer``), built the
-    way Django builds a row it read: positionally, without matching each keyword to a field
-    (a page of 100 subscriptions builds 200 objects)."""
-    attnames, layout = _LAYOUTS.get(model) or _layout(model)
-    if not values.keys() <= attnames:
-        raise TypeError(f"{model.__name__} has no fields {sorted(values.keys() - attnames)}")
-    return model(
-        *[
-            values[attname] if attname in values else make() if make else default
-            for attname, make, default in layout
-        ]
-    )

@@ -38,6 +38,11 @@ def datetime_or_none(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
+        # What parse_datetime tries first (a sync parses five per subscription).
+        return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
         return parse_datetime(value)
     except ValueError:
         return None
@@ -49,27 +54,55 @@ CUSTOMER_COLUMNS = ("email", "first_name", "last_name", "company_name", "type")
 
 def customer_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Our ``NomosCustomer`` columns (``CUSTOMER_COLUMNS``) from a Nomos customer object."""
+    email, first, last, company, kind = map(
+        data.get, ("email", "first_name", "last_name", "company_name", "type")
+    )
+    # As in subscription_fields: a plain string is cut here, anything else by ``text``.
     return {
-        "email": text(data.get("email"), 254),
-        "first_name": text(data.get("first_name"), 100),
-        "last_name": text(data.get("last_name"), 100),
-        "company_name": text(data.get("company_name"), 100),
-        "type": choice(data.get("type"), _CUSTOMER_TYPES) or NomosCustomer.Type.PERSON,
+        "email": email[:254] if type(email) is str else text(email, 254),
+        "first_name": first[:100] if type(first) is str else text(first, 100),
+        "last_name": last[:100] if type(last) is str else text(last, 100),
+        "company_name": company[:100] if type(company) is str else text(company, 100),
+        "type": (kind if type(kind) is str and kind in _CUSTOMER_TYPES else "")
+        or choice(kind, _CUSTOMER_TYPES)
+        or NomosCustomer.Type.PERSON,
     }
 
 
+#: The ``NomosSubscription`` columns ``subscription_fields`` fills.
+SUBSCRIPTION_COLUMNS = (
+    "status",
+    "plan",
+    "type",
+    "number",
+    "start_at",
+    "end_at",
+    "terminated_at",
+    "metadata",
+    "nomos_created_at",
+    "nomos_updated_at",
+)
+
+
 def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our ``NomosSubscription`` columns from a Nomos subscription object."""
-    metadata = data.get("metadata")
+    """Our ``NomosSubscription`` columns (``SUBSCRIPTION_COLUMNS``) from a Nomos subscription
+    object."""
+    get = data.get
+    metadata, status, plan, kind, number = map(
+        get, ("metadata", "status", "plan", "type", "number")
+    )
+    # A plain string (what Nomos sends) is cut here; anything else takes the functions' way.
     return {
-        "status": status_value(data.get("status")),
-        "plan": text(data.get("plan"), 64),
-        "type": choice(data.get("type"), _SUBSCRIPTION_TYPES),
-        "number": text(data.get("number"), 64),
-        "start_at": datetime_or_none(data.get("start_at")),
-        "end_at": datetime_or_none(data.get("end_at")),
-        "terminated_at": datetime_or_none(data.get("terminated_at")),
+        "status": status[:STATUS_LENGTH] if type(status) is str else status_value(status),
+        "plan": plan[:64] if type(plan) is str else text(plan, 64),
+        "type": kind
+        if type(kind) is str and kind in _SUBSCRIPTION_TYPES
+        else choice(kind, _SUBSCRIPTION_TYPES),
+        "number": number[:64] if type(number) is str else text(number, 64),
+        "start_at": datetime_or_none(get("start_at")),
+        "end_at": datetime_or_none(get("end_at")),
+        "terminated_at": datetime_or_none(get("terminated_at")),
         "metadata": metadata if isinstance(metadata, dict) else {},
-        "nomos_created_at": datetime_or_none(data.get("created_at")),
-        "nomos_updated_at": datetime_or_none(data.get("updated_at")),
+        "nomos_created_at": datetime_or_none(get("created_at")),
+        "nomos_updated_at": datetime_or_none(get("updated_at")),
     }

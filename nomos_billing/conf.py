@@ -9,11 +9,13 @@ never raises here: it falls back to the default with one logged warning per key 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,16 +75,41 @@ _parsed: dict[str, tuple[Any, Any, Any]] = {}
 _MISSING = object()
 
 
+#: Per thread, the values read under ``held()`` (None outside it).
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Within, each key is read once: for a batch that reads the same few keys per item (a
+    sync's page runs the resolvers for up to 100 customers), where a read costs about 2 µs
+    and settings do not change halfway."""
+    if getattr(_held, "values", None) is not None:
+        yield
+        return
+    _held.values = {}
+    try:
+        yield
+    finally:
+        _held.values = None
+
+
 def value_of(name: str) -> Any:
     """The key's normalised value; its default when it is missing or wrong."""
-    written = raw_settings().get(name, _MISSING)
-    cached = _parsed.get(name)
-    if cached is not None and cached[0] is written and cached[1] == written:
-        value = cached[2]
+    kept = getattr(_held, "values", None)
+    if kept is not None and name in kept:
+        value = kept[name]
     else:
-        value = _parse(name, written)
-        mutable = isinstance(written, (list, dict, set))
-        _parsed[name] = (written, copy.deepcopy(written) if mutable else written, value)
+        written = raw_settings().get(name, _MISSING)
+        cached = _parsed.get(name)
+        if cached is not None and cached[0] is written and cached[1] == written:
+            value = cached[2]
+        else:
+            value = _parse(name, written)
+            mutable = isinstance(written, (list, dict, set))
+            _parsed[name] = (written, copy.deepcopy(written) if mutable else written, value)
+        if kept is not None:
+            kept[name] = value
     # A fresh container each read, as a parse would give: a caller may change what it got.
     return value.copy() if isinstance(value, (list, dict)) else value
 

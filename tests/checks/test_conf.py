@@ -124,3 +124,17 @@ def test_is_wrong_tells_a_refused_value_from_a_missing_or_good_one(settings: Any
     assert conf.is_wrong("EVENT_RETENTION_DAYS")
     assert not conf.is_wrong("WEBHOOK_TOLERANCE")
     assert not conf.is_wrong("CLICK_BUDGET")  # left out: the default is the site's choice
+
+
+def test_a_key_read_under_held_is_read_once_and_a_container_still_fresh(settings) -> None:
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "METADATA_USER_KEY": "first"}
+    with conf.held():
+        assert nomos_settings.METADATA_USER_KEY == "first"
+        settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "METADATA_USER_KEY": "second"}
+        with conf.held():  # nested: the outer batch's values
+            assert nomos_settings.METADATA_USER_KEY == "first"
+        assert nomos_settings.METADATA_USER_KEY == "first"
+        resolvers = nomos_settings.USER_RESOLVERS
+        resolvers.append("changed.by.the.caller")
+        assert "changed.by.the.caller" not in nomos_settings.USER_RESOLVERS
+    assert nomos_settings.METADATA_USER_KEY == "second"

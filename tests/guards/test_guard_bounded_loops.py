@@ -78,7 +78,7 @@ def test_a_writer_that_always_loses_its_race_gives_up_after_ten_tries(monkeypatc
     values["nomos_updated_at"] = None
     started = time.monotonic()
     with CaptureQueriesContext(connection) as queries, pytest.raises(RuntimeError):
-        sync._update_subscription(row, values, "")
+        sync.update_subscription(row, values, "")
     updates = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
     assert len(updates) == 10
     assert NomosSubscription.objects.get(pk=row.pk).status == "paused"

@@ -3,7 +3,7 @@
 For a site that starts using nomos_billing with customers already at Nomos, or after webhooks
 were lost. Pages are processed as they arrive (the client fetches the next page only when this
 loop asks for it), so memory stays flat however many subscriptions there are. Each page is
-stored with the webhook's rules (``sync.upsert_subscriptions``: older reads ignored, only
+stored with the webhook's rules (``sync_pages.upsert_subscriptions``: older reads ignored, only
 changes written, the user resolvers run) in a few statements for the whole page, and a re-sync
 that finds nothing changed writes nothing. List items carry only the customer's id: customers
 new to us are fetched one by one while they are few, else by walking ``GET /customers`` once
@@ -36,7 +36,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
-from nomos_billing import api_rate, bulk, catchup, leads, sync
+from nomos_billing import api_rate, catchup, leads, reads, sync_pages
 from nomos_billing.client import get_client
 from nomos_billing.exceptions import NomosError
 from nomos_billing.lists import ListWalk
@@ -48,7 +48,7 @@ from ._errors import command_error, one_line
 #: New customers fetched one by one before walking ``GET /customers`` instead: a catch-up
 #: with a handful of new customers stays cheap, a first sync costs one call per 100 customers.
 WALK_AFTER = 20
-#: What ``columns.customer_fields`` reads of a Nomos customer: all a walk keeps in memory.
+#: What ``columns.customer_fields`` reads of a Nomos customer: all the stash keeps of one.
 CUSTOMER_KEYS = ("id", "email", "first_name", "last_name", "company_name", "type")
 
 
@@ -174,7 +174,7 @@ class Command(BaseCommand):
         self.new_customers: CustomerStash | None = None  # filled by a customer walk
         self.customers_refreshed = 0
         try:
-            self._walk_subscriptions(customer, since, sync.upsert_subscriptions)
+            self._walk_subscriptions(customer, since, sync_pages.upsert_subscriptions)
         finally:
             if self.new_customers is not None:
                 self.new_customers.close()
@@ -225,7 +225,7 @@ class Command(BaseCommand):
             )
 
     def _store(self, upsert: Any, page: list[dict[str, Any]]) -> None:
-        # The webhook's rules (sync.py), a page at a time: a few statements per page.
+        # The webhook's rules (sync.py), a page at a time (sync_pages.py): a few statements each.
         for result in upsert(page, self._fetch_customers) if page else ():
             self.counts["linked"] += result.linked
             self.counts["created" if result.subscription_created else "updated"] += 1
@@ -255,21 +255,22 @@ class Command(BaseCommand):
     def _walk_customers(self, *, refresh_known: bool = False) -> CustomerStash:
         """The Nomos customers we have no row for, stashed on disk (``stash``: memory stays
         one page however many there are); with ``refresh_known`` the rows of those we have
-        are updated where Nomos changed them (``sync.refresh_customers``)."""
+        are updated where Nomos changed them (``sync_pages.refresh_customers``)."""
         # Held by the command at once: if the walk fails, _run's finally closes (deletes) it.
-        new = self.new_customers = CustomerStash()
+        new = self.new_customers = CustomerStash(CUSTOMER_KEYS)
         page: list[dict[str, Any]] = []
         listing = self.client.iter_customers(limit=100)
         # A None after the last item flushes the last page (the walk is never held whole).
         for data in chain(listing, [None]):
             if data is not None and isinstance(data.get("id"), str):
-                page.append({k: data.get(k) for k in CUSTOMER_KEYS})
+                # As Nomos sent it: what outlives the page is only what the stash keeps.
+                page.append(data)
             if len(page) == 100 or (data is None and page):
                 if refresh_known:
-                    known, changed = sync.refresh_customers(page)
+                    known, changed = sync_pages.refresh_customers(page)
                     self.customers_refreshed += changed
                 else:
-                    known = bulk.existing(NomosCustomer, "customer_id", [c["id"] for c in page])
+                    known = reads.existing(NomosCustomer, "customer_id", [c["id"] for c in page])
                 new.put(c for c in page if c["id"] not in known)
                 page = []
         if not listing.complete:
