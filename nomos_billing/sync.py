@@ -10,6 +10,7 @@ newer one, link the customer to a user (``linking.link_customer``) and announce 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -53,16 +54,27 @@ def save_changes(row: NomosCustomer, fields: dict[str, Any]) -> bool:
     return bool(changed)
 
 
-def _insert(model: Any, lookup: dict[str, Any], fields: dict[str, Any]) -> Any | None:
-    """INSERT the row, or None when another writer inserted the same key first."""
+def atomic_insert(model: Any, insert: Callable[[], Any]) -> bool:
+    """Run ``insert`` (one INSERT, all rows or none); False when a row already existed."""
     # Inside a transaction a failed INSERT needs a savepoint to roll back to; in autocommit it
     # is one statement that failed alone, and a savepoint block would add BEGIN and COMMIT.
     nested = transaction.get_connection(router.db_for_write(model)).in_atomic_block
     try:
         with transaction.atomic() if nested else nullcontext():
-            return model._default_manager.create(**lookup, **fields)
+            insert()
     except IntegrityError:
-        return None
+        return False
+    return True
+
+
+def _insert(model: Any, lookup: dict[str, Any], fields: dict[str, Any]) -> Any | None:
+    """INSERT the row, or None when another writer inserted the same key first."""
+    created: list[Any] = []
+
+    def insert() -> None:
+        created.append(model._default_manager.create(**lookup, **fields))
+
+    return created[0] if atomic_insert(model, insert) else None
 
 
 def upsert_customer(data: dict[str, Any], *, latest_status: str = "") -> tuple[NomosCustomer, bool]:

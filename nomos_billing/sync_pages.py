@@ -12,10 +12,9 @@ object only for a ``subscription_status_changed`` receiver, which gets the saved
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any, NamedTuple
 
-from django.db import IntegrityError, router, transaction
+from django.db import router
 
 from . import bulk, conf, instances, linking, reads
 from .columns import (
@@ -30,6 +29,7 @@ from .models import NomosCustomer, NomosSubscription
 from .signals import subscription_status_changed
 from .sync import (
     announce,
+    atomic_insert,
     item_lead,
     link,
     link_and_announce,
@@ -226,7 +226,7 @@ def _insert_customers(
         make({"customer_id": cid, "latest_status": newest[cid][1], **customer_fields(fetched[cid])})
         for cid in sorted(new_customers)
     ]
-    if _atomic_insert(NomosCustomer, lambda: bulk.insert(NomosCustomer, rows, key="customer_id")):
+    if atomic_insert(NomosCustomer, lambda: bulk.insert(NomosCustomer, rows, key="customer_id")):
         customers.update((c.customer_id, c) for c in rows)
         return new_customers
     for cid in new_customers:  # someone else stored one of them meanwhile: one at a time
@@ -243,20 +243,7 @@ def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     def insert() -> None:
         pks.update(bulk.insert_rows(NomosSubscription, rows, key="subscription_id"))
 
-    return pks if _atomic_insert(NomosSubscription, insert) else None
-
-
-def _atomic_insert(model: Any, insert: Callable[[], None]) -> bool:
-    """Run ``insert`` (one INSERT, all rows or none); False when a row already existed."""
-    # As sync._insert: a savepoint only inside a transaction. In autocommit the INSERT fails
-    # alone (bulk's inserts are all or nothing), and a block would add BEGIN and COMMIT.
-    nested = transaction.get_connection(router.db_for_write(model)).in_atomic_block
-    try:
-        with transaction.atomic() if nested else nullcontext():
-            insert()
-    except IntegrityError:
-        return False
-    return True
+    return pks if atomic_insert(NomosSubscription, insert) else None
 
 
 def _customer_id_of(item: dict[str, Any]) -> str:
