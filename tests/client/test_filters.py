@@ -90,7 +90,8 @@ def test_a_page_with_an_item_that_is_no_object_is_refused() -> None:
     flt = ListFilter("status", "eq", "active")
     with pytest.raises(NomosFilterIgnored) as info:
         check_page("/subscriptions", [{"id": "sub_1", "status": "active"}, "sub_2"], [flt])
-    assert info.value.filter == "an item that is not an object"
+    assert (info.value.filter, info.value.item_id, info.value.path) == (
+        "an item that is not an object", "", "/subscriptions")
 
 
 def test_a_page_with_one_item_that_does_not_match_names_it_and_the_filter() -> None:
@@ -100,6 +101,13 @@ def test_a_page_with_one_item_that_does_not_match_names_it_and_the_filter() -> N
                                       {"id": "sub_2", "status": "ended"}], [flt])
     assert (info.value.filter, info.value.item_id, info.value.path) == (
         "filter[status][eq]=active", "sub_2", "/subscriptions")
+
+
+def test_an_item_without_an_id_is_named_by_a_question_mark() -> None:
+    with pytest.raises(NomosFilterIgnored) as info:
+        check_page("/subscriptions", [{"status": "ended"}], [ListFilter("status", "eq", "active")])
+    assert info.value.item_id == "?"
+    assert "item ? does not match filter[status][eq]=active" in str(info.value)
 
 
 def test_a_page_without_filters_is_not_checked() -> None:
