@@ -152,6 +152,28 @@ def test_rejection_is_logged_at_info_with_the_customer_id_never_the_signature(
     assert not any(signature(forged) in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(("make_value", "reason"), [
+    (lambda alice: 7, "not a string"),
+    (lambda alice: "7", "not a signed user reference"),
+    (lambda alice: other_key_reference(alice), "bad signature"),
+    # Signed by us, but no user of this model could have that pk (a ValueError in the query).
+    (lambda alice: signing.Signer(salt=REFERENCE_SALT).sign("not-a-number"), "names no user"),
+    (lambda alice: signing.Signer(salt=REFERENCE_SALT).sign("99999"), "names no user"),
+    # Signed by us for a pk that reads back differently ("007" is user 7 to the database).
+    (lambda alice: signing.Signer(salt=REFERENCE_SALT).sign(f"00{alice.pk}"), "names no user"),
+    (lambda alice: user_reference(alice), "names an inactive user"),
+])
+def test_each_refused_reference_logs_why(nomos, client, alice, caplog, make_value, reason):
+    value = make_value(alice)
+    if reason == "names an inactive user":
+        alice.is_active = False
+        alice.save()
+    with caplog.at_level(logging.INFO, logger="nomos_billing.linking"):
+        assert deliver_with_metadata(client, nomos, value).user is None
+    assert (f"Nomos customer {seed.ALICE}: metadata 'django_user_id' is {reason}; "
+            "not linked by metadata") in caplog.messages
+
+
 # -- the functions themselves ---------------------------------------------------------------
 
 

@@ -95,6 +95,7 @@ def test_checkout_url_keeps_the_settings_query_first_and_drops_a_fragment(settin
 def test_checkout_url_leaves_out_empty_zip_and_usage(settings, alice):
     with_checkout(settings, CHECKOUT + "start")
     url = urlsplit(checkout_url(alice, zip="", usage=None))
+    assert urlsplit(checkout_url(alice, zip=None, usage="")).query == url.query
     assert url.path == "/start"
     # keep_blank_values: a "zip=" with nothing after it must not be there either.
     assert parse_qsl(url.query, keep_blank_values=True) == [
