@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError
 
 from nomos_billing import conf, signals
 from nomos_billing.linking import (
@@ -19,10 +21,12 @@ from nomos_billing.linking import (
     by_metadata,
     checkout_url,
     detach_user,
+    hold,
     resolve_reference,
+    user_address,
 )
 from nomos_billing.linking import user_reference as reference
-from nomos_billing.models import NomosCustomer
+from nomos_billing.models import NomosCustomer, NomosLinkClaim
 
 pytestmark = pytest.mark.django_db
 
@@ -253,3 +257,37 @@ def test_detach_records_when_the_row_changed(customer, alice):
     NomosCustomer.objects.filter(pk=customer.pk).update(updated_at=before - timedelta(days=1))
     assert detach_user(customer, "admin") == alice
     assert NomosCustomer.objects.get(pk=customer.pk).updated_at >= before
+
+
+# -- hold / user_address ----------------------------------------------------------------------
+
+
+def test_a_hold_logs_the_rule_and_the_user_once(customer, alice, connect_receiver, caplog):
+    held = connect_receiver(signals.customer_link_held)
+    with caplog.at_level(logging.WARNING, logger="nomos_billing.linking"):
+        assert hold(customer, alice, "by_lead") is True
+    assert caplog.messages == [
+        f"Nomos customer cus_edge found by_lead for user {alice.pk}, whose e-mail address is not "
+        "the customer's: link held until the customer's mailbox or an operator confirms it"]
+    assert held.call_count == 1
+
+
+def test_a_hold_raised_meanwhile_by_another_delivery_is_not_new(
+        customer, alice, connect_receiver, monkeypatch):
+    # The unique (customer, user) constraint decided a race: the other delivery announced it.
+    held = connect_receiver(signals.customer_link_held)
+
+    def raced(**kwargs: Any) -> Any:
+        raise IntegrityError("nomos_billing_nomoslinkclaim unique (customer, user)")
+
+    monkeypatch.setattr(NomosLinkClaim.objects, "get_or_create", raced)
+    assert hold(customer, alice, "by_lead") is False
+    assert held.call_count == 0
+
+
+def test_user_address_reads_the_models_email_field(alice):
+    assert user_address(alice) == alice.email
+    # A stand-in that is no Django user model: its ``email``, or "" without a usable one.
+    assert user_address(SimpleNamespace(email="stand-in@example.com")) == "stand-in@example.com"
+    assert user_address(SimpleNamespace()) == ""
+    assert user_address(SimpleNamespace(email=None)) == ""
