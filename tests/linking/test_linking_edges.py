@@ -232,6 +232,16 @@ def test_a_reference_whose_pk_is_not_written_as_the_user_writes_it_names_no_user
 def test_a_reference_needs_a_saved_user(django_user_model):
     with pytest.raises(ValueError, match=r"^user_reference needs a saved user$"):
         reference(django_user_model(username="unsaved"))
+    for stand_in in (None, SimpleNamespace()):
+        with pytest.raises(ValueError, match=r"^user_reference needs a saved user$"):
+            reference(stand_in)
+
+
+@pytest.mark.parametrize("pk", ["a b", "ä", "x" * 65, "1:2"])
+def test_a_reference_refuses_a_primary_key_it_could_not_read_back(pk):
+    with pytest.raises(ValueError, match=(
+            r"^this user model's primary key cannot be used in a user reference$")):
+        reference(SimpleNamespace(pk=pk))
 
 
 def test_attaching_the_same_user_again_changes_nothing_and_warns_nobody(customer, alice,
