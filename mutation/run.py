@@ -2,7 +2,8 @@
 
 mutmut's settings are the ``[mutmut]`` section of setup.cfg (which modules, which tests). This
 script runs ``mutmut run`` (all mutants, or ``--sample``: those whose number ends in one of
-``--digits``, 0 or 5 by default, a fixed choice), then reads mutmut's results and prints for
+``--digits``, 0 or 5 by default, a fixed choice; ``--modules``: those of some modules only), then
+reads mutmut's results and prints for
 each module the mutants killed, the survivors and the score:
 
     score = killed / (mutants - equivalent)
@@ -73,6 +74,13 @@ def in_sample(name: str, digits: str = SAMPLE_DIGITS) -> bool:
     return name[-1] in digits
 
 
+def module_prefixes(modules: str) -> list[str]:
+    """The start of the mutant names of ``--modules``: ``linking`` -> ``nomos_billing.linking.``,
+    ``admin`` -> ``nomos_billing.admin.`` (its submodules too); none given -> every mutant."""
+    names = [m.strip() for m in modules.split(",") if m.strip()]
+    return [f"nomos_billing.{name}." for name in names] or [""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", action="store_true",
@@ -80,6 +88,9 @@ def main() -> int:
                              " (a fixed fifth; CI runs this)")
     parser.add_argument("--digits", default=SAMPLE_DIGITS,
                         help="with --sample: the last digits of the mutants run (default 05)")
+    parser.add_argument("--modules", default="",
+                        help="comma-separated modules under nomos_billing (e.g. linking,admin): "
+                             "run and report only their mutants (admin takes admin.*)")
     parser.add_argument("--threshold", type=float, default=90.0, help="per module, in %%")
     parser.add_argument("--overall", type=float, default=0.0,
                         help="all modules together, in %% (default: no such floor)")
@@ -94,7 +105,10 @@ def main() -> int:
     env.pop("DATABASE_URL", None)  # the fast subset runs on SQLite + local memory
     env.pop("CACHE_URL", None)
     if not args.no_run:
-        patterns = [f"*__mutmut_*[{args.digits}]"] if args.sample else []
+        patterns = [f"{prefix}*__mutmut_*{f'[{args.digits}]' if args.sample else ''}"
+                    for prefix in module_prefixes(args.modules)]
+        if patterns == ["*__mutmut_*"]:
+            patterns = []  # every mutant: mutmut's own default
         result = subprocess.run(  # noqa: S603 - our own venv's mutmut
             [*mutmut, "run", *patterns], cwd=ROOT, env=env, check=False,
             stdout=subprocess.DEVNULL)
@@ -103,6 +117,9 @@ def main() -> int:
             return 2
 
     results = load_results()
+    if args.modules:
+        prefixes = tuple(module_prefixes(args.modules))
+        results = {k: v for k, v in results.items() if k.startswith(prefixes)}
     if args.sample:
         results = {k: v for k, v in results.items() if in_sample(k, args.digits)}
     equivalent = load_equivalent()
