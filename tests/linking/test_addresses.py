@@ -8,12 +8,14 @@ ASCII case, must.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 from django.test import Client
 
 from nomos_billing.addresses import mask_address, normalized_address, same_address
+from nomos_billing.linking import EMAIL_CANDIDATES
 from nomos_billing.models import NomosCustomer, NomosLinkClaim
 from nomos_billing.sandbox import seed
 from nomos_billing.testing import make_event, post_event
@@ -150,6 +152,40 @@ def test_by_email_links_nobody_when_two_accounts_share_the_address(
     django_user_model.objects.create_user("alice", ALICE, "pw")
     django_user_model.objects.create_user("alice2", ALICE.upper(), "pw")
     assert deliver_alice(nomos, settings, LINK_BY_EMAIL=True).user is None
+
+
+def case_variants(address: str, count: int) -> list[str]:
+    """``count`` spellings of ``address`` that differ only in ASCII case."""
+    local, _, domain = address.partition("@")
+    return [
+        "".join(c.upper() if i >> n & 1 else c for n, c in enumerate(local)) + "@" + domain
+        for i in range(count)
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("accounts", "warned"), [(EMAIL_CANDIDATES, False),
+                                                  (EMAIL_CANDIDATES + 1, True)])
+def test_by_email_gives_up_and_says_so_past_ten_accounts_sharing_the_address(
+    nomos: Any, settings: Any, django_user_model: Any, caplog: Any, accounts: int, warned: bool
+) -> None:
+    for i, address in enumerate(case_variants(ALICE, accounts)):
+        django_user_model.objects.create_user(f"variant{i}", address, "pw")
+    with caplog.at_level(logging.WARNING, logger="nomos_billing.linking"):
+        assert deliver_alice(nomos, settings, LINK_BY_EMAIL=True).user is None
+    warning = (f"Nomos customer {seed.ALICE}: more than {EMAIL_CANDIDATES} accounts share its "
+               "e-mail address apart from case; not linked by e-mail")
+    assert (warning in caplog.messages) is warned
+
+
+@pytest.mark.django_db
+def test_by_email_finds_the_one_account_among_many_with_other_addresses(
+    nomos: Any, settings: Any, django_user_model: Any
+) -> None:
+    for i in range(EMAIL_CANDIDATES + 1):
+        django_user_model.objects.create_user(f"other{i}", f"other{i}@example.com", "pw")
+    user = django_user_model.objects.create_user("alice", ALICE, "pw")
+    assert deliver_alice(nomos, settings, LINK_BY_EMAIL=True).user == user
 
 
 @pytest.mark.django_db
