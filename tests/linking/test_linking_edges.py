@@ -301,3 +301,17 @@ def test_user_address_reads_the_models_email_field(alice):
     assert user_address(SimpleNamespace(email="stand-in@example.com")) == "stand-in@example.com"
     assert user_address(SimpleNamespace()) == ""
     assert user_address(SimpleNamespace(email=None)) == ""
+
+
+def test_customer_relation_of_anyone_but_a_signed_in_user_of_the_model_is_none(alice):
+    from django.contrib.auth.models import AnonymousUser
+    from django.utils.functional import SimpleLazyObject
+
+    from nomos_billing.linking import customer_relation
+
+    # The reverse one-to-one, also through request.user's lazy wrapper.
+    for user in (alice, SimpleLazyObject(lambda: alice)):
+        assert customer_relation(user).related_model is NomosCustomer
+    for stand_in in (None, AnonymousUser(), SimpleNamespace(),
+                     SimpleNamespace(is_authenticated=True)):
+        assert customer_relation(stand_in) is None
