@@ -315,3 +315,16 @@ def test_customer_relation_of_anyone_but_a_signed_in_user_of_the_model_is_none(a
     for stand_in in (None, AnonymousUser(), SimpleNamespace(),
                      SimpleNamespace(is_authenticated=True)):
         assert customer_relation(stand_in) is None
+
+
+def test_by_lead_reads_the_lead_from_the_event_or_else_the_subscription(customer, alice, bob):
+    from nomos_billing.linking import by_lead
+    from nomos_billing.models import NomosLead
+
+    NomosLead.objects.create(lead_id="lead_alice", user=alice)
+    NomosLead.objects.create(lead_id="lead_bob", user=bob)
+    assert by_lead(LinkRequest(customer, {"lead": "lead_alice"})) == alice
+    # The event's lead comes first.
+    assert by_lead(LinkRequest(customer, {"lead": "lead_alice"}, lead_id="lead_bob")) == bob
+    for subscription in (None, {}, {"lead": None}, {"lead": 7}, {"lead": "lead_unknown"}):
+        assert by_lead(LinkRequest(customer, subscription)) is None
