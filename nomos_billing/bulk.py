@@ -202,13 +202,19 @@ def _insert_postgresql(page: _Page) -> list[tuple[Any, Any]] | None:
                 row[column] = stamp if value is page.now else value.isoformat()
         rows.append(row)
     try:
-        document = json.dumps(rows, allow_nan=False)
-    except (TypeError, ValueError):
-        return None  # a value that is not plain JSON: the field's way
+        document = _ENCODER.encode(rows)
+    except (TypeError, ValueError, RecursionError):
+        # A value that is not plain JSON (or a cycle, too deep without the check): the
+        # field's way, which raises what bulk_create raises for it.
+        return None
     with connection.cursor() as cursor:
         cursor.execute(_recordset_sql(connection, model, fields, key), [document])
         return cursor.fetchall()
 
+
+#: ``json.dumps(allow_nan=False)`` without its check for cycles, which notes every dict of a
+#: page (a tenth of the encoding): rows we built of values decoded from JSON hold none.
+_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False)
 
 #: The INSERT of ``_insert_postgresql`` per database, model and key: ``db_type`` of every
 #: field on every page cost more than the rest of the statement's making.

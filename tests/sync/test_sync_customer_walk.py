@@ -64,3 +64,18 @@ def test_a_first_sync_stores_every_customer_in_whatever_order_they_are_walked(
     for subscription_id in nomos.subscriptions:
         upsert_from_subscription(nomos.subscription_view(subscription_id))
     assert rows() == paged
+
+
+@pytest.mark.django_db
+def test_a_page_whose_json_holds_a_cycle_is_refused_as_bulk_create_refuses_it() -> None:
+    from nomos_billing import bulk
+
+    customer = NomosCustomer.objects.create(customer_id="cus_cycle", email="c@e.example")
+    cyclic: dict[str, Any] = {"n": 1}
+    cyclic["self"] = cyclic
+    rows = [{"customer_id": customer.pk, "subscription_id": "sub_ok", "metadata": {"n": 2}},
+            {"customer_id": customer.pk, "subscription_id": "sub_cycle", "metadata": cyclic}]
+
+    with pytest.raises(ValueError, match="Circular reference"):
+        bulk.insert_rows(NomosSubscription, rows, key="subscription_id")
+    assert not NomosSubscription.objects.exists()
