@@ -79,3 +79,36 @@ def test_a_page_whose_json_holds_a_cycle_is_refused_as_bulk_create_refuses_it() 
     with pytest.raises(ValueError, match="Circular reference"):
         bulk.insert_rows(NomosSubscription, rows, key="subscription_id")
     assert not NomosSubscription.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("year", [1700, 2026, 2250, 9999, 1])
+def test_moments_are_written_to_the_microsecond_whatever_their_year_and_offset(year) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from nomos_billing import bulk
+
+    customer = NomosCustomer.objects.create(customer_id="cus_moment", email="m@e.example")
+    berlin = timezone(timedelta(hours=2))
+    moment = datetime(year, 6, 30, 23, 59, 58, 999999, tzinfo=berlin)
+    rows = [{"customer_id": customer.pk, "subscription_id": f"sub_m{n}", "start_at": moment,
+             "end_at": None, "nomos_created_at": moment - timedelta(microseconds=n)}
+            for n in range(3)]
+
+    with CaptureQueriesContext(connection) as queries:
+        pks = bulk.insert_rows(NomosSubscription, rows, key="subscription_id")
+
+    stored = {s.pk: s for s in NomosSubscription.objects.all()}
+    for n in range(3):
+        row = stored[pks[f"sub_m{n}"]]
+        assert (row.start_at, row.end_at) == (moment, None)
+        assert row.nomos_created_at == moment - timedelta(microseconds=n)
+        assert row.created_at is not None and row.updated_at is not None
+    if connection.vendor == "postgresql":
+        # Within 2**53 microseconds of 1970 as integers in one document; beyond, each
+        # value the field's way (bulk_create).
+        recordset = ["json_to_recordset" in q["sql"] for q in queries.captured_queries]
+        assert recordset == [1685 < year < 2255]
