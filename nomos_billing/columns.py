@@ -84,6 +84,21 @@ SUBSCRIPTION_COLUMNS = (
 )
 
 
+#: The Nomos keys of a subscription's moments, in the order ``subscription_fields`` reads them.
+_MOMENT_KEYS = ("start_at", "end_at", "terminated_at", "created_at", "updated_at")
+
+
+def _moments(data: dict[str, Any]) -> list[datetime | None]:
+    values = list(map(data.get, _MOMENT_KEYS))
+    try:
+        # One try for the five: what Nomos sends, ISO 8601 strings or null, takes only
+        # fromisoformat (a sync parses five per subscription). Anything else, an empty string
+        # included (ValueError), takes datetime_or_none's way for all five.
+        return [None if value is None else datetime.fromisoformat(value) for value in values]
+    except (TypeError, ValueError):
+        return list(map(datetime_or_none, values))
+
+
 def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Our ``NomosSubscription`` columns (``SUBSCRIPTION_COLUMNS``) from a Nomos subscription
     object."""
@@ -91,6 +106,7 @@ def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
     metadata, status, plan, kind, number = map(
         get, ("metadata", "status", "plan", "type", "number")
     )
+    start_at, end_at, terminated_at, created_at, updated_at = _moments(data)
     # A plain string (what Nomos sends) is cut here; anything else takes the functions' way.
     return {
         "status": status[:STATUS_LENGTH] if type(status) is str else status_value(status),
@@ -99,10 +115,10 @@ def subscription_fields(data: dict[str, Any]) -> dict[str, Any]:
         if type(kind) is str and kind in _SUBSCRIPTION_TYPES
         else choice(kind, _SUBSCRIPTION_TYPES),
         "number": number[:64] if type(number) is str else text(number, 64),
-        "start_at": datetime_or_none(get("start_at")),
-        "end_at": datetime_or_none(get("end_at")),
-        "terminated_at": datetime_or_none(get("terminated_at")),
+        "start_at": start_at,
+        "end_at": end_at,
+        "terminated_at": terminated_at,
         "metadata": metadata if isinstance(metadata, dict) else {},
-        "nomos_created_at": datetime_or_none(get("created_at")),
-        "nomos_updated_at": datetime_or_none(get("updated_at")),
+        "nomos_created_at": created_at,
+        "nomos_updated_at": updated_at,
     }

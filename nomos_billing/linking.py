@@ -289,13 +289,18 @@ def link_customer(link: LinkRequest, *, resolvers: list[tuple[str, Any]] | None 
         return False
     user, resolver = resolve_user(link, resolvers)
     if user is None:
-        logger.info("Nomos customer %s could not be linked to a user", customer.customer_id)
+        log_not_linked(customer.customer_id)
         return False
     rule = resolver or "resolver"
     if is_bound(rule) and not same_address(customer.email, user_address(user)):
         hold(customer, user, rule)
         return False
     return attach_user(customer, user, rule)
+
+
+def log_not_linked(customer_id: str) -> None:
+    """What ``link_customer`` logs when no resolver found a user for the customer."""
+    logger.info("Nomos customer %s could not be linked to a user", customer_id)
 
 
 def hold(customer: NomosCustomer, user: Any, rule: str) -> bool:

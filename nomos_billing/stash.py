@@ -44,6 +44,8 @@ class CustomerStash:
         marks = ", ?" * len(self._keys)
         self._insert = f"INSERT OR REPLACE INTO customer VALUES (?, ?{marks})"  # noqa: S608
         self._select = f"SELECT id, data{columns} FROM customer WHERE id IN "  # noqa: S608
+        #: How many were put and not taken yet (more if one was put twice): none, no SELECT.
+        self._kept = 0
 
     def put(self, customers: Iterable[dict[str, Any]]) -> None:
         keys, empty = self._keys, [None] * len(self._keys)
@@ -63,11 +65,14 @@ class CustomerStash:
         self._db.execute("BEGIN")
         self._db.executemany(self._insert, rows)
         self._db.execute("COMMIT")
+        self._kept += len(rows)
 
     def take(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The stashed customers among ``ids``, removed from the stash."""
         wanted = list(ids)
         found: dict[str, dict[str, Any]] = {}
+        if self._kept <= 0:
+            return found
         # Within SQLite's oldest limit on bound parameters (999).
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
@@ -85,6 +90,7 @@ class CustomerStash:
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM customer WHERE id IN ({marks})", chunk)  # noqa: S608
+            self._kept -= len(found)
         return found
 
     def close(self) -> None:

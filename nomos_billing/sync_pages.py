@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from django.db import router
 
-from . import bulk, conf, instances, linking, reads
+from . import bulk, conf, instances, linking, page_links, reads
 from .columns import (
     CUSTOMER_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -95,10 +95,13 @@ def _store_page(
     customer_ids = {cid for _, cid in keys}
     customers = reads.by_key(NomosCustomer, "customer_id", customer_ids)
     new_customers = customer_ids - customers.keys()
-    # Customers this call inserted: they have no subscriptions yet.
-    inserted: set[str] = set()
+    # Customers this call inserted, as their values until an object is needed: they have no
+    # subscriptions yet, and are linked to nobody.
+    inserted: dict[str, dict[str, Any]] = {}
     if new_customers:
         inserted = _insert_customers(items, keys, new_customers, customers, fetch_customers)
+    customer_pks = {cid: customer.pk for cid, customer in customers.items()}
+    customer_pks.update((cid, row[_CUSTOMER_PK]) for cid, row in inserted.items())
     # Only the subscriptions of customers we had are looked for (none on a first sync's
     # page), as ``upsert_from_subscription`` does: one stored meanwhile fails the INSERT below
     # and each is then stored the careful way. Their columns first, not objects: a re-sync
@@ -114,8 +117,8 @@ def _store_page(
     inserts: dict[str, dict[str, Any]] = {}
     differing: set[str] = set()
     for item, (subscription_id, cid) in zip(items, keys, strict=True):
-        customer = customers[cid]
-        values = {**subscription_fields(item), "customer_id": customer.pk}
+        values = subscription_fields(item)
+        values["customer_id"] = customer_pks[cid]
         lead_id = item_lead(item)
         columns = stored.get(subscription_id)
         if columns is None:
@@ -127,30 +130,50 @@ def _store_page(
                 }
         elif _differs(columns, values, lead_id):
             differing.add(subscription_id)
-        prepared.append((item, subscription_id, customer, values, lead_id))
+        prepared.append((item, subscription_id, cid, values, lead_id))
     # The rows this page changes (or reads older than) as objects, for the careful update.
     subscriptions = reads.by_key(NomosSubscription, "subscription_id", differing)
     pks = _insert_rows(list(inserts.values())) if inserts else {}
     if pks is None:
         inserts, pks = {}, {}  # a concurrent writer got one in first: each the careful way
-    saved = _saved_subscription()
-    results = []
-    stale: set[int] = set()
+    saved = _saved(NomosSubscription) if _listened() else None
+    saved_customer = _saved(NomosCustomer)
+
+    def customer_of(cid: str) -> NomosCustomer:
+        customer = customers.get(cid)
+        if customer is None:
+            # Built once: the first link of a customer is seen by its next subscription.
+            row = inserted[cid]
+            customer = customers[cid] = saved_customer(row, row[_CUSTOMER_PK])
+        return customer
+
     # Resolved once for the page, not per item (``USER_RESOLVERS`` is read and imported).
     resolvers = linking.get_resolvers()
-    for item, subscription_id, customer, values, lead_id in prepared:
-        created_customer = customer.customer_id in new_customers
+    misses = page_links.miss_test(resolvers)
+
+    def link_one(cid: str, item: dict[str, Any], lead_id: str) -> bool:
+        # sync.link, without the resolvers where none of them can find anyone.
+        if misses is not None and misses(item, lead_id):
+            customer = customers.get(cid)  # None: inserted by this page, linked to nobody
+            if customer is None or not customer.is_linked:
+                linking.log_not_linked(cid)
+            return False
+        return link(customer_of(cid), item, lead_id, resolvers)
+
+    results = []
+    stale: set[int] = set()
+    for item, subscription_id, cid, values, lead_id in prepared:
+        created_customer = cid in new_customers
         new_row = inserts.pop(subscription_id, None)
         if new_row is not None:
             created, changed = True, True
-            linked = link(customer, item, lead_id, resolvers)
+            linked = link_one(cid, item, lead_id)
             if saved is not None:
                 announce(saved(new_row, pks[subscription_id]), None)
         elif subscription_id in stored and subscription_id not in differing:
             # Unchanged: what update_subscription and link_and_announce would do for it.
             created, changed = False, False
-            stored_lead = stored[subscription_id][_LEAD]
-            linked = link(customer, item, lead_id or stored_lead, resolvers)
+            linked = link_one(cid, item, lead_id or stored[subscription_id][_LEAD])
         else:
             if subscription_id in subscriptions:
                 row, created = subscriptions[subscription_id], False
@@ -159,10 +182,11 @@ def _store_page(
                 row, created, previous, changed = store_subscription(
                     subscription_id, values, lead_id, new_customer=False
                 )
+            customer = customer_of(cid)
             linked = link_and_announce(customer, row, item, lead_id, previous, changed, resolvers)
         results.append(Stored(created_customer, created, linked))
         if changed and not created_customer:
-            stale.add(customer.pk)
+            stale.add(customer_pks[cid])
     for pk in sorted(stale):
         refresh_latest_status(pk)
     return results
@@ -186,20 +210,27 @@ def _differs(columns: tuple[Any, ...], values: dict[str, Any], lead_id: str) -> 
     return any(row[name] != value for name, value in values.items())
 
 
-def _saved_subscription() -> Callable[[dict[str, Any], Any], NomosSubscription] | None:
-    """How a new subscription's values become the saved object a receiver gets, or None
-    when no one listens (then no object is built)."""
-    if not subscription_status_changed.has_listeners(NomosSubscription):
-        return None
-    make = instances.maker(NomosSubscription)
-    pk_name = NomosSubscription._meta.pk.attname
-    alias = router.db_for_write(NomosSubscription)
+def _listened() -> bool:
+    """Whether a ``subscription_status_changed`` receiver needs each new subscription as an
+    object (none listening: no object is built)."""
+    return subscription_status_changed.has_listeners(NomosSubscription)
 
-    def saved(values: dict[str, Any], pk: Any) -> NomosSubscription:
-        subscription: NomosSubscription = make({**values, pk_name: pk})
-        subscription._state.adding = False
-        subscription._state.db = alias
-        return subscription
+
+_CUSTOMER_PK = NomosCustomer._meta.pk.attname
+
+
+def _saved(model: Any) -> Callable[[dict[str, Any], Any], Any]:
+    """How a new row's values (as ``bulk.insert_rows`` left them) and primary key become the
+    saved object Django would have."""
+    make = instances.maker(model)
+    pk_name = model._meta.pk.attname
+    alias = router.db_for_write(model)
+
+    def saved(values: dict[str, Any], pk: Any) -> Any:
+        obj = make({**values, pk_name: pk})
+        obj._state.adding = False
+        obj._state.db = alias
+        return obj
 
     return saved
 
@@ -210,9 +241,10 @@ def _insert_customers(
     new_customers: set[str],
     customers: dict[str, NomosCustomer],
     fetch_customers: Callable[[set[str]], dict[str, dict[str, Any]]],
-) -> set[str]:
-    """Store the page's ``new_customers`` into ``customers``; the ids of those inserted by one
-    INSERT (none when a concurrent writer stored one first and each went the careful way)."""
+) -> dict[str, dict[str, Any]]:
+    """Store the page's ``new_customers``: the rows inserted by one INSERT by id, their
+    primary keys set (none when a concurrent writer stored one first, and each went the
+    careful way into ``customers``)."""
     fetched = fetch_customers(new_customers)
     # A new customer's latest status: its newest subscription on this page.
     newest: dict[str, tuple[str, str]] = {}
@@ -221,18 +253,24 @@ def _insert_customers(
             status = status_value(item.get("status"))
             key = (str(item.get("created_at") or ""), status)
             newest[cid] = max(newest.get(cid, key), key)
-    make = instances.maker(NomosCustomer)
-    rows = [
-        make({"customer_id": cid, "latest_status": newest[cid][1], **customer_fields(fetched[cid])})
+    # Values, not objects: most are never needed as one (``_store_page``'s ``customer_of``).
+    rows = {
+        cid: {"customer_id": cid, "latest_status": newest[cid][1], **customer_fields(fetched[cid])}
         for cid in sorted(new_customers)
-    ]
-    if atomic_insert(NomosCustomer, lambda: bulk.insert(NomosCustomer, rows, key="customer_id")):
-        customers.update((c.customer_id, c) for c in rows)
-        return new_customers
+    }
+    pks: dict[str, Any] = {}
+
+    def insert() -> None:
+        pks.update(bulk.insert_rows(NomosCustomer, list(rows.values()), key="customer_id"))
+
+    if atomic_insert(NomosCustomer, insert):
+        for cid, row in rows.items():
+            row[_CUSTOMER_PK] = pks[cid]
+        return rows
     for cid in new_customers:  # someone else stored one of them meanwhile: one at a time
         data = {**fetched[cid], "id": cid}
         customers[cid] = upsert_customer(data, latest_status=newest[cid][1])[0]
-    return set()
+    return {}
 
 
 def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

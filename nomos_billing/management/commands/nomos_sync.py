@@ -7,8 +7,9 @@ stored with the webhook's rules (``sync_pages.upsert_subscriptions``: older read
 changes written, the user resolvers run) in a few statements for the whole page, and a re-sync
 that finds nothing changed writes nothing. List items carry only the customer's id: customers
 new to us are fetched one by one while they are few, else by walking ``GET /customers`` once
-(100 per call); only the new ones' fields are kept until their subscriptions come by, in a
-temporary file (``stash``), so memory stays one page however many customers there are.
+(100 per call) as far as the pages need; those walked before their subscriptions come by are
+kept (only the new ones' fields) in a temporary file (``stash``) until they do, so memory
+stays one page however many customers there are.
 Then each lead this site created that no stored subscription names yet is looked up
 (``GET /leads/{id}``); a converted one has its subscription stored and linked by the lead.
 
@@ -172,10 +173,12 @@ class Command(BaseCommand):
         since = self.walk.updated_since if self.walk is not None else None
         self.fetched_one_by_one = 0
         self.new_customers: CustomerStash | None = None  # filled by a customer walk
+        self.customer_walk: Iterator[list[dict[str, Any]]] | None = None
         self.customers_refreshed = 0
         try:
             self._walk_subscriptions(customer, since, sync_pages.upsert_subscriptions)
         finally:
+            self.customer_walk = None
             if self.new_customers is not None:
                 self.new_customers.close()
                 self.new_customers = None
@@ -241,29 +244,54 @@ class Command(BaseCommand):
     def _fetch_customers(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         """The Nomos customers we have no row for. List items carry only the customer's id;
         a few are fetched one by one, but once more than ``WALK_AFTER`` are needed (a first
-        sync), ``GET /customers`` is walked once, 100 per call, keeping the customers new to
-        us (those fields only) until their subscriptions come by."""
+        sync), ``GET /customers`` is walked once, 100 per call, as far as the pages need:
+        a customer walked before its subscriptions come by is kept (those fields only) in
+        the stash until they do."""
         if self.new_customers is None and self.fetched_one_by_one + len(ids) > WALK_AFTER:
-            self.new_customers = self._walk_customers()
+            self.new_customers = CustomerStash(CUSTOMER_KEYS)
+            self.customer_walk = self._customer_pages()
         found = self.new_customers.take(sorted(ids)) if self.new_customers is not None else {}
-        for customer_id in sorted(ids - found.keys()):
+        missing = ids - found.keys()
+        while missing and self.customer_walk is not None:
+            page = next(self.customer_walk, None)
+            if page is None:
+                self.customer_walk = None
+                break
+            # Nomos lists customers in the order of their subscriptions (newest first): most
+            # go from the walk straight into this page, never through the stash.
+            ahead = []
+            for data in page:
+                if data["id"] in missing:
+                    found[data["id"]] = data
+                    missing.discard(data["id"])
+                else:
+                    ahead.append(data)
+            if ahead and self.new_customers is not None:
+                self.new_customers.put(ahead)
+        for customer_id in sorted(missing):
             # Created at Nomos after the walk, or no walk yet.
             found[customer_id] = self.client.get_customer(customer_id)
             self.fetched_one_by_one += 1
         return found
 
     def _walk_customers(self, *, refresh_known: bool = False) -> CustomerStash:
-        """The Nomos customers we have no row for, stashed on disk (``stash``: memory stays
-        one page however many there are); with ``refresh_known`` the rows of those we have
-        are updated where Nomos changed them (``sync_pages.refresh_customers``)."""
+        """The whole walk of ``_customer_pages`` at once, the new customers stashed on disk
+        (``stash``: memory stays one page however many there are)."""
         # Held by the command at once: if the walk fails, _run's finally closes (deletes) it.
         new = self.new_customers = CustomerStash(CUSTOMER_KEYS)
+        for page in self._customer_pages(refresh_known=refresh_known):
+            new.put(page)
+        return new
+
+    def _customer_pages(self, *, refresh_known: bool = False) -> Iterator[list[dict[str, Any]]]:
+        """``GET /customers`` walked a page at a time, as consumed: the customers we have no
+        row for, as Nomos sent them; with ``refresh_known`` the rows of those we have are
+        updated where Nomos changed them (``sync_pages.refresh_customers``)."""
         page: list[dict[str, Any]] = []
         listing = self.client.iter_customers(limit=100)
         # A None after the last item flushes the last page (the walk is never held whole).
         for data in chain(listing, [None]):
             if data is not None and isinstance(data.get("id"), str):
-                # As Nomos sent it: what outlives the page is only what the stash keeps.
                 page.append(data)
             if len(page) == 100 or (data is None and page):
                 if refresh_known:
@@ -271,12 +299,11 @@ class Command(BaseCommand):
                     self.customers_refreshed += changed
                 else:
                     known = reads.existing(NomosCustomer, "customer_id", [c["id"] for c in page])
-                new.put(c for c in page if c["id"] not in known)
+                yield [c for c in page if c["id"] not in known]
                 page = []
         if not listing.complete:
             # New customers missing here are fetched one by one; known ones wait a walk.
             self.stderr.write(f"  the customer walk ended early: {listing.incomplete}")
-        return new
 
     def _summary(self, dry_run: bool) -> None:
         c = self.counts
