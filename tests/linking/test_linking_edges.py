@@ -326,5 +326,18 @@ def test_by_lead_reads_the_lead_from_the_event_or_else_the_subscription(customer
     assert by_lead(LinkRequest(customer, {"lead": "lead_alice"})) == alice
     # The event's lead comes first.
     assert by_lead(LinkRequest(customer, {"lead": "lead_alice"}, lead_id="lead_bob")) == bob
+    # A lead id that is not a string is nothing Nomos sends: not looked up, even where the
+    # database would compare it equal to a stored id.
+    NomosLead.objects.create(lead_id="7", user=bob)
     for subscription in (None, {}, {"lead": None}, {"lead": 7}, {"lead": "lead_unknown"}):
         assert by_lead(LinkRequest(customer, subscription)) is None
+
+
+def test_by_lead_reads_the_lead_and_its_user_in_one_query(
+        customer, alice, django_assert_num_queries):
+    from nomos_billing.linking import by_lead
+    from nomos_billing.models import NomosLead
+
+    NomosLead.objects.create(lead_id="lead_alice", user=alice)
+    with django_assert_num_queries(1):
+        assert by_lead(LinkRequest(customer, None, lead_id="lead_alice")).is_active
