@@ -341,3 +341,16 @@ def test_by_lead_reads_the_lead_and_its_user_in_one_query(
     NomosLead.objects.create(lead_id="lead_alice", user=alice)
     with django_assert_num_queries(1):
         assert by_lead(LinkRequest(customer, None, lead_id="lead_alice")).is_active
+
+
+def test_the_resolvers_a_caller_passes_are_the_ones_asked(customer, alice, bob):
+    from nomos_billing.linking import link_customer, resolve_user
+
+    link = LinkRequest(customer, None)
+    assert resolve_user(link, [("mine", lambda link: alice)]) == (alice, "mine")
+    assert resolve_user(link, [("site.resolvers.none", lambda link: None),
+                               ("site.resolvers.by_bob", lambda link: bob)]) == (bob, "by_bob")
+    assert resolve_user(link, []) == (None, None)
+    assert link_customer(link, resolvers=[("site.resolvers.mine", lambda link: alice)]) is True
+    row = NomosCustomer.objects.get(pk=customer.pk)
+    assert (row.user, row.linked_by) == (alice, "mine")
