@@ -147,6 +147,8 @@ def test_json_from_nomos_that_needs_nothing_is_not_copied(monkeypatch):
     ({"a": ["x\x00"]}, "a NUL character (\\u0000)"),
     ({"a": "\ud800"}, "a lone surrogate (an unpaired \\ud800-\\udfff escape)"),
     ({"a\x00": 1}, "a NUL character (\\u0000) in a key"),
+    ({"a": [1, float("inf")]}, "a number too large to store"),
+    ({1: "b", "c": [None, True, 2]}, None),
 ])
 def test_what_cannot_be_stored_is_named_in_words_for_the_answer(data, words):
     from nomos_billing import jsonsafe
