@@ -395,3 +395,18 @@ def test_a_failed_call_that_was_not_the_probe_does_not_extend_the_cool_down(on):
     thread.start()  # another thread's, which never asked allow()
     thread.join()
     assert 0 < breaker.state().retry_in <= 5
+
+
+def test_a_probe_that_succeeds_after_another_worker_closed_the_breaker_frees_the_next_probe(
+        on, monkeypatch):
+    from django.core.cache import caches
+
+    cache, key = caches["default"], breaker._key()
+    monkeypatch.setattr(breaker, "REFRESH", 0.0)  # every look reads the shared state
+    cache.set(key + ":open", time.time() - 1, None)  # the cool-down is over
+    breaker.allow("a call")  # this call is the probe
+    cache.delete_many([key + ":open", key + ":failures"])  # another worker's probe closed it
+    breaker.record_success()
+    # The breaker opens again and cools down: the next probe goes out, not refused.
+    cache.set(key + ":open", time.time() - 1, None)
+    breaker.allow("the next call")
