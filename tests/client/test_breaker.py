@@ -258,10 +258,11 @@ def test_after_a_failed_probe_the_next_cool_down_probes_again(on, nomos):
 def test_a_process_looks_at_the_shared_state_once_per_refresh_while_nothing_fails(
         on, nomos, monkeypatch):
     # A click pays no cache read while the last look is fresh: another worker's opening is
-    # seen at the next look, not at once. REFRESH made long so that no timing matters.
+    # seen at the next look, not at once. REFRESH made long so that no timing matters, but
+    # shorter than the machine's uptime (time.monotonic()): a look's age must be measured.
     from django.core.cache import caches
 
-    monkeypatch.setattr(breaker, "REFRESH", 3600.0)
+    monkeypatch.setattr(breaker, "REFRESH", 60.0)
     get_client().create_magic_link(seed.ALICE)  # looks: closed
     caches["default"].set(breaker._key() + ":open", time.time() + 30, None)  # another worker
     get_client().create_magic_link(seed.ALICE)
@@ -296,3 +297,116 @@ def test_failures_count_as_in_a_row_for_six_cool_downs_and_at_least_a_minute(
     breaker.record_failure("HTTP 503")
     assert noted.ttl["failures"] == window
     assert breaker.state().failures == 1
+
+
+@pytest.mark.django_db
+def test_the_state_shown_is_read_now_not_this_process_last_look(on, nomos, monkeypatch):
+    # nomos_check_credentials and the health page show what every worker sees, even while
+    # this process still trusts its last look (REFRESH made long so that no timing matters).
+    from django.core.cache import caches
+
+    monkeypatch.setattr(breaker, "REFRESH", 60.0)
+    get_client().create_magic_link(seed.ALICE)  # this process looks: closed
+    caches["default"].set_many({breaker._key() + ":open": time.time() + 30,
+                                breaker._key() + ":failures": 3}, None)  # another worker
+    state = breaker.state()
+    assert (state.open, state.failures) == (True, 3)
+    assert 20 < state.retry_in <= 30
+
+
+def test_an_open_breaker_whose_cool_down_is_over_shows_a_probe_due_now(on):
+    from django.core.cache import caches
+
+    from nomos_billing.management.commands.nomos_check_credentials import describe_breaker
+
+    caches["default"].set(breaker._key() + ":open", time.time() - 5, None)
+    state = breaker.state()
+    assert state.open and state.word == "open"
+    assert state.retry_in == 0.0
+    assert describe_breaker() == "OPEN after 0 failures: the next call is the probe"
+
+
+class ExpiresOnce(NotedTTLs):
+    """The shared count expires once between the breaker's ``add`` and its ``incr``."""
+
+    expired = False
+
+    def incr(self, key: str, delta: int = 1) -> Any:
+        if not self.expired:
+            self.expired = True
+            self.cache.delete(key)
+        return self.cache.incr(key, delta)
+
+
+def test_a_count_that_expires_between_add_and_incr_starts_afresh_at_one(on, monkeypatch):
+    on.NOMOS_BILLING = {**on.NOMOS_BILLING, "BREAKER_FAILURES": 2}
+    noted = ExpiresOnce(breaker._cache())
+    monkeypatch.setattr(breaker, "_cache", lambda: noted)
+    breaker.record_failure("HTTP 503")
+    assert noted.expired
+    assert noted.ttl["failures"] == 180  # six 30 s cool-downs, as for any count
+    assert (breaker.state().open, breaker.state().failures) == (False, 1)
+    breaker.record_failure("HTTP 503")
+    assert (breaker.state().open, breaker.state().failures) == (True, 2)
+
+
+def test_failures_recorded_on_a_thread_that_never_asked_count(on):
+    # A thread of its own (a worker's pool) may report a failure without an allow() first.
+    import threading
+
+    errors: list[BaseException] = []
+
+    def fail_three_times() -> None:
+        try:
+            for _ in range(3):
+                breaker.record_failure("timed out")
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=fail_three_times)
+    thread.start()
+    thread.join()
+    assert errors == []
+    assert breaker.state().open
+
+
+def test_the_opening_is_logged_once_with_the_count_the_last_failure_and_the_cool_down(
+        on, caplog):
+    for _ in range(4):
+        breaker.record_failure("HTTP 503")
+    assert breaker_lines(caplog) == [
+        "Nomos outage breaker opened after 3 failures in a row (last: HTTP 503): calls fail at "
+        "once for 30 s, then one probe decides"]
+
+
+def test_a_failed_call_that_was_not_the_probe_does_not_extend_the_cool_down(on):
+    # Calls sent before the breaker opened fail later; only the probe's failure starts a new
+    # cool-down. Here the cool-down has 5 s left when they fail.
+    import threading
+
+    from django.core.cache import caches
+
+    for _ in range(3):
+        breaker.record_failure("HTTP 503")
+    caches["default"].set(breaker._key() + ":open", time.time() + 5, None)
+    breaker.record_failure("timed out")  # this thread's, after its own failures
+    assert 0 < breaker.state().retry_in <= 5
+    thread = threading.Thread(target=breaker.record_failure, args=("timed out",))
+    thread.start()  # another thread's, which never asked allow()
+    thread.join()
+    assert 0 < breaker.state().retry_in <= 5
+
+
+def test_a_probe_that_succeeds_after_another_worker_closed_the_breaker_frees_the_next_probe(
+        on, monkeypatch):
+    from django.core.cache import caches
+
+    cache, key = caches["default"], breaker._key()
+    monkeypatch.setattr(breaker, "REFRESH", 0.0)  # every look reads the shared state
+    cache.set(key + ":open", time.time() - 1, None)  # the cool-down is over
+    breaker.allow("a call")  # this call is the probe
+    cache.delete_many([key + ":open", key + ":failures"])  # another worker's probe closed it
+    breaker.record_success()
+    # The breaker opens again and cools down: the next probe goes out, not refused.
+    cache.set(key + ":open", time.time() - 1, None)
+    breaker.allow("the next call")

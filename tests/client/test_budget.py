@@ -217,3 +217,12 @@ def test_default_budgets_pass_the_checks(settings):
     ids = _ids(settings, TIMEOUT=(3.05, 10))
     assert not ids & {"nomos_billing.W050", "nomos_billing.W051", "nomos_billing.W052",
                       "nomos_billing.E050"}
+
+
+def test_a_wait_that_leaves_exactly_one_attempt_is_allowed(monkeypatch):
+    # The clock stands still: the 10 s budget holds a 7 s sleep and a 3 s attempt exactly.
+    monkeypatch.setattr(budget.time, "monotonic", lambda: 1000.0)
+    with budget.limit(10):
+        budget.timeouts(1, 2)
+        assert budget.may_wait(7)
+        assert not budget.may_wait(7.5)

@@ -4,6 +4,7 @@ reach our rows on the next walk; the watermark moves only after a complete, veri
 from __future__ import annotations
 
 import io
+import re
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from urllib.parse import parse_qs
@@ -257,6 +258,7 @@ def test_a_page_with_more_but_no_cursor_keeps_the_watermark_and_says_why(nomos):
     assert watermark() == mark
     state = NomosSyncState.objects.get()
     assert "has_more but no next_page" in state.last_error
+    assert "watermark kept at " + mark.isoformat() in state.last_error
     # What the page carried was stored; nothing the walk did not reach is behind the mark.
     active = sum(status == "active" for status in stored_status().values())
     assert 90 <= active < 150
@@ -314,7 +316,8 @@ def test_without_a_date_the_mark_is_the_latest_change_the_walk_saw():
     walk = catchup.Walk(updated_since=None, started_at=timezone.now())
     assert walk.mark is None
     for stamp in ("2026-05-27T10:00:00.000Z", "2026-05-27T12:00:00.000Z", "not a date",
-                  "2026-05-27T11:00:00.000Z", None, "2026-05-27T13:00:00"):
+                  "2026-05-27T11:00:00.000Z", None, "2026-05-27T13:00:00", "",
+                  1780000000, ["2026-05-27T14:00:00.000Z"]):
         walk.saw({"updated_at": stamp})
     assert walk.mark == datetime(2026, 5, 27, 12, tzinfo=dt_timezone.utc)
     walk.nomos_time = datetime(2026, 5, 27, 9, tzinfo=dt_timezone.utc)
@@ -375,3 +378,84 @@ def test_the_catch_up_refreshes_known_customers_nomos_changed(nomos):
 def test_a_long_error_is_stored_cut_to_2000_characters():
     catchup.fail("x" * 5000)
     assert NomosSyncState.objects.get(name=catchup.STATE_NAME).last_error == "x" * 2000
+
+
+def test_a_first_walk_with_two_problems_names_both_and_no_watermark(nomos):
+    # The first walk ever (no watermark yet) meets an item it cannot store and a page saying
+    # more follow without a cursor: both are named, and there is no watermark to keep.
+    ids = add_subscriptions(nomos, customers=3, per_customer=50)
+    for sub_id in ids:
+        nomos.subscriptions[sub_id]["customer"] = None
+    nomos.add_fault(LIST, Fault(drop_cursor=True), times=1)
+    with pytest.raises(CommandError) as excinfo:
+        sync("--since", "auto", "--page-size", "100")
+    error = NomosSyncState.objects.get().last_error
+    assert error.startswith("incomplete walk, watermark kept at unset: ")
+    problems = error.split(": ", 1)[1].split("; ")
+    assert len(problems) == 2
+    assert "has_more but no next_page" in problems[0]
+    assert re.fullmatch(r"\d+ items without id or customer not stored", problems[1])
+    assert str(excinfo.value).startswith(error)
+    assert watermark() is None
+
+
+def test_a_walk_from_exactly_the_watermark_leaves_no_gap_and_moves_it(nomos):
+    add_subscriptions(nomos, customers=1, per_customer=1)
+    sync("--since", "auto")
+    mark = watermark()
+    nomos.clock_skew += 2  # Nomos' Date has whole seconds: let one pass, without sleeping
+    out = sync("--since", mark.isoformat())
+    assert "watermark now" in out
+    assert watermark() > mark
+
+
+def test_a_walk_that_begins_clears_the_last_error_and_stamps_its_start(nomos):
+    # The health view shows a walk under way, not the last one's failure.
+    catchup.fail("Nomos is unavailable")
+    before = timezone.now()
+    walk = catchup.begin("auto")
+    state = catchup.get_state()
+    assert state.last_error == ""
+    assert before <= walk.started_at == state.last_started_at <= timezone.now()
+
+
+def test_a_walk_whose_mark_is_the_watermark_does_not_say_it_moved(nomos):
+    sync("--since", "auto")
+    mark = watermark()
+    walk = catchup.begin("auto")
+    walk.nomos_time = mark
+    assert catchup.complete(walk, 0) is False
+    assert watermark() == mark
+
+
+def test_an_incomplete_walk_says_the_watermark_did_not_move_and_cuts_its_reason(nomos):
+    walk = catchup.begin("auto")
+    walk.nomos_time = timezone.now()
+    walk.problems.append("x" * 5000)
+    assert catchup.complete(walk, 3) is False
+    state = catchup.get_state()
+    assert state.watermark is None
+    assert state.last_count == 3
+    assert len(state.last_error) == 2000
+    assert state.last_error.startswith("incomplete walk, watermark kept at unset: xxx")
+
+
+@pytest.mark.parametrize("problems", [[], ["has_more but no next_page"]],
+                         ids=["complete", "incomplete"])
+def test_a_walk_ending_writes_only_its_own_fields(nomos, connect_receiver, problems):
+    # Another walk may begin while this one ends (a cron run and an operator's): its start
+    # stamp, written in between, stays.
+    from django.db.models.signals import pre_save
+
+    walk = catchup.begin("auto")
+    walk.nomos_time = timezone.now()
+    walk.problems.extend(problems)
+    other_start = timezone.now() + timedelta(seconds=5)
+
+    def another_walk_begins(sender, instance, **kwargs):
+        NomosSyncState.objects.filter(name=catchup.STATE_NAME).update(
+            last_started_at=other_start)
+
+    connect_receiver(pre_save, another_walk_begins, sender=NomosSyncState)
+    catchup.complete(walk, 1)
+    assert catchup.get_state().last_started_at == other_start

@@ -572,3 +572,65 @@ def test_without_the_tasks_framework_task_backend_is_explained_and_the_depth_unk
         "use Django 6.0+, or install nomos-billing[tasks] on Django 5.2.")
     # The health page's read of the queue never raises: there is no queue to count.
     assert tasks.queue_depth() is None
+
+
+def test_a_workers_retry_waits_at_least_what_nomos_asked(queued, nomos, client, settings):
+    # Nomos' Retry-After (here longer than the first of RETRY_DELAYS) is a floor for the delay.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    assert lifecycle.RETRY_DELAYS[0] < 300
+    nomos.add_fault(SUB_GET, Fault(status=503, retry_after=300), times=1)
+    post_event(client, alice_event())
+    assert work(queued) == ["failed", "processed"]
+    retried = jobs(queued)[1]
+    assert retried.kwargs == {"force": False, "retry": 1}
+    assert round((retried.task.run_after - retried.enqueued_at).total_seconds()) == 300
+
+
+def test_a_job_naming_only_the_event_is_a_first_attempt(queued, nomos, settings):
+    # A job queued with the event id alone (by a site, or before retry was a parameter):
+    # not forced, and its retries count from the first.
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "MAX_RETRIES": 0}
+    event = stuck_in_a_worker()
+    WebhookEvent.objects.update(status="failed", claimed_at=None)
+    nomos.add_fault(SUB_GET, Fault(status=503), times=1)
+    assert tasks.process_webhook_event.call(event["id"]) == "failed"
+    [retried] = jobs(queued)
+    assert retried.kwargs == {"force": False, "retry": 1}
+    delay = (retried.task.run_after - retried.enqueued_at).total_seconds()
+    assert round(delay) == lifecycle.RETRY_DELAYS[0]
+    # A processed event is left alone (not forced).
+    nomos.clear_faults()
+    assert work(queued) == ["processed"]
+    assert tasks.process_webhook_event.call(event["id"]) == "busy"
+    assert nomos.count(SUB_GET) == 2
+
+
+def test_the_watchdog_of_a_retry_carries_its_count(queued, nomos, settings):
+    # Were the watchdog to take the event over, its own retries go on counting where the
+    # job's stopped: the retries stay bounded by RETRY_DELAYS.
+    event = stuck_in_a_worker()
+    WebhookEvent.objects.update(status="failed", claimed_at=None)
+    assert run(tasks.enqueue(event["id"], retry=2)) == "processed"
+    [watchdog] = watchdogs(queued)
+    assert watchdog.kwargs == {"force": False, "retry": 2, "takeover": True}
+
+
+def test_events_taken_along_are_watched_as_first_attempts_and_not_taken_over(
+        queued, nomos, client, caplog):
+    first, second = alice_event(), alice_event()
+    post_event(client, first)
+    post_event(client, second)
+    caplog.set_level("WARNING", logger="nomos_billing.tasks")
+    assert work(queued) == ["processed", "busy"]
+    assert nomos.count(SUB_GET) == 1  # the second was taken along by the first's fetch
+    assert sorted((w.args[0], w.kwargs["retry"], w.kwargs["takeover"])
+                  for w in watchdogs(queued)) == sorted(
+        [(first["id"], 0, True), (second["id"], 0, True)])
+    assert not [r for r in caplog.records if r.name == "nomos_billing.tasks"]
+
+
+def test_enqueueing_without_task_backend_says_it_is_not_set(settings):
+    settings.NOMOS_BILLING = {**settings.NOMOS_BILLING, "TASK_BACKEND": None}
+    with pytest.raises(ImproperlyConfigured) as raised:
+        tasks.enqueue("evt_1")
+    assert str(raised.value) == "NOMOS_BILLING['TASK_BACKEND'] is not set"

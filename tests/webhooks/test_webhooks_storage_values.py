@@ -141,3 +141,23 @@ def test_json_from_nomos_that_needs_nothing_is_not_copied(monkeypatch):
     assert walked == []
     jsonsafe.loads_clean(b'{"a": "\\u0000"}')
     assert walked == [{"a": "\x00"}]
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"a": ["x\x00"]}, "a NUL character (\\u0000)"),
+    ({"a": "\ud800"}, "a lone surrogate (an unpaired \\ud800-\\udfff escape)"),
+    ({"a\x00": 1}, "a NUL character (\\u0000) in a key"),
+    ({"a": [1, float("inf")]}, "a number too large to store"),
+    ({1: "b", "c": [None, True, 2]}, None),
+])
+def test_what_cannot_be_stored_is_named_in_words_for_the_answer(data, words):
+    from nomos_billing import jsonsafe
+
+    assert jsonsafe.problem(data) == words
+
+
+def test_clean_keeps_keys_that_are_not_strings():
+    # Built in Python rather than decoded (JSON keys are strings): a number key stays as it is.
+    from nomos_billing import jsonsafe
+
+    assert jsonsafe.clean({1: "a\x00", "b\x00": [float("inf")]}) == {1: "a", "b": [None]}
