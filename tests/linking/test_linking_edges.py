@@ -354,3 +354,29 @@ def test_the_resolvers_a_caller_passes_are_the_ones_asked(customer, alice, bob):
     assert link_customer(link, resolvers=[("site.resolvers.mine", lambda link: alice)]) is True
     row = NomosCustomer.objects.get(pk=customer.pk)
     assert (row.user, row.linked_by) == (alice, "mine")
+
+
+def test_link_customer_logs_a_customer_no_resolver_found(customer, caplog):
+    from nomos_billing.linking import link_customer
+
+    with caplog.at_level(logging.INFO, logger="nomos_billing.linking"):
+        assert link_customer(LinkRequest(customer, None), resolvers=[]) is False
+    assert caplog.messages == ["Nomos customer cus_edge could not be linked to a user"]
+
+
+def test_link_customer_names_an_unnamed_resolver_resolver(customer, alice):
+    from nomos_billing.linking import link_customer
+
+    assert link_customer(LinkRequest(customer, None), resolvers=[("", lambda link: alice)])
+    assert NomosCustomer.objects.get(pk=customer.pk).linked_by == "resolver"
+
+
+def test_link_customer_holds_a_bound_find_for_another_address_and_says_not_linked(
+        customer, alice):
+    from nomos_billing.linking import link_customer
+
+    # by_lead is bound to the address: alice's is not the customer's (edge@example.com).
+    assert link_customer(LinkRequest(customer, None),
+                         resolvers=[("x.by_lead", lambda link: alice)]) is False
+    assert NomosCustomer.objects.get(pk=customer.pk).user is None
+    assert NomosLinkClaim.objects.get(customer=customer).user == alice
