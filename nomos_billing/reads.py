@@ -102,9 +102,9 @@ def _rows(
 ) -> tuple[Any, list[Any]]:
     """``(connection, rows)``: ``values_list(*names)`` of the rows whose ``key`` is one of
     ``keys``, in one SELECT; on PostgreSQL a raw one (``_any_sql``) whose columns get their
-    ``_converters``. ``compared``: the
-    values are only compared, so an aware datetime may carry psycopg's ``tzinfo`` for the
-    session's zone rather than the connection's (the same moment)."""
+    ``_converters``. ``compared``: the values are only compared, so an aware datetime may
+    carry psycopg's ``tzinfo`` for the session's zone rather than the connection's (the same
+    moment)."""
     connection, sql = _any_sql(model, key, names)
     if connection.vendor != "postgresql":
         found = model._default_manager.filter(**{f"{key}__in": keys}).values_list(*names)
