@@ -168,3 +168,41 @@ def test_a_sites_own_resolver_is_asked_for_every_customer(settings) -> None:
     upsert_subscriptions([item(8), item(9, lead="lead_9")], customers)
 
     assert ASKED == [("cus_pl_8", None), ("cus_pl_9", "lead_9")]
+
+
+@pytest.mark.django_db
+def test_a_miss_is_never_a_request_a_built_in_resolver_would_link(settings, alice) -> None:
+    # page_links repeats what by_lead and by_metadata check first: this holds the two together
+    # (a resolver that starts reading something else fails it). The lead and the reference
+    # below name alice, so any resolver asked about a "miss" that reads them would find her.
+    from hypothesis import example, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+
+    misses = miss_test(resolvers(settings, "by_lead", "by_metadata", "by_email"))
+    assert misses is not None
+    NomosLead.objects.create(lead_id="lead_1", user=alice)
+    customer = NomosCustomer.objects.create(customer_id="cus_prop", email=alice.email)
+    reference = linking.user_reference(alice)
+    values = st.one_of(st.none(), st.sampled_from(["", "lead_1", reference]),
+                       st.integers(), st.lists(st.just("django_user_id"), max_size=1))
+    metadata = st.one_of(values, st.dictionaries(
+        st.sampled_from(["django_user_id", "other", "lead"]), values, max_size=2))
+    subscriptions = st.fixed_dictionaries(
+        {}, optional={"lead": values, "metadata": metadata, "customer": values})
+    seen: list[bool] = []
+
+    @given(subscriptions, st.sampled_from(["", "", "lead_1", "lead_2"]))
+    @example({"metadata": {"django_user_id": reference}}, "")
+    @example({"lead": "lead_1"}, "")
+    @hypothesis_settings(max_examples=300, deadline=None, database=None)
+    def check(subscription: dict[str, Any], lead_id: str) -> None:
+        missed = misses(subscription, lead_id)
+        seen.append(missed)
+        if missed:
+            link = linking.LinkRequest(customer, subscription, lead_id=lead_id or None)
+            assert [resolver(link) for _, resolver in linking.get_resolvers()] == [None] * 3
+
+    check()
+    # Both answers came up, so the property was tested on misses and not vacuously.
+    assert True in seen and False in seen
