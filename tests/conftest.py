@@ -23,6 +23,7 @@ import pytest
 from django.core.cache import caches
 from django.dispatch import Signal
 
+from nomos_billing import client as client_module
 from nomos_billing import shared_cache, takeover
 from nomos_billing.client import reset_client
 from nomos_billing.models import NomosCustomer
@@ -189,6 +190,9 @@ def retry_sleeps(monkeypatch) -> list[float]:
 @pytest.fixture(autouse=True)
 def _fresh_client_and_cache() -> Iterator[None]:
     reset_client()
+    # The process remembers per base URL that a token endpoint wants JSON; a later test's
+    # sandbox may get the same loopback port, and must start from the form as a new API does.
+    client_module._TOKEN_AS_JSON.clear()
     shared_cache.reset()
     takeover.reset()
     for alias in ("default",):
