@@ -266,7 +266,9 @@ class Command(BaseCommand):
                     missing.discard(data["id"])
                 else:
                     ahead.append(data)
-            if ahead and self.new_customers is not None:
+            if ahead:
+                # customer_walk is only ever set beside new_customers.
+                assert self.new_customers is not None
                 self.new_customers.put(ahead)
         for customer_id in sorted(missing):
             # Created at Nomos after the walk, or no walk yet.
